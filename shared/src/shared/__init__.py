@@ -1,0 +1,1 @@
+"""Digital Bridge's common library. Services share code only through this package."""

@@ -1,0 +1,307 @@
+"""Batch consumer runner: decode, de-duplicate, handle with retries, dead-letter, then commit.
+
+Offsets are committed only after every event of the batch is handled or dead-lettered, so a crash
+redelivers; handlers (or the de-duplication store, or the metrics watermarks) make that harmless.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import contextlib
+from collections.abc import Awaitable, Callable, Mapping, Sequence
+from dataclasses import dataclass
+from typing import Any, Protocol
+
+from aiokafka import AIOKafkaConsumer, ConsumerRecord, TopicPartition
+from prometheus_client import Counter, Gauge
+from pydantic import BaseModel
+from pymongo.asynchronous.collection import AsyncCollection
+from pymongo.errors import BulkWriteError
+
+from shared.envelope import Envelope, EnvelopeError, decode
+from shared.kafka import EventProducer
+from shared.logging import bind_context, get_logger, unbind_context
+from shared.topics import dlq_topic
+
+log = get_logger(__name__)
+
+CONSUMED = Counter("consumer_events_processed_total", "Events handled successfully", ["consumer", "topic"])
+FAILED = Counter("consumer_events_failed_total", "Handler attempts that raised", ["consumer", "topic"])
+DEAD_LETTERED = Counter("consumer_events_dead_lettered_total", "Events sent to a DLQ", ["consumer", "topic"])
+DUPLICATES = Counter("consumer_events_duplicate_total", "Events skipped as already processed", ["consumer", "topic"])
+LAG = Gauge("consumer_lag_messages", "High watermark minus committed position", ["consumer", "topic", "partition"])
+
+
+@dataclass(frozen=True)
+class Consumed:
+    """A decoded event with where it came from."""
+
+    envelope: Envelope
+    topic: str
+    partition: int
+    offset: int
+
+
+class BatchHandler(Protocol):
+    """Handles a list of events from one partition, in offset order. Raising means retry."""
+
+    async def __call__(self, events: Sequence[Consumed]) -> None: ...
+
+
+EventHandler = Callable[[Any, Envelope], Awaitable[None]]
+
+
+class TypeDispatch:
+    """A :class:`BatchHandler` that looks each event's type up in ``handlers``.
+
+    Unknown types are skipped on purpose: producers may add types that this consumer does not use.
+    """
+
+    def __init__(self, handlers: Mapping[str, EventHandler]) -> None:
+        self._handlers = dict(handlers)
+
+    async def __call__(self, events: Sequence[Consumed]) -> None:
+        for c in events:
+            handler = self._handlers.get(c.envelope.type)
+            if handler is None:
+                continue
+            payload: BaseModel = c.envelope.payload()
+            await handler(payload, c.envelope)
+
+
+class DedupStore:
+    """Remembers processed event ids per consumer group in one Mongo collection."""
+
+    def __init__(self, collection: AsyncCollection[dict[str, Any]], group: str) -> None:
+        self._col = collection
+        self._group = group
+
+    def _id(self, event_id: str) -> str:
+        return f"{self._group}:{event_id}"
+
+    async def seen(self, event_ids: Sequence[str]) -> set[str]:
+        if not event_ids:
+            return set()
+        docs = await self._col.find({"_id": {"$in": [self._id(e) for e in event_ids]}}, {"_id": 1}).to_list()
+        cut = len(self._group) + 1
+        return {d["_id"][cut:] for d in docs}
+
+    async def mark(self, event_ids: Sequence[str]) -> None:
+        if not event_ids:
+            return
+        with contextlib.suppress(BulkWriteError):  # already marked by an earlier, interrupted run
+            await self._col.insert_many([{"_id": self._id(e)} for e in event_ids], ordered=False)
+
+
+class ConsumerRunner:
+    """Runs one consumer group over ``topics`` until stopped.
+
+    ``per_event=True`` hands events to the handler one at a time (retries and dead-lettering apply
+    to that event alone); ``per_event=False`` hands over a whole partition batch, and falls back to
+    one-by-one only if the batch keeps failing, to isolate the bad event.
+    """
+
+    def __init__(
+        self,
+        *,
+        name: str,
+        bootstrap: str,
+        topics: Sequence[str],
+        group_id: str,
+        handler: BatchHandler,
+        producer: EventProducer,
+        dedup: DedupStore | None = None,
+        per_event: bool = True,
+        max_retries: int = 3,
+        backoff_seconds: float = 0.2,
+        max_records: int = 2000,
+        from_beginning: bool = True,
+    ) -> None:
+        self.name = name
+        self._bootstrap = bootstrap
+        self._topics = list(topics)
+        self._group = group_id
+        self._handler = handler
+        self._producer = producer
+        self._dedup = dedup
+        self._per_event = per_event
+        self._retries = max_retries
+        self._backoff = backoff_seconds
+        self._max_records = max_records
+        self._from_beginning = from_beginning
+        self._consumer: AIOKafkaConsumer | None = None
+        self._task: asyncio.Task[None] | None = None
+        self.last_event_time: dict[str, float] = {}
+        self.lag: dict[str, int] = {}
+        self._positions: dict[TopicPartition, int] = {}
+        self._last_error = "handler failed"
+
+    async def start(self) -> None:
+        self._task = asyncio.create_task(self._run(), name=f"consumer-{self.name}")
+
+    async def stop(self) -> None:
+        if self._task:
+            self._task.cancel()
+            with contextlib.suppress(asyncio.CancelledError):
+                await self._task
+            self._task = None
+
+    @property
+    def running(self) -> bool:
+        return self._task is not None and not self._task.done()
+
+    async def _connect(self) -> AIOKafkaConsumer:
+        delay = 0.5
+        while True:
+            consumer = AIOKafkaConsumer(
+                *self._topics,
+                bootstrap_servers=self._bootstrap,
+                group_id=self._group,
+                enable_auto_commit=False,
+                auto_offset_reset="earliest" if self._from_beginning else "latest",
+                max_partition_fetch_bytes=4 * 1024 * 1024,
+                fetch_max_bytes=32 * 1024 * 1024,
+                metadata_max_age_ms=5000,
+            )
+            try:
+                await consumer.start()
+                return consumer
+            except Exception as exc:
+                log.warning("consumer_connect_retry", consumer=self.name, error=str(exc))
+                with contextlib.suppress(Exception):
+                    await consumer.stop()
+                await asyncio.sleep(delay)
+                delay = min(delay * 2, 5.0)
+
+    async def _run(self) -> None:
+        while True:
+            self._consumer = await self._connect()
+            try:
+                while True:
+                    batches = await self._consumer.getmany(timeout_ms=200, max_records=self._max_records)
+                    for tp, records in batches.items():
+                        if records:
+                            await self._process(tp, records)
+                            await self._consumer.commit({tp: records[-1].offset + 1})
+                            self._positions[tp] = records[-1].offset + 1
+                    self._update_lag()
+            except asyncio.CancelledError:
+                with contextlib.suppress(Exception):
+                    await self._consumer.stop()
+                raise
+            except Exception as exc:
+                log.error("consumer_restart", consumer=self.name, error=str(exc) or type(exc).__name__)
+                with contextlib.suppress(Exception):
+                    await self._consumer.stop()
+                await asyncio.sleep(1.0)
+
+    def _update_lag(self) -> None:
+        assert self._consumer is not None
+        for tp in self._consumer.assignment():
+            high = self._consumer.highwater(tp)
+            pos = self._positions.get(tp)
+            if high is None or pos is None:
+                continue
+            lag = max(0, high - pos)
+            LAG.labels(self.name, tp.topic, str(tp.partition)).set(lag)
+            self.lag[f"{tp.topic}:{tp.partition}"] = lag
+
+    async def _process(self, tp: TopicPartition, records: list[ConsumerRecord[bytes, bytes]]) -> None:
+        good: list[Consumed] = []
+        for r in records:
+            try:
+                env = decode(r.key, r.value, list(r.headers))
+            except EnvelopeError as exc:
+                await self._dead_letter(r, f"undecodable: {exc}")
+                continue
+            good.append(Consumed(env, r.topic, r.partition, r.offset))
+        if self._dedup and good:
+            seen = await self._dedup.seen([c.envelope.id for c in good])
+            if seen:
+                DUPLICATES.labels(self.name, tp.topic).inc(sum(c.envelope.id in seen for c in good))
+                good = [c for c in good if c.envelope.id not in seen]
+            # The same event twice inside one batch (a republished outbox entry) is also a duplicate.
+            unique: dict[str, Consumed] = {}
+            for c in good:
+                unique.setdefault(c.envelope.id, c)
+            good = list(unique.values())
+        if not good:
+            return
+        if self._per_event:
+            for c in good:
+                await self._handle_with_retries([c])
+        else:
+            ok = await self._attempt(good)
+            if not ok:
+                for c in good:
+                    await self._handle_with_retries([c])
+        if good:
+            self.last_event_time[tp.topic] = max(c.envelope.time.timestamp() for c in good)
+
+    async def _attempt(self, events: list[Consumed]) -> bool:
+        delay = self._backoff
+        for attempt in range(self._retries + 1):
+            try:
+                bind_context(event_id=events[0].envelope.id)
+                await self._handler(events)
+                if self._dedup:
+                    await self._dedup.mark([c.envelope.id for c in events])
+                CONSUMED.labels(self.name, events[0].topic).inc(len(events))
+                return True
+            except asyncio.CancelledError:
+                raise
+            except Exception as exc:
+                FAILED.labels(self.name, events[0].topic).inc()
+                log.warning(
+                    "handler_failed", consumer=self.name, attempt=attempt + 1, error=str(exc) or type(exc).__name__
+                )
+                self._last_error = f"{type(exc).__name__}: {exc}"
+                if attempt < self._retries:
+                    await asyncio.sleep(delay)
+                    delay *= 2
+            finally:
+                unbind_context("event_id")
+        return False
+
+    async def _handle_with_retries(self, events: list[Consumed]) -> None:
+        if await self._attempt(events):
+            return
+        for c in events:
+            env = c.envelope
+            await self._dead_letter_envelope(c, self._last_error)
+            log.error("dead_lettered", consumer=self.name, event_id=env.id, type=env.type)
+
+    async def _dead_letter(self, record: ConsumerRecord[bytes, bytes], error: str) -> None:
+        headers = [*list(record.headers), *self._dlq_headers(record.topic, record.partition, record.offset, error)]
+        await self._send_dlq(record.topic, record.value, record.key, headers)
+
+    async def _dead_letter_envelope(self, c: Consumed, error: str) -> None:
+        env = c.envelope
+        headers = [*env.headers(), *self._dlq_headers(c.topic, c.partition, c.offset, error)]
+        await self._send_dlq(c.topic, env.value(), env.key.encode(), headers)
+
+    def _dlq_headers(self, topic: str, partition: int, offset: int, error: str) -> list[tuple[str, bytes]]:
+        return [
+            ("dlq_error", error[:2000].encode()),
+            ("dlq_consumer", self.name.encode()),
+            ("dlq_topic", topic.encode()),
+            ("dlq_partition", str(partition).encode()),
+            ("dlq_offset", str(offset).encode()),
+        ]
+
+    async def _send_dlq(
+        self, topic: str, value: bytes | None, key: bytes | None, headers: list[tuple[str, bytes]]
+    ) -> None:
+        DEAD_LETTERED.labels(self.name, topic).inc()
+        delay = 0.5
+        while True:  # never commit past a poison message until it is safely in the DLQ
+            try:
+                await self._producer.send_raw(dlq_topic(topic), value, key=key, headers=headers)
+                return
+            except asyncio.CancelledError:
+                raise
+            except Exception as exc:
+                log.warning("dlq_send_retry", error=str(exc))
+                await self._producer.reset()
+                await asyncio.sleep(delay)
+                delay = min(delay * 2, 5.0)

@@ -1,0 +1,155 @@
+"""Events published by the registry service on ``registry.events.v1``.
+
+Key: the unit code, team code, volunteer id, ``<team_code>/<volunteer_id>`` for a membership, or the
+campaign code. Volunteers' names and contact details never appear here.
+"""
+
+from __future__ import annotations
+
+from datetime import date
+
+from pydantic import Field
+
+from shared.contracts.common import Contract, Indicator, Role, Skill, TeamKind, UnitKind, UnitPath
+
+PREFIX = "org.youthunion.registry."
+UNIT_CREATED = PREFIX + "unit.created.v1"
+UNIT_UPDATED = PREFIX + "unit.updated.v1"
+TEAM_CREATED = PREFIX + "team.created.v1"
+TEAM_UPDATED = PREFIX + "team.updated.v1"
+TEAM_DEACTIVATED = PREFIX + "team.deactivated.v1"
+VOLUNTEER_REGISTERED = PREFIX + "volunteer.registered.v1"
+VOLUNTEER_UPDATED = PREFIX + "volunteer.updated.v1"
+VOLUNTEER_LEFT = PREFIX + "volunteer.left.v1"
+MEMBERSHIP_STARTED = PREFIX + "membership.started.v1"
+MEMBERSHIP_ENDED = PREFIX + "membership.ended.v1"
+CAMPAIGN_CREATED = PREFIX + "campaign.created.v1"
+CAMPAIGN_TARGETS_SET = PREFIX + "campaign.targets_set.v1"
+
+
+class UnitCreated(Contract):
+    """A unit joined the organisation tree."""
+
+    code: str
+    name: str = Field(description="Official name in Vietnamese (NFC).")
+    kind: UnitKind
+    parent_code: str | None
+    path: UnitPath
+
+
+class UnitUpdated(Contract):
+    """A unit's name, kind or parent changed; ``previous_path`` is its path before the change."""
+
+    code: str
+    name: str
+    kind: UnitKind
+    parent_code: str | None
+    path: UnitPath
+    previous_path: UnitPath
+
+
+class TeamCreated(Contract):
+    code: str
+    name: str
+    kind: TeamKind
+    unit_code: str
+    unit_path: UnitPath
+    base: str | None = Field(default=None, description="Public-administration centre the team is based at.")
+    campaign_code: str | None = None
+
+
+class TeamUpdated(Contract):
+    """A team changed; ``previous_*`` let consumers move its count between kinds and units."""
+
+    code: str
+    name: str
+    kind: TeamKind
+    unit_code: str
+    unit_path: UnitPath
+    base: str | None = None
+    campaign_code: str | None = None
+    active: bool
+    previous_kind: TeamKind
+    previous_unit_path: UnitPath
+
+
+class TeamDeactivated(Contract):
+    code: str
+    kind: TeamKind
+    unit_code: str
+    unit_path: UnitPath
+
+
+class VolunteerRegistered(Contract):
+    volunteer_id: str
+    unit_code: str
+    unit_path: UnitPath
+    roles: list[Role]
+    skills: list[Skill]
+    birth_year: int
+
+
+class VolunteerUpdated(Contract):
+    volunteer_id: str
+    unit_code: str
+    unit_path: UnitPath
+    roles: list[Role]
+    skills: list[Skill]
+    birth_year: int
+    active: bool
+    previous_unit_path: UnitPath
+
+
+class VolunteerLeft(Contract):
+    volunteer_id: str
+    unit_code: str
+    unit_path: UnitPath
+
+
+class MembershipStarted(Contract):
+    team_code: str
+    volunteer_id: str
+    since: date
+
+
+class MembershipEnded(Contract):
+    team_code: str
+    volunteer_id: str
+    until: date
+
+
+class Target(Contract):
+    indicator: Indicator
+    unit_code: str
+    value: int = Field(ge=0)
+
+
+class CampaignCreated(Contract):
+    code: str
+    name: str
+    starts_on: date
+    ends_on: date
+    targets: list[Target]
+
+
+class CampaignTargetsSet(Contract):
+    """The campaign's whole target list, replacing the previous one."""
+
+    code: str
+    targets: list[Target]
+
+
+EVENTS: dict[str, type[Contract]] = {
+    UNIT_CREATED: UnitCreated,
+    UNIT_UPDATED: UnitUpdated,
+    TEAM_CREATED: TeamCreated,
+    TEAM_UPDATED: TeamUpdated,
+    TEAM_DEACTIVATED: TeamDeactivated,
+    VOLUNTEER_REGISTERED: VolunteerRegistered,
+    VOLUNTEER_UPDATED: VolunteerUpdated,
+    VOLUNTEER_LEFT: VolunteerLeft,
+    MEMBERSHIP_STARTED: MembershipStarted,
+    MEMBERSHIP_ENDED: MembershipEnded,
+    CAMPAIGN_CREATED: CampaignCreated,
+    CAMPAIGN_TARGETS_SET: CampaignTargetsSet,
+}

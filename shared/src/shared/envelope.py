@@ -1,0 +1,161 @@
+"""The event envelope: CloudEvents 1.0 over Kafka in binary content mode.
+
+Attributes travel as ``ce_*`` headers, the payload is the JSON message value (encoded with orjson)
+and the Kafka key is the aggregate id, which keeps per-aggregate order within one partition.
+"""
+
+from __future__ import annotations
+
+import uuid
+from collections.abc import Sequence
+from dataclasses import dataclass, field
+from datetime import UTC, datetime
+from typing import Any
+
+import orjson
+from pydantic import BaseModel, ValidationError
+
+from shared.contracts import EVENT_TYPES, TOPIC_OF_TYPE
+
+SPEC_VERSION = "1.0"
+CONTENT_TYPE = "application/json"
+Headers = list[tuple[str, bytes]]
+
+
+class EnvelopeError(ValueError):
+    """A Kafka message that is not a well-formed event of a known type."""
+
+
+@dataclass(frozen=True)
+class Envelope:
+    """One event: CloudEvents attributes plus the JSON payload (``data``)."""
+
+    type: str
+    source: str
+    key: str
+    data: dict[str, Any]
+    subject: str | None = None
+    id: str = field(default_factory=lambda: str(uuid.uuid4()))
+    time: datetime = field(default_factory=lambda: datetime.now(UTC))
+    # The validated payload, kept by :func:`decode` so consumers do not parse it twice.
+    model: BaseModel | None = field(default=None, compare=False, repr=False)
+
+    @property
+    def topic(self) -> str:
+        """The base topic (without a test prefix) that carries this event type."""
+        return TOPIC_OF_TYPE[self.type]
+
+    def payload(self) -> BaseModel:
+        """The payload parsed into its contract model."""
+        if self.model is not None:
+            return self.model
+        return EVENT_TYPES[self.type].model_validate(self.data)
+
+    def headers(self) -> Headers:
+        h: Headers = [
+            ("ce_specversion", SPEC_VERSION.encode()),
+            ("ce_id", self.id.encode()),
+            ("ce_source", self.source.encode()),
+            ("ce_type", self.type.encode()),
+            ("ce_time", self.time.astimezone(UTC).isoformat().replace("+00:00", "Z").encode()),
+            ("content-type", CONTENT_TYPE.encode()),
+        ]
+        if self.subject:
+            h.append(("ce_subject", self.subject.encode()))
+        return h
+
+    def value(self) -> bytes:
+        return orjson.dumps(self.data)
+
+    def to_document(self) -> dict[str, Any]:
+        """The form kept in an outbox (Mongo document)."""
+        return {
+            "id": self.id,
+            "type": self.type,
+            "source": self.source,
+            "subject": self.subject,
+            "key": self.key,
+            "time": self.time,
+            "data": self.data,
+        }
+
+    @classmethod
+    def from_document(cls, doc: dict[str, Any]) -> Envelope:
+        t: datetime = doc["time"]
+        if t.tzinfo is None:  # BSON dates come back naive unless the client is tz-aware
+            t = t.replace(tzinfo=UTC)
+        return cls(
+            id=doc["id"],
+            type=doc["type"],
+            source=doc["source"],
+            subject=doc.get("subject"),
+            key=doc["key"],
+            time=t,
+            data=doc["data"],
+        )
+
+
+def make_event(event_type: str, payload: BaseModel, *, source: str, key: str, subject: str | None = None) -> Envelope:
+    """Build an event from a contract model; the type must be registered in ``shared.contracts``."""
+    expected = EVENT_TYPES.get(event_type)
+    if expected is None or not isinstance(payload, expected):
+        raise TypeError(f"{event_type} expects {expected}, got {type(payload).__name__}")
+    return Envelope(
+        type=event_type,
+        source=source,
+        key=key,
+        subject=subject if subject is not None else key,
+        data=payload.model_dump(mode="json"),
+        model=payload,
+    )
+
+
+def decode(key: bytes | None, value: bytes | None, headers: Sequence[tuple[str, bytes]]) -> Envelope:
+    """Parse a Kafka message into an envelope and validate its payload against the contract.
+
+    Raises :class:`EnvelopeError` for anything a consumer cannot process: missing headers, a wrong
+    spec version, an unknown type, bad JSON, or a payload that does not match its model.
+    """
+    h: dict[str, str] = {}
+    for name, raw in headers:
+        try:
+            h[name] = raw.decode()
+        except (UnicodeDecodeError, AttributeError) as exc:
+            raise EnvelopeError(f"header {name} is not UTF-8") from exc
+    for required in ("ce_id", "ce_type", "ce_source", "ce_specversion", "ce_time"):
+        if not h.get(required):
+            raise EnvelopeError(f"missing header {required}")
+    if h["ce_specversion"] != SPEC_VERSION:
+        raise EnvelopeError(f"unsupported ce_specversion {h['ce_specversion']}")
+    event_type = h["ce_type"]
+    model = EVENT_TYPES.get(event_type)
+    if model is None:
+        raise EnvelopeError(f"unknown event type {event_type}")
+    try:
+        time = datetime.fromisoformat(h["ce_time"].replace("Z", "+00:00"))
+    except ValueError as exc:
+        raise EnvelopeError(f"bad ce_time {h['ce_time']!r}") from exc
+    if time.tzinfo is None:
+        raise EnvelopeError("ce_time must carry a time zone")
+    if value is None:
+        raise EnvelopeError("empty message value")
+    try:
+        data = orjson.loads(value)
+    except orjson.JSONDecodeError as exc:
+        raise EnvelopeError(f"value is not JSON: {exc}") from exc
+    if not isinstance(data, dict):
+        raise EnvelopeError("value must be a JSON object")
+    try:
+        parsed = model.model_validate(data)
+    except ValidationError as exc:
+        raise EnvelopeError(f"payload does not match {event_type}: {exc.errors(include_url=False)}") from exc
+    return Envelope(
+        id=h["ce_id"],
+        type=event_type,
+        source=h["ce_source"],
+        subject=h.get("ce_subject"),
+        key=key.decode() if key else "",
+        time=time,
+        data=data,
+        model=parsed,
+    )

@@ -1,0 +1,109 @@
+"""Kafka producer plumbing: an idempotent producer that survives the broker being down."""
+
+from __future__ import annotations
+
+import asyncio
+
+from aiokafka import AIOKafkaProducer
+
+from shared.envelope import Envelope
+from shared.logging import get_logger
+
+log = get_logger(__name__)
+
+
+class EventProducer:
+    """An idempotent aiokafka producer (``acks=all``) that (re)connects lazily.
+
+    ``start()`` never fails because Kafka is unavailable: callers ask :meth:`ensure_started` when
+    they need to publish, and get ``False`` while the broker is unreachable.
+    """
+
+    def __init__(self, bootstrap: str, *, client_id: str, linger_ms: int = 5) -> None:
+        self._bootstrap = bootstrap
+        self._client_id = client_id
+        self._linger_ms = linger_ms
+        self._producer: AIOKafkaProducer | None = None
+        self._lock = asyncio.Lock()
+
+    def _new(self) -> AIOKafkaProducer:
+        return AIOKafkaProducer(
+            bootstrap_servers=self._bootstrap,
+            client_id=self._client_id,
+            acks="all",
+            enable_idempotence=True,
+            linger_ms=self._linger_ms,
+            max_batch_size=256 * 1024,
+            request_timeout_ms=10000,
+            compression_type=None,
+        )
+
+    async def ensure_started(self) -> bool:
+        async with self._lock:
+            if self._producer is not None:
+                return True
+            producer = self._new()
+            try:
+                await asyncio.wait_for(producer.start(), timeout=10)
+            except Exception as exc:
+                log.warning("kafka_unavailable", error=str(exc) or type(exc).__name__)
+                await _quiet_stop(producer)
+                return False
+            self._producer = producer
+            return True
+
+    async def reset(self) -> None:
+        """Drop the connection after a send failure, so the next call reconnects cleanly."""
+        async with self._lock:
+            producer, self._producer = self._producer, None
+        if producer is not None:
+            await _quiet_stop(producer)
+
+    async def send_all(self, topic_of: dict[str, str], events: list[Envelope]) -> None:
+        """Publish events in order and wait until every one is acknowledged by the broker.
+
+        ``topic_of`` maps a base topic to the real topic name (tests add a prefix).
+        """
+        if not await self.ensure_started():
+            raise ConnectionError("Kafka is unavailable")
+        assert self._producer is not None
+        futures = [
+            await self._producer.send(
+                topic_of.get(ev.topic, ev.topic),
+                value=ev.value(),
+                key=ev.key.encode(),
+                headers=ev.headers(),
+            )
+            for ev in events
+        ]
+        if futures:
+            await asyncio.gather(*futures)
+
+    async def send_raw(
+        self, topic: str, value: bytes | None, *, key: bytes | None, headers: list[tuple[str, bytes]]
+    ) -> None:
+        if not await self.ensure_started():
+            raise ConnectionError("Kafka is unavailable")
+        assert self._producer is not None
+        await self._producer.send_and_wait(topic, value=value, key=key, headers=headers)
+
+    async def ping(self, timeout: float = 2.0) -> bool:
+        """True when the broker answers a metadata request now."""
+        if not await self.ensure_started():
+            return False
+        assert self._producer is not None
+        try:
+            await asyncio.wait_for(self._producer.client.fetch_all_metadata(), timeout)
+        except Exception:
+            return False
+        return True
+
+    async def stop(self) -> None:
+        await self.reset()
+
+
+async def _quiet_stop(producer: AIOKafkaProducer) -> None:
+    try:
+        await asyncio.wait_for(producer.stop(), timeout=5)
+    except Exception:  # noqa: S110 - closing a broken connection; nothing to report
+        pass

@@ -1,0 +1,173 @@
+"""A local read model of the registry, built from ``registry.events.v1``.
+
+Visits and training validate references (unit, team, membership, skills) against this model in
+their own database, so they keep working when the registry service is down and never call it.
+Every handler writes the full current state by key, so replays and redeliveries are harmless.
+"""
+
+from __future__ import annotations
+
+from collections.abc import Awaitable, Callable, Sequence
+from typing import Any
+
+from pymongo import IndexModel
+from pymongo.asynchronous.database import AsyncDatabase
+
+from shared.consumer import EventHandler
+from shared.contracts import registry as ev
+from shared.envelope import Envelope
+
+UNITS = "rm_units"
+TEAMS = "rm_teams"
+VOLUNTEERS = "rm_volunteers"
+MEMBERSHIPS = "rm_memberships"
+
+INDEXES: dict[str, list[IndexModel]] = {
+    MEMBERSHIPS: [IndexModel("team_code"), IndexModel("volunteer_id")],
+    TEAMS: [IndexModel("unit_code")],
+}
+
+# Called with ("unit"|"team"|"volunteer"|"membership", key) after a registry change is applied, so a
+# service can re-check records it had to hold as pending.
+ChangeListener = Callable[[str, str], Awaitable[None]]
+
+
+class RegistryView:
+    def __init__(self, db: AsyncDatabase[dict[str, Any]]) -> None:
+        self._db = db
+        self._listeners: list[ChangeListener] = []
+
+    def on_change(self, listener: ChangeListener) -> None:
+        self._listeners.append(listener)
+
+    async def _changed(self, kind: str, key: str) -> None:
+        for listener in self._listeners:
+            await listener(kind, key)
+
+    # --- queries -----------------------------------------------------------------------------------
+
+    async def unit_path(self, code: str) -> list[str] | None:
+        doc = await self._db[UNITS].find_one({"_id": code}, {"path": 1})
+        return list(doc["path"]) if doc else None
+
+    async def team(self, code: str) -> dict[str, Any] | None:
+        """``{"code", "kind", "unit_code", "unit_path", "active"}`` or None if never seen."""
+        doc = await self._db[TEAMS].find_one({"_id": code})
+        if doc is None:
+            return None
+        doc["code"] = doc.pop("_id")
+        return doc
+
+    async def active_members(self, team_code: str, volunteer_ids: Sequence[str]) -> set[str]:
+        """Those of ``volunteer_ids`` who are current members of the team and have not left."""
+        if not volunteer_ids:
+            return set()
+        members = (
+            await self._db[MEMBERSHIPS]
+            .find({"team_code": team_code, "volunteer_id": {"$in": list(volunteer_ids)}, "active": True})
+            .to_list()
+        )
+        candidates = [m["volunteer_id"] for m in members]
+        if not candidates:
+            return set()
+        active = await self._db[VOLUNTEERS].find({"_id": {"$in": candidates}, "active": True}, {"_id": 1}).to_list()
+        return {v["_id"] for v in active}
+
+    async def team_has_skill(self, team_code: str, skill: str) -> bool:
+        """True if any current member of the team (who has not left) has ``skill``."""
+        members = (
+            await self._db[MEMBERSHIPS].find({"team_code": team_code, "active": True}, {"volunteer_id": 1}).to_list()
+        )
+        ids = [m["volunteer_id"] for m in members]
+        if not ids:
+            return False
+        found = await self._db[VOLUNTEERS].find_one({"_id": {"$in": ids}, "active": True, "skills": skill})
+        return found is not None
+
+    # --- event handlers ----------------------------------------------------------------------------
+
+    async def _unit(self, e: ev.UnitCreated | ev.UnitUpdated, _: Envelope) -> None:
+        await self._db[UNITS].update_one(
+            {"_id": e.code},
+            {"$set": {"name": e.name, "kind": e.kind.value, "parent_code": e.parent_code, "path": list(e.path)}},
+            upsert=True,
+        )
+        await self._changed("unit", e.code)
+
+    async def _team(self, e: ev.TeamCreated | ev.TeamUpdated, _: Envelope) -> None:
+        active = e.active if isinstance(e, ev.TeamUpdated) else True
+        await self._db[TEAMS].update_one(
+            {"_id": e.code},
+            {
+                "$set": {
+                    "kind": e.kind.value,
+                    "unit_code": e.unit_code,
+                    "unit_path": list(e.unit_path),
+                    "active": active,
+                }
+            },
+            upsert=True,
+        )
+        await self._changed("team", e.code)
+
+    async def _team_deactivated(self, e: ev.TeamDeactivated, _: Envelope) -> None:
+        await self._db[TEAMS].update_one(
+            {"_id": e.code},
+            {"$set": {"kind": e.kind.value, "unit_code": e.unit_code, "unit_path": list(e.unit_path), "active": False}},
+            upsert=True,
+        )
+        await self._changed("team", e.code)
+
+    async def _volunteer(self, e: ev.VolunteerRegistered | ev.VolunteerUpdated, _: Envelope) -> None:
+        active = e.active if isinstance(e, ev.VolunteerUpdated) else True
+        await self._db[VOLUNTEERS].update_one(
+            {"_id": e.volunteer_id},
+            {
+                "$set": {
+                    "unit_code": e.unit_code,
+                    "unit_path": list(e.unit_path),
+                    "skills": [s.value for s in e.skills],
+                    "active": active,
+                }
+            },
+            upsert=True,
+        )
+        await self._changed("volunteer", e.volunteer_id)
+
+    async def _volunteer_left(self, e: ev.VolunteerLeft, _: Envelope) -> None:
+        await self._db[VOLUNTEERS].update_one(
+            {"_id": e.volunteer_id},
+            {"$set": {"unit_code": e.unit_code, "unit_path": list(e.unit_path), "active": False}},
+            upsert=True,
+        )
+        await self._changed("volunteer", e.volunteer_id)
+
+    async def _membership(self, e: ev.MembershipStarted | ev.MembershipEnded, _: Envelope) -> None:
+        key = f"{e.team_code}/{e.volunteer_id}"
+        await self._db[MEMBERSHIPS].update_one(
+            {"_id": key},
+            {
+                "$set": {
+                    "team_code": e.team_code,
+                    "volunteer_id": e.volunteer_id,
+                    "active": isinstance(e, ev.MembershipStarted),
+                }
+            },
+            upsert=True,
+        )
+        await self._changed("membership", key)
+
+    def handlers(self) -> dict[str, EventHandler]:
+        """Event type → handler, for a :class:`shared.consumer.TypeDispatch`."""
+        return {
+            ev.UNIT_CREATED: self._unit,
+            ev.UNIT_UPDATED: self._unit,
+            ev.TEAM_CREATED: self._team,
+            ev.TEAM_UPDATED: self._team,
+            ev.TEAM_DEACTIVATED: self._team_deactivated,
+            ev.VOLUNTEER_REGISTERED: self._volunteer,
+            ev.VOLUNTEER_UPDATED: self._volunteer,
+            ev.VOLUNTEER_LEFT: self._volunteer_left,
+            ev.MEMBERSHIP_STARTED: self._membership,
+            ev.MEMBERSHIP_ENDED: self._membership,
+        }

@@ -1,0 +1,126 @@
+"""What a running service holds: database, producer, outbox relay, consumers and authenticator.
+
+Each service's ``app.py`` builds one :class:`Runtime` in its lifespan and keeps it in
+``app.state.runtime``; the shared HTTP layer reads readiness and auth from it.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import contextlib
+from collections.abc import Mapping, Sequence
+from typing import Any
+
+from pymongo import IndexModel
+
+from shared.auth import Authenticator
+from shared.consumer import BatchHandler, ConsumerRunner, DedupStore
+from shared.http import ReadinessCheck
+from shared.kafka import EventProducer
+from shared.logging import get_logger
+from shared.mongo import connect, ensure_indexes, ping
+from shared.outbox import OutboxRelay
+from shared.settings import ServiceSettings
+from shared.topics import EVENT_TOPICS, ensure_topics
+
+log = get_logger(__name__)
+
+
+class Runtime:
+    def __init__(
+        self,
+        settings: ServiceSettings,
+        *,
+        outbox_collections: Sequence[str] = (),
+        indexes: Mapping[str, Sequence[IndexModel]] | None = None,
+    ) -> None:
+        self.settings = settings
+        self.client = connect(settings.mongo_url, max_pool_size=settings.mongo_max_pool_size)
+        self.db = self.client[settings.mongo_db]
+        self.producer = EventProducer(settings.kafka_bootstrap, client_id=settings.service_name)
+        self.authenticator = Authenticator(
+            algorithm=settings.jwt_algorithm, secret=settings.jwt_secret, public_key=settings.jwt_public_key
+        )
+        self.topic_of = {t: settings.topic(t) for t in EVENT_TOPICS}
+        self._indexes = dict(indexes or {})
+        self.relay = (
+            OutboxRelay(
+                self.db,
+                outbox_collections,
+                self.producer,
+                service=settings.service_name,
+                topic_of=self.topic_of,
+                poll_seconds=settings.relay_poll_seconds,
+                batch_size=settings.relay_batch_size,
+            )
+            if outbox_collections
+            else None
+        )
+        self.consumers: list[ConsumerRunner] = []
+        self._background: list[asyncio.Task[Any]] = []
+
+    def add_consumer(
+        self,
+        name: str,
+        topics: Sequence[str],
+        handler: BatchHandler,
+        *,
+        per_event: bool = True,
+        dedup: bool = True,
+    ) -> ConsumerRunner:
+        """Register a consumer group (started with the runtime). ``topics`` are base names."""
+        group = self.settings.group(f"{self.settings.service_name}.{name}")
+        runner = ConsumerRunner(
+            name=f"{self.settings.service_name}.{name}",
+            bootstrap=self.settings.kafka_bootstrap,
+            topics=[self.settings.topic(t) for t in topics],
+            group_id=group,
+            handler=handler,
+            producer=self.producer,
+            dedup=DedupStore(self.db["consumed_events"], group) if dedup else None,
+            per_event=per_event,
+            max_retries=self.settings.consumer_retries,
+            backoff_seconds=self.settings.consumer_backoff_seconds,
+            max_records=self.settings.consumer_max_records,
+        )
+        self.consumers.append(runner)
+        return runner
+
+    def notify_relay(self) -> None:
+        if self.relay:
+            self.relay.notify()
+
+    async def start(self) -> None:
+        await ensure_indexes(self.db, self._indexes)
+        if self.settings.create_topics:
+            self._background.append(asyncio.create_task(self._create_topics()))
+        if self.relay:
+            await self.relay.start()
+        for c in self.consumers:
+            await c.start()
+
+    async def _create_topics(self) -> None:
+        delay = 0.5
+        while True:
+            try:
+                await ensure_topics(self.settings.kafka_bootstrap, self.settings.topic_prefix)
+                return
+            except Exception as exc:
+                log.warning("topic_creation_retry", error=str(exc) or type(exc).__name__)
+                await asyncio.sleep(delay)
+                delay = min(delay * 2, 10.0)
+
+    async def stop(self) -> None:
+        for c in self.consumers:
+            await c.stop()
+        if self.relay:
+            await self.relay.stop()
+        for t in self._background:
+            t.cancel()
+            with contextlib.suppress(asyncio.CancelledError):
+                await t
+        await self.producer.stop()
+        await self.client.close()
+
+    def readiness_checks(self) -> dict[str, ReadinessCheck]:
+        return {"mongo": lambda: ping(self.client), "kafka": self.producer.ping}

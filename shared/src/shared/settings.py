@@ -1,0 +1,45 @@
+"""Settings common to every service (pydantic-settings; each service adds its own ``env_prefix``)."""
+
+from __future__ import annotations
+
+from pydantic_settings import BaseSettings, SettingsConfigDict
+
+DEV_JWT_SECRET = "digital-bridge-development-secret-change-me"  # noqa: S105 - local default only
+
+
+class ServiceSettings(BaseSettings):
+    """Every field has a safe local default so ``make run`` needs no ``.env``.
+
+    A service subclasses this with its own ``env_prefix`` (``REGISTRY_``, ``VISITS_``...).
+    """
+
+    model_config = SettingsConfigDict(env_prefix="BRIDGE_", extra="ignore")
+
+    service_name: str = "service"
+    kafka_bootstrap: str = "127.0.0.1:9092"
+    mongo_url: str = "mongodb://127.0.0.1:27017/"
+    mongo_db: str = "bridge"
+    # 1 keeps single-document updates atomic on FerretDB v1 (see shared.mongo.connect).
+    mongo_max_pool_size: int = 1
+    # Prepended to every topic name; tests use it to isolate runs on one broker.
+    topic_prefix: str = ""
+    consumer_group_prefix: str = ""
+    jwt_algorithm: str = "HS256"
+    jwt_secret: str = DEV_JWT_SECRET
+    # PEM public key; when set, tokens must be RS256-signed by the matching private key.
+    jwt_public_key: str | None = None
+    log_level: str = "INFO"
+    log_json: bool = True
+    max_body_bytes: int = 1024 * 1024
+    relay_poll_seconds: float = 0.5
+    relay_batch_size: int = 1000
+    consumer_max_records: int = 2000
+    consumer_retries: int = 3
+    consumer_backoff_seconds: float = 0.2
+    create_topics: bool = True
+
+    def topic(self, name: str) -> str:
+        return self.topic_prefix + name
+
+    def group(self, name: str) -> str:
+        return self.consumer_group_prefix + name

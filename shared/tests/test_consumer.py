@@ -1,0 +1,181 @@
+"""The consumer runner on the real broker: retries, dead letters, de-duplication."""
+
+from __future__ import annotations
+
+import asyncio
+from collections.abc import Sequence
+
+import pytest
+
+from shared.consumer import Consumed, TypeDispatch
+from shared.contracts import registry as ev
+from shared.envelope import Envelope, make_event
+from shared.infra import KafkaBroker
+from shared.kafka import EventProducer
+from shared.runtime import Runtime
+from shared.settings import ServiceSettings
+from shared.testing import wait_until
+from shared.topics import REGISTRY_TOPIC, dlq_topic
+
+pytestmark = [pytest.mark.kafka, pytest.mark.mongo]
+
+
+class ConsumerSettings(ServiceSettings):
+    service_name: str = "consumertest"
+
+
+def unit_event(code: str) -> Envelope:
+    return make_event(
+        ev.UNIT_CREATED,
+        ev.UnitCreated(code=code, name=f"Xã {code}", kind="commune", parent_code="QN", path=["QN", code]),
+        source="/test",
+        key=code,
+    )
+
+
+async def publish(settings: ServiceSettings, events: Sequence[Envelope]) -> None:
+    producer = EventProducer(settings.kafka_bootstrap, client_id="test")
+    try:
+        await producer.send_all({REGISTRY_TOPIC: settings.topic(REGISTRY_TOPIC)}, list(events))
+    finally:
+        await producer.stop()
+
+
+async def test_handler_failing_twice_then_succeeding_applies_once(make_settings) -> None:
+    settings = make_settings(ConsumerSettings)
+    attempts: dict[str, int] = {}
+    applied: list[str] = []
+
+    async def flaky(payload: ev.UnitCreated, env: Envelope) -> None:
+        attempts[payload.code] = attempts.get(payload.code, 0) + 1
+        if payload.code == "FLAKY" and attempts[payload.code] <= 2:
+            raise RuntimeError("transient failure")
+        applied.append(payload.code)
+
+    runtime = Runtime(settings)
+    runtime.add_consumer("flaky", [REGISTRY_TOPIC], TypeDispatch({ev.UNIT_CREATED: flaky}))
+    await runtime.start()
+    try:
+        await publish(settings, [unit_event("FLAKY"), unit_event("AFTER")])
+
+        async def done() -> bool:
+            return {"FLAKY", "AFTER"} <= set(applied)
+
+        await wait_until(done)
+        await asyncio.sleep(0.5)  # room for a wrong extra application to show up
+    finally:
+        await runtime.stop()
+    assert attempts["FLAKY"] == 3
+    assert sorted(applied) == ["AFTER", "FLAKY"]
+
+
+async def test_poison_message_goes_to_dlq_and_next_message_is_processed(make_settings, kafka: KafkaBroker) -> None:
+    settings = make_settings(ConsumerSettings)
+    applied: list[str] = []
+
+    async def handle(payload: ev.UnitCreated, env: Envelope) -> None:
+        if payload.code == "ALWAYS-FAILS":
+            raise ValueError("cannot apply")
+        applied.append(payload.code)
+
+    runtime = Runtime(settings)
+    runtime.add_consumer("poison", [REGISTRY_TOPIC], TypeDispatch({ev.UNIT_CREATED: handle}))
+    await runtime.start()
+    producer = EventProducer(settings.kafka_bootstrap, client_id="test")
+    try:
+        topic = settings.topic(REGISTRY_TOPIC)
+        await producer.send_raw(topic, b"{not json", key=b"x", headers=[("ce_type", b"garbage")])
+        await publish(settings, [unit_event("ALWAYS-FAILS"), unit_event("GOOD")])
+
+        async def done() -> bool:
+            return "GOOD" in applied
+
+        await wait_until(done, timeout=30)
+        dead = await collect_dead_letters(kafka.bootstrap, dlq_topic(topic), 2)
+    finally:
+        await producer.stop()
+        await runtime.stop()
+    assert applied == ["GOOD"]
+    errors = sorted(h["dlq_error"].decode() for h in dead)
+    assert errors[0].startswith("ValueError: cannot apply")
+    assert errors[1].startswith("undecodable: missing header ce_id")
+    assert all(h["dlq_topic"] == topic.encode() for h in dead)
+
+
+async def collect_dead_letters(bootstrap: str, topic: str, n: int) -> list[dict[str, bytes]]:
+    from aiokafka import AIOKafkaConsumer
+
+    c = AIOKafkaConsumer(topic, bootstrap_servers=bootstrap, auto_offset_reset="earliest", group_id=None)
+    await c.start()
+    out: list[dict[str, bytes]] = []
+    try:
+        for _ in range(100):
+            batch = await c.getmany(timeout_ms=200)
+            out += [dict(r.headers) for rs in batch.values() for r in rs]
+            if len(out) >= n:
+                break
+    finally:
+        await c.stop()
+    return out
+
+
+async def test_duplicate_event_id_is_skipped(make_settings) -> None:
+    settings = make_settings(ConsumerSettings)
+    seen: list[str] = []
+
+    async def handle(payload: ev.UnitCreated, env: Envelope) -> None:
+        seen.append(env.id)
+
+    runtime = Runtime(settings)
+    runtime.add_consumer("dedup", [REGISTRY_TOPIC], TypeDispatch({ev.UNIT_CREATED: handle}))
+    await runtime.start()
+    try:
+        first = unit_event("QN-A")
+        await publish(settings, [first, first])  # the same ce_id twice, as after a relay crash
+        await asyncio.sleep(0.5)
+        await publish(settings, [first, unit_event("QN-B")])
+
+        async def done() -> bool:
+            return len(seen) >= 2
+
+        await wait_until(done)
+        await asyncio.sleep(1.0)  # give a wrongly re-applied duplicate time to show up
+    finally:
+        await runtime.stop()
+    assert seen.count(first.id) == 1
+    assert len(seen) == 2
+
+
+async def test_batch_mode_isolates_the_bad_event(make_settings) -> None:
+    settings = make_settings(ConsumerSettings)
+    applied: list[str] = []
+
+    async def batch(events: Sequence[Consumed]) -> None:
+        codes = [c.envelope.data["code"] for c in events]
+        if "BAD" in codes:
+            raise ValueError("batch contains BAD")
+        applied.extend(codes)
+
+    runtime = Runtime(settings)
+    runtime.add_consumer("batch", [REGISTRY_TOPIC], batch, per_event=False, dedup=False)
+    await runtime.start()
+    try:
+        # One key, so all three share a partition and arrive in one batch.
+        events = [
+            make_event(
+                ev.UNIT_CREATED,
+                ev.UnitCreated(code=c, name=c, kind="commune", parent_code="QN", path=["QN", c]),
+                source="/t",
+                key="same",
+            )
+            for c in ("A", "BAD", "C")
+        ]
+        await publish(settings, events)
+
+        async def done() -> bool:
+            return "C" in applied
+
+        await wait_until(done, timeout=30)
+    finally:
+        await runtime.stop()
+    assert applied == ["A", "C"]

@@ -1,0 +1,89 @@
+"""The outbox: an acknowledged write reaches Kafka even when Kafka was down at the time."""
+
+from __future__ import annotations
+
+import pytest
+
+from shared.infra import FerretDB, KafkaBroker
+from shared.testing import collect_events, running_app, token
+from shared.topics import ensure_topics_sync
+
+from .sample_app import SampleSettings, build_app
+
+pytestmark = [pytest.mark.kafka, pytest.mark.mongo]
+
+
+async def test_write_while_kafka_is_down_is_published_after_it_returns(
+    own_kafka: KafkaBroker, ferretdb: FerretDB, run_id: str
+) -> None:
+    ensure_topics_sync(own_kafka.bootstrap)
+    settings = SampleSettings(
+        kafka_bootstrap=own_kafka.bootstrap,
+        mongo_url=ferretdb.url,
+        mongo_db=f"outbox_{run_id}",
+        relay_poll_seconds=0.1,
+        log_json=False,
+    )
+    own_kafka.stop()
+    async with running_app(build_app(settings)) as client:
+        for code, name in (("QN", "Tỉnh Quảng Ninh"), ("QN-VD", "Đặc khu Vân Đồn")):
+            r = await client.post("/v1/units", json={"code": code, "name": name}, headers=token())
+            assert r.status_code == 201, r.text
+        pending = await build_pending_count(settings)
+        assert pending == 2  # acknowledged, not yet published
+        own_kafka.start()
+        got = await collect_events(own_kafka.bootstrap, ["registry.events.v1"], count=2, timeout=60, settle=1.0)
+    assert sorted(e.envelope.data["name"] for e in got) == ["Tỉnh Quảng Ninh", "Đặc khu Vân Đồn"]
+    assert {e.envelope.key for e in got} == {"QN", "QN-VD"}
+    assert len({e.envelope.id for e in got}) == 2
+    assert await build_pending_count(settings) == 0
+
+
+async def build_pending_count(settings: SampleSettings) -> int:
+    from shared.mongo import connect
+
+    client = connect(settings.mongo_url)
+    try:
+        return await client[settings.mongo_db]["units"].count_documents({"has_outbox": True})
+    finally:
+        await client.close()
+
+
+async def test_events_of_one_aggregate_keep_their_order(make_settings, kafka: KafkaBroker) -> None:
+    from shared.contracts import registry as ev
+    from shared.envelope import make_event
+    from shared.mongo import connect
+    from shared.outbox import outbox_fields, outbox_update
+    from shared.runtime import Runtime
+
+    settings = make_settings(SampleSettings)
+    runtime = Runtime(settings, outbox_collections=["units"])
+    await runtime.start()
+    try:
+
+        def unit(name: str) -> object:
+            return make_event(
+                ev.UNIT_UPDATED,
+                ev.UnitUpdated(
+                    code="QN", name=name, kind="province", parent_code=None, path=["QN"], previous_path=["QN"]
+                ),
+                source="/t",
+                key="QN",
+            )
+
+        col = runtime.db["units"]
+        await col.insert_one({"_id": "QN", **outbox_fields([unit("v0")])})  # type: ignore[list-item]
+        for i in range(1, 30):
+            await col.update_one({"_id": "QN"}, outbox_update({"$set": {"name": f"v{i}"}}, [unit(f"v{i}")]))  # type: ignore[list-item]
+            if i % 7 == 0:
+                runtime.notify_relay()
+        got = await collect_events(
+            kafka.bootstrap, [settings.topic("registry.events.v1")], count=30, timeout=30, settle=1.0
+        )
+    finally:
+        await runtime.stop()
+    assert [e.envelope.data["name"] for e in got] == [f"v{i}" for i in range(30)]
+    assert len({e.partition for e in got}) == 1
+    client = connect(settings.mongo_url)
+    assert await client[settings.mongo_db]["units"].count_documents({"has_outbox": True}) == 0
+    await client.close()
