@@ -36,9 +36,11 @@ def test_rs256_with_a_configured_public_key_rejects_hs256_tokens() -> None:
     private_pem = key.private_bytes(
         serialization.Encoding.PEM, serialization.PrivateFormat.PKCS8, serialization.NoEncryption()
     ).decode()
-    public_pem = key.public_key().public_bytes(
-        serialization.Encoding.PEM, serialization.PublicFormat.SubjectPublicKeyInfo
-    ).decode()
+    public_pem = (
+        key.public_key()
+        .public_bytes(serialization.Encoding.PEM, serialization.PublicFormat.SubjectPublicKeyInfo)
+        .decode()
+    )
     auth = Authenticator(algorithm="HS256", secret=SECRET, public_key=public_pem)
     good = issue_token(secret=private_pem, role="viewer", unit="QN", algorithm="RS256")
     assert auth.decode(good).role is Role.viewer

@@ -24,6 +24,7 @@ from starlette.exceptions import HTTPException as StarletteHTTPException
 from starlette.types import ASGIApp, Message, Receive, Scope, Send
 
 from shared.auth import Authenticator, Principal
+from shared.catalog import catalog_router
 from shared.errors import PROBLEM_BASE, Conflict, PayloadTooLarge, ProblemError, Unauthorized
 from shared.logging import bind_context, get_logger, unbind_context
 
@@ -322,6 +323,7 @@ def create_app(
     app.add_middleware(BodyLimitMiddleware, max_bytes=max_body_bytes)
     app.add_middleware(RequestContextMiddleware, service=service)
     app.include_router(_health_router(service, lambda: app.state.runtime.readiness_checks()))
+    app.include_router(catalog_router(service))
     for r in routers:
         app.include_router(r)
 

@@ -53,36 +53,31 @@ class RegistryView:
     async def team(self, code: str) -> dict[str, Any] | None:
         """``{"code", "kind", "unit_code", "unit_path", "active"}`` or None if never seen."""
         doc = await self._db[TEAMS].find_one({"_id": code})
-        if doc is None:
+        # A membership event can arrive before its team's event (different keys, so no ordering
+        # between them); such a stub only holds members and does not make the team known.
+        if doc is None or "kind" not in doc:
             return None
         doc["code"] = doc.pop("_id")
         return doc
 
     async def active_members(self, team_code: str, volunteer_ids: Sequence[str]) -> set[str]:
         """Those of ``volunteer_ids`` who are current members of the team and have not left."""
-        if not volunteer_ids:
-            return set()
-        members = (
-            await self._db[MEMBERSHIPS]
-            .find({"team_code": team_code, "volunteer_id": {"$in": list(volunteer_ids)}, "active": True})
-            .to_list()
-        )
-        candidates = [m["volunteer_id"] for m in members]
-        if not candidates:
-            return set()
-        active = await self._db[VOLUNTEERS].find({"_id": {"$in": candidates}, "active": True}, {"_id": 1}).to_list()
-        return {v["_id"] for v in active}
+        team = await self._db[TEAMS].find_one({"_id": team_code}, {"members": 1})
+        current = set(team.get("members", [])) if team else set()
+        return {v for v in set(volunteer_ids) & current if await self._volunteer_active(v)}
 
     async def team_has_skill(self, team_code: str, skill: str) -> bool:
         """True if any current member of the team (who has not left) has ``skill``."""
-        members = (
-            await self._db[MEMBERSHIPS].find({"team_code": team_code, "active": True}, {"volunteer_id": 1}).to_list()
-        )
-        ids = [m["volunteer_id"] for m in members]
-        if not ids:
-            return False
-        found = await self._db[VOLUNTEERS].find_one({"_id": {"$in": ids}, "active": True, "skills": skill})
-        return found is not None
+        team = await self._db[TEAMS].find_one({"_id": team_code}, {"members": 1})
+        for volunteer_id in team.get("members", []) if team else []:
+            doc = await self._db[VOLUNTEERS].find_one({"_id": volunteer_id})
+            if doc and doc.get("active") and skill in doc.get("skills", []):
+                return True
+        return False
+
+    async def _volunteer_active(self, volunteer_id: str) -> bool:
+        doc = await self._db[VOLUNTEERS].find_one({"_id": volunteer_id}, {"active": 1})
+        return bool(doc and doc.get("active"))
 
     # --- event handlers ----------------------------------------------------------------------------
 
@@ -144,17 +139,21 @@ class RegistryView:
 
     async def _membership(self, e: ev.MembershipStarted | ev.MembershipEnded, _: Envelope) -> None:
         key = f"{e.team_code}/{e.volunteer_id}"
+        started = isinstance(e, ev.MembershipStarted)
         await self._db[MEMBERSHIPS].update_one(
             {"_id": key},
-            {
-                "$set": {
-                    "team_code": e.team_code,
-                    "volunteer_id": e.volunteer_id,
-                    "active": isinstance(e, ev.MembershipStarted),
-                }
-            },
+            {"$set": {"team_code": e.team_code, "volunteer_id": e.volunteer_id, "active": started}},
             upsert=True,
         )
+        # The team document keeps its current member ids so that checks are primary-key lookups:
+        # FerretDB v1 only pushes an exact {"_id": ...} filter down to SQLite; anything else scans.
+        team = await self._db[TEAMS].find_one({"_id": e.team_code}, {"members": 1})
+        members = list(team.get("members", [])) if team else []
+        if started and e.volunteer_id not in members:
+            members.append(e.volunteer_id)
+        elif not started and e.volunteer_id in members:
+            members.remove(e.volunteer_id)
+        await self._db[TEAMS].update_one({"_id": e.team_code}, {"$set": {"members": members}}, upsert=True)
         await self._changed("membership", key)
 
     def handlers(self) -> dict[str, EventHandler]:

@@ -1,0 +1,3 @@
+from registry.app import main
+
+main()

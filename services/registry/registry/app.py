@@ -1,0 +1,66 @@
+"""Wiring of the registry service: settings, runtime, routes."""
+
+from __future__ import annotations
+
+from collections.abc import AsyncIterator
+from contextlib import asynccontextmanager
+
+import uvicorn
+from fastapi import FastAPI
+from pydantic_settings import SettingsConfigDict
+
+from registry.api import router
+from registry.repository import COLLECTIONS, INDEXES, Repository
+from registry.service import RegistryService
+from shared.http import create_app
+from shared.logging import configure_logging
+from shared.runtime import Runtime
+from shared.settings import ServiceSettings
+
+
+class RegistrySettings(ServiceSettings):
+    model_config = SettingsConfigDict(env_prefix="REGISTRY_", extra="ignore")
+
+    service_name: str = "registry"
+    mongo_db: str = "registry"
+    host: str = "127.0.0.1"
+    port: int = 8001
+
+
+DESCRIPTION = """The source of truth for the organisation: units, teams, volunteers, memberships and
+campaigns. Other services learn about it only from its events on `registry.events.v1`.
+
+Admins write anywhere; managers write inside their unit's subtree; field, viewer and integrator
+tokens read, with volunteers' personal data masked."""
+
+
+def build_app(settings: RegistrySettings | None = None) -> FastAPI:
+    settings = settings or RegistrySettings()
+
+    @asynccontextmanager
+    async def lifespan(app: FastAPI) -> AsyncIterator[None]:
+        runtime = Runtime(settings, outbox_collections=COLLECTIONS, indexes=INDEXES)
+        app.state.runtime = runtime
+        app.state.registry = RegistryService(Repository(runtime.db, runtime.notify_relay))
+        await runtime.start()
+        try:
+            yield
+        finally:
+            await runtime.stop()
+
+    return create_app(
+        service=settings.service_name,
+        title="Digital Bridge registry",
+        description=DESCRIPTION,
+        lifespan=lifespan,
+        routers=[router],
+        max_body_bytes=settings.max_body_bytes,
+    )
+
+
+def main() -> None:
+    settings = RegistrySettings()
+    configure_logging(settings.service_name, settings.log_level, settings.log_json)
+    uvicorn.run(
+        build_app(settings), host=settings.host, port=settings.port, loop="uvloop", http="httptools", log_config=None
+    )

@@ -1,0 +1,79 @@
+"""Every Mongo query of the registry. Each aggregate is one document that carries its own outbox."""
+
+from __future__ import annotations
+
+from collections.abc import Callable, Sequence
+from typing import Any
+
+from pymongo import IndexModel
+from pymongo.asynchronous.database import AsyncDatabase
+from pymongo.errors import DuplicateKeyError
+
+from shared.envelope import Envelope
+from shared.mongo import Document
+from shared.outbox import outbox_fields, outbox_update
+from shared.pagination import decode_cursor, next_cursor
+
+UNITS = "units"
+TEAMS = "teams"
+VOLUNTEERS = "volunteers"
+MEMBERSHIPS = "memberships"
+CAMPAIGNS = "campaigns"
+COLLECTIONS = (UNITS, TEAMS, VOLUNTEERS, MEMBERSHIPS, CAMPAIGNS)
+
+INDEXES: dict[str, list[IndexModel]] = {
+    UNITS: [IndexModel("path"), IndexModel("parent_code"), IndexModel("kind")],
+    TEAMS: [IndexModel("unit_path"), IndexModel("kind"), IndexModel("active"), IndexModel("campaign_code")],
+    VOLUNTEERS: [IndexModel("unit_path"), IndexModel("skills"), IndexModel("active")],
+    MEMBERSHIPS: [IndexModel("team_code"), IndexModel("volunteer_id")],
+}
+
+
+class Repository:
+    def __init__(self, db: AsyncDatabase[Document], notify: Callable[[], None]) -> None:
+        self._db = db
+        self._notify = notify
+
+    async def get(self, collection: str, key: str) -> Document | None:
+        return await self._db[collection].find_one({"_id": key}, {"outbox": 0})
+
+    async def find_all(self, collection: str, query: dict[str, Any]) -> list[Document]:
+        return await self._db[collection].find(query, {"outbox": 0}).sort("_id", 1).to_list()
+
+    async def root_unit(self) -> Document | None:
+        return await self._db[UNITS].find_one({"parent_code": None}, {"outbox": 0})
+
+    async def active_member_ids(self, team_code: str) -> list[str]:
+        docs = await self._db[MEMBERSHIPS].find({"team_code": team_code, "active": True}, {"volunteer_id": 1}).to_list()
+        return [d["volunteer_id"] for d in docs]
+
+    async def page(
+        self, collection: str, query: dict[str, Any], limit: int, cursor: str | None
+    ) -> tuple[list[Document], str | None]:
+        """One page ordered by ``_id``; the cursor condition is merged into any ``_id`` filter."""
+        query = dict(query)
+        last = decode_cursor(cursor)
+        if last is not None:
+            existing = query.get("_id")
+            cond = dict(existing) if isinstance(existing, dict) else {} if existing is None else {"$in": [existing]}
+            query["_id"] = {**cond, "$gt": last}
+        docs = await self._db[collection].find(query, {"outbox": 0}).sort("_id", 1).limit(limit + 1).to_list()
+        return docs[:limit], next_cursor(docs, limit)
+
+    async def insert(self, collection: str, doc: Document, events: Sequence[Envelope]) -> bool:
+        """Insert a new aggregate with its events; False if its ``_id`` is taken."""
+        try:
+            await self._db[collection].insert_one({**doc, **outbox_fields(events)})
+        except DuplicateKeyError:
+            return False
+        self._notify()
+        return True
+
+    async def update(self, collection: str, current: Document, changes: Document, events: Sequence[Envelope]) -> bool:
+        """Compare-and-set on ``rev``: False if someone else changed the document since ``current`` was read."""
+        result = await self._db[collection].update_one(
+            {"_id": current["_id"], "rev": current["rev"]}, outbox_update({"$set": changes}, events)
+        )
+        if result.matched_count:
+            self._notify()
+        return bool(result.matched_count)

@@ -1,0 +1,692 @@
+"""Registry domain rules: the unit tree, teams, volunteers, memberships and campaigns.
+
+Every change is one single-document write that embeds the event describing it (outbox). Volunteers'
+names and contact details stay in this service: events carry only ids, units, roles, skills and
+birth years.
+"""
+
+from __future__ import annotations
+
+import uuid
+from collections.abc import Sequence
+from datetime import UTC, date, datetime
+from typing import Any
+
+from pydantic import BaseModel
+
+from registry.repository import CAMPAIGNS, MEMBERSHIPS, TEAMS, UNITS, VOLUNTEERS, Repository
+from registry.schemas import (
+    MASK,
+    CampaignIn,
+    CampaignOut,
+    MemberIn,
+    MembershipOut,
+    Period,
+    TargetIn,
+    TargetOut,
+    TeamIn,
+    TeamOut,
+    TeamPatch,
+    UnitIn,
+    UnitOut,
+    UnitPatch,
+    VolunteerIn,
+    VolunteerOut,
+    VolunteerPatch,
+    local_today,
+)
+from shared.auth import Principal, Role, require_role, require_scope
+from shared.contracts import registry as ev
+from shared.contracts.common import TeamKind, UnitKind
+from shared.envelope import Envelope, make_event
+from shared.errors import Conflict, InvalidInput, NotFound
+from shared.mongo import Document
+from shared.pagination import Page
+
+SOURCE = "/registry"
+WRITERS = (Role.admin, Role.manager)
+
+
+def _event(event_type: str, payload: BaseModel, key: str) -> Envelope:
+    return make_event(event_type, payload, source=SOURCE, key=key)
+
+
+def authorize_write(principal: Principal, unit_path: Sequence[str], what: str) -> None:
+    """Admins write anywhere; managers only inside their unit's subtree; other roles only read."""
+    require_role(principal, *WRITERS)
+    require_scope(principal, unit_path, what)
+
+
+def sees_personal_data(principal: Principal, unit_path: Sequence[str]) -> bool:
+    return principal.role is Role.admin or (principal.role is Role.manager and principal.in_scope(unit_path))
+
+
+def _lost_race(what: str) -> Conflict:
+    return Conflict(f"{what} was changed by another request at the same time; retry", slug="concurrent-change")
+
+
+def _now() -> datetime:
+    return datetime.now(UTC)
+
+
+# --- document -> response ---------------------------------------------------------------------------
+
+
+def unit_out(d: Document) -> UnitOut:
+    return UnitOut(code=d["_id"], name=d["name"], kind=d["kind"], parent_code=d["parent_code"], path=d["path"])
+
+
+def team_out(d: Document) -> TeamOut:
+    return TeamOut(
+        code=d["_id"],
+        name=d["name"],
+        kind=d["kind"],
+        unit_code=d["unit_code"],
+        unit_path=d["unit_path"],
+        base=d.get("base"),
+        campaign_code=d.get("campaign_code"),
+        active=d["active"],
+    )
+
+
+def volunteer_out(d: Document, principal: Principal) -> VolunteerOut:
+    visible = sees_personal_data(principal, d["unit_path"])
+
+    def mask(value: str | None) -> str | None:
+        return value if visible or value is None else MASK
+
+    return VolunteerOut(
+        id=d["_id"],
+        full_name=d["full_name"] if visible else MASK,
+        birth_year=d["birth_year"],
+        unit_code=d["unit_code"],
+        unit_path=d["unit_path"],
+        roles=d["roles"],
+        skills=d["skills"],
+        phone=mask(d.get("phone")),
+        email=mask(d.get("email")),
+        active=d["active"],
+        left_on=date.fromisoformat(d["left_on"]) if d.get("left_on") else None,
+        personal_data_masked=not visible,
+    )
+
+
+def _periods(d: Document) -> list[Period]:
+    return [
+        Period(since=date.fromisoformat(p["since"]), until=date.fromisoformat(p["until"]) if p["until"] else None)
+        for p in d["periods"]
+    ]
+
+
+def membership_out(d: Document) -> MembershipOut:
+    periods = _periods(d)
+    return MembershipOut(
+        team_code=d["team_code"],
+        volunteer_id=d["volunteer_id"],
+        active=d["active"],
+        since=periods[-1].since,
+        until=periods[-1].until,
+        periods=periods,
+    )
+
+
+def campaign_out(d: Document) -> CampaignOut:
+    return CampaignOut(
+        code=d["_id"],
+        name=d["name"],
+        starts_on=date.fromisoformat(d["starts_on"]),
+        ends_on=date.fromisoformat(d["ends_on"]),
+        targets=[TargetOut(**t) for t in d["targets"]],
+    )
+
+
+class RegistryService:
+    def __init__(self, repo: Repository) -> None:
+        self._repo = repo
+
+    # --- lookups ------------------------------------------------------------------------------------
+
+    async def _unit_or_404(self, code: str) -> Document:
+        doc = await self._repo.get(UNITS, code)
+        if doc is None:
+            raise NotFound(f"unit {code} does not exist")
+        return doc
+
+    async def _referenced_unit(self, code: str, field: str) -> Document:
+        """A unit named in a request body: a missing one is invalid input (422), not a missing resource."""
+        doc = await self._repo.get(UNITS, code)
+        if doc is None:
+            raise InvalidInput(f"{field}: unit {code} does not exist", slug="unknown-unit", field=field)
+        return doc
+
+    async def _team_or_404(self, code: str) -> Document:
+        doc = await self._repo.get(TEAMS, code)
+        if doc is None:
+            raise NotFound(f"team {code} does not exist")
+        return doc
+
+    async def _volunteer_or_404(self, volunteer_id: str) -> Document:
+        doc = await self._repo.get(VOLUNTEERS, volunteer_id)
+        if doc is None:
+            raise NotFound(f"volunteer {volunteer_id} does not exist")
+        return doc
+
+    async def _campaign_or_404(self, code: str) -> Document:
+        doc = await self._repo.get(CAMPAIGNS, code)
+        if doc is None:
+            raise NotFound(f"campaign {code} does not exist")
+        return doc
+
+    async def _update(self, collection: str, current: Document, changes: Document, events: list[Envelope]) -> None:
+        if not await self._repo.update(collection, current, changes, events):
+            raise _lost_race(f"{collection[:-1]} {current['_id']}")
+
+    # --- units --------------------------------------------------------------------------------------
+
+    async def create_unit(self, principal: Principal, body: UnitIn) -> UnitOut:
+        require_role(principal, *WRITERS)
+        if body.kind is UnitKind.province:
+            if body.parent_code is not None:
+                raise InvalidInput("a province is the root of the tree: parent_code must be null", field="parent_code")
+            require_role(principal, Role.admin)
+            root = await self._repo.root_unit()
+            if root is not None:
+                raise Conflict(f"the province {root['_id']} already exists; the tree has one root", slug="root-exists")
+            path = [body.code]
+        else:
+            if body.parent_code is None:
+                raise InvalidInput(f"a {body.kind.value} needs a parent_code", field="parent_code")
+            parent = await self._referenced_unit(body.parent_code, "parent_code")
+            authorize_write(principal, parent["path"], "the parent unit")
+            path = [*parent["path"], body.code]
+        doc = {
+            "_id": body.code,
+            "name": body.name,
+            "kind": body.kind.value,
+            "parent_code": body.parent_code,
+            "path": path,
+            "created_at": _now(),
+        }
+        event = _event(
+            ev.UNIT_CREATED,
+            ev.UnitCreated(code=body.code, name=body.name, kind=body.kind, parent_code=body.parent_code, path=path),
+            body.code,
+        )
+        if not await self._repo.insert(UNITS, doc, [event]):
+            raise Conflict(f"unit {body.code} already exists", slug="duplicate-code")
+        return unit_out(doc)
+
+    async def get_unit(self, code: str) -> UnitOut:
+        return unit_out(await self._unit_or_404(code))
+
+    async def list_units(
+        self, *, parent_code: str | None, kind: UnitKind | None, limit: int, cursor: str | None
+    ) -> Page[UnitOut]:
+        query: dict[str, Any] = {}
+        if parent_code is not None:
+            query["parent_code"] = parent_code
+        if kind is not None:
+            query["kind"] = kind.value
+        docs, nxt = await self._repo.page(UNITS, query, limit, cursor)
+        return Page[UnitOut](items=[unit_out(d) for d in docs], next_cursor=nxt)
+
+    async def update_unit(self, principal: Principal, code: str, patch: UnitPatch) -> UnitOut:
+        doc = await self._unit_or_404(code)
+        authorize_write(principal, doc["path"], "the unit")
+        changes = patch.changes()
+        name: str = changes["name"] if "name" in changes else doc["name"]
+        kind = UnitKind(changes["kind"] if "kind" in changes else doc["kind"])
+        moving = "parent_code" in changes
+        parent_code = changes["parent_code"] if moving else doc["parent_code"]
+        if (kind is UnitKind.province) != (parent_code is None):
+            raise InvalidInput("the province is the root: it alone has no parent, and only it is a province")
+        if parent_code is None and doc["parent_code"] is not None:
+            raise InvalidInput(f"{code} cannot become a second root", field="parent_code")
+        path = doc["path"]
+        if moving and parent_code is not None:
+            # The path is recomputed from the parent even when the parent is unchanged, so repeating a
+            # move repairs a subtree that an earlier, interrupted move left half-updated.
+            parent = await self._referenced_unit(parent_code, "parent_code")
+            if code in parent["path"]:
+                raise InvalidInput(
+                    f"moving {code} under {parent_code} would make a cycle: {parent_code} is inside {code}'s subtree",
+                    slug="unit-cycle",
+                    field="parent_code",
+                )
+            if parent_code != doc["parent_code"]:
+                authorize_write(principal, parent["path"], "the new parent unit")
+            path = [*parent["path"], code]
+        updated = {"name": name, "kind": kind.value, "parent_code": parent_code, "path": path}
+        if any(doc[k] != v for k, v in updated.items()):
+            event = _event(
+                ev.UNIT_UPDATED,
+                ev.UnitUpdated(
+                    code=code, name=name, kind=kind, parent_code=parent_code, path=path, previous_path=doc["path"]
+                ),
+                code,
+            )
+            await self._update(UNITS, doc, {**updated, "updated_at": _now()}, [event])
+        if moving:
+            await self._move_subtree(code, path)
+        return unit_out({**doc, **updated})
+
+    async def _move_subtree(self, code: str, path: list[str]) -> None:
+        """Bring the paths below ``code`` (units, then their teams and volunteers) in line with ``path``.
+
+        FerretDB has no transactions, so a move is several single-document writes, each carrying its
+        own event; only documents whose path is stale are written, which makes a retry finish the job.
+        """
+        paths = {code: path}
+        descendants = await self._repo.find_all(UNITS, {"path": code, "_id": {"$ne": code}})
+        for unit in sorted(descendants, key=lambda u: len(u["path"])):
+            old = unit["path"]
+            new = [*path, *old[old.index(code) + 1 :]]
+            paths[unit["_id"]] = new
+            if old != new:
+                event = _event(
+                    ev.UNIT_UPDATED,
+                    ev.UnitUpdated(
+                        code=unit["_id"],
+                        name=unit["name"],
+                        kind=unit["kind"],
+                        parent_code=unit["parent_code"],
+                        path=new,
+                        previous_path=old,
+                    ),
+                    unit["_id"],
+                )
+                await self._update(UNITS, unit, {"path": new, "updated_at": _now()}, [event])
+        for team in await self._repo.find_all(TEAMS, {"unit_path": code}):
+            team_path = paths.get(team["unit_code"])
+            if team_path is not None and team["unit_path"] != team_path:
+                await self._update(
+                    TEAMS, team, {"unit_path": team_path}, [self._team_updated({**team, "unit_path": team_path}, team)]
+                )
+        for vol in await self._repo.find_all(VOLUNTEERS, {"unit_path": code}):
+            vol_path = paths.get(vol["unit_code"])
+            if vol_path is not None and vol["unit_path"] != vol_path:
+                event = self._volunteer_updated({**vol, "unit_path": vol_path}, vol)
+                await self._update(VOLUNTEERS, vol, {"unit_path": vol_path}, [event])
+
+    # --- teams --------------------------------------------------------------------------------------
+
+    async def _check_campaign(self, code: str | None) -> None:
+        if code is not None and await self._repo.get(CAMPAIGNS, code) is None:
+            raise InvalidInput(
+                f"campaign_code: campaign {code} does not exist", slug="unknown-campaign", field="campaign_code"
+            )
+
+    @staticmethod
+    def _team_updated(new: Document, old: Document) -> Envelope:
+        return _event(
+            ev.TEAM_UPDATED,
+            ev.TeamUpdated(
+                code=new["_id"],
+                name=new["name"],
+                kind=new["kind"],
+                unit_code=new["unit_code"],
+                unit_path=new["unit_path"],
+                base=new.get("base"),
+                campaign_code=new.get("campaign_code"),
+                active=new["active"],
+                previous_kind=old["kind"],
+                previous_unit_path=old["unit_path"],
+            ),
+            new["_id"],
+        )
+
+    async def create_team(self, principal: Principal, body: TeamIn) -> TeamOut:
+        require_role(principal, *WRITERS)
+        unit = await self._referenced_unit(body.unit_code, "unit_code")
+        authorize_write(principal, unit["path"], "the team's unit")
+        await self._check_campaign(body.campaign_code)
+        doc = {
+            "_id": body.code,
+            "name": body.name,
+            "kind": body.kind.value,
+            "unit_code": body.unit_code,
+            "unit_path": unit["path"],
+            "base": body.base,
+            "campaign_code": body.campaign_code,
+            "active": True,
+            "created_at": _now(),
+        }
+        event = _event(
+            ev.TEAM_CREATED,
+            ev.TeamCreated(
+                code=body.code,
+                name=body.name,
+                kind=body.kind,
+                unit_code=body.unit_code,
+                unit_path=unit["path"],
+                base=body.base,
+                campaign_code=body.campaign_code,
+            ),
+            body.code,
+        )
+        if not await self._repo.insert(TEAMS, doc, [event]):
+            raise Conflict(f"team {body.code} already exists", slug="duplicate-code")
+        return team_out(doc)
+
+    async def get_team(self, code: str) -> TeamOut:
+        return team_out(await self._team_or_404(code))
+
+    async def list_teams(
+        self,
+        *,
+        unit: str | None,
+        kind: TeamKind | None,
+        active: bool | None,
+        campaign_code: str | None,
+        limit: int,
+        cursor: str | None,
+    ) -> Page[TeamOut]:
+        query: dict[str, Any] = {}
+        if unit is not None:
+            query["unit_path"] = unit
+        if kind is not None:
+            query["kind"] = kind.value
+        if active is not None:
+            query["active"] = active
+        if campaign_code is not None:
+            query["campaign_code"] = campaign_code
+        docs, nxt = await self._repo.page(TEAMS, query, limit, cursor)
+        return Page[TeamOut](items=[team_out(d) for d in docs], next_cursor=nxt)
+
+    async def update_team(self, principal: Principal, code: str, patch: TeamPatch) -> TeamOut:
+        doc = await self._team_or_404(code)
+        authorize_write(principal, doc["unit_path"], "the team's unit")
+        changes = {k: v.value if isinstance(v, TeamKind) else v for k, v in patch.changes().items()}
+        if "unit_code" in changes and changes["unit_code"] != doc["unit_code"]:
+            unit = await self._referenced_unit(changes["unit_code"], "unit_code")
+            authorize_write(principal, unit["path"], "the team's new unit")
+            changes["unit_path"] = unit["path"]
+        if "campaign_code" in changes and changes["campaign_code"] != doc.get("campaign_code"):
+            await self._check_campaign(changes["campaign_code"])
+        new = {**doc, **changes}
+        if all(doc.get(k) == v for k, v in changes.items()):
+            return team_out(doc)
+        await self._update(TEAMS, doc, {**changes, "updated_at": _now()}, [self._team_updated(new, doc)])
+        return team_out(new)
+
+    async def deactivate_team(self, principal: Principal, code: str) -> TeamOut:
+        doc = await self._team_or_404(code)
+        authorize_write(principal, doc["unit_path"], "the team's unit")
+        if not doc["active"]:
+            return team_out(doc)  # already closed: repeating the request changes nothing
+        event = _event(
+            ev.TEAM_DEACTIVATED,
+            ev.TeamDeactivated(code=code, kind=doc["kind"], unit_code=doc["unit_code"], unit_path=doc["unit_path"]),
+            code,
+        )
+        await self._update(TEAMS, doc, {"active": False, "deactivated_at": _now()}, [event])
+        return team_out({**doc, "active": False})
+
+    # --- volunteers ---------------------------------------------------------------------------------
+
+    @staticmethod
+    def _volunteer_updated(new: Document, old: Document) -> Envelope:
+        return _event(
+            ev.VOLUNTEER_UPDATED,
+            ev.VolunteerUpdated(
+                volunteer_id=new["_id"],
+                unit_code=new["unit_code"],
+                unit_path=new["unit_path"],
+                roles=new["roles"],
+                skills=new["skills"],
+                birth_year=new["birth_year"],
+                active=new["active"],
+                previous_unit_path=old["unit_path"],
+            ),
+            new["_id"],
+        )
+
+    async def register_volunteer(self, principal: Principal, body: VolunteerIn) -> VolunteerOut:
+        require_role(principal, *WRITERS)
+        unit = await self._referenced_unit(body.unit_code, "unit_code")
+        authorize_write(principal, unit["path"], "the volunteer's unit")
+        volunteer_id = str(uuid.uuid4())
+        doc = {
+            "_id": volunteer_id,
+            "full_name": body.full_name,
+            "birth_year": body.birth_year,
+            "unit_code": body.unit_code,
+            "unit_path": unit["path"],
+            "roles": [r.value for r in body.roles],
+            "skills": [s.value for s in body.skills],
+            "phone": body.phone,
+            "email": body.email,
+            "active": True,
+            "left_on": None,
+            "created_at": _now(),
+        }
+        event = _event(
+            ev.VOLUNTEER_REGISTERED,
+            ev.VolunteerRegistered(
+                volunteer_id=volunteer_id,
+                unit_code=body.unit_code,
+                unit_path=unit["path"],
+                roles=body.roles,
+                skills=body.skills,
+                birth_year=body.birth_year,
+            ),
+            volunteer_id,
+        )
+        if not await self._repo.insert(VOLUNTEERS, doc, [event]):
+            raise _lost_race(f"volunteer {volunteer_id}")  # a uuid4 collision; practically unreachable
+        return volunteer_out(doc, principal)
+
+    async def get_volunteer(self, principal: Principal, volunteer_id: str) -> VolunteerOut:
+        return volunteer_out(await self._volunteer_or_404(volunteer_id), principal)
+
+    async def list_volunteers(
+        self,
+        principal: Principal,
+        *,
+        unit: str | None,
+        skill: str | None,
+        team: str | None,
+        active: bool | None,
+        limit: int,
+        cursor: str | None,
+    ) -> Page[VolunteerOut]:
+        query: dict[str, Any] = {}
+        if unit is not None:
+            query["unit_path"] = unit
+        if skill is not None:
+            query["skills"] = skill
+        if active is not None:
+            query["active"] = active
+        if team is not None:
+            query["_id"] = {"$in": await self._repo.active_member_ids(team)}
+        docs, nxt = await self._repo.page(VOLUNTEERS, query, limit, cursor)
+        return Page[VolunteerOut](items=[volunteer_out(d, principal) for d in docs], next_cursor=nxt)
+
+    async def update_volunteer(self, principal: Principal, volunteer_id: str, patch: VolunteerPatch) -> VolunteerOut:
+        doc = await self._volunteer_or_404(volunteer_id)
+        authorize_write(principal, doc["unit_path"], "the volunteer's unit")
+        changes = patch.changes()
+        for listed in ("roles", "skills"):
+            if listed in changes:
+                changes[listed] = [v.value for v in changes[listed]]
+        if "unit_code" in changes and changes["unit_code"] != doc["unit_code"]:
+            unit = await self._referenced_unit(changes["unit_code"], "unit_code")
+            authorize_write(principal, unit["path"], "the volunteer's new unit")
+            changes["unit_path"] = unit["path"]
+        new = {**doc, **changes}
+        if all(doc.get(k) == v for k, v in changes.items()):
+            return volunteer_out(doc, principal)
+        await self._update(VOLUNTEERS, doc, {**changes, "updated_at": _now()}, [self._volunteer_updated(new, doc)])
+        return volunteer_out(new, principal)
+
+    async def volunteer_leaves(self, principal: Principal, volunteer_id: str, left_on: date | None) -> VolunteerOut:
+        doc = await self._volunteer_or_404(volunteer_id)
+        authorize_write(principal, doc["unit_path"], "the volunteer's unit")
+        if doc["active"]:
+            day = left_on or local_today()
+            event = _event(
+                ev.VOLUNTEER_LEFT,
+                ev.VolunteerLeft(volunteer_id=volunteer_id, unit_code=doc["unit_code"], unit_path=doc["unit_path"]),
+                volunteer_id,
+            )
+            changes = {"active": False, "left_on": day.isoformat(), "updated_at": _now()}
+            await self._update(VOLUNTEERS, doc, changes, [event])
+            doc = {**doc, **changes}
+        # Someone who left is no longer a current member anywhere; repeating the request closes any
+        # membership an interrupted earlier attempt left open.
+        left = date.fromisoformat(doc["left_on"])
+        for membership in await self._repo.find_all(MEMBERSHIPS, {"volunteer_id": volunteer_id, "active": True}):
+            since = date.fromisoformat(membership["periods"][-1]["since"])
+            await self._close_membership(membership, max(left, since))
+        return volunteer_out(doc, principal)
+
+    # --- memberships --------------------------------------------------------------------------------
+
+    async def add_member(self, principal: Principal, team_code: str, body: MemberIn) -> MembershipOut:
+        team = await self._team_or_404(team_code)
+        authorize_write(principal, team["unit_path"], "the team's unit")
+        if not team["active"]:
+            raise Conflict(f"team {team_code} is deactivated", slug="team-inactive")
+        volunteer = await self._repo.get(VOLUNTEERS, body.volunteer_id)
+        if volunteer is None:
+            raise InvalidInput(
+                f"volunteer_id: volunteer {body.volunteer_id} does not exist",
+                slug="unknown-volunteer",
+                field="volunteer_id",
+            )
+        if not volunteer["active"]:
+            raise Conflict(f"volunteer {body.volunteer_id} has left", slug="volunteer-left")
+        key = f"{team_code}/{body.volunteer_id}"
+        event = _event(
+            ev.MEMBERSHIP_STARTED,
+            ev.MembershipStarted(team_code=team_code, volunteer_id=body.volunteer_id, since=body.since),
+            key,
+        )
+        period = {"since": body.since.isoformat(), "until": None}
+        existing = await self._repo.get(MEMBERSHIPS, key)
+        if existing is None:
+            doc = {
+                "_id": key,
+                "team_code": team_code,
+                "volunteer_id": body.volunteer_id,
+                "active": True,
+                "periods": [period],
+            }
+            if not await self._repo.insert(MEMBERSHIPS, doc, [event]):
+                raise _lost_race(f"membership {key}")
+            return membership_out(doc)
+        if existing["active"]:
+            raise Conflict(f"volunteer {body.volunteer_id} is already a member of {team_code}", slug="already-member")
+        last_until = existing["periods"][-1]["until"]
+        if body.since.isoformat() < last_until:
+            raise InvalidInput(f"since is before the end of the previous membership ({last_until})", field="since")
+        changes = {"active": True, "periods": [*existing["periods"], period]}
+        await self._update(MEMBERSHIPS, existing, changes, [event])
+        return membership_out({**existing, **changes})
+
+    async def end_member(
+        self, principal: Principal, team_code: str, volunteer_id: str, until: date | None
+    ) -> MembershipOut:
+        team = await self._team_or_404(team_code)
+        authorize_write(principal, team["unit_path"], "the team's unit")
+        doc = await self._repo.get(MEMBERSHIPS, f"{team_code}/{volunteer_id}")
+        if doc is None or not doc["active"]:
+            raise NotFound(f"volunteer {volunteer_id} is not a current member of {team_code}")
+        day = until or local_today()
+        since = doc["periods"][-1]["since"]
+        if day.isoformat() < since:
+            raise InvalidInput(f"until is before the membership started ({since})", field="until")
+        return membership_out(await self._close_membership(doc, day))
+
+    async def _close_membership(self, doc: Document, until: date) -> Document:
+        event = _event(
+            ev.MEMBERSHIP_ENDED,
+            ev.MembershipEnded(team_code=doc["team_code"], volunteer_id=doc["volunteer_id"], until=until),
+            doc["_id"],
+        )
+        periods = [*doc["periods"][:-1], {**doc["periods"][-1], "until": until.isoformat()}]
+        changes = {"active": False, "periods": periods}
+        await self._update(MEMBERSHIPS, doc, changes, [event])
+        return {**doc, **changes}
+
+    async def list_members(
+        self, team_code: str, *, include_ended: bool, limit: int, cursor: str | None
+    ) -> Page[MembershipOut]:
+        await self._team_or_404(team_code)
+        query: dict[str, Any] = {"team_code": team_code}
+        if not include_ended:
+            query["active"] = True
+        docs, nxt = await self._repo.page(MEMBERSHIPS, query, limit, cursor)
+        return Page[MembershipOut](items=[membership_out(d) for d in docs], next_cursor=nxt)
+
+    # --- campaigns ----------------------------------------------------------------------------------
+
+    async def _authorize_campaign_write(self, principal: Principal) -> None:
+        """A campaign spans the whole organisation, so writing one needs the province's scope."""
+        require_role(principal, *WRITERS)
+        if principal.role is Role.admin:
+            return
+        root = await self._repo.root_unit()
+        require_scope(principal, [root["_id"] if root else "?"], "campaigns are organisation-wide: the province")
+
+    async def _check_targets(self, targets: Sequence[TargetIn]) -> list[dict[str, Any]]:
+        missing = []
+        for code in dict.fromkeys(t.unit_code for t in targets):
+            if await self._repo.get(UNITS, code) is None:
+                missing.append(code)
+        if missing:
+            raise InvalidInput(
+                f"targets name units that do not exist: {', '.join(missing)}", slug="unknown-unit", units=missing
+            )
+        return [{"indicator": t.indicator.value, "unit_code": t.unit_code, "value": t.value} for t in targets]
+
+    async def create_campaign(self, principal: Principal, body: CampaignIn) -> CampaignOut:
+        await self._authorize_campaign_write(principal)
+        targets = await self._check_targets(body.targets)
+        doc = {
+            "_id": body.code,
+            "name": body.name,
+            "starts_on": body.starts_on.isoformat(),
+            "ends_on": body.ends_on.isoformat(),
+            "targets": targets,
+            "created_at": _now(),
+        }
+        event = _event(
+            ev.CAMPAIGN_CREATED,
+            ev.CampaignCreated(
+                code=body.code,
+                name=body.name,
+                starts_on=body.starts_on,
+                ends_on=body.ends_on,
+                targets=[ev.Target(**t) for t in targets],
+            ),
+            body.code,
+        )
+        if not await self._repo.insert(CAMPAIGNS, doc, [event]):
+            raise Conflict(f"campaign {body.code} already exists", slug="duplicate-code")
+        return campaign_out(doc)
+
+    async def get_campaign(self, code: str) -> CampaignOut:
+        return campaign_out(await self._campaign_or_404(code))
+
+    async def list_campaigns(self, *, active_on: date | None, limit: int, cursor: str | None) -> Page[CampaignOut]:
+        query: dict[str, Any] = {}
+        if active_on is not None:
+            day = active_on.isoformat()  # ISO dates compare correctly as strings
+            query = {"starts_on": {"$lte": day}, "ends_on": {"$gte": day}}
+        docs, nxt = await self._repo.page(CAMPAIGNS, query, limit, cursor)
+        return Page[CampaignOut](items=[campaign_out(d) for d in docs], next_cursor=nxt)
+
+    async def set_targets(self, principal: Principal, code: str, targets: Sequence[TargetIn]) -> CampaignOut:
+        doc = await self._campaign_or_404(code)
+        await self._authorize_campaign_write(principal)
+        stored = await self._check_targets(targets)
+        if stored == doc["targets"]:
+            return campaign_out(doc)
+        event = _event(
+            ev.CAMPAIGN_TARGETS_SET,
+            ev.CampaignTargetsSet(code=code, targets=[ev.Target(**t) for t in stored]),
+            code,
+        )
+        await self._update(CAMPAIGNS, doc, {"targets": stored, "updated_at": _now()}, [event])
+        return campaign_out({**doc, "targets": stored})

@@ -1,0 +1,72 @@
+"""Wiring of the training service: settings, runtime, registry read model, routes."""
+
+from __future__ import annotations
+
+from collections.abc import AsyncIterator
+from contextlib import asynccontextmanager
+
+import uvicorn
+from fastapi import FastAPI
+from pydantic_settings import SettingsConfigDict
+
+from shared.consumer import TypeDispatch
+from shared.http import create_app
+from shared.logging import configure_logging
+from shared.registry_view import RegistryView
+from shared.runtime import Runtime
+from shared.settings import ServiceSettings
+from shared.topics import REGISTRY_TOPIC
+from training.api import router
+from training.handlers import registry_handlers
+from training.repository import COURSES, INDEXES, TrainingRepository
+from training.service import TrainingService
+
+
+class TrainingSettings(ServiceSettings):
+    model_config = SettingsConfigDict(env_prefix="TRAINING_", extra="ignore")
+
+    service_name: str = "training"
+    mongo_db: str = "training"
+    host: str = "127.0.0.1"
+    port: int = 8003
+
+
+def build_app(settings: TrainingSettings | None = None) -> FastAPI:
+    settings = settings or TrainingSettings()
+
+    @asynccontextmanager
+    async def lifespan(app: FastAPI) -> AsyncIterator[None]:
+        # Every training event lives in its course's document, so one outbox collection keeps per-course order.
+        runtime = Runtime(settings, outbox_collections=[COURSES], indexes=INDEXES)
+        view = RegistryView(runtime.db)
+        service = TrainingService(TrainingRepository(runtime.db), view, runtime.notify_relay)
+        runtime.add_consumer("registry-view", [REGISTRY_TOPIC], TypeDispatch(registry_handlers(view, service)))
+        app.state.runtime = runtime
+        app.state.training = service
+        await runtime.start()
+        try:
+            yield
+        finally:
+            await runtime.stop()
+
+    return create_app(
+        service="training",
+        title="Digital Bridge — training",
+        description="Digital-literacy courses run by grassroots teams: sessions, participants and completions.",
+        lifespan=lifespan,
+        routers=[router],
+        max_body_bytes=settings.max_body_bytes,
+    )
+
+
+def main() -> None:
+    settings = TrainingSettings()
+    configure_logging("training", settings.log_level, settings.log_json)
+    uvicorn.run(
+        build_app(settings),
+        host=settings.host,
+        port=settings.port,
+        loop="uvloop",
+        http="httptools",
+        log_config=None,
+    )

@@ -1,0 +1,130 @@
+"""Every database query of the training service.
+
+One ``courses`` document per course carries the outbox of *all* that course's events, so the
+relay publishes them in the order they were written (one key, one partition, one document).
+Participants and sessions live in their own collections because a course can have thousands.
+"""
+
+from __future__ import annotations
+
+from collections.abc import Sequence
+from typing import Any
+
+from pymongo import ASCENDING, IndexModel
+from pymongo.asynchronous.database import AsyncDatabase
+
+from shared import registry_view
+from shared.envelope import Envelope
+from shared.mongo import Document, insert_once
+from shared.outbox import outbox_fields, outbox_update
+from shared.pagination import after_filter
+
+COURSES = "courses"
+PARTICIPANTS = "participants"
+SESSIONS = "sessions"
+
+INDEXES: dict[str, list[IndexModel]] = {
+    COURSES: [
+        IndexModel("client_ref", unique=True),
+        IndexModel("unit_path"),
+        IndexModel("team_code"),
+        IndexModel("status"),
+        IndexModel("starts_on"),
+    ],
+    PARTICIPANTS: [IndexModel("client_ref", unique=True), IndexModel([("course_code", ASCENDING), ("_id", ASCENDING)])],
+    SESSIONS: [IndexModel("client_ref", unique=True), IndexModel("course_code")],
+    **registry_view.INDEXES,
+}
+
+# Which child collection and flag a course's ``last_applied`` marker refers to (see service.py).
+CHILD_FLAGS: dict[str, tuple[str, dict[str, Any]]] = {
+    "enrol": (PARTICIPANTS, {"counted": True}),
+    "complete": (PARTICIPANTS, {"status": "completed"}),
+    "session": (SESSIONS, {"counted": True}),
+}
+
+
+class TrainingRepository:
+    def __init__(self, db: AsyncDatabase[Document]) -> None:
+        self._db = db
+        self._courses = db[COURSES]
+        self._participants = db[PARTICIPANTS]
+        self._sessions = db[SESSIONS]
+
+    # --- courses -----------------------------------------------------------------------------------
+
+    async def insert_course(self, doc: Document, events: Sequence[Envelope]) -> tuple[Document, bool]:
+        return await insert_once(self._courses, {**doc, **outbox_fields(events)}, {"client_ref": doc["client_ref"]})
+
+    async def get_course(self, code: str) -> Document | None:
+        return await self._courses.find_one({"_id": code}, {"outbox": 0})
+
+    async def update_course(
+        self, code: str, expected: dict[str, Any], update: dict[str, Any], events: Sequence[Envelope]
+    ) -> bool:
+        """Conditional single-document update with its events; False if ``expected`` no longer holds."""
+        res = await self._courses.update_one({"_id": code, **expected}, outbox_update(update, events))
+        return res.matched_count == 1
+
+    async def pending_courses(self, query: dict[str, Any]) -> list[Document]:
+        return await self._courses.find({"status": "pending", **query}, {"outbox": 0}).to_list()
+
+    async def list_courses(self, query: dict[str, Any], cursor: str | None, limit: int) -> list[Document]:
+        return (
+            await self._courses.find({**query, **after_filter(cursor)}, {"outbox": 0})
+            .sort("_id", ASCENDING)
+            .limit(limit + 1)
+            .to_list()
+        )
+
+    # --- children: participants and sessions -------------------------------------------------------
+
+    async def insert_participant(self, doc: Document) -> tuple[Document, bool]:
+        return await insert_once(self._participants, doc, {"client_ref": doc["client_ref"]})
+
+    async def get_participant(self, participant_id: str) -> Document | None:
+        return await self._participants.find_one({"_id": participant_id})
+
+    async def counted_participant_ids(self, course_code: str, ids: Sequence[str]) -> set[str]:
+        docs = await self._participants.find(
+            {"_id": {"$in": list(ids)}, "course_code": course_code, "counted": True}, {"_id": 1}
+        ).to_list()
+        return {d["_id"] for d in docs}
+
+    async def list_participants(self, course_code: str, cursor: str | None, limit: int) -> list[Document]:
+        return (
+            await self._participants.find({"course_code": course_code, "counted": True, **after_filter(cursor)})
+            .sort("_id", ASCENDING)
+            .limit(limit + 1)
+            .to_list()
+        )
+
+    async def insert_session(self, doc: Document) -> tuple[Document, bool]:
+        return await insert_once(self._sessions, doc, {"client_ref": doc["client_ref"]})
+
+    async def get_session(self, session_id: str) -> Document | None:
+        return await self._sessions.find_one({"_id": session_id})
+
+    async def list_sessions(self, course_code: str, cursor: str | None, limit: int) -> list[Document]:
+        return (
+            await self._sessions.find({"course_code": course_code, "counted": True, **after_filter(cursor)})
+            .sort("_id", ASCENDING)
+            .limit(limit + 1)
+            .to_list()
+        )
+
+    async def get_child(self, kind: str, child_id: str) -> Document | None:
+        collection, _ = CHILD_FLAGS[kind]
+        return await self._db[collection].find_one({"_id": child_id})
+
+    async def mark_child_applied(self, kind: str, child_id: str) -> None:
+        collection, flag = CHILD_FLAGS[kind]
+        await self._db[collection].update_one({"_id": child_id}, {"$set": flag})
+
+    async def discard_unapplied_child(self, kind: str, child_id: str) -> None:
+        """Remove a participant or session that was stored but never counted (its course refused it)."""
+        collection, _ = CHILD_FLAGS[kind]
+        await self._db[collection].delete_one({"_id": child_id, "counted": False})
+
+    async def find_course_by_ref(self, client_ref: str) -> Document | None:
+        return await self._courses.find_one({"client_ref": client_ref}, {"outbox": 0})

@@ -1,0 +1,705 @@
+"""Training domain rules: courses, sessions, participants and the counting rule of DOMAIN.md.
+
+Counting (``participants_counted`` / ``completions_counted`` on the course document):
+- A course is a *roster* course as soon as anyone is enrolled; it then counts enrolments. Until then
+  it is a *head-count* course and counts the largest session head count so far. The first enrolment
+  therefore switches the figure from the head count to 1 (the event's Change says so).
+- Completion replaces the figures: head-count courses take ``final_participants`` (default: the
+  largest head count) and ``final_completions`` (default 0). Roster courses keep their enrolment
+  (``final_participants``, if sent, must equal it) and count ``final_completions`` when sent: it
+  must be at least the participants marked complete (nobody is un-completed) and at most the
+  enrolment; it covers people who finished without being marked one by one.
+- Cancelling sets both figures to 0.
+
+Crash safety without transactions (enrolments, sessions, participant completions):
+1. the child document (participant or session) is inserted, idempotent by ``client_ref``, not yet
+   applied (``counted: false``);
+2. the course document is updated with a compare-and-set on its ``rev``: counters, events and
+   ``last_applied = {kind, id}`` in one single-document write;
+3. the child is flagged as applied.
+Before any course write moves ``last_applied`` on, the child it names is flagged (roll-forward), so
+an unflagged child is either not yet counted or is exactly ``last_applied``. A retry reads the
+course *before* the child: flagged child, or ``last_applied`` naming it, means already counted
+(finish step 3, answer as a duplicate); otherwise its compare-and-set only succeeds if the course
+did not change since that read, so a count can never be applied twice. The course document stays
+small however many participants it has.
+"""
+
+from __future__ import annotations
+
+import uuid
+from collections.abc import Awaitable, Callable
+from dataclasses import dataclass
+from datetime import UTC, date, datetime
+from typing import Any
+from zoneinfo import ZoneInfo
+
+from pydantic import BaseModel, ValidationError
+
+from shared.auth import READ_ROLES, Principal, Role, require_role, require_scope
+from shared.contracts import training as ev
+from shared.contracts.common import Change, ParticipantGroup, TeamKind
+from shared.envelope import Envelope, make_event
+from shared.errors import PROBLEM_BASE, Conflict, Forbidden, InvalidInput, NotFound, ProblemError
+from shared.logging import get_logger
+from shared.mongo import Document
+from shared.registry_view import RegistryView
+from training.repository import TrainingRepository
+from training.schemas import (
+    BatchItemResult,
+    BatchStatus,
+    CancelIn,
+    CompleteIn,
+    CourseIn,
+    HeadCount,
+    ParticipantIn,
+    SessionIn,
+)
+
+log = get_logger(__name__)
+
+LOCAL_TZ = ZoneInfo("Asia/Ho_Chi_Minh")
+SOURCE = "/training"
+WRITE_ROLES = (Role.admin, Role.manager, Role.field)
+OPEN = ("scheduled", "running")
+CAS_ATTEMPTS = 100
+CHILD_NAMESPACE = uuid.UUID("6b0f8f3e-2f7a-4d1e-9a39-0e5c1d2b7a10")
+
+
+def local_today() -> date:
+    return datetime.now(LOCAL_TZ).date()
+
+
+def _now() -> datetime:
+    """Now, at the millisecond precision BSON keeps, so a stored record reads back unchanged."""
+    now = datetime.now(UTC)
+    return now.replace(microsecond=now.microsecond // 1000 * 1000)
+
+
+def child_id(kind: str, client_ref: str) -> str:
+    """Participant and session ids derive from the client_ref: FerretDB v1 only looks up ``_id`` without
+    scanning, so a retry finds its earlier copy by primary key."""
+    return uuid.uuid5(CHILD_NAMESPACE, f"{kind}:{client_ref}").hex
+
+
+def participants_figure(enrolled: int, largest_head_count: int) -> int:
+    """course_participants before completion: enrolments, or the largest head count if nobody enrolled."""
+    return enrolled if enrolled > 0 else largest_head_count
+
+
+@dataclass(frozen=True)
+class Verdict:
+    """Outcome of checking a course's team and unit against the registry read model."""
+
+    outcome: str  # ok | pending | no_teacher | invalid | out_of_scope
+    detail: str = ""
+    slug: str = ""
+    unit_path: list[str] | None = None
+
+
+def _course_ref(c: Document) -> ev.CourseRef:
+    return ev.CourseRef(
+        course_code=c["_id"],
+        unit_code=c["unit_code"],
+        unit_path=c["unit_path"],
+        audience=c["audience"],
+        starts_on=date.fromisoformat(c["starts_on"]),
+        ends_on=date.fromisoformat(c["ends_on"]),
+    )
+
+
+def _event(event_type: str, payload: BaseModel, code: str) -> Envelope:
+    return make_event(event_type, payload, source=SOURCE, key=code)
+
+
+def _scheduled_event(c: Document) -> Envelope:
+    return _event(
+        ev.COURSE_SCHEDULED,
+        ev.CourseScheduled(
+            course=_course_ref(c),
+            client_ref=c["client_ref"],
+            title=c["title"],
+            team_code=c["team_code"],
+            mode=c["mode"],
+            topics=c["topics"],
+            capacity=c.get("capacity"),
+        ),
+        c["_id"],
+    )
+
+
+def _scope_path(c: Document) -> list[str]:
+    return list(c.get("unit_path") or [c["unit_code"]])
+
+
+def _validation_problem(exc: ValidationError) -> dict[str, Any]:
+    errors = [
+        {"field": ".".join(str(p) for p in e["loc"]) or "body", "message": e["msg"], "type": e["type"]}
+        for e in exc.errors(include_url=False)
+    ]
+    return {
+        "type": PROBLEM_BASE + "validation",
+        "title": "The request is not valid",
+        "status": 422,
+        "detail": "; ".join(f"{e['field']}: {e['message']}" for e in errors[:5]),
+        "errors": errors,
+    }
+
+
+def _require_open(c: Document, action: str) -> None:
+    status = c["status"]
+    if status in OPEN:
+        return
+    if status == "pending":
+        raise Conflict(
+            f"course {c['_id']} is waiting for the registry to confirm its team and unit; {action} later",
+            slug="course-pending",
+        )
+    raise Conflict(f"course {c['_id']} is {status}; cannot {action}", slug="course-closed")
+
+
+Plan = Callable[[Document], Awaitable[tuple[dict[str, Any], list[Envelope]]]]
+
+
+class TrainingService:
+    def __init__(self, repo: TrainingRepository, view: RegistryView, notify: Callable[[], None]) -> None:
+        self._repo = repo
+        self._view = view
+        self._notify = notify
+
+    # --- authorization -----------------------------------------------------------------------------
+
+    @staticmethod
+    def _authorize_read(p: Principal, c: Document) -> None:
+        require_role(p, *READ_ROLES)
+        if p.role is Role.field and c["team_code"] in p.teams:
+            return
+        require_scope(p, _scope_path(c), what=f"course {c['_id']}")
+
+    @staticmethod
+    def _authorize_write(p: Principal, c: Document) -> None:
+        require_role(p, *WRITE_ROLES)
+        if p.role is Role.field:
+            if c["team_code"] not in p.teams:
+                raise Forbidden(
+                    f"course {c['_id']} belongs to team {c['team_code']}, not one of yours", slug="not-your-team"
+                )
+            return
+        require_scope(p, _scope_path(c), what=f"course {c['_id']}")
+
+    async def _course_for(self, p: Principal, code: str, *, write: bool) -> Document:
+        c = await self._repo.get_course(code)
+        if c is None:
+            raise NotFound(f"course {code} does not exist")
+        (self._authorize_write if write else self._authorize_read)(p, c)
+        return c
+
+    # --- registry checks ---------------------------------------------------------------------------
+
+    async def _check_refs(self, team_code: str, unit_code: str, creator: Document) -> Verdict:
+        team = await self._view.team(team_code)
+        if team is None or "kind" not in team:  # a membership event alone only tells us the team's members
+            return Verdict("pending", f"team {team_code} is not known to the registry yet")
+        path = await self._view.unit_path(unit_code)
+        if path is None:
+            return Verdict("pending", f"unit {unit_code} is not known to the registry yet")
+        if not team.get("active", False):
+            return Verdict("invalid", f"team {team_code} is not active", "team-inactive")
+        if team["unit_code"] not in path:
+            return Verdict(
+                "invalid",
+                f"unit {unit_code} is outside team {team_code}'s unit subtree ({team['unit_code']})",
+                "unit-outside-team",
+            )
+        if creator.get("role") == Role.manager.value and creator.get("unit") not in path:
+            return Verdict("out_of_scope", f"unit {unit_code} is outside the creator's scope", "out-of-scope")
+        if team["kind"] != TeamKind.literacy.value and not await self._view.team_has_skill(team_code, "teaching"):
+            return Verdict(
+                "no_teacher",
+                f"team {team_code} is not a literacy team and no current member has the teaching skill",
+                "team-cannot-teach",
+            )
+        return Verdict("ok", unit_path=path)
+
+    async def revalidate(self, c: Document) -> None:
+        """Re-check a pending course; promote it (with CourseScheduled) or reject it."""
+        v = await self._check_refs(c["team_code"], c["unit_code"], c.get("created_by", {}))
+        code = c["_id"]
+        if v.outcome in ("pending", "no_teacher"):
+            if c.get("problem") != v.detail:
+                await self._repo.update_course(code, {"status": "pending"}, {"$set": {"problem": v.detail}}, [])
+            return
+        if v.outcome in ("invalid", "out_of_scope"):
+            await self._repo.update_course(
+                code, {"status": "pending"}, {"$set": {"status": "rejected", "problem": v.detail}}, []
+            )
+            log.info("course_rejected", course=code, reason=v.detail)
+            return
+        scheduled = {**c, "status": "scheduled", "unit_path": v.unit_path, "problem": None}
+        if await self._repo.update_course(
+            code,
+            {"status": "pending"},
+            {"$set": {"status": "scheduled", "unit_path": v.unit_path, "problem": None}},
+            [_scheduled_event(scheduled)],
+        ):
+            self._notify()
+
+    async def on_registry_change(self, kind: str, key: str) -> None:
+        """RegistryView listener: re-check the pending courses this change may unblock."""
+        if kind in ("team", "membership"):
+            query: dict[str, Any] = {"team_code": key.split("/", 1)[0]}
+        elif kind == "unit":
+            query = {"unit_code": key}
+        elif kind == "volunteer":
+            query = {}
+        else:
+            return
+        for c in await self._repo.pending_courses(query):
+            await self.revalidate(c)
+
+    # --- courses -----------------------------------------------------------------------------------
+
+    async def create_course(self, p: Principal, body: CourseIn) -> tuple[Document, bool]:
+        require_role(p, *WRITE_ROLES)
+        if p.role is Role.field and body.team_code not in p.teams:
+            raise Forbidden(f"team {body.team_code} is not one of your teams", slug="not-your-team")
+        existing = await self._repo.find_course_by_ref(body.client_ref)
+        if existing is not None:
+            self._authorize_read(p, existing)
+            return existing, False
+        creator = {"sub": p.sub, "role": p.role.value, "unit": p.unit}
+        v = await self._check_refs(body.team_code, body.unit_code, creator)
+        if v.outcome == "out_of_scope":
+            raise Forbidden(v.detail, slug=v.slug)
+        if v.outcome in ("invalid", "no_teacher"):
+            raise InvalidInput(v.detail, slug=v.slug)
+        doc: Document = {
+            "_id": body.code,
+            "client_ref": body.client_ref,
+            "title": body.title,
+            "team_code": body.team_code,
+            "unit_code": body.unit_code,
+            "unit_path": v.unit_path,
+            "audience": body.audience.value,
+            "mode": body.mode.value,
+            "topics": [t.value for t in body.topics],
+            "starts_on": body.starts_on.isoformat(),
+            "ends_on": body.ends_on.isoformat(),
+            "capacity": body.capacity,
+            "status": "scheduled" if v.outcome == "ok" else "pending",
+            "problem": v.detail or None,
+            "created_by": creator,
+            "created_at": _now(),
+            "enrolled": 0,
+            "completed": 0,
+            "largest_head_count": 0,
+            "sessions_held": 0,
+            "participants_counted": 0,
+            "completions_counted": 0,
+            "started_on": None,
+            "final_participants": None,
+            "final_completions": None,
+            "cancel_reason": None,
+            "last_applied": None,
+        }
+        events = [_scheduled_event(doc)] if v.outcome == "ok" else []
+        stored, created = await self._repo.insert_course(doc, events)
+        if not created:
+            self._authorize_read(p, stored)
+            return stored, False
+        if events:
+            self._notify()
+        else:
+            # The registry event may have been applied between our check and our insert, in which
+            # case its listener found nothing pending: look again now that the course is stored.
+            await self.revalidate(stored)
+            stored = await self._repo.get_course(body.code) or stored
+        return stored, True
+
+    async def get_course(self, p: Principal, code: str) -> Document:
+        return await self._course_for(p, code, write=False)
+
+    async def list_courses(
+        self, p: Principal, filters: dict[str, Any], cursor: str | None, limit: int
+    ) -> list[Document]:
+        require_role(p, *READ_ROLES)
+        query: dict[str, Any] = {}
+        for field in ("team_code", "audience", "mode", "status"):
+            if filters.get(field) is not None:
+                query[field] = filters[field]
+        units = [u for u in (filters.get("unit_code"),) if u]
+        if p.role is Role.field:
+            team = filters.get("team_code")
+            if team is not None and team not in p.teams:
+                raise Forbidden(f"team {team} is not one of your teams", slug="not-your-team")
+            if team is None:
+                query["team_code"] = {"$in": list(p.teams)}
+        elif p.role is not Role.admin:
+            if p.unit is None:
+                raise Forbidden("your token has no unit scope", slug="out-of-scope")
+            units.append(p.unit)
+        if len(units) == 1:
+            query["unit_path"] = units[0]
+        elif units:
+            query["unit_path"] = {"$all": units}
+        dates: dict[str, str] = {}
+        if filters.get("starts_from") is not None:
+            dates["$gte"] = filters["starts_from"].isoformat()
+        if filters.get("starts_to") is not None:
+            dates["$lte"] = filters["starts_to"].isoformat()
+        if dates:
+            query["starts_on"] = dates
+        return await self._repo.list_courses(query, cursor, limit)
+
+    async def cancel_course(self, p: Principal, code: str, body: CancelIn) -> Document:
+        for _ in range(CAS_ATTEMPTS):
+            c = await self._course_for(p, code, write=True)
+            if c["status"] == "cancelled":
+                return c
+            if c["status"] in ("completed", "rejected"):
+                raise Conflict(f"course {code} is {c['status']}; it cannot be cancelled", slug="course-closed")
+            events: list[Envelope] = []
+            if c["status"] != "pending":  # a pending course was never announced, so nothing to retract
+                events.append(
+                    _event(
+                        ev.COURSE_CANCELLED,
+                        ev.CourseCancelled(
+                            course=_course_ref(c),
+                            reason=body.reason,
+                            participants=Change(before=c["participants_counted"], after=0),
+                            completions=Change(before=c["completions_counted"], after=0),
+                        ),
+                        code,
+                    )
+                )
+            update = {
+                "$set": {
+                    "status": "cancelled",
+                    "cancel_reason": body.reason,
+                    "participants_counted": 0,
+                    "completions_counted": 0,
+                }
+            }
+            if await self._repo.update_course(code, {"rev": c["rev"]}, update, events):
+                self._notify()
+                return await self._course_for(p, code, write=False)
+        raise Conflict(f"course {code} is busy; retry", slug="course-busy")
+
+    async def complete_course(self, p: Principal, code: str, body: CompleteIn) -> Document:
+        for _ in range(CAS_ATTEMPTS):
+            c = await self._course_for(p, code, write=True)
+            if c["status"] == "completed":
+                return c  # idempotent: same answer, no second event
+            _require_open(c, "complete it")
+            enrolled, marked = c["enrolled"], c["completed"]
+            if enrolled > 0:
+                if body.final_participants is not None and body.final_participants != enrolled:
+                    raise InvalidInput(
+                        f"course {code} counts its roster: final_participants must equal the {enrolled} enrolled",
+                        slug="final-participants-mismatch",
+                    )
+                final_p = enrolled
+                final_c = marked if body.final_completions is None else body.final_completions
+                if final_c < marked:
+                    raise InvalidInput(
+                        f"final_completions ({final_c}) is below the {marked} participants marked complete",
+                        slug="final-completions-too-low",
+                    )
+            else:
+                final_p = c["largest_head_count"] if body.final_participants is None else body.final_participants
+                final_c = 0 if body.final_completions is None else body.final_completions
+            if final_c > final_p:
+                raise InvalidInput(
+                    f"final_completions ({final_c}) exceeds the participants ({final_p})",
+                    slug="final-completions-too-high",
+                )
+            event = _event(
+                ev.COURSE_COMPLETED,
+                ev.CourseCompleted(
+                    course=_course_ref(c),
+                    final_participants=final_p,
+                    final_completions=final_c,
+                    participants=Change(before=c["participants_counted"], after=final_p),
+                    completions=Change(before=c["completions_counted"], after=final_c),
+                ),
+                code,
+            )
+            update = {
+                "$set": {
+                    "status": "completed",
+                    "final_participants": final_p,
+                    "final_completions": final_c,
+                    "participants_counted": final_p,
+                    "completions_counted": final_c,
+                    "completed_at": _now(),
+                }
+            }
+            if await self._repo.update_course(code, {"rev": c["rev"]}, update, [event]):
+                self._notify()
+                return await self._course_for(p, code, write=False)
+        raise Conflict(f"course {code} is busy; retry", slug="course-busy")
+
+    # --- the two-step apply (see the module docstring) ---------------------------------------------
+
+    @staticmethod
+    def _child_applied(kind: str, child: Document) -> bool:
+        return child.get("status") == "completed" if kind == "complete" else bool(child.get("counted"))
+
+    async def _apply_to_course(self, code: str, kind: str, child_id: str, plan: Plan) -> bool:
+        """Count a stored child into its course exactly once; True if this call counted it."""
+        marker = {"kind": kind, "id": child_id}
+        for _ in range(CAS_ATTEMPTS):
+            c = await self._repo.get_course(code)  # the course first, then the child: the order matters
+            if c is None:
+                raise NotFound(f"course {code} does not exist")
+            child = await self._repo.get_child(kind, child_id)
+            if child is None:
+                raise NotFound(f"{kind} {child_id} does not exist")
+            if self._child_applied(kind, child):
+                return False
+            if c.get("last_applied") == marker:
+                await self._repo.mark_child_applied(kind, child_id)
+                return False
+            update, events = await plan(c)
+            last = c.get("last_applied")
+            if last:
+                await self._repo.mark_child_applied(last["kind"], last["id"])
+            update.setdefault("$set", {})["last_applied"] = marker
+            if await self._repo.update_course(code, {"rev": c["rev"]}, update, events):
+                await self._repo.mark_child_applied(kind, child_id)
+                self._notify()
+                return True
+        raise Conflict(f"course {code} is busy; retry", slug="course-busy")
+
+    async def _settle_last_applied(self, c: Document) -> None:
+        """Finish step 3 of the last apply, so reads of children see it."""
+        last = c.get("last_applied")
+        if last:
+            await self._repo.mark_child_applied(last["kind"], last["id"])
+
+    # --- participants ------------------------------------------------------------------------------
+
+    def _plan_enrolment(self, participant_id: str, group: str) -> Plan:
+        async def plan(c: Document) -> tuple[dict[str, Any], list[Envelope]]:
+            _require_open(c, "enrol participants")
+            capacity = c.get("capacity")
+            if capacity is not None and c["enrolled"] >= capacity:
+                raise Conflict(f"course {c['_id']} is full ({capacity} places)", slug="course-full")
+            before = c["participants_counted"]
+            after = participants_figure(c["enrolled"] + 1, c["largest_head_count"])
+            event = _event(
+                ev.PARTICIPANT_ENROLLED,
+                ev.ParticipantEnrolled(
+                    course=_course_ref(c),
+                    participant_id=participant_id,
+                    group=ParticipantGroup(group),
+                    participants=Change(before=before, after=after),
+                ),
+                c["_id"],
+            )
+            return {"$inc": {"enrolled": 1}, "$set": {"participants_counted": after}}, [event]
+
+        return plan
+
+    async def enrol(self, p: Principal, code: str, body: ParticipantIn) -> tuple[Document, bool]:
+        c = await self._course_for(p, code, write=True)
+        existing = await self._repo.get_participant(child_id("participant", body.client_ref))
+        if existing is not None and existing["course_code"] != code:
+            raise Conflict(
+                f"client_ref {body.client_ref} already enrolled someone in course {existing['course_code']}",
+                slug="client-ref-reused",
+            )
+        if existing is not None and existing["counted"]:
+            return existing, False
+        plan = self._plan_enrolment("", body.group.value)
+        if existing is None:
+            await plan(c)  # refuse before writing anything; re-checked at the compare-and-set
+            doc: Document = {
+                "_id": child_id("participant", body.client_ref),
+                "client_ref": body.client_ref,
+                "course_code": code,
+                "display_name": body.display_name,
+                "birth_year": body.birth_year,
+                "group": body.group.value,
+                "status": "enrolled",
+                "counted": False,
+                "enrolled_at": _now(),
+            }
+            existing, _ = await self._repo.insert_participant(doc)
+            if existing["course_code"] != code:
+                raise Conflict(f"client_ref {body.client_ref} is used in another course", slug="client-ref-reused")
+        pid = existing["_id"]
+        try:
+            counted = await self._apply_to_course(code, "enrol", pid, self._plan_enrolment(pid, existing["group"]))
+        except ProblemError:
+            await self._repo.discard_unapplied_child("enrol", pid)
+            raise
+        return {**existing, "counted": True}, counted
+
+    async def enrol_batch(self, p: Principal, code: str, items: list[dict[str, Any]]) -> list[BatchItemResult]:
+        await self._course_for(p, code, write=True)
+
+        async def one(item: dict[str, Any]) -> tuple[str, bool]:
+            doc, created = await self.enrol(p, code, ParticipantIn.model_validate(item))
+            return doc["_id"], created
+
+        return [await self._batch_item(item, one) for item in items]
+
+    async def complete_participant(self, p: Principal, code: str, participant_id: str) -> tuple[Document, bool]:
+        c = await self._course_for(p, code, write=True)
+        await self._settle_last_applied(c)
+        participant = await self._repo.get_participant(participant_id)
+        if participant is None or participant["course_code"] != code or not participant["counted"]:
+            raise NotFound(f"participant {participant_id} is not enrolled in course {code}", slug="not-enrolled")
+        if participant["status"] == "completed":
+            return participant, False
+
+        async def plan(c: Document) -> tuple[dict[str, Any], list[Envelope]]:
+            _require_open(c, "mark participants complete")
+            before = c["completions_counted"]
+            event = _event(
+                ev.PARTICIPANT_COMPLETED,
+                ev.ParticipantCompleted(
+                    course=_course_ref(c),
+                    participant_id=participant_id,
+                    completions=Change(before=before, after=before + 1),
+                ),
+                c["_id"],
+            )
+            return {"$inc": {"completed": 1, "completions_counted": 1}}, [event]
+
+        counted = await self._apply_to_course(code, "complete", participant_id, plan)
+        return {**participant, "status": "completed"}, counted
+
+    async def list_participants(self, p: Principal, code: str, cursor: str | None, limit: int) -> list[Document]:
+        c = await self._course_for(p, code, write=False)
+        await self._settle_last_applied(c)
+        return await self._repo.list_participants(code, cursor, limit)
+
+    # --- sessions ----------------------------------------------------------------------------------
+
+    def _plan_session(self, session_id: str, body: SessionIn) -> Plan:
+        async def plan(c: Document) -> tuple[dict[str, Any], list[Envelope]]:
+            code = c["_id"]
+            _require_open(c, "record sessions")
+            held_on = body.held_on
+            if not (date.fromisoformat(c["starts_on"]) <= held_on <= date.fromisoformat(c["ends_on"])):
+                raise InvalidInput(
+                    f"held_on {held_on} is outside the course dates {c['starts_on']}..{c['ends_on']}",
+                    slug="session-outside-course",
+                )
+            if held_on > local_today():
+                raise InvalidInput(f"held_on {held_on} is in the future", slug="session-in-future")
+            attendance = body.attendance
+            if isinstance(attendance, HeadCount):
+                kind, count = "head_count", attendance.count
+                if c["enrolled"] > 0 and count > c["enrolled"]:
+                    raise InvalidInput(
+                        f"attendance {count} is larger than the {c['enrolled']} enrolled in course {code}",
+                        slug="attendance-over-enrolment",
+                    )
+            else:
+                kind, count = "roster", len(attendance.participant_ids)
+                await self._settle_last_applied(c)
+                known = await self._repo.counted_participant_ids(code, attendance.participant_ids)
+                unknown = [i for i in attendance.participant_ids if i not in known]
+                if unknown:
+                    raise InvalidInput(
+                        f"not enrolled in course {code}: {', '.join(unknown[:10])}",
+                        slug="participant-not-enrolled",
+                        participant_ids=unknown[:100],
+                    )
+            before = c["participants_counted"]
+            largest = max(c["largest_head_count"], count)
+            after = participants_figure(c["enrolled"], largest)
+            ref = _course_ref(c)
+            events: list[Envelope] = []
+            fields: dict[str, Any] = {"largest_head_count": largest, "participants_counted": after}
+            if c["status"] == "scheduled":
+                fields.update(status="running", started_on=held_on.isoformat())
+                events.append(_event(ev.COURSE_STARTED, ev.CourseStarted(course=ref, started_on=held_on), code))
+            events.append(
+                _event(
+                    ev.SESSION_HELD,
+                    ev.SessionHeld(
+                        course=ref,
+                        session_id=session_id,
+                        held_on=held_on,
+                        duration_minutes=body.duration_minutes,
+                        attendance_kind=kind,
+                        attendance=count,
+                        participants=Change(before=before, after=after),
+                    ),
+                    code,
+                )
+            )
+            return {"$set": fields, "$inc": {"sessions_held": 1}}, events
+
+        return plan
+
+    async def record_session(self, p: Principal, code: str, body: SessionIn) -> tuple[Document, bool]:
+        c = await self._course_for(p, code, write=True)
+        existing = await self._repo.get_session(child_id("session", body.client_ref))
+        if existing is not None and existing["course_code"] != code:
+            raise Conflict(
+                f"client_ref {body.client_ref} already recorded a session of course {existing['course_code']}",
+                slug="client-ref-reused",
+            )
+        if existing is not None and existing["counted"]:
+            return existing, False
+        if existing is None:
+            await self._plan_session("", body)(c)  # refuse before writing anything
+            roster = None if isinstance(body.attendance, HeadCount) else body.attendance.participant_ids
+            doc: Document = {
+                "_id": child_id("session", body.client_ref),
+                "client_ref": body.client_ref,
+                "course_code": code,
+                "held_on": body.held_on.isoformat(),
+                "duration_minutes": body.duration_minutes,
+                "attendance_kind": "head_count" if roster is None else "roster",
+                "attendance": body.attendance.count if isinstance(body.attendance, HeadCount) else len(roster or []),
+                "participant_ids": roster,
+                "counted": False,
+                "recorded_at": _now(),
+            }
+            existing, _ = await self._repo.insert_session(doc)
+            if existing["course_code"] != code:
+                raise Conflict(f"client_ref {body.client_ref} is used in another course", slug="client-ref-reused")
+        sid = existing["_id"]
+        try:
+            counted = await self._apply_to_course(code, "session", sid, self._plan_session(sid, body))
+        except ProblemError:
+            await self._repo.discard_unapplied_child("session", sid)
+            raise
+        return {**existing, "counted": True}, counted
+
+    async def record_sessions_batch(
+        self, p: Principal, code: str, items: list[dict[str, Any]]
+    ) -> list[BatchItemResult]:
+        await self._course_for(p, code, write=True)
+
+        async def one(item: dict[str, Any]) -> tuple[str, bool]:
+            doc, created = await self.record_session(p, code, SessionIn.model_validate(item))
+            return doc["_id"], created
+
+        return [await self._batch_item(item, one) for item in items]
+
+    async def list_sessions(self, p: Principal, code: str, cursor: str | None, limit: int) -> list[Document]:
+        c = await self._course_for(p, code, write=False)
+        await self._settle_last_applied(c)
+        return await self._repo.list_sessions(code, cursor, limit)
+
+    @staticmethod
+    async def _batch_item(
+        item: dict[str, Any], one: Callable[[dict[str, Any]], Awaitable[tuple[str, bool]]]
+    ) -> BatchItemResult:
+        ref = item.get("client_ref")
+        client_ref = ref if isinstance(ref, str) else None
+        try:
+            item_id, created = await one(item)
+        except ValidationError as exc:
+            return BatchItemResult(client_ref=client_ref, status=BatchStatus.rejected, problem=_validation_problem(exc))
+        except ProblemError as exc:
+            return BatchItemResult(client_ref=client_ref, status=BatchStatus.rejected, problem=exc.to_problem())
+        status = BatchStatus.created if created else BatchStatus.duplicate
+        return BatchItemResult(client_ref=client_ref, status=status, id=item_id)
