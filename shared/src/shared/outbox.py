@@ -1,19 +1,27 @@
 """Transactional outbox without multi-document transactions.
 
 A domain write and the events it causes land in **one document write**: the events are embedded
-in the aggregate's own document (``outbox`` array, ``has_outbox`` flag, ``rev`` counter). FerretDB
-(and MongoDB) make a single-document write atomic, so an acknowledged write always has its events.
+in the aggregate's own document (an ``outbox`` array, plus a ``rev`` counter for the services'
+own compare-and-set updates). FerretDB (and MongoDB) make a single-document write atomic, so an
+acknowledged write always has its events.
 
-The :class:`OutboxRelay` polls documents with ``has_outbox`` set, publishes their events in array
-order with the idempotent producer, and clears them with a compare-and-set on ``rev``. A crash
-between publishing and clearing republishes with the *same* ``ce_id``; consumers de-duplicate.
+The :class:`OutboxRelay` publishes embedded events in array order with the idempotent producer and
+then removes exactly those elements with ``$pull`` (by value, so events appended meanwhile stay).
+It finds work two ways: writers name the documents they wrote (``notify(collection, ids)``), which
+the relay reads by ``_id``; and a sweep over ``{"outbox.id": {"$exists": true}}`` at start, after a
+failure and every ``full_scan_seconds``. Both matter on FerretDB v1, which pushes only an exact
+``{"_id": ...}`` filter down to SQLite and scans the whole collection for anything else.
+
+A crash between publishing and removing republishes with the *same* ``ce_id``; consumers
+de-duplicate. Exactly one relay should drain a collection (one service process on FerretDB).
 """
 
 from __future__ import annotations
 
 import asyncio
 import contextlib
-from collections.abc import Sequence
+import time
+from collections.abc import Iterable, Sequence
 from typing import Any
 
 from prometheus_client import Counter, Gauge
@@ -32,7 +40,7 @@ OUTBOX_PENDING = Gauge("outbox_pending_documents", "Documents with unpublished e
 
 def outbox_fields(events: Sequence[Envelope]) -> dict[str, Any]:
     """Fields to include in a newly inserted document that carries ``events``."""
-    return {"outbox": [e.to_document() for e in events], "has_outbox": bool(events), "rev": 1}
+    return {"outbox": [e.to_document() for e in events], "rev": 1}
 
 
 def outbox_update(update: dict[str, Any], events: Sequence[Envelope]) -> dict[str, Any]:
@@ -41,8 +49,10 @@ def outbox_update(update: dict[str, Any], events: Sequence[Envelope]) -> dict[st
     merged.setdefault("$inc", {})["rev"] = 1
     if events:
         merged.setdefault("$push", {})["outbox"] = {"$each": [e.to_document() for e in events]}
-        merged.setdefault("$set", {})["has_outbox"] = True
     return merged
+
+
+PENDING = {"outbox.id": {"$exists": True}}
 
 
 class OutboxRelay:
@@ -58,6 +68,7 @@ class OutboxRelay:
         topic_of: dict[str, str],
         poll_seconds: float = 0.5,
         batch_size: int = 1000,
+        full_scan_seconds: float = 60.0,
     ) -> None:
         self._db = db
         self._collections = list(collections)
@@ -66,17 +77,30 @@ class OutboxRelay:
         self._topic_of = topic_of
         self._poll = poll_seconds
         self._batch = batch_size
+        self._full_scan_seconds = full_scan_seconds
+        self._scan_due = True
+        self._next_scan = 0.0
+        self._hints: dict[str, set[Any]] = {}
         self._wake = asyncio.Event()
         self._task: asyncio.Task[None] | None = None
         self.published = 0
 
-    def notify(self) -> None:
-        """Wake the relay now (called after a write) instead of waiting for the next poll."""
+    def notify(self, collection: str | None = None, ids: Iterable[Any] = ()) -> None:
+        """Wake the relay now (called after a write) instead of waiting for the next poll.
+
+        With ``collection`` and ``ids`` (the documents just written) the relay reads only those, by
+        ``_id``; without them it sweeps every collection for pending events.
+        """
+        if collection is None:
+            self._scan_due = True
+        else:
+            self._hints.setdefault(collection, set()).update(ids)
         self._wake.set()
 
     async def start(self) -> None:
         for name in self._collections:
-            await self._db[name].create_index("has_outbox")
+            # A sparse multikey index makes the sweep cheap on MongoDB (FerretDB scans regardless).
+            await self._db[name].create_index("outbox.id", sparse=True)
         self._task = asyncio.create_task(self._run(), name=f"outbox-relay-{self._service}")
 
     async def stop(self) -> None:
@@ -92,11 +116,12 @@ class OutboxRelay:
             try:
                 moved = await self.drain_once()
                 backoff = self._poll
-                if moved:
-                    continue  # more may be waiting; poll again straight away
+                if moved or self._hints or self._scan_due:
+                    continue  # more may be waiting; go again straight away
             except asyncio.CancelledError:
                 raise
             except Exception as exc:
+                self._scan_due = True  # hinted documents taken by the failed pass are found by the sweep
                 log.warning("outbox_relay_retry", error=str(exc) or type(exc).__name__, in_seconds=backoff)
                 await self._producer.reset()
                 backoff = min(backoff * 2, 5.0)
@@ -108,42 +133,36 @@ class OutboxRelay:
         """Publish one batch of pending documents per collection; return how many events moved."""
         moved = 0
         pending_docs = 0
+        sweep = self._scan_due or time.monotonic() >= self._next_scan
+        if sweep:
+            self._scan_due = False
+            self._next_scan = time.monotonic() + self._full_scan_seconds
+        hints, self._hints = self._hints, {}
         for name in self._collections:
             col = self._db[name]
-            docs = await col.find({"has_outbox": True}, {"outbox": 1, "rev": 1}).limit(self._batch).to_list()
+            if sweep:
+                docs = await col.find(PENDING, {"outbox": 1}).limit(self._batch).to_list()
+                if len(docs) == self._batch:
+                    self._scan_due = True  # more than one batch waiting: sweep again next pass
+            else:
+                docs = []
+                for doc_id in hints.get(name, ()):
+                    doc = await col.find_one({"_id": doc_id}, {"outbox": 1})
+                    if doc is not None and doc.get("outbox"):
+                        docs.append(doc)
             pending_docs += len(docs)
             if not docs:
                 continue
-            events = [Envelope.from_document(e) for d in docs for e in d.get("outbox", [])]
+            events = [Envelope.from_document(e) for d in docs for e in d["outbox"]]
             await self._producer.send_all(self._topic_of, events)
-            # Clear only if nobody appended since we read (rev unchanged); otherwise pull what we sent.
-            result = await col.bulk_write(
-                [
-                    UpdateOne({"_id": d["_id"], "rev": d["rev"]}, {"$set": {"outbox": [], "has_outbox": False}})
-                    for d in docs
-                ],
+            # Remove exactly the published elements, by value and by _id alone: a concurrent append
+            # survives, and FerretDB can use its primary key (a compare-and-set filter would scan).
+            await col.bulk_write(
+                [UpdateOne({"_id": d["_id"]}, {"$pull": {"outbox": e}}) for d in docs for e in d["outbox"]],
                 ordered=False,
             )
-            if result.matched_count < len(docs):
-                await self._pull_sent(name, docs)
             moved += len(events)
         OUTBOX_PENDING.labels(self._service).set(pending_docs)
         OUTBOX_PUBLISHED.labels(self._service).inc(moved)
         self.published += moved
         return moved
-
-    async def _pull_sent(self, name: str, docs: list[dict[str, Any]]) -> None:
-        col = self._db[name]
-        for d in docs:
-            sent = {e["id"] for e in d.get("outbox", [])}
-            while True:
-                cur = await col.find_one({"_id": d["_id"]}, {"outbox": 1, "rev": 1})
-                if cur is None:
-                    break
-                remaining = [e for e in cur.get("outbox", []) if e["id"] not in sent]
-                res = await col.update_one(
-                    {"_id": d["_id"], "rev": cur["rev"]},
-                    {"$set": {"outbox": remaining, "has_outbox": bool(remaining)}},
-                )
-                if res.matched_count:
-                    break

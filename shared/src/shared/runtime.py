@@ -8,7 +8,7 @@ from __future__ import annotations
 
 import asyncio
 import contextlib
-from collections.abc import Mapping, Sequence
+from collections.abc import Iterable, Mapping, Sequence
 from typing import Any
 
 from pymongo import IndexModel
@@ -52,6 +52,7 @@ class Runtime:
                 topic_of=self.topic_of,
                 poll_seconds=settings.relay_poll_seconds,
                 batch_size=settings.relay_batch_size,
+                full_scan_seconds=settings.relay_full_scan_seconds,
             )
             if outbox_collections
             else None
@@ -86,9 +87,10 @@ class Runtime:
         self.consumers.append(runner)
         return runner
 
-    def notify_relay(self) -> None:
+    def notify_relay(self, collection: str | None = None, ids: Iterable[Any] = ()) -> None:
+        """Wake the outbox relay; naming the written documents spares it a sweep (see OutboxRelay)."""
         if self.relay:
-            self.relay.notify()
+            self.relay.notify(collection, ids)
 
     async def start(self) -> None:
         await ensure_indexes(self.db, self._indexes)

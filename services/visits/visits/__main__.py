@@ -1,0 +1,3 @@
+from visits.app import main
+
+main()

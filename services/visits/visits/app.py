@@ -1,0 +1,84 @@
+"""Wiring of the visits service: settings, runtime, read-model consumer, routes."""
+
+from __future__ import annotations
+
+from collections.abc import AsyncIterator
+from contextlib import asynccontextmanager
+
+import uvicorn
+from fastapi import FastAPI
+from pydantic_settings import SettingsConfigDict
+
+from shared.consumer import TypeDispatch
+from shared.http import create_app
+from shared.logging import configure_logging
+from shared.registry_view import RegistryView
+from shared.runtime import Runtime
+from shared.settings import ServiceSettings
+from shared.topics import REGISTRY_TOPIC
+from visits.api import router
+from visits.handlers import registry_handlers
+from visits.repository import INDEXES, OUTREACH, PENDING, VISITS, PendingIndex, RecordRepository, RegistryReader
+from visits.service import OutreachService, VisitService
+
+
+class VisitsSettings(ServiceSettings):
+    model_config = SettingsConfigDict(env_prefix="VISITS_", extra="ignore")
+
+    service_name: str = "visits"
+    mongo_db: str = "visits"
+    host: str = "127.0.0.1"
+    port: int = 8002
+
+
+DESCRIPTION = """Field visits and outreach posts of the youth union's digital-transformation teams.
+
+Records arrive late, in batches and sometimes twice: `client_ref` makes every upload idempotent.
+References (team, unit, volunteers) are checked against a local read model of the registry, so the
+service keeps accepting records while the registry is down; records that mention something the
+read model does not know yet are held as `pending` and validated when the registry event arrives.
+"""
+
+
+def build_app(settings: VisitsSettings | None = None) -> FastAPI:
+    cfg = settings or VisitsSettings()
+
+    @asynccontextmanager
+    async def lifespan(app: FastAPI) -> AsyncIterator[None]:
+        runtime = Runtime(cfg, outbox_collections=[VISITS, OUTREACH], indexes=INDEXES)
+        reader = RegistryReader(runtime.db)
+        pending = PendingIndex(runtime.db[PENDING])
+        visits = VisitService(
+            RecordRepository(runtime.db[VISITS]), pending, reader, lambda ids: runtime.notify_relay(VISITS, ids)
+        )
+        outreach = OutreachService(
+            RecordRepository(runtime.db[OUTREACH]), pending, reader, lambda ids: runtime.notify_relay(OUTREACH, ids)
+        )
+        view = RegistryView(runtime.db)
+        handlers = registry_handlers(view, visits.on_registry_change, outreach.on_registry_change)
+        runtime.add_consumer("registry-view", [REGISTRY_TOPIC], TypeDispatch(handlers))
+        app.state.runtime = runtime
+        app.state.visits = visits
+        app.state.outreach = outreach
+        await runtime.start()
+        try:
+            yield
+        finally:
+            await runtime.stop()
+
+    return create_app(
+        service="visits",
+        title="Digital Bridge — visits",
+        description=DESCRIPTION,
+        lifespan=lifespan,
+        routers=[router],
+        max_body_bytes=cfg.max_body_bytes,
+    )
+
+
+def main() -> None:
+    settings = VisitsSettings()
+    configure_logging("visits", settings.log_level, settings.log_json)
+    uvicorn.run(
+        build_app(settings), host=settings.host, port=settings.port, loop="uvloop", http="httptools", log_config=None
+    )

@@ -1,0 +1,155 @@
+"""Every database query of the visits service: records (visits, outreach posts) and the read model."""
+
+from __future__ import annotations
+
+from collections.abc import Iterable, Sequence
+from dataclasses import dataclass, field
+from typing import Any
+
+from pymongo import ASCENDING, IndexModel
+from pymongo.asynchronous.collection import AsyncCollection
+from pymongo.asynchronous.database import AsyncDatabase
+from pymongo.errors import BulkWriteError
+
+from shared import registry_view as rm
+from shared.mongo import insert_once
+from shared.pagination import after_filter, next_cursor
+
+VISITS = "visits"
+OUTREACH = "outreach"
+PENDING = "pending_index"
+DUPLICATE_KEY = 11000
+
+Document = dict[str, Any]
+
+INDEXES: dict[str, list[IndexModel]] = {
+    VISITS: [
+        IndexModel([("client_ref", ASCENDING)], unique=True),
+        IndexModel("unit_path"),
+        IndexModel("team_code"),
+        IndexModel("unit_code"),
+        IndexModel("visited_on"),
+        IndexModel("status"),
+    ],
+    OUTREACH: [
+        IndexModel([("client_ref", ASCENDING)], unique=True),
+        IndexModel("unit_path"),
+        IndexModel("team_code"),
+        IndexModel("unit_code"),
+        IndexModel("published_on"),
+        IndexModel("status"),
+    ],
+    PENDING: [IndexModel("keys")],
+    **rm.INDEXES,
+}
+
+
+class RecordRepository:
+    """One collection of field records. ``_id`` is derived from ``client_ref`` (see the service), so
+    every lookup on the request path is an ``_id`` equality: FerretDB v1 on SQLite pushes down only
+    those, and scans the whole collection for any other filter (``$in`` included)."""
+
+    def __init__(self, col: AsyncCollection[Document]) -> None:
+        self._col = col
+
+    async def insert_once(self, doc: Document) -> tuple[Document, bool]:
+        return await insert_once(self._col, doc, {"_id": doc["_id"]})
+
+    async def insert_new(self, docs: Sequence[Document]) -> set[str]:
+        """Insert ``docs``; return the ids that already existed (those docs were not written)."""
+        if not docs:
+            return set()
+        try:
+            await self._col.insert_many(list(docs), ordered=False)
+        except BulkWriteError as exc:
+            errors = exc.details.get("writeErrors", [])
+            if any(e.get("code") != DUPLICATE_KEY for e in errors):
+                raise
+            return {docs[e["index"]]["_id"] for e in errors}
+        return set()
+
+    async def get(self, record_id: str) -> Document | None:
+        return await self._col.find_one({"_id": record_id})
+
+    async def page(self, query: Document, limit: int, cursor: str | None) -> tuple[list[Document], str | None]:
+        docs = await self._col.find({**query, **after_filter(cursor)}).sort("_id", ASCENDING).limit(limit + 1).to_list()
+        return docs[:limit], next_cursor(docs, limit)
+
+    async def update_if(self, record_id: str, expect: Document, update: Document) -> bool:
+        """Compare-and-set on ``expect`` (status, rev): False when someone else changed the record first."""
+        result = await self._col.update_one({"_id": record_id, **expect}, update)
+        return result.matched_count == 1
+
+
+class PendingIndex:
+    """Which pending records wait on which registry key (``team:QN-VD-1``, ``membership:T/v``...).
+
+    A registry event then finds its pending records in this small collection instead of scanning
+    every record. Entries are written before their record and removed after it is resolved, so a
+    crash leaves at worst an entry pointing at a record that is no longer pending (ignored).
+    """
+
+    def __init__(self, col: AsyncCollection[Document]) -> None:
+        self._col = col
+
+    async def add(self, kind: str, record_ids: Sequence[str], keys: Sequence[Sequence[str]]) -> None:
+        if record_ids:
+            docs = [
+                {"_id": f"{kind}:{rid}", "kind": kind, "record_id": rid, "keys": list(k)}
+                for rid, k in zip(record_ids, keys, strict=True)
+            ]
+            try:
+                await self._col.insert_many(docs, ordered=False)
+            except BulkWriteError as exc:
+                if any(e.get("code") != DUPLICATE_KEY for e in exc.details.get("writeErrors", [])):
+                    raise
+
+    async def waiting_on(self, kind: str, key: str) -> list[str]:
+        docs = await self._col.find({"kind": kind, "keys": key}, {"record_id": 1}).to_list()
+        return [d["record_id"] for d in docs]
+
+    async def remove(self, kind: str, record_id: str) -> None:
+        await self._col.delete_one({"_id": f"{kind}:{record_id}"})
+
+
+@dataclass
+class RegistryFacts:
+    """What the local read model knows about the references of some records."""
+
+    teams: dict[str, Document] = field(default_factory=dict)
+    units: dict[str, list[str]] = field(default_factory=dict)
+    memberships: dict[tuple[str, str], bool] = field(default_factory=dict)
+    volunteers: dict[str, bool] = field(default_factory=dict)
+
+
+class RegistryReader:
+    """Lookups in the read model that :class:`shared.registry_view.RegistryView` maintains.
+
+    One ``_id`` lookup per key: the view's ``active_members`` filters on ``team_code`` (a scan of
+    every membership on FerretDB v1) and cannot tell an ended membership from one not seen yet.
+    """
+
+    def __init__(self, db: AsyncDatabase[Document]) -> None:
+        self._db = db
+
+    async def _by_id(self, collection: str, keys: Iterable[str]) -> dict[str, Document]:
+        col = self._db[collection]
+        found: dict[str, Document] = {}
+        for key in sorted(set(keys)):
+            doc = await col.find_one({"_id": key})
+            if doc is not None:
+                found[key] = doc
+        return found
+
+    async def teams(self, codes: Iterable[str]) -> dict[str, Document]:
+        return await self._by_id(rm.TEAMS, codes)
+
+    async def unit_paths(self, codes: Iterable[str]) -> dict[str, list[str]]:
+        return {k: list(d["path"]) for k, d in (await self._by_id(rm.UNITS, codes)).items()}
+
+    async def memberships(self, pairs: Iterable[tuple[str, str]]) -> dict[tuple[str, str], bool]:
+        docs = await self._by_id(rm.MEMBERSHIPS, (f"{team}/{vid}" for team, vid in pairs))
+        return {(d["team_code"], d["volunteer_id"]): bool(d.get("active")) for d in docs.values()}
+
+    async def volunteers(self, ids: Iterable[str]) -> dict[str, bool]:
+        return {k: bool(d.get("active")) for k, d in (await self._by_id(rm.VOLUNTEERS, ids)).items()}
