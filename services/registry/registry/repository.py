@@ -30,7 +30,7 @@ INDEXES: dict[str, list[IndexModel]] = {
 
 
 class Repository:
-    def __init__(self, db: AsyncDatabase[Document], notify: Callable[[], None]) -> None:
+    def __init__(self, db: AsyncDatabase[Document], notify: Callable[[str, list[Any]], None]) -> None:
         self._db = db
         self._notify = notify
 
@@ -66,7 +66,7 @@ class Repository:
             await self._db[collection].insert_one({**doc, **outbox_fields(events)})
         except DuplicateKeyError:
             return False
-        self._notify()
+        self._notify(collection, [doc["_id"]])
         return True
 
     async def update(self, collection: str, current: Document, changes: Document, events: Sequence[Envelope]) -> bool:
@@ -75,5 +75,5 @@ class Repository:
             {"_id": current["_id"], "rev": current["rev"]}, outbox_update({"$set": changes}, events)
         )
         if result.matched_count:
-            self._notify()
+            self._notify(collection, [current["_id"]])
         return bool(result.matched_count)

@@ -44,7 +44,7 @@ from shared.errors import PROBLEM_BASE, Conflict, Forbidden, InvalidInput, NotFo
 from shared.logging import get_logger
 from shared.mongo import Document
 from shared.registry_view import RegistryView
-from training.repository import TrainingRepository
+from training.repository import COURSES, TrainingRepository
 from training.schemas import (
     BatchItemResult,
     BatchStatus,
@@ -162,7 +162,7 @@ Plan = Callable[[Document], Awaitable[tuple[dict[str, Any], list[Envelope]]]]
 
 
 class TrainingService:
-    def __init__(self, repo: TrainingRepository, view: RegistryView, notify: Callable[[], None]) -> None:
+    def __init__(self, repo: TrainingRepository, view: RegistryView, notify: Callable[[str, list[str]], None]) -> None:
         self._repo = repo
         self._view = view
         self._notify = notify
@@ -242,7 +242,7 @@ class TrainingService:
             {"$set": {"status": "scheduled", "unit_path": v.unit_path, "problem": None}},
             [_scheduled_event(scheduled)],
         ):
-            self._notify()
+            self._notify(COURSES, [code])
 
     async def on_registry_change(self, kind: str, key: str) -> None:
         """RegistryView listener: re-check the pending courses this change may unblock."""
@@ -308,7 +308,7 @@ class TrainingService:
             self._authorize_read(p, stored)
             return stored, False
         if events:
-            self._notify()
+            self._notify(COURSES, [stored["_id"]])
         else:
             # The registry event may have been applied between our check and our insert, in which
             # case its listener found nothing pending: look again now that the course is stored.
@@ -381,7 +381,7 @@ class TrainingService:
                 }
             }
             if await self._repo.update_course(code, {"rev": c["rev"]}, update, events):
-                self._notify()
+                self._notify(COURSES, [code])
                 return await self._course_for(p, code, write=False)
         raise Conflict(f"course {code} is busy; retry", slug="course-busy")
 
@@ -435,7 +435,7 @@ class TrainingService:
                 }
             }
             if await self._repo.update_course(code, {"rev": c["rev"]}, update, [event]):
-                self._notify()
+                self._notify(COURSES, [code])
                 return await self._course_for(p, code, write=False)
         raise Conflict(f"course {code} is busy; retry", slug="course-busy")
 
@@ -467,7 +467,7 @@ class TrainingService:
             update.setdefault("$set", {})["last_applied"] = marker
             if await self._repo.update_course(code, {"rev": c["rev"]}, update, events):
                 await self._repo.mark_child_applied(kind, child_id)
-                self._notify()
+                self._notify(COURSES, [code])
                 return True
         raise Conflict(f"course {code} is busy; retry", slug="course-busy")
 
