@@ -235,8 +235,11 @@ class ConsumerRunner:
             if not ok:
                 for c in good:
                     await self._handle_with_retries([c])
-        if good:
-            self.last_event_time[tp.topic] = max(c.envelope.time.timestamp() for c in good)
+        if self._dedup:
+            # One write per batch, after every event is handled or dead-lettered: a crash before it
+            # redelivers the batch, which the handlers' idempotent writes absorb.
+            await self._dedup.mark([c.envelope.id for c in good])
+        self.last_event_time[tp.topic] = max(c.envelope.time.timestamp() for c in good)
 
     async def _attempt(self, events: list[Consumed]) -> bool:
         delay = self._backoff
@@ -244,8 +247,6 @@ class ConsumerRunner:
             try:
                 bind_context(event_id=events[0].envelope.id)
                 await self._handler(events)
-                if self._dedup:
-                    await self._dedup.mark([c.envelope.id for c in events])
                 CONSUMED.labels(self.name, events[0].topic).inc(len(events))
                 return True
             except asyncio.CancelledError:
