@@ -1,0 +1,3 @@
+from metrics.app import main
+
+main()

@@ -1,0 +1,77 @@
+"""Wiring of the metrics service: settings, lifespan (runtime, live projector, gauges) and main()."""
+
+from __future__ import annotations
+
+from collections.abc import AsyncIterator
+from contextlib import asynccontextmanager
+
+import uvicorn
+from fastapi import FastAPI
+from pydantic_settings import SettingsConfigDict
+
+from metrics.api import router
+from metrics.gauges import GaugeRefresher
+from metrics.generations import LiveProjection, RebuildControl, Rebuilder
+from metrics.service import MetricsService
+from shared.http import create_app
+from shared.logging import configure_logging
+from shared.runtime import Runtime
+from shared.settings import ServiceSettings
+
+
+class MetricsSettings(ServiceSettings):
+    model_config = SettingsConfigDict(env_prefix="METRICS_", extra="ignore")
+
+    service_name: str = "metrics"
+    mongo_db: str = "metrics"
+    host: str = "127.0.0.1"
+    port: int = 8004
+    gauge_refresh_seconds: float = 5.0
+    # How often the live side checks whether a rebuild (maybe in another process) switched generation.
+    generation_poll_seconds: float = 2.0
+    rebuild_poll_seconds: float = 0.5
+
+
+def build_app(settings: MetricsSettings | None = None) -> FastAPI:
+    settings = settings or MetricsSettings()
+
+    @asynccontextmanager
+    async def lifespan(app: FastAPI) -> AsyncIterator[None]:
+        runtime = Runtime(settings)
+        app.state.runtime = runtime
+        service = MetricsService(runtime.db)
+        live = LiveProjection(settings, runtime.db, runtime.producer, poll_seconds=settings.generation_poll_seconds)
+        rebuilder = Rebuilder(settings, runtime.db, runtime.producer, poll_seconds=settings.rebuild_poll_seconds)
+        control = RebuildControl(rebuilder, live)
+        gauges = GaugeRefresher(service, settings.gauge_refresh_seconds)
+        app.state.metrics = service
+        app.state.live = live
+        app.state.rebuild = control
+        app.state.gauges = gauges
+        await runtime.start()
+        await live.start()
+        await gauges.start()
+        try:
+            yield
+        finally:
+            await gauges.stop()
+            await control.stop()
+            await live.stop()
+            await runtime.stop()
+
+    return create_app(
+        service="metrics",
+        title="Digital Bridge metrics",
+        description="Live indicators of the digital-literacy and online-services campaigns, per unit and day.",
+        lifespan=lifespan,
+        routers=[router],
+        max_body_bytes=settings.max_body_bytes,
+    )
+
+
+def main() -> None:
+    settings = MetricsSettings()
+    configure_logging("metrics", settings.log_level, settings.log_json)
+    uvicorn.run(
+        build_app(settings), host=settings.host, port=settings.port, loop="uvloop", http="httptools", log_config=None
+    )

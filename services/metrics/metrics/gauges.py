@@ -1,0 +1,127 @@
+"""Prometheus gauges of the indicators, refreshed from the projection in the background.
+
+A scrape only reads the last snapshot; the Mongo reads happen every ``gauge_refresh_seconds`` in
+:class:`GaugeRefresher`. Only the province and its direct children are exported, which bounds the
+number of series however large the organisation tree grows.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import contextlib
+from collections import defaultdict
+from collections.abc import Iterator
+from dataclasses import dataclass, field
+from typing import Any
+
+from prometheus_client.core import REGISTRY, GaugeMetricFamily
+from prometheus_client.registry import Collector
+
+from metrics.projection import CATALOGUE
+from metrics.service import MetricsService, add_up
+from shared.logging import get_logger
+
+log = get_logger(__name__)
+
+LEVELS = {1: "province", 2: "commune"}
+
+
+@dataclass
+class Snapshot:
+    indicators: list[tuple[tuple[str, str, str, str], float]] = field(default_factory=list)
+    targets: list[tuple[tuple[str, str, str], float]] = field(default_factory=list)
+    actuals: list[tuple[tuple[str, str, str], float]] = field(default_factory=list)
+    ratios: list[tuple[tuple[str, str, str], float]] = field(default_factory=list)
+
+
+class IndicatorCollector(Collector):
+    def __init__(self) -> None:
+        self.snapshot = Snapshot()
+
+    def collect(self) -> Iterator[GaugeMetricFamily]:
+        snap = self.snapshot
+        families = (
+            (
+                "bridge_indicator",
+                "All-time value of an indicator for a province or commune subtree",
+                ["indicator", "key", "unit", "level"],
+                snap.indicators,
+            ),
+            ("bridge_campaign_target", "Campaign target value", ["campaign", "indicator", "unit"], snap.targets),
+            (
+                "bridge_campaign_actual",
+                "Indicator total over the campaign window for the target unit",
+                ["campaign", "indicator", "unit"],
+                snap.actuals,
+            ),
+            (
+                "bridge_campaign_progress_ratio",
+                "Campaign actual divided by target",
+                ["campaign", "indicator", "unit"],
+                snap.ratios,
+            ),
+        )
+        for name, doc, labels, samples in families:
+            family = GaugeMetricFamily(name, doc, labels=labels)
+            for values, value in samples:
+                family.add_metric(list(values), value)
+            yield family
+
+
+COLLECTOR = IndicatorCollector()
+REGISTRY.register(COLLECTOR)
+
+
+async def take_snapshot(service: MetricsService) -> Snapshot:
+    repo = await service.projection()
+    per_unit: dict[str, list[dict[str, Any]]] = defaultdict(list)
+    depth: dict[str, int] = {}
+    for doc in await repo.top_levels_all_time(max(LEVELS)):
+        per_unit[doc["unit"]].append(doc)
+        depth[doc["unit"]] = int(doc["depth"])
+    snap = Snapshot()
+    for unit, docs in sorted(per_unit.items()):
+        totals = add_up(docs)
+        for name, spec in CATALOGUE.items():
+            for key, value in totals.of(spec).items():
+                snap.indicators.append(((name, key, unit, LEVELS[depth[unit]]), float(value)))
+    for campaign in await repo.all_campaigns():
+        targets = campaign.get("targets", [])
+        actuals = await service.campaign_actuals(repo, campaign, [t["unit_code"] for t in targets])
+        for t in targets:
+            labels = (str(campaign["_id"]), t["indicator"], t["unit_code"])
+            actual = actuals[t["unit_code"]].of(CATALOGUE[t["indicator"]])["total"]
+            snap.targets.append((labels, float(t["value"])))
+            snap.actuals.append((labels, float(actual)))
+            if t["value"]:
+                snap.ratios.append((labels, actual / t["value"]))
+    return snap
+
+
+class GaugeRefresher:
+    def __init__(self, service: MetricsService, interval: float) -> None:
+        self._service = service
+        self._interval = interval
+        self._task: asyncio.Task[None] | None = None
+
+    async def refresh(self) -> None:
+        COLLECTOR.snapshot = await take_snapshot(self._service)
+
+    async def start(self) -> None:
+        self._task = asyncio.create_task(self._run(), name="metrics-gauges")
+
+    async def stop(self) -> None:
+        if self._task:
+            self._task.cancel()
+            with contextlib.suppress(asyncio.CancelledError):
+                await self._task
+
+    async def _run(self) -> None:
+        while True:
+            try:
+                await self.refresh()
+            except asyncio.CancelledError:
+                raise
+            except Exception as exc:
+                log.warning("gauge_refresh_failed", error=str(exc) or type(exc).__name__)
+            await asyncio.sleep(self._interval)

@@ -1,0 +1,230 @@
+"""The indicator catalogue and the pure rules that turn events into counter increments.
+
+Nothing here touches Mongo or Kafka: :func:`fold` maps one event to the increments it causes and
+:func:`plan_updates` decides, from per-document watermarks, which of a batch's increments a
+document still lacks. Both are unit-tested without infrastructure.
+"""
+
+from __future__ import annotations
+
+from collections import defaultdict
+from collections.abc import Iterable, Mapping, Sequence
+from dataclasses import dataclass
+from datetime import date
+
+from pydantic import BaseModel
+
+from shared.contracts import registry as reg
+from shared.contracts import training as trn
+from shared.contracts import visits as vis
+from shared.contracts.common import Audience, Change, Channel, TeamKind
+
+# Counter documents are keyed by unit and day; current-state indicators live on the "state" day and
+# every dated increment is also added to the unit's "all" day, so all-time figures need no day scan.
+# Both sort after any ISO date, so a date-range query never picks them up.
+STATE_DAY = "state"
+ALL_DAY = "all"
+
+
+@dataclass(frozen=True)
+class IndicatorSpec:
+    """One indicator of DOMAIN.md: its split keys (empty when single-valued) and whether it is dated."""
+
+    name: str
+    keys: tuple[str, ...]
+    dated: bool
+
+    def field(self, key: str = "total") -> str:
+        """The counter field that holds ``key`` (``total`` for single-valued indicators)."""
+        if not self.keys:
+            return self.name
+        return f"{self.name}_{key}"
+
+    def values(self, counters: Mapping[str, int]) -> dict[str, int]:
+        """``{key: value}`` read from a flat counter dict; always includes ``total``."""
+        if not self.keys:
+            return {"total": int(counters.get(self.name, 0))}
+        out = {k: int(counters.get(self.field(k), 0)) for k in self.keys}
+        out["total"] = int(counters.get(self.field("total"), 0))
+        return out
+
+
+CATALOGUE: dict[str, IndicatorSpec] = {
+    s.name: s
+    for s in (
+        IndicatorSpec("teams", tuple(k.value for k in TeamKind), dated=False),
+        IndicatorSpec("volunteers", (), dated=False),
+        IndicatorSpec("households_visited", (), dated=True),
+        IndicatorSpec("people_supported", (), dated=True),
+        IndicatorSpec("vneid_installs", (), dated=True),
+        IndicatorSpec("online_applications", ("l3", "l4"), dated=True),
+        IndicatorSpec("courses", tuple(a.value for a in Audience), dated=True),
+        IndicatorSpec("course_participants", tuple(a.value for a in Audience), dated=True),
+        IndicatorSpec("course_completions", (), dated=True),
+        IndicatorSpec("outreach_posts", tuple(c.value for c in Channel), dated=True),
+    )
+}
+
+
+def doc_id(unit: str, day: str) -> str:
+    return f"{unit}|{day}"
+
+
+@dataclass(frozen=True)
+class Increment:
+    """Add ``delta`` to counter ``field`` of the document of ``unit`` on ``day``."""
+
+    unit: str
+    depth: int  # 1 for the province root, 2 for its communes, ...
+    day: str
+    field: str
+    delta: int
+
+    @property
+    def doc_id(self) -> str:
+        return doc_id(self.unit, self.day)
+
+
+def _bump(out: list[Increment], path: Sequence[str], when: date | None, indicator: str, key: str, delta: int) -> None:
+    """Add ``delta`` to an indicator (and its total) for every unit of ``path``."""
+    if delta == 0:
+        return
+    spec = CATALOGUE[indicator]
+    fields = [spec.field(key)] if not spec.keys else [spec.field(key), spec.field("total")]
+    days = [STATE_DAY] if when is None else [when.isoformat(), ALL_DAY]
+    for depth, unit in enumerate(path, start=1):
+        for day in days:
+            for f in fields:
+                out.append(Increment(unit, depth, day, f, delta))
+
+
+def _visit(out: list[Increment], figures: vis.VisitFigures, sign: int) -> None:
+    path, day = figures.unit_path, figures.visited_on
+    _bump(out, path, day, "households_visited", "total", sign * figures.households)
+    _bump(out, path, day, "people_supported", "total", sign * figures.people.total)
+    _bump(out, path, day, "vneid_installs", "total", sign * figures.services.vneid_installed)
+    _bump(out, path, day, "online_applications", "l3", sign * figures.services.online_applications_l3)
+    _bump(out, path, day, "online_applications", "l4", sign * figures.services.online_applications_l4)
+
+
+def _change(c: Change) -> int:
+    return c.after - c.before
+
+
+def _participants(out: list[Increment], course: trn.CourseRef, change: Change) -> None:
+    _bump(out, course.unit_path, course.starts_on, "course_participants", course.audience.value, _change(change))
+
+
+def _completions(out: list[Increment], course: trn.CourseRef, change: Change) -> None:
+    _bump(out, course.unit_path, course.ends_on, "course_completions", "total", _change(change))
+
+
+def fold(payload: BaseModel) -> list[Increment]:
+    """The counter increments one event causes (empty for events that move no indicator)."""
+    out: list[Increment] = []
+    match payload:
+        # --- registry: current state -------------------------------------------------------------
+        case reg.TeamCreated():
+            _bump(out, payload.unit_path, None, "teams", payload.kind.value, 1)
+        case reg.TeamUpdated():
+            # An inactive team was already taken out by its deactivation; an active one moves from
+            # its previous kind and unit to the current ones (a no-op when neither changed).
+            if payload.active:
+                _bump(out, payload.previous_unit_path, None, "teams", payload.previous_kind.value, -1)
+                _bump(out, payload.unit_path, None, "teams", payload.kind.value, 1)
+        case reg.TeamDeactivated():
+            _bump(out, payload.unit_path, None, "teams", payload.kind.value, -1)
+        case reg.VolunteerRegistered():
+            _bump(out, payload.unit_path, None, "volunteers", "total", 1)
+        case reg.VolunteerUpdated():
+            if payload.active:
+                _bump(out, payload.previous_unit_path, None, "volunteers", "total", -1)
+                _bump(out, payload.unit_path, None, "volunteers", "total", 1)
+        case reg.VolunteerLeft():
+            _bump(out, payload.unit_path, None, "volunteers", "total", -1)
+        # --- visits: dated by visited_on / published_on -------------------------------------------
+        case vis.VisitRecorded():
+            _visit(out, payload.figures, 1)
+        case vis.VisitCorrected():
+            _visit(out, payload.previous, -1)
+            _visit(out, payload.figures, 1)
+        case vis.VisitVoided():
+            _visit(out, payload.figures, -1)
+        case vis.OutreachPublished():
+            _bump(out, payload.unit_path, payload.published_on, "outreach_posts", payload.channel.value, 1)
+        case vis.OutreachVoided():
+            _bump(out, payload.unit_path, payload.published_on, "outreach_posts", payload.channel.value, -1)
+        # --- training: courses and participants by starts_on, completions by ends_on ---------------
+        case trn.CourseScheduled():
+            c = payload.course
+            _bump(out, c.unit_path, c.starts_on, "courses", c.audience.value, 1)
+        case trn.CourseCancelled():
+            c = payload.course
+            _bump(out, c.unit_path, c.starts_on, "courses", c.audience.value, -1)
+            _participants(out, c, payload.participants)
+            _completions(out, c, payload.completions)
+        case trn.SessionHeld() | trn.ParticipantEnrolled():
+            _participants(out, payload.course, payload.participants)
+        case trn.ParticipantCompleted():
+            _completions(out, payload.course, payload.completions)
+        case trn.CourseCompleted():
+            _participants(out, payload.course, payload.participants)
+            _completions(out, payload.course, payload.completions)
+        case _:
+            pass
+    return out
+
+
+def net(increments: Iterable[Increment]) -> dict[str, dict[str, int]]:
+    """Sum increments per document and field, dropping fields that net to zero."""
+    totals: dict[str, dict[str, int]] = defaultdict(lambda: defaultdict(int))
+    for inc in increments:
+        totals[inc.doc_id][inc.field] += inc.delta
+    return {d: {f: v for f, v in fs.items() if v} for d, fs in totals.items() if any(fs.values())}
+
+
+def plan_updates(
+    increments: Sequence[tuple[int, Increment]], watermarks: Mapping[str, int | None], batch_max: int
+) -> dict[str, dict[str, int]]:
+    """Per document, the net deltas of the increments it has not absorbed yet.
+
+    ``increments`` pairs each increment with the offset of its event; ``watermarks`` holds, per
+    document, the highest offset of this partition already applied to it (None: never). A document
+    already at ``batch_max`` or beyond needs nothing; otherwise it takes exactly the increments of
+    events after its watermark. That is what makes a redelivered batch harmless, however it is cut.
+    """
+    pending: list[Increment] = []
+    for offset, inc in increments:
+        wm = watermarks.get(inc.doc_id)
+        if wm is not None and (wm >= batch_max or offset <= wm):
+            continue
+        pending.append(inc)
+    return net(pending)
+
+
+def state_changes(payload: BaseModel) -> tuple[str, str, dict[str, object]] | None:
+    """``(collection kind, key, fields to set)`` for registry events the API keeps as state."""
+    match payload:
+        case reg.UnitCreated() | reg.UnitUpdated():
+            fields: dict[str, object] = {
+                "name": payload.name,
+                "kind": payload.kind.value,
+                "parent_code": payload.parent_code,
+                "path": list(payload.path),
+            }
+            return ("units", payload.code, fields)
+        case reg.CampaignCreated():
+            return (
+                "campaigns",
+                payload.code,
+                {
+                    "name": payload.name,
+                    "starts_on": payload.starts_on.isoformat(),
+                    "ends_on": payload.ends_on.isoformat(),
+                    "targets": [t.model_dump(mode="json") for t in payload.targets],
+                },
+            )
+        case reg.CampaignTargetsSet():
+            return ("campaigns", payload.code, {"targets": [t.model_dump(mode="json") for t in payload.targets]})
+        case _:
+            return None

@@ -1,0 +1,177 @@
+"""Every Mongo query of the metrics service.
+
+Projections live in generation-suffixed collections (``counters_g3``...) so that a rebuild can
+fill fresh ones while the live projection keeps serving; ``meta`` says which generation is active.
+"""
+
+from __future__ import annotations
+
+from collections.abc import Iterable, Mapping, Sequence
+from datetime import UTC, datetime
+from typing import Any
+
+from pymongo import ASCENDING, ReturnDocument, UpdateOne
+from pymongo.asynchronous.collection import AsyncCollection
+from pymongo.asynchronous.database import AsyncDatabase
+from pymongo.errors import BulkWriteError, DuplicateKeyError
+
+from metrics.projection import ALL_DAY, STATE_DAY
+
+Document = dict[str, Any]
+DUPLICATE_KEY = 11000
+
+
+async def insert_ignoring_duplicates(col: AsyncCollection[Document], docs: Sequence[Document]) -> None:
+    """insert_many(ordered=False) where documents that already exist are fine, nothing else is."""
+    if not docs:
+        return
+    try:
+        await col.insert_many(list(docs), ordered=False)
+    except BulkWriteError as exc:
+        others = [e for e in exc.details.get("writeErrors", []) if e.get("code") != DUPLICATE_KEY]
+        if others or exc.details.get("writeConcernErrors"):
+            raise
+
+
+class MetaRepository:
+    """The ``meta`` collection: the active generation, the generation counter and rebuild status."""
+
+    def __init__(self, db: AsyncDatabase[Document]) -> None:
+        self._col = db["meta"]
+
+    async def active_generation(self) -> int:
+        doc = await self._col.find_one({"_id": "active"})
+        if doc is None:
+            await insert_ignoring_duplicates(
+                self._col, [{"_id": "active", "generation": 1}, {"_id": "generations", "last": 1}]
+            )
+            doc = await self._col.find_one({"_id": "active"})
+            assert doc is not None
+        return int(doc["generation"])
+
+    async def allocate_generation(self) -> int:
+        await self.active_generation()  # makes sure the counter exists
+        doc = await self._col.find_one_and_update(
+            {"_id": "generations"}, {"$inc": {"last": 1}}, return_document=ReturnDocument.AFTER
+        )
+        assert doc is not None
+        return int(doc["last"])
+
+    async def activate(self, generation: int) -> None:
+        """The switch: one single-document write that every reader and projector follows."""
+        await self._col.update_one({"_id": "active"}, {"$set": {"generation": generation}})
+
+    async def rebuild_status(self) -> Document | None:
+        return await self._col.find_one({"_id": "rebuild"}, {"_id": 0})
+
+    async def set_rebuild_status(self, **fields: Any) -> None:
+        await self._col.update_one(
+            {"_id": "rebuild"}, {"$set": {**fields, "updated_at": datetime.now(UTC)}}, upsert=True
+        )
+
+
+class ProjectionRepository:
+    """The collections of one generation: counters, applied event ids, units and campaigns."""
+
+    def __init__(self, db: AsyncDatabase[Document], generation: int) -> None:
+        self.generation = generation
+        self._db = db
+        self.counters = db[f"counters_g{generation}"]
+        self.applied_events = db[f"applied_events_g{generation}"]
+        self.units = db[f"units_g{generation}"]
+        self.campaigns = db[f"campaigns_g{generation}"]
+
+    async def ensure_indexes(self) -> None:
+        await self.counters.create_index([("unit", ASCENDING), ("day", ASCENDING)])
+        await self.counters.create_index([("day", ASCENDING), ("depth", ASCENDING)])
+
+    async def drop(self) -> None:
+        for col in (self.counters, self.applied_events, self.units, self.campaigns):
+            await col.drop()
+
+    # --- projector writes ------------------------------------------------------------------------
+
+    async def applied(self, event_ids: Sequence[str]) -> set[str]:
+        docs = await self.applied_events.find({"_id": {"$in": list(event_ids)}}, {"_id": 1}).to_list()
+        return {d["_id"] for d in docs}
+
+    async def mark_applied(self, event_ids: Sequence[str]) -> None:
+        await insert_ignoring_duplicates(self.applied_events, [{"_id": e} for e in event_ids])
+
+    async def watermarks(self, doc_ids: Iterable[str], key: str) -> dict[str, int | None]:
+        """``{doc id: watermark of partition key or None}`` for the documents that exist."""
+        docs = await self.counters.find({"_id": {"$in": list(doc_ids)}}, {"wm": 1}).to_list()
+        return {d["_id"]: (d.get("wm") or {}).get(key) for d in docs}
+
+    async def create_skeletons(self, skeletons: Sequence[tuple[str, str, int, str]]) -> None:
+        """Insert empty counter documents ``(id, unit, depth, day)``; ones created meanwhile are fine.
+
+        Creating first and then updating by ``_id`` avoids upserts inside bulk_write, which FerretDB
+        answers in a way PyMongo cannot parse when they hit a duplicate key.
+        """
+        await insert_ignoring_duplicates(
+            self.counters,
+            [{"_id": i, "unit": u, "depth": depth, "day": day, "c": {}, "wm": {}} for i, u, depth, day in skeletons],
+        )
+
+    async def apply_increments(
+        self, deltas: Mapping[str, Mapping[str, int]], watermarks: Mapping[str, int | None], key: str, new_mark: int
+    ) -> int:
+        """One unordered bulk of conditional ``$inc``; returns how many documents matched.
+
+        Each update only matches while the document's watermark is still the one we read, so a
+        second (zombie) projector that got there first makes ours miss instead of double-count.
+        """
+        ops = []
+        for doc, fields in deltas.items():
+            old = watermarks.get(doc)
+            cond: Any = old if old is not None else {"$exists": False}
+            ops.append(
+                UpdateOne(
+                    {"_id": doc, f"wm.{key}": cond},
+                    {"$inc": {f"c.{f}": v for f, v in fields.items()}, "$set": {f"wm.{key}": new_mark}},
+                )
+            )
+        if not ops:
+            return 0
+        result = await self.counters.bulk_write(ops, ordered=False)
+        return result.matched_count
+
+    async def set_state(self, kind: str, key: str, fields: Mapping[str, Any]) -> None:
+        col = self.units if kind == "units" else self.campaigns
+        try:
+            await col.update_one({"_id": key}, {"$set": dict(fields)}, upsert=True)
+        except DuplicateKeyError:  # another writer created it between our read and insert
+            await col.update_one({"_id": key}, {"$set": dict(fields)})
+
+    # --- reads ------------------------------------------------------------------------------------
+
+    async def unit(self, code: str) -> Document | None:
+        return await self.units.find_one({"_id": code})
+
+    async def root_unit(self) -> Document | None:
+        return await self.units.find_one({"parent_code": None}, sort=[("_id", ASCENDING)])
+
+    async def campaign(self, code: str) -> Document | None:
+        return await self.campaigns.find_one({"_id": code})
+
+    async def all_campaigns(self) -> list[Document]:
+        return await self.campaigns.find({}).sort("_id", ASCENDING).to_list()
+
+    async def counters_in_range(self, unit: str, first: str, last: str) -> list[Document]:
+        """The unit's dated documents with ``first <= day <= last`` plus its state document."""
+        return await self.counters.find(
+            {"unit": unit, "$or": [{"day": {"$gte": first, "$lte": last}}, {"day": STATE_DAY}]},
+            {"day": 1, "c": 1},
+        ).to_list()
+
+    async def counters_all_time(self, unit: str) -> list[Document]:
+        query = {"unit": unit, "day": {"$in": [ALL_DAY, STATE_DAY]}}
+        return await self.counters.find(query, {"day": 1, "c": 1}).to_list()
+
+    async def top_levels_all_time(self, max_depth: int) -> list[Document]:
+        """All-time and state documents of units at most ``max_depth`` deep (for the gauges)."""
+        return await self.counters.find(
+            {"day": {"$in": [ALL_DAY, STATE_DAY]}, "depth": {"$lte": max_depth}},
+            {"unit": 1, "depth": 1, "day": 1, "c": 1},
+        ).to_list()

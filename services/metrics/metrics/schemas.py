@@ -1,0 +1,197 @@
+"""HTTP response models of the metrics API (all endpoints are reads, plus the admin rebuild)."""
+
+from __future__ import annotations
+
+from datetime import date, datetime
+from enum import StrEnum
+from typing import Any
+
+from pydantic import BaseModel, ConfigDict, Field
+
+from shared.contracts.common import Indicator
+
+
+class Interval(StrEnum):
+    day = "day"
+    week = "week"
+
+
+class Scope(BaseModel):
+    unit: str
+    from_: date | None = Field(default=None, serialization_alias="from")
+    to: date | None = None
+    campaign: str | None = None
+
+
+class TeamsFigures(BaseModel):
+    permanent: int
+    mobile: int
+    literacy: int
+    campaign: int
+    total: int
+
+
+class OnlineApplicationsFigures(BaseModel):
+    l3: int
+    l4: int
+    total: int
+
+
+class AudienceFigures(BaseModel):
+    youth_children: int
+    elderly_middle_aged: int
+    general: int
+    total: int
+
+
+class ChannelFigures(BaseModel):
+    fanpage: int
+    newspaper: int
+    visual: int
+    total: int
+
+
+SUMMARY_EXAMPLE: dict[str, Any] = {
+    "as_of": "2025-08-20T03:00:00Z",
+    "scope": {"unit": "QN", "from": "2025-07-01", "to": "2025-09-28", "campaign": "PEAK90"},
+    "teams": {"permanent": 55, "mobile": 67, "literacy": 54, "campaign": 61, "total": 237},
+    "volunteers": 2380,
+    "households_visited": 1440,
+    "people_supported": 12000,
+    "vneid_installs": 5200,
+    "online_applications": {"l3": 3100, "l4": 2700, "total": 5800},
+    "courses": {"youth_children": 151, "elderly_middle_aged": 110, "general": 0, "total": 261},
+    "course_participants": {"youth_children": 9800, "elderly_middle_aged": 7300, "general": 0, "total": 17100},
+    "course_completions": 15200,
+    "outreach_posts": {"fanpage": 780, "newspaper": 97, "visual": 2000, "total": 2877},
+}
+
+
+class Summary(BaseModel):
+    """Every indicator for a unit's subtree; dated ones summed over ``scope.from``..``scope.to``."""
+
+    model_config = ConfigDict(json_schema_extra={"examples": [SUMMARY_EXAMPLE]})
+
+    as_of: datetime
+    scope: Scope
+    teams: TeamsFigures
+    volunteers: int
+    households_visited: int
+    people_supported: int
+    vneid_installs: int
+    online_applications: OnlineApplicationsFigures
+    courses: AudienceFigures
+    course_participants: AudienceFigures
+    course_completions: int
+    outreach_posts: ChannelFigures
+
+
+class TargetProgress(BaseModel):
+    indicator: Indicator
+    unit_code: str
+    target: int
+    actual: int
+    percent: float | None = Field(description="actual / target * 100; null when the target is 0.")
+    projected: float = Field(description="Actual extrapolated to the whole window at the current pace.")
+
+
+class CampaignProgress(BaseModel):
+    model_config = ConfigDict(
+        json_schema_extra={
+            "examples": [
+                {
+                    "campaign": "PEAK30",
+                    "name": "Cao điểm 30 ngày",
+                    "starts_on": "2025-07-01",
+                    "ends_on": "2025-07-30",
+                    "as_of": "2025-07-15",
+                    "days_elapsed": 15,
+                    "days_total": 30,
+                    "targets": [
+                        {
+                            "indicator": "courses",
+                            "unit_code": "QN",
+                            "target": 250,
+                            "actual": 140,
+                            "percent": 56.0,
+                            "projected": 280.0,
+                        }
+                    ],
+                }
+            ]
+        }
+    )
+
+    campaign: str
+    name: str
+    starts_on: date
+    ends_on: date
+    as_of: date
+    days_elapsed: int
+    days_total: int
+    targets: list[TargetProgress]
+
+
+class Point(BaseModel):
+    start: date
+    value: int
+    by: dict[str, int]
+
+
+class Timeseries(BaseModel):
+    model_config = ConfigDict(
+        json_schema_extra={
+            "examples": [
+                {
+                    "indicator": "online_applications",
+                    "unit": "QN-HALONG",
+                    "interval": "week",
+                    "from": "2025-07-07",
+                    "to": "2025-07-20",
+                    "points": [
+                        {"start": "2025-07-07", "value": 42, "by": {"l3": 30, "l4": 12}},
+                        {"start": "2025-07-14", "value": 51, "by": {"l3": 33, "l4": 18}},
+                    ],
+                }
+            ]
+        }
+    )
+
+    indicator: Indicator
+    unit: str
+    interval: Interval
+    from_: date = Field(serialization_alias="from")
+    to: date
+    points: list[Point]
+
+
+class TopicFreshness(BaseModel):
+    topic: str
+    last_event_time: datetime | None
+    lag: int | None = Field(description="Messages not yet projected, summed over the topic's partitions.")
+
+
+class Freshness(BaseModel):
+    generation: int
+    topics: list[TopicFreshness]
+
+
+class RebuildAccepted(BaseModel):
+    model_config = ConfigDict(
+        json_schema_extra={"examples": [{"generation": 2, "state": "running", "status_url": "/v1/admin/rebuild"}]}
+    )
+
+    generation: int
+    state: str
+    status_url: str
+
+
+class RebuildStatus(BaseModel):
+    active_generation: int
+    generation: int | None = None
+    state: str = Field(description="idle, running, done or failed.")
+    started_at: datetime | None = None
+    finished_at: datetime | None = None
+    events_to_replay: int | None = None
+    events_replayed: int | None = None
+    error: str | None = None

@@ -1,0 +1,270 @@
+"""Contract-event builders for the metrics tests (the `ev` fixture) and a publisher."""
+
+from __future__ import annotations
+
+from collections.abc import Callable, Sequence
+from datetime import UTC, date, datetime
+from typing import Any
+
+import pytest
+
+from shared.contracts import registry as reg
+from shared.contracts import training as trn
+from shared.contracts import visits as vis
+from shared.contracts.common import Change
+from shared.envelope import Envelope, make_event
+from shared.kafka import EventProducer
+from shared.settings import ServiceSettings
+from shared.topics import EVENT_TOPICS
+
+PROVINCE = ["QN"]
+HALONG = ["QN", "QN-HALONG"]
+VANDON = ["QN", "QN-VANDON"]
+SCHOOL = ["QN", "QN-HALONG", "QN-HALONG-THPT"]
+UNIT_NAMES = {
+    "QN": ("Tỉnh Quảng Ninh", "province"),
+    "QN-HALONG": ("Phường Hạ Long", "ward"),
+    "QN-VANDON": ("Đặc khu Vân Đồn", "special_zone"),
+    "QN-HALONG-THPT": ("Trường THPT Hòn Gai", "school"),
+}
+
+
+class Events:
+    """Builds contract events as the producing services would publish them."""
+
+    @staticmethod
+    def unit(path: Sequence[str]) -> Envelope:
+        code = path[-1]
+        name, kind = UNIT_NAMES.get(code, (f"Xã {code}", "commune"))
+        payload = reg.UnitCreated(
+            code=code, name=name, kind=kind, parent_code=path[-2] if len(path) > 1 else None, path=list(path)
+        )
+        return make_event(reg.UNIT_CREATED, payload, source="/registry", key=code)
+
+    @staticmethod
+    def team(code: str, kind: str, path: Sequence[str]) -> Envelope:
+        payload = reg.TeamCreated(
+            code=code, name=f"Đội hình {code}", kind=kind, unit_code=path[-1], unit_path=list(path)
+        )
+        return make_event(reg.TEAM_CREATED, payload, source="/registry", key=code)
+
+    @staticmethod
+    def team_moved(
+        code: str, kind: str, path: Sequence[str], previous_kind: str, previous_path: Sequence[str]
+    ) -> Envelope:
+        payload = reg.TeamUpdated(
+            code=code,
+            name=f"Đội hình {code}",
+            kind=kind,
+            unit_code=path[-1],
+            unit_path=list(path),
+            active=True,
+            previous_kind=previous_kind,
+            previous_unit_path=list(previous_path),
+        )
+        return make_event(reg.TEAM_UPDATED, payload, source="/registry", key=code)
+
+    @staticmethod
+    def team_deactivated(code: str, kind: str, path: Sequence[str]) -> Envelope:
+        payload = reg.TeamDeactivated(code=code, kind=kind, unit_code=path[-1], unit_path=list(path))
+        return make_event(reg.TEAM_DEACTIVATED, payload, source="/registry", key=code)
+
+    @staticmethod
+    def volunteer(vid: str, path: Sequence[str]) -> Envelope:
+        payload = reg.VolunteerRegistered(
+            volunteer_id=vid, unit_code=path[-1], unit_path=list(path), roles=["youth"], skills=["it"], birth_year=2001
+        )
+        return make_event(reg.VOLUNTEER_REGISTERED, payload, source="/registry", key=vid)
+
+    @staticmethod
+    def volunteer_moved(vid: str, path: Sequence[str], previous_path: Sequence[str]) -> Envelope:
+        payload = reg.VolunteerUpdated(
+            volunteer_id=vid,
+            unit_code=path[-1],
+            unit_path=list(path),
+            roles=["student"],
+            skills=["vneid"],
+            birth_year=2001,
+            active=True,
+            previous_unit_path=list(previous_path),
+        )
+        return make_event(reg.VOLUNTEER_UPDATED, payload, source="/registry", key=vid)
+
+    @staticmethod
+    def volunteer_left(vid: str, path: Sequence[str]) -> Envelope:
+        payload = reg.VolunteerLeft(volunteer_id=vid, unit_code=path[-1], unit_path=list(path))
+        return make_event(reg.VOLUNTEER_LEFT, payload, source="/registry", key=vid)
+
+    @staticmethod
+    def campaign(code: str, starts_on: date, ends_on: date, targets: Sequence[tuple[str, str, int]]) -> Envelope:
+        payload = reg.CampaignCreated(
+            code=code,
+            name="Cao điểm 90 ngày",
+            starts_on=starts_on,
+            ends_on=ends_on,
+            targets=[reg.Target(indicator=i, unit_code=u, value=v) for i, u, v in targets],
+        )
+        return make_event(reg.CAMPAIGN_CREATED, payload, source="/registry", key=code)
+
+    @staticmethod
+    def figures(
+        path: Sequence[str], day: date, households: int = 1, people: int = 1, vneid: int = 0, l3: int = 0, l4: int = 0
+    ) -> vis.VisitFigures:
+        return vis.VisitFigures(
+            unit_code=path[-1],
+            unit_path=list(path),
+            visited_on=day,
+            households=households,
+            people=vis.People(total=people, elderly=min(people, 1)),
+            services=vis.Services(vneid_installed=vneid, online_applications_l3=l3, online_applications_l4=l4),
+        )
+
+    @staticmethod
+    def visit(visit_id: str, figures: vis.VisitFigures) -> Envelope:
+        payload = vis.VisitRecorded(
+            visit_id=visit_id,
+            client_ref=f"ref-{visit_id}",
+            team_code="T-MOBILE",
+            setting="household",
+            area="island",
+            household_ref=f"hh-{visit_id}",
+            volunteer_ids=["V1"],
+            recorded_at=datetime(2025, 7, 10, 3, 0, tzinfo=UTC),
+            figures=figures,
+        )
+        return make_event(vis.VISIT_RECORDED, payload, source="/visits", key=visit_id)
+
+    @staticmethod
+    def visit_corrected(visit_id: str, previous: vis.VisitFigures, figures: vis.VisitFigures) -> Envelope:
+        payload = vis.VisitCorrected(
+            visit_id=visit_id,
+            team_code="T-MOBILE",
+            setting="household",
+            area="island",
+            volunteer_ids=["V1"],
+            corrected_at=datetime(2025, 7, 11, 3, 0, tzinfo=UTC),
+            figures=figures,
+            previous=previous,
+        )
+        return make_event(vis.VISIT_CORRECTED, payload, source="/visits", key=visit_id)
+
+    @staticmethod
+    def visit_voided(visit_id: str, figures: vis.VisitFigures) -> Envelope:
+        payload = vis.VisitVoided(
+            visit_id=visit_id, reason="ghi trùng", voided_at=datetime(2025, 7, 12, tzinfo=UTC), figures=figures
+        )
+        return make_event(vis.VISIT_VOIDED, payload, source="/visits", key=visit_id)
+
+    @staticmethod
+    def post(post_id: str, path: Sequence[str], channel: str, day: date) -> Envelope:
+        payload = vis.OutreachPublished(
+            post_id=post_id,
+            client_ref=f"ref-{post_id}",
+            unit_code=path[-1],
+            unit_path=list(path),
+            channel=channel,
+            published_on=day,
+            title="Chuyển đổi số cùng thanh niên",
+        )
+        return make_event(vis.OUTREACH_PUBLISHED, payload, source="/visits", key=post_id)
+
+    @staticmethod
+    def post_voided(post_id: str, path: Sequence[str], channel: str, day: date) -> Envelope:
+        payload = vis.OutreachVoided(
+            post_id=post_id,
+            reason="sai kênh",
+            unit_code=path[-1],
+            unit_path=list(path),
+            channel=channel,
+            published_on=day,
+        )
+        return make_event(vis.OUTREACH_VOIDED, payload, source="/visits", key=post_id)
+
+    @staticmethod
+    def course(code: str, path: Sequence[str], audience: str, starts_on: date, ends_on: date) -> trn.CourseRef:
+        return trn.CourseRef(
+            course_code=code,
+            unit_code=path[-1],
+            unit_path=list(path),
+            audience=audience,
+            starts_on=starts_on,
+            ends_on=ends_on,
+        )
+
+    @staticmethod
+    def scheduled(course: trn.CourseRef) -> Envelope:
+        payload = trn.CourseScheduled(
+            course=course,
+            client_ref=f"ref-{course.course_code}",
+            title="Kỹ năng số cho người cao tuổi",
+            team_code="T-LIT",
+            mode="in_person",
+            topics=["vneid"],
+        )
+        return make_event(trn.COURSE_SCHEDULED, payload, source="/training", key=course.course_code)
+
+    @staticmethod
+    def session(course: trn.CourseRef, sid: str, held_on: date, attendance: int, before: int, after: int) -> Envelope:
+        payload = trn.SessionHeld(
+            course=course,
+            session_id=sid,
+            held_on=held_on,
+            duration_minutes=90,
+            attendance_kind="head_count",
+            attendance=attendance,
+            participants=Change(before=before, after=after),
+        )
+        return make_event(trn.SESSION_HELD, payload, source="/training", key=course.course_code)
+
+    @staticmethod
+    def enrolled(course: trn.CourseRef, pid: str, before: int) -> Envelope:
+        payload = trn.ParticipantEnrolled(
+            course=course, participant_id=pid, group="youth", participants=Change(before=before, after=before + 1)
+        )
+        return make_event(trn.PARTICIPANT_ENROLLED, payload, source="/training", key=course.course_code)
+
+    @staticmethod
+    def participant_completed(course: trn.CourseRef, pid: str, before: int) -> Envelope:
+        payload = trn.ParticipantCompleted(
+            course=course, participant_id=pid, completions=Change(before=before, after=before + 1)
+        )
+        return make_event(trn.PARTICIPANT_COMPLETED, payload, source="/training", key=course.course_code)
+
+    @staticmethod
+    def completed(course: trn.CourseRef, participants: tuple[int, int], completions: tuple[int, int]) -> Envelope:
+        payload = trn.CourseCompleted(
+            course=course,
+            final_participants=participants[1],
+            final_completions=completions[1],
+            participants=Change(before=participants[0], after=participants[1]),
+            completions=Change(before=completions[0], after=completions[1]),
+        )
+        return make_event(trn.COURSE_COMPLETED, payload, source="/training", key=course.course_code)
+
+    @staticmethod
+    def cancelled(course: trn.CourseRef, participants: int) -> Envelope:
+        payload = trn.CourseCancelled(
+            course=course,
+            reason="bão số 3",
+            participants=Change(before=participants, after=0),
+            completions=Change(before=0, after=0),
+        )
+        return make_event(trn.COURSE_CANCELLED, payload, source="/training", key=course.course_code)
+
+
+@pytest.fixture(scope="session")
+def ev() -> type[Events]:
+    return Events
+
+
+async def publish(settings: ServiceSettings, events: Sequence[Envelope]) -> None:
+    producer = EventProducer(settings.kafka_bootstrap, client_id="metrics-test")
+    try:
+        await producer.send_all({t: settings.topic(t) for t in EVENT_TOPICS}, list(events))
+    finally:
+        await producer.stop()
+
+
+@pytest.fixture
+def send() -> Callable[[ServiceSettings, Sequence[Envelope]], Any]:
+    return publish
