@@ -56,4 +56,4 @@ if [ ${#missing[@]} -gt 0 ]; then
     echo "setup: warning: ${missing[*]} not installed (needs root apt-get); their tests will fail" >&2
   fi
 fi
-echo "setup: ok (Kafka $KAFKA_VERSION, FerretDB $FERRETDB_VERSION, cache $CACHE)"
+echo "setup: ok (Kafka $KAFKA_VERSION, FerretDB $FERRETDB_VERSION, cache $CACHE)" >&2
