@@ -12,6 +12,7 @@ from pydantic_settings import SettingsConfigDict
 from metrics.api import router
 from metrics.gauges import GaugeRefresher
 from metrics.generations import LiveProjection, RebuildControl, Rebuilder
+from metrics.repository import MetricsStore
 from metrics.service import MetricsService
 from shared.http import create_app
 from shared.logging import configure_logging
@@ -39,7 +40,7 @@ def build_app(settings: MetricsSettings | None = None) -> FastAPI:
     async def lifespan(app: FastAPI) -> AsyncIterator[None]:
         runtime = Runtime(settings)
         app.state.runtime = runtime
-        service = MetricsService(runtime.db)
+        service = MetricsService(MetricsStore(runtime.db))
         live = LiveProjection(settings, runtime.db, runtime.producer, poll_seconds=settings.generation_poll_seconds)
         rebuilder = Rebuilder(settings, runtime.db, runtime.producer, poll_seconds=settings.rebuild_poll_seconds)
         control = RebuildControl(rebuilder, live)

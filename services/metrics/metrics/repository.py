@@ -175,3 +175,14 @@ class ProjectionRepository:
             {"day": {"$in": [ALL_DAY, STATE_DAY]}, "depth": {"$lte": max_depth}},
             {"unit": 1, "depth": 1, "day": 1, "c": 1},
         ).to_list()
+
+
+class MetricsStore:
+    """The metrics database as the service layer sees it: the meta pointer and the live generation."""
+
+    def __init__(self, db: AsyncDatabase[Document]) -> None:
+        self._db = db
+        self.meta = MetaRepository(db)
+
+    async def projection(self) -> ProjectionRepository:
+        return ProjectionRepository(self._db, await self.meta.active_generation())

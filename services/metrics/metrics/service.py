@@ -12,10 +12,8 @@ from dataclasses import dataclass
 from datetime import UTC, date, datetime, timedelta
 from typing import Any
 
-from pymongo.asynchronous.database import AsyncDatabase
-
 from metrics.projection import CATALOGUE, STATE_DAY, IndicatorSpec
-from metrics.repository import MetaRepository, ProjectionRepository
+from metrics.repository import MetricsStore, ProjectionRepository
 from metrics.schemas import (
     CampaignProgress,
     Freshness,
@@ -106,13 +104,13 @@ def series(
 
 
 class MetricsService:
-    def __init__(self, db: AsyncDatabase[dict[str, Any]]) -> None:
-        self._db = db
-        self.meta = MetaRepository(db)
+    def __init__(self, store: MetricsStore) -> None:
+        self._store = store
+        self.meta = store.meta
 
     async def projection(self) -> ProjectionRepository:
         """The active generation's collections, resolved on every request."""
-        return ProjectionRepository(self._db, await self.meta.active_generation())
+        return await self._store.projection()
 
     async def _unit(
         self, repo: ProjectionRepository, principal: Principal, code: str | None, *, prefer_root: bool = False

@@ -47,8 +47,9 @@ async def ping(client: AsyncMongoClient[Document], timeout: float = 1.5) -> bool
 async def ensure_indexes(db: AsyncDatabase[Document], indexes: Mapping[str, Sequence[IndexModel]]) -> None:
     """Create the declared indexes (idempotent); called once at service start-up."""
     for name, models in indexes.items():
-        if models:
-            await db[name].create_indexes(list(models))
+        for model in models:
+            # One index per call: FerretDB v1 crashes when one createIndexes names several that exist.
+            await db[name].create_indexes([model])
 
 
 async def insert_once(

@@ -1,0 +1,908 @@
+"""Benchmark parts that need the services: projector throughput, freshness, write API, RSS.
+
+Every service runs as its own process (``python -m <name>``) against the bench's Kafka and FerretDB,
+configured only through its ``<NAME>_*`` environment variables, the way ``make run`` starts it.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import contextlib
+import dataclasses
+import json
+import os
+import random
+import re
+import signal
+import statistics
+import subprocess
+import sys
+import tempfile
+import time
+import uuid
+from collections.abc import Sequence
+from datetime import date, timedelta
+from pathlib import Path
+from typing import IO, Any
+
+import httpx
+from aiokafka import AIOKafkaConsumer, TopicPartition
+from aiokafka.admin import AIOKafkaAdminClient
+from aiokafka.partitioner import DefaultPartitioner
+
+from shared.auth import issue_token
+from shared.contracts import registry as reg
+from shared.contracts import training as tr
+from shared.contracts import visits as vi
+from shared.contracts.common import Role, Skill, TeamKind, UnitKind
+from shared.envelope import Envelope, decode, make_event
+from shared.infra import FerretDB, KafkaBroker, free_port
+from shared.kafka import EventProducer
+from shared.mongo import connect
+from shared.settings import DEV_JWT_SECRET
+from shared.topics import EVENT_TOPICS, VISITS_TOPIC, ensure_topics, load_topics
+
+from .events import PROVINCE, mixed_events, unit_paths, visit
+
+REPO = Path(__file__).resolve().parent.parent
+REPS = 3
+SERVICES = ("registry", "visits", "training", "metrics")
+PROJECTOR_GROUP = "metrics.projector"  # the live projector's group (generation 1), see metrics.generations
+ADMIN = {"authorization": "Bearer " + issue_token(secret=DEV_JWT_SECRET, role="admin", unit=None, sub="bench")}
+PROBE_UNITS_PER_PARTITION = 1
+METRIC_LINE = re.compile(r"^([a-zA-Z_:][a-zA-Z0-9_:]*)(\{[^}]*\})?\s+([0-9.eE+-]+)$")
+
+
+def now() -> float:
+    return time.perf_counter()
+
+
+def pct(values: Sequence[float], q: float) -> float:
+    if not values:
+        return float("nan")
+    ordered = sorted(values)
+    return ordered[min(len(ordered) - 1, max(0, round(q / 100 * len(ordered)) - 1))]
+
+
+def rss_mb(pid: int) -> float:
+    try:
+        with open(f"/proc/{pid}/status") as f:
+            for line in f:
+                if line.startswith("VmRSS:"):
+                    return round(int(line.split()[1]) / 1024, 1)
+    except OSError:
+        pass
+    return 0.0
+
+
+def prom_sum(text: str, name: str) -> float:
+    """Sum of every sample of metric ``name`` (all label sets) in a Prometheus text exposition."""
+    total = 0.0
+    for line in text.splitlines():
+        m = METRIC_LINE.match(line)
+        if m and m.group(1) == name:
+            total += float(m.group(3))
+    return total
+
+
+# --- services as processes --------------------------------------------------------------------------
+
+
+class Service:
+    """``python -m <name>`` with its own env prefix, logging to a file in the bench's temp dir."""
+
+    def __init__(
+        self,
+        name: str,
+        *,
+        kafka: KafkaBroker,
+        ferret: FerretDB,
+        prefix: str,
+        db: str,
+        log_dir: Path,
+        group_prefix: str | None = None,
+        extra_env: dict[str, str] | None = None,
+    ) -> None:
+        self.name = name
+        self.port = free_port()
+        self.url = f"http://127.0.0.1:{self.port}"
+        up = name.upper() + "_"
+        env = dict(os.environ)
+        env.update(
+            {
+                up + "KAFKA_BOOTSTRAP": kafka.bootstrap,
+                up + "MONGO_URL": ferret.url,
+                up + "MONGO_DB": db,
+                up + "TOPIC_PREFIX": prefix,
+                up + "CONSUMER_GROUP_PREFIX": prefix if group_prefix is None else group_prefix,
+                up + "PORT": str(self.port),
+                **{up + k: v for k, v in (extra_env or {}).items()},
+            }
+        )
+        self.log_path = log_dir / f"{name}-{db}.log"
+        self._log: IO[bytes] = self.log_path.open("ab")
+        self.proc = subprocess.Popen(
+            [sys.executable, "-m", name],
+            cwd=REPO,
+            env=env,
+            stdout=self._log,
+            stderr=subprocess.STDOUT,
+            start_new_session=True,
+        )
+        self.started = now()
+
+    @property
+    def pid(self) -> int:
+        return self.proc.pid
+
+    def rss(self) -> float:
+        return rss_mb(self.proc.pid)
+
+    async def wait_healthy(self, client: httpx.AsyncClient, timeout: float = 60.0) -> float:
+        """Seconds from spawn until /healthz answers (the lifespan, consumers included, has started)."""
+        deadline = now() + timeout
+        while now() < deadline:
+            if self.proc.poll() is not None:
+                raise RuntimeError(f"{self.name} exited with {self.proc.returncode}; see {self.log_path}")
+            with contextlib.suppress(httpx.HTTPError):
+                r = await client.get(self.url + "/healthz", timeout=2.0)
+                if r.status_code == 200:
+                    return now() - self.started
+            await asyncio.sleep(0.1)
+        raise TimeoutError(f"{self.name} did not answer /healthz within {timeout}s; see {self.log_path}")
+
+    async def stop(self, grace: float = 15.0) -> None:
+        if self.proc.poll() is None:
+            with contextlib.suppress(ProcessLookupError):
+                os.killpg(self.proc.pid, signal.SIGTERM)
+            with contextlib.suppress(subprocess.TimeoutExpired):
+                await asyncio.to_thread(self.proc.wait, grace)
+            if self.proc.poll() is None:
+                with contextlib.suppress(ProcessLookupError):
+                    os.killpg(self.proc.pid, signal.SIGKILL)
+                self.proc.wait()
+        self._log.close()
+
+
+# --- the shared context of the parts ----------------------------------------------------------------
+
+
+@dataclasses.dataclass
+class Bench:
+    kafka: KafkaBroker
+    ferret: FerretDB
+    scale: float
+    results: dict[str, Any]
+    log_dir: Path
+    client: httpx.AsyncClient
+    producer: EventProducer
+    prefix: str = ""
+    cluster: dict[str, Service] = dataclasses.field(default_factory=dict)
+    registry_sent: set[tuple[str, str, str]] = dataclasses.field(default_factory=set)
+    # Probe visits published so far per probe unit, across phases: the unit's households_visited.
+    probe_seq: dict[str, int] = dataclasses.field(default_factory=dict)
+
+    @property
+    def settings(self) -> dict[str, Any]:
+        s: dict[str, Any] = self.results["settings"]
+        return s
+
+    def note(self, text: str) -> None:
+        self.results["notes"].append(text)
+
+    def row(self, figure: str, value: Any, target: str, baseline: str, measured: str) -> None:
+        self.results["table"].append(
+            {"figure": figure, "value": value, "target": target, "baseline": baseline, "measured": measured}
+        )
+
+    def topic_of(self, prefix: str) -> dict[str, str]:
+        return {t: prefix + t for t in EVENT_TOPICS}
+
+    async def publish(self, prefix: str, events: Sequence[Envelope], chunk: int = 5000) -> None:
+        topic_of = self.topic_of(prefix)
+        for i in range(0, len(events), chunk):
+            await self.producer.send_all(topic_of, list(events[i : i + chunk]))
+
+    async def publish_registry(self, prefix: str, events: Sequence[Envelope]) -> None:
+        """Registry events for the cluster, each sent once (the projector counts teams and volunteers)."""
+        fresh = [e for e in events if (prefix, e.key, e.type) not in self.registry_sent]
+        self.registry_sent.update((prefix, e.key, e.type) for e in fresh)
+        await self.publish(prefix, fresh)
+
+
+def unit_events(paths: Sequence[Sequence[str]]) -> list[Envelope]:
+    """UnitCreated for the province and every unit of ``paths`` (parents first)."""
+    out = [
+        make_event(
+            reg.UNIT_CREATED,
+            reg.UnitCreated(
+                code=PROVINCE, name="Tỉnh Quảng Ninh", kind=UnitKind.province, parent_code=None, path=[PROVINCE]
+            ),
+            source="/registry",
+            key=PROVINCE,
+        )
+    ]
+    for path in paths:
+        out.append(
+            make_event(
+                reg.UNIT_CREATED,
+                reg.UnitCreated(
+                    code=path[-1],
+                    name=f"Phường Hạ Long {path[-1][-3:]}",
+                    kind=UnitKind.commune,
+                    parent_code=path[-2],
+                    path=list(path),
+                ),
+                source="/registry",
+                key=path[-1],
+            )
+        )
+    return out
+
+
+def partitions_of(topic_base: str) -> int:
+    return next(t.partitions for t in load_topics() if t.name == topic_base)
+
+
+def probe_paths(n_partitions: int) -> list[list[str]]:
+    """One probe unit per partition of the visits topic: its visits, keyed by the unit, stay in order."""
+    partitioner = DefaultPartitioner()
+    found: dict[int, list[str]] = {}
+    i = 0
+    while len(found) < n_partitions:
+        code = f"QN-P{i:03d}"
+        p = partitioner(code.encode(), list(range(n_partitions)), list(range(n_partitions)))
+        found.setdefault(p, [PROVINCE, code])
+        i += 1
+    return [found[p] for p in sorted(found)]
+
+
+async def kafka_lag(bootstrap: str, group: str, topics: Sequence[str]) -> int:
+    """End offsets minus the group's committed offsets, summed over every partition of ``topics``."""
+    admin = AIOKafkaAdminClient(bootstrap_servers=bootstrap)
+    consumer = AIOKafkaConsumer(bootstrap_servers=bootstrap, group_id=None, enable_auto_commit=False)
+    await admin.start()
+    await consumer.start()
+    try:
+        committed = {tp: m.offset for tp, m in (await admin.list_consumer_group_offsets(group)).items()}
+        tps = []
+        for t in topics:
+            parts = consumer.partitions_for_topic(t)
+            if parts is None:
+                await consumer._client.force_metadata_update()
+                parts = consumer.partitions_for_topic(t) or set()
+            tps += [TopicPartition(t, p) for p in parts]
+        ends = await consumer.end_offsets(tps)
+        return sum(max(0, end - max(committed.get(tp, 0), 0)) for tp, end in ends.items())
+    finally:
+        await consumer.stop()
+        await admin.close()
+
+
+async def read_topic(bootstrap: str, topic: str) -> list[Envelope]:
+    """Every event in ``topic`` now (reads up to the end offsets taken at the start)."""
+    consumer = AIOKafkaConsumer(
+        bootstrap_servers=bootstrap, group_id=None, enable_auto_commit=False, auto_offset_reset="earliest"
+    )
+    await consumer.start()
+    try:
+        await consumer._client.force_metadata_update()
+        tps = [TopicPartition(topic, p) for p in sorted(consumer.partitions_for_topic(topic) or ())]
+        consumer.assign(tps)
+        await consumer.seek_to_beginning(*tps)
+        ends = await consumer.end_offsets(tps)
+        out: list[Envelope] = []
+        remaining = {tp for tp in tps if ends[tp] > 0}
+        while remaining:
+            batch = await consumer.getmany(timeout_ms=500, max_records=5000)
+            for records in batch.values():
+                out += [decode(r.key, r.value, list(r.headers)) for r in records]
+            remaining = {tp for tp in remaining if await consumer.position(tp) < ends[tp]}
+        return out
+    finally:
+        await consumer.stop()
+
+
+# --- the cluster: the four services, for RSS, freshness and the write API --------------------------
+
+
+async def start_cluster(b: Bench) -> None:
+    b.prefix = f"bench{uuid.uuid4().hex[:6]}."
+    await ensure_topics(b.kafka.bootstrap, b.prefix)
+    names = [s for s in SERVICES if (REPO / "services" / s / s / "app.py").exists()]
+    for name in names:
+        b.cluster[name] = Service(
+            name, kafka=b.kafka, ferret=b.ferret, prefix=b.prefix, db=f"bench_{name}", log_dir=b.log_dir
+        )
+    for svc in b.cluster.values():
+        await svc.wait_healthy(b.client)
+    await asyncio.sleep(5)  # let consumers join their groups and the first gauge refresh run
+    b.results["rss_mb"] = {name: {"idle": svc.rss()} for name, svc in b.cluster.items()}
+
+
+async def stop_cluster(b: Bench) -> None:
+    for name, svc in b.cluster.items():
+        b.results.setdefault("rss_mb", {}).setdefault(name, {})["after_runs"] = svc.rss()
+    for svc in b.cluster.values():
+        await svc.stop()
+    for name, r in b.results.get("rss_mb", {}).items():
+        idle, after = r.get("idle", 0.0), r.get("after_runs", 0.0)
+        b.row(f"RSS {name} (idle / after runs)", f"{idle} / {after} MB", "< 150 MB", "-", "VmRSS")
+        if max(idle, after) >= 150:
+            b.note(f"{name}: RSS {max(idle, after)} MB misses the 150 MB target")
+
+
+# --- part 1: projector vs bare consumer -------------------------------------------------------------
+
+
+def expected_totals(events: Sequence[Envelope]) -> dict[str, int]:
+    """Province totals the projection must show once it has applied ``events``."""
+    out = {"households_visited": 0, "courses": 0, "course_participants": 0, "outreach_posts": 0}
+    for e in events:
+        p = e.payload()
+        if isinstance(p, vi.VisitRecorded):
+            out["households_visited"] += p.figures.households
+        elif isinstance(p, tr.CourseScheduled):
+            out["courses"] += 1
+        elif isinstance(p, tr.ParticipantEnrolled):
+            out["course_participants"] += p.participants.after - p.participants.before
+        elif isinstance(p, vi.OutreachPublished):
+            out["outreach_posts"] += 1
+    return out
+
+
+def total_of(value: Any) -> int:
+    return int(value["total"]) if isinstance(value, dict) else int(value)
+
+
+async def drain_with_projector(b: Bench, rep: int, prefix: str, expected: int, timeout: float) -> dict[str, Any]:
+    """One metrics process, fresh database and group, draining the pre-loaded topics."""
+    tag = f"{rep}{uuid.uuid4().hex[:6]}"
+    # Same (pre-loaded) topics every repetition; a fresh database and consumer group each time.
+    svc = Service(
+        "metrics",
+        kafka=b.kafka,
+        ferret=b.ferret,
+        prefix=prefix,
+        db=f"bproj_{tag}",
+        log_dir=b.log_dir,
+        group_prefix=f"bproj{tag}.",
+        extra_env={"CREATE_TOPICS": "false"},
+    )
+    peak = 0.0
+    samples: list[tuple[float, float, float]] = []  # (t, applied, writes)
+    t_ready: float | None = None
+    a_ready = 0.0
+    deadline = now() + timeout
+    applied = writes = 0.0
+    try:
+        while now() < deadline:
+            if svc.proc.poll() is not None:
+                raise RuntimeError(f"metrics exited with {svc.proc.returncode}; see {svc.log_path}")
+            peak = max(peak, svc.rss())
+            with contextlib.suppress(httpx.HTTPError):
+                r = await b.client.get(svc.url + "/metrics", timeout=5.0)
+                if r.status_code == 200:
+                    t = now()
+                    applied = prom_sum(r.text, "bridge_projector_events_applied_total")
+                    writes = prom_sum(r.text, "bridge_projector_mongo_writes_total")
+                    if t_ready is None:
+                        t_ready, a_ready = t, applied
+                    samples.append((t, applied, writes))
+                    if applied >= expected:
+                        break
+            await asyncio.sleep(0.2)
+        t_done = now()
+        summary: dict[str, Any] = {}
+        with contextlib.suppress(httpx.HTTPError, ValueError):
+            r = await b.client.get(svc.url + "/v1/summary", headers=ADMIN, timeout=30.0)
+            summary = r.json() if r.status_code == 200 else {"status": r.status_code, "body": r.text[:300]}
+        peak = max(peak, svc.rss())
+    finally:
+        await svc.stop()
+    with contextlib.suppress(Exception):
+        client = connect(b.ferret.url)
+        await client.drop_database(f"bproj_{tag}")
+        await client.close()
+    if t_ready is None:
+        raise RuntimeError(f"metrics never answered /metrics; see {svc.log_path}")
+    return {
+        "applied": applied,
+        "writes": writes,
+        "done": applied >= expected,
+        "seconds": t_done - t_ready,
+        "events_per_s": (applied - a_ready) / max(t_done - t_ready, 1e-9),
+        "startup_s": t_ready - svc.started,
+        "peak_rss_mb": peak,
+        "summary": summary,
+    }
+
+
+async def projector_part(b: Bench) -> None:
+    from bench.run import bare_consume  # bench.run imports this module; import late to avoid a cycle
+
+    n = max(1000, int(200_000 * b.scale))
+    prefix = f"bproj{uuid.uuid4().hex[:6]}."
+    await ensure_topics(b.kafka.bootstrap, prefix)
+    t = now()
+    events = mixed_events(n, seed=7)
+    units = unit_events(unit_paths())
+    gen_s = now() - t
+    # One topic holds the whole mix, as the issue asks; the projector folds by event type, not topic.
+    topic = prefix + VISITS_TOPIC
+    t = now()
+    await b.publish(prefix, units)
+    single = dict.fromkeys(EVENT_TOPICS, topic)
+    for i in range(0, n, 5000):
+        await b.producer.send_all(single, events[i : i + 5000])
+    load_s = now() - t
+    expected_applied = n + len(units)
+    b.settings.update({"projector_events": n, "projector_topic_partitions": partitions_of(VISITS_TOPIC)})
+
+    bare: list[float] = []
+    for _ in range(REPS):
+        bare.append(await bare_consume(b.kafka.bootstrap, topic, n))
+    runs: list[dict[str, Any]] = []
+    timeout = max(120.0, 400.0 * b.scale)
+    for rep in range(REPS):
+        runs.append(await drain_with_projector(b, rep, prefix, expected_applied, timeout))
+    bare_med = statistics.median(bare)
+    proj_med = statistics.median(r["events_per_s"] for r in runs)
+    ratio = proj_med / bare_med
+    want = expected_totals(events)
+    got = runs[-1]["summary"]
+    shown = {k: total_of(got[k]) for k in want if k in got}
+    writes_per_1000 = statistics.median(r["writes"] / r["applied"] * 1000 for r in runs if r["applied"])
+    peak = max(r["peak_rss_mb"] for r in runs)
+    detail = {
+        "events": n,
+        "generate_s": round(gen_s, 1),
+        "preload_s": round(load_s, 1),
+        "bare_events_per_s": round(bare_med, 1),
+        "bare_reps": [round(v, 1) for v in bare],
+        "projector_events_per_s": round(proj_med, 1),
+        "projector_reps": [round(r["events_per_s"], 1) for r in runs],
+        "projector_drain_s": [round(r["seconds"], 1) for r in runs],
+        "projector_startup_s": [round(r["startup_s"], 1) for r in runs],
+        "all_applied": all(r["done"] for r in runs),
+        "ratio": round(ratio, 3),
+        "target": 0.5,
+        "mongo_writes_per_1000_events": round(writes_per_1000, 1),
+        "peak_rss_mb": peak,
+        "peak_rss_reps_mb": [r["peak_rss_mb"] for r in runs],
+        "summary_expected": want,
+        "summary_shown": shown,
+        "summary_matches": shown == want,
+    }
+    b.results["projector"] = detail
+    b.results["projector_ratio"] = detail["ratio"]
+    b.row(
+        "projector / bare consumer",
+        detail["ratio"],
+        ">= 0.5",
+        f"{detail['bare_events_per_s']} ev/s",
+        f"{detail['projector_events_per_s']} ev/s",
+    )
+    b.row("projector Mongo writes / 1000 ev", detail["mongo_writes_per_1000_events"], "-", "-", f"{n} events")
+    b.row("projector peak RSS (draining)", f"{peak} MB", "< 150 MB", "-", f"{n}-event backlog")
+    if not detail["all_applied"]:
+        b.note(f"projector: a repetition did not apply all {expected_applied} events within {timeout:.0f}s")
+    if not detail["summary_matches"]:
+        b.note(f"projector: province summary {shown} differs from the expected {want}")
+
+
+# --- part 2: freshness ------------------------------------------------------------------------------
+
+
+@dataclasses.dataclass
+class Probe:
+    unit: str
+    seq: int
+    published: float
+    visible: float | None = None
+
+
+async def freshness_part(b: Bench) -> None:
+    proj = b.results.get("projector", {}).get("projector_events_per_s")
+    if not proj:
+        proj = 1000.0
+        b.note("freshness: the projector part did not run; assumed a projector throughput of 1000 ev/s")
+    seconds = max(15.0, 60.0 * min(b.scale * 4, 1.0))
+    paths = probe_paths(partitions_of(VISITS_TOPIC))
+    await b.publish_registry(b.prefix, unit_events([*unit_paths(), *paths]))
+    # The metrics API answers a unit only once it knows it: wait for every probe unit.
+    metrics = b.cluster["metrics"]
+    deadline = now() + 60
+    for path in paths:
+        while True:
+            r = await b.client.get(metrics.url + "/v1/summary", params={"unit": path[-1]}, headers=ADMIN)
+            if r.status_code == 200 or now() > deadline:
+                break
+            await asyncio.sleep(0.2)
+    poll_interval = 0.05
+    probes_per_s = 30.0
+    out: dict[str, Any] = {"projector_events_per_s": proj, "seconds": seconds, "poll_interval_s": poll_interval}
+    for share, key in ((0.5, "at_50"), (0.8, "at_80")):
+        rate = proj * share
+        probes: list[Probe] = []  # appended by the load as it publishes, stamped by the pollers
+        stop = asyncio.Event()
+        poller = asyncio.create_task(_poll_live(b, probes, stop, poll_interval, paths))
+        lags, achieved = await _run_load_feeding(b, rate, seconds, probes_per_s, paths, share, probes)
+        stop.set()
+        try:
+            polls = await asyncio.wait_for(poller, timeout=60)
+        except TimeoutError:
+            polls = -1
+            b.note(f"freshness {key}: some probes were still not visible 60 s after the load stopped")
+        poll_list = probes
+        lat = [(p.visible - p.published) * 1000 for p in poll_list if p.visible is not None]
+        missing = sum(p.visible is None for p in poll_list)
+        res: dict[str, Any] = {
+            "target_rate_ev_s": round(rate, 1),
+            "achieved_rate_ev_s": round(achieved, 1),
+            "probes": len(poll_list),
+            "probes_not_visible": missing,
+            "summary_polls": polls,
+            "p50_ms": round(pct(lat, 50), 1),
+            "p95_ms": round(pct(lat, 95), 1),
+            "p99_ms": round(pct(lat, 99), 1),
+            "max_ms": round(max(lat), 1) if lat else None,
+        }
+        if lags:
+            res["lag_samples"] = lags
+            first, mid, last = lags[0][1], lags[len(lags) // 2][1], lags[-1][1]
+            res["lag_start_mid_end"] = [first, mid, last]
+            # "Does not grow": the end is within one second of production of the start.
+            res["lag_stable"] = last <= first + rate
+        out[key] = res
+        # Let the projector catch up before the next phase.
+        await _wait_lag_below(b, int(rate), 60)
+    b.results["freshness"] = out
+    b.results["freshness_p99_ms"] = out["at_50"]["p99_ms"]
+    f50, f80 = out["at_50"], out["at_80"]
+    b.row(
+        "freshness p99 at 50% load",
+        f"{f50['p99_ms']} ms",
+        "<= 1000 ms",
+        f"{f50['target_rate_ev_s']} ev/s",
+        f"p50 {f50['p50_ms']} / p95 {f50['p95_ms']} / p99 {f50['p99_ms']} ms",
+    )
+    b.row(
+        "consumer lag at 80% load",
+        "stable" if f80.get("lag_stable") else "GROWS",
+        "no growth",
+        f"{f80['target_rate_ev_s']} ev/s",
+        "start/mid/end " + "/".join(str(v) for v in f80.get("lag_start_mid_end", [])),
+    )
+
+
+async def _poll_live(
+    b: Bench, probes: list[Probe], stop: asyncio.Event, interval: float, paths: list[list[str]]
+) -> int:
+    metrics = b.cluster["metrics"]
+    polls = 0
+
+    async def one(unit: str) -> None:
+        nonlocal polls
+        idx = 0  # cursor into the shared list, which the load appends to
+        done = 0  # this unit's probes are in seq order: those before ``done`` are stamped
+        mine: list[Probe] = []
+        while True:
+            while idx < len(probes):
+                if probes[idx].unit == unit:
+                    mine.append(probes[idx])
+                idx += 1
+            try:
+                r = await b.client.get(metrics.url + "/v1/summary", params={"unit": unit}, headers=ADMIN, timeout=10)
+            except httpx.HTTPError:
+                await asyncio.sleep(interval)
+                continue
+            t = now()
+            polls += 1
+            if r.status_code == 200:
+                count = total_of(r.json()["households_visited"])
+                while done < len(mine) and mine[done].seq <= count:
+                    mine[done].visible = t
+                    done += 1
+            if stop.is_set() and idx >= len(probes) and done >= len(mine):
+                return
+            await asyncio.sleep(interval)
+
+    await asyncio.gather(*(one(p[-1]) for p in paths))
+    return polls
+
+
+async def _run_load_feeding(
+    b: Bench, rate: float, seconds: float, probes_per_s: float, paths: list[list[str]], share: float, sink: list[Probe]
+) -> tuple[list[tuple[float, int]], float]:
+    """:func:`steady_load`, appending each probe to ``sink`` the moment it is published."""
+    total = int(rate * seconds) + 10
+    rng = random.Random(int(share * 100))
+    mix = mixed_events(total, seed=int(share * 100))
+    day = date(2026, 7, 1)
+    probe_every = rate / probes_per_s if probes_per_s else float("inf")
+    seq = b.probe_seq
+    lags: list[tuple[float, int]] = []
+    lag_every = seconds / 6 if share >= 0.8 else 0.0
+    topic_of = b.topic_of(b.prefix)
+    group = b.prefix + PROJECTOR_GROUP
+    topics = [b.prefix + t for t in EVENT_TOPICS]
+    lag_task: asyncio.Task[None] | None = None
+
+    async def sample_lag(at: float) -> None:
+        lags.append((round(at, 1), await kafka_lag(b.kafka.bootstrap, group, topics)))
+
+    start = now()
+    sent = 0
+    used = 0
+    next_probe = 0.0
+    probe_i = 0
+    next_lag = 0.0
+    while (elapsed := now() - start) < seconds:
+        due = int(rate * elapsed) - sent
+        batch: list[Envelope] = []
+        stamps: list[Probe] = []
+        for _ in range(max(due, 0)):
+            if sent >= next_probe and paths:
+                path = paths[probe_i % len(paths)]
+                probe_i += 1
+                ev = visit(path, day + timedelta(days=rng.randrange(50)), rng)
+                seq[path[-1]] = seq.get(path[-1], 0) + 1
+                batch.append(dataclasses.replace(ev, key=path[-1], subject=path[-1]))
+                stamps.append(Probe(path[-1], seq[path[-1]], 0.0))
+                next_probe += probe_every
+            else:
+                batch.append(mix[used % total])
+                used += 1
+            sent += 1
+        if batch:
+            t_pub = now()
+            for p in stamps:
+                p.published = t_pub
+            sink.extend(stamps)
+            await b.producer.send_all(topic_of, batch)
+        if lag_every and elapsed >= next_lag and (lag_task is None or lag_task.done()):
+            lag_task = asyncio.create_task(sample_lag(elapsed))
+            next_lag += lag_every
+        await asyncio.sleep(0.01)
+    achieved = sent / (now() - start)
+    if lag_task is not None:
+        await lag_task
+    if lag_every:
+        await sample_lag(now() - start)
+    return lags, achieved
+
+
+async def _wait_lag_below(b: Bench, limit: int, timeout: float) -> int:
+    group = b.prefix + PROJECTOR_GROUP
+    topics = [b.prefix + t for t in EVENT_TOPICS]
+    deadline = now() + timeout
+    lag = await kafka_lag(b.kafka.bootstrap, group, topics)
+    while lag > limit and now() < deadline:
+        await asyncio.sleep(1)
+        lag = await kafka_lag(b.kafka.bootstrap, group, topics)
+    return lag
+
+
+# --- part 3: write API vs a bare endpoint -------------------------------------------------------------
+
+
+def registry_for_writes(n_teams: int = 10, per_team: int = 4) -> tuple[list[Envelope], list[dict[str, str]]]:
+    """Teams with members in the first communes, and the (unit, team, volunteer) triples to post with."""
+    events: list[Envelope] = []
+    refs: list[dict[str, str]] = []
+    rng = random.Random(5)
+    for path in unit_paths()[:n_teams]:
+        unit = path[-1]
+        team = f"MOB-{unit}"
+        events.append(
+            make_event(
+                reg.TEAM_CREATED,
+                reg.TeamCreated(
+                    code=team, name=f"Đội hình lưu động {unit}", kind=TeamKind.mobile, unit_code=unit, unit_path=path
+                ),
+                source="/registry",
+                key=team,
+            )
+        )
+        for _ in range(per_team):
+            vid = str(uuid.UUID(int=rng.getrandbits(128)))
+            events.append(
+                make_event(
+                    reg.VOLUNTEER_REGISTERED,
+                    reg.VolunteerRegistered(
+                        volunteer_id=vid,
+                        unit_code=unit,
+                        unit_path=path,
+                        roles=[Role.union_member],
+                        skills=[Skill.vneid, Skill.it],
+                        birth_year=2001,
+                    ),
+                    source="/registry",
+                    key=vid,
+                )
+            )
+            events.append(
+                make_event(
+                    reg.MEMBERSHIP_STARTED,
+                    reg.MembershipStarted(team_code=team, volunteer_id=vid, since=date(2026, 6, 1)),
+                    source="/registry",
+                    key=f"{team}/{vid}",
+                )
+            )
+            refs.append({"unit_code": unit, "team_code": team, "volunteer_id": vid})
+    return events, refs
+
+
+async def loadgen(
+    b: Bench, mode: str, seconds: float, refs_file: Path, created_file: Path, seed: int
+) -> dict[str, Any]:
+    visits = b.cluster["visits"]
+    cmd = [
+        sys.executable,
+        "-m",
+        "bench.loadgen",
+        "--url",
+        visits.url,
+        "--mode",
+        mode,
+        "--concurrency",
+        "64",
+        "--duration",
+        str(seconds),
+        "--warmup",
+        "2",
+        "--seed",
+        str(seed),
+    ]
+    if mode == "visits":
+        cmd += [
+            "--token",
+            ADMIN["authorization"].split()[1],
+            "--refs",
+            str(refs_file),
+            "--created-out",
+            str(created_file),
+        ]
+    proc = await asyncio.create_subprocess_exec(
+        *cmd, cwd=REPO, stdout=asyncio.subprocess.PIPE, stderr=asyncio.subprocess.PIPE
+    )
+    out, err = await proc.communicate()
+    if proc.returncode != 0:
+        raise RuntimeError(f"loadgen failed: {err.decode()[-2000:]}")
+    result: dict[str, Any] = json.loads(out.decode().strip().splitlines()[-1])
+    return result
+
+
+async def write_api_part(b: Bench) -> None:
+    visits = b.cluster["visits"]
+    events, refs = registry_for_writes()
+    await b.publish_registry(b.prefix, [*unit_events(unit_paths()), *events])
+    rng = random.Random(3)
+    from .events import visit_body
+
+    # Ready when a visit that names the last-published membership is accepted outright (201, not 202).
+    last = refs[-1]
+    deadline = now() + 90
+    probe_status = 0
+    while now() < deadline:
+        body = visit_body(rng, last["unit_code"], last["team_code"], last["volunteer_id"], date(2026, 7, 2))
+        r = await b.client.post(visits.url + "/v1/visits", json=body, headers=ADMIN, timeout=30)
+        probe_status = r.status_code
+        if probe_status == 201:
+            break
+        await asyncio.sleep(0.5)
+    if probe_status != 201:
+        b.note(f"write_api: the visits read model never accepted a probe visit (last status {probe_status})")
+        return
+    seconds = max(3.0, 10.0 * min(b.scale * 4, 1.0))
+    work = Path(tempfile.mkdtemp(prefix="bench-loadgen-", dir=b.log_dir))
+    refs_file = work / "refs.json"
+    refs_file.write_text(json.dumps(refs))
+    bare: list[dict[str, Any]] = []
+    posts: list[dict[str, Any]] = []
+    created_files: list[Path] = []
+    # Alternate a and b so drift in the machine's background load hits both alike.
+    for rep in range(REPS):
+        bare.append(await loadgen(b, "healthz", seconds, refs_file, work / "none", rep))
+        created = work / f"created-{rep}.txt"
+        created_files.append(created)
+        posts.append(await loadgen(b, "visits", seconds, refs_file, created, 100 + rep))
+    bare_rps = statistics.median(r["requests_per_s"] for r in bare)
+    post_rps = statistics.median(r["requests_per_s"] for r in posts)
+    bare_p99 = statistics.median(r["p99_ms"] for r in bare)
+    post_p99 = statistics.median(r["p99_ms"] for r in posts)
+    ratio = post_rps / bare_rps if bare_rps else 0.0
+    accepted: set[str] = set()
+    for f in created_files:
+        accepted.update(x for x in f.read_text().splitlines() if x)
+    n201 = sum(r["statuses"].get("201", 0) for r in posts)
+    # Every 201 must reach Kafka: wait for the relay, then match VisitRecorded events by client_ref.
+    t = now()
+    published: set[str] = set()
+    events_seen = 0
+    deadline = now() + max(60.0, 0.05 * n201)
+    while now() < deadline:
+        evs = await read_topic(b.kafka.bootstrap, b.prefix + VISITS_TOPIC)
+        recorded = [e for e in evs if e.type == vi.VISIT_RECORDED]
+        published = {str(e.data["client_ref"]) for e in recorded} & accepted
+        events_seen = sum(1 for e in recorded if str(e.data["client_ref"]) in accepted)
+        if len(published) >= len(accepted):
+            break
+        await asyncio.sleep(2)
+    relay_catch_up_s = now() - t
+    detail = {
+        "concurrency": 64,
+        "seconds_per_rep": seconds,
+        "healthz_requests_per_s": round(bare_rps, 1),
+        "healthz_p99_ms": bare_p99,
+        "visits_requests_per_s": round(post_rps, 1),
+        "visits_p99_ms": post_p99,
+        "ratio": round(ratio, 3),
+        "target": 0.25,
+        "p99_ratio": round(post_p99 / bare_p99, 2) if bare_p99 else None,
+        "p99_target": 4.0,
+        "healthz_reps": bare,
+        "visits_reps": posts,
+        "created_201": n201,
+        "created_distinct_client_refs": len(accepted),
+        "visit_recorded_published": len(published),
+        "visit_recorded_events_incl_redeliveries": events_seen,
+        "every_201_published": len(published) == len(accepted) == n201,
+        "relay_catch_up_s": round(relay_catch_up_s, 1),
+    }
+    b.results["write_api"] = detail
+    b.results["write_api_ratio"] = detail["ratio"]
+    b.row(
+        "POST /v1/visits / GET /healthz",
+        detail["ratio"],
+        ">= 0.25",
+        f"{detail['healthz_requests_per_s']} req/s p99 {bare_p99} ms",
+        f"{detail['visits_requests_per_s']} req/s p99 {post_p99} ms",
+    )
+    b.row("p99 POST / p99 healthz", detail["p99_ratio"], "<= 4", f"{bare_p99} ms", f"{post_p99} ms")
+    b.row(
+        "201s published as VisitRecorded",
+        f"{len(published)}/{n201}",
+        "all",
+        f"{n201} x 201",
+        f"{events_seen} events, {detail['relay_catch_up_s']} s after load",
+    )
+
+
+# --- entry point ------------------------------------------------------------------------------------
+
+
+async def run_service_parts(
+    selected: set[str], scale: float, kafka: KafkaBroker, ferret: FerretDB, results: dict[str, Any]
+) -> None:
+    wanted = [p for p in ("projector", "freshness", "write_api") if p in selected]
+    unknown = selected - {"relay", "projector", "freshness", "write_api"}
+    for part in sorted(unknown):
+        results["notes"].append(f"part '{part}' is unknown")
+    if not wanted:
+        return
+    log_dir = Path(tempfile.mkdtemp(prefix="bench-services-"))
+    results["settings"]["service_logs"] = str(log_dir)
+    producer = EventProducer(kafka.bootstrap, client_id="bench")
+    await producer.ensure_started()
+    async with httpx.AsyncClient(limits=httpx.Limits(max_connections=32)) as client:
+        b = Bench(kafka, ferret, scale, results, log_dir, client, producer)
+        try:
+            await start_cluster(b)
+            for part, fn in (
+                ("projector", projector_part),
+                ("freshness", freshness_part),
+                ("write_api", write_api_part),
+            ):
+                if part not in wanted:
+                    continue
+                t = now()
+                try:
+                    await fn(b)
+                except Exception as exc:  # one broken part must not lose the others' figures
+                    b.note(f"part '{part}' failed: {type(exc).__name__}: {exc}")
+                results["settings"].setdefault("part_seconds", {})[part] = round(now() - t, 1)
+        finally:
+            await stop_cluster(b)
+            await producer.stop()

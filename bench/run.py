@@ -1,0 +1,233 @@
+"""``make bench``: every figure is a ratio to a baseline measured in the same run, median of 3 reps.
+
+Starts its own Kafka and FerretDB in a temp dir (never a ``make run`` instance), runs the parts,
+prints a table and writes ``bench/results.json`` and ``bench/results.md``.
+"""
+
+from __future__ import annotations
+
+import argparse
+import asyncio
+import json
+import logging
+import os
+import platform
+import shutil
+import statistics
+import sys
+import tempfile
+import time
+import uuid
+from collections.abc import Awaitable, Callable
+from datetime import UTC, datetime
+from importlib import metadata
+from pathlib import Path
+from typing import Any
+
+from aiokafka import AIOKafkaConsumer
+
+from bench import parts
+from shared.envelope import decode
+from shared.infra import FERRETDB_VERSION, KAFKA_VERSION, FerretDB, KafkaBroker
+from shared.kafka import EventProducer
+from shared.mongo import connect
+from shared.outbox import OutboxRelay, outbox_fields
+from shared.topics import VISITS_TOPIC, ensure_topics
+
+from .events import mixed_events
+
+HERE = Path(__file__).resolve().parent
+REPS = 3
+
+
+async def median_of(reps: int, fn: Callable[[int], Awaitable[float]]) -> tuple[float, list[float]]:
+    values = [await fn(i) for i in range(reps)]
+    return statistics.median(values), values
+
+
+# --- part 4: outbox relay vs raw producer --------------------------------------------------------
+
+
+async def relay_vs_producer(kafka: KafkaBroker, ferret: FerretDB, n: int) -> dict[str, Any]:
+    events = [e for e in mixed_events(n * 2, seed=11) if e.topic == VISITS_TOPIC][:n]
+
+    async def raw(rep: int) -> float:
+        prefix = f"braw{rep}{uuid.uuid4().hex[:6]}."
+        await ensure_topics(kafka.bootstrap, prefix)
+        producer = EventProducer(kafka.bootstrap, client_id="bench-raw")
+        await producer.ensure_started()
+        start = time.perf_counter()
+        for i in range(0, len(events), 1000):
+            await producer.send_all({VISITS_TOPIC: prefix + VISITS_TOPIC}, events[i : i + 1000])
+        elapsed = time.perf_counter() - start
+        await producer.stop()
+        return len(events) / elapsed
+
+    async def relay(rep: int) -> float:
+        prefix = f"brel{rep}{uuid.uuid4().hex[:6]}."
+        await ensure_topics(kafka.bootstrap, prefix)
+        client = connect(ferret.url)
+        db = client[f"bench_relay_{rep}_{uuid.uuid4().hex[:6]}"]
+        docs = [{"_id": e.key, "kind": "visit", **outbox_fields([e])} for e in events]
+        for i in range(0, len(docs), 2000):
+            await db["visits"].insert_many(docs[i : i + 2000])
+        producer = EventProducer(kafka.bootstrap, client_id="bench-relay")
+        await producer.ensure_started()
+        relay = OutboxRelay(
+            db,
+            ["visits"],
+            producer,
+            service="bench",
+            topic_of={VISITS_TOPIC: prefix + VISITS_TOPIC},
+            poll_seconds=0.05,
+            batch_size=1000,
+        )
+        start = time.perf_counter()
+        await relay.start()
+        while relay.published < len(events):  # noqa: ASYNC110 - polling a counter, not waiting for a signal
+            await asyncio.sleep(0.02)
+        elapsed = time.perf_counter() - start
+        await relay.stop()
+        await producer.stop()
+        await client.drop_database(db.name)
+        await client.close()
+        return len(events) / elapsed
+
+    raw_med, raw_all = await median_of(REPS, raw)
+    relay_med, relay_all = await median_of(REPS, relay)
+    return {
+        "events": len(events),
+        "raw_producer_events_per_s": round(raw_med, 1),
+        "relay_events_per_s": round(relay_med, 1),
+        "raw_reps": [round(v, 1) for v in raw_all],
+        "relay_reps": [round(v, 1) for v in relay_all],
+        "ratio": round(relay_med / raw_med, 3),
+        "target": 0.5,
+    }
+
+
+# --- helpers shared by the parts that need a bare consumer ----------------------------------------
+
+
+async def bare_consume(bootstrap: str, topic: str, expected: int) -> float:
+    """Events/s of a plain aiokafka consumer that decodes every envelope and payload."""
+    consumer = AIOKafkaConsumer(
+        topic,
+        bootstrap_servers=bootstrap,
+        group_id=f"bare-{uuid.uuid4().hex[:6]}",
+        auto_offset_reset="earliest",
+        enable_auto_commit=False,
+        max_partition_fetch_bytes=4 * 1024 * 1024,
+        fetch_max_bytes=32 * 1024 * 1024,
+    )
+    await consumer.start()
+    seen = 0
+    start = time.perf_counter()
+    try:
+        while seen < expected:
+            batch = await consumer.getmany(timeout_ms=500, max_records=2000)
+            for records in batch.values():
+                for r in records:
+                    decode(r.key, r.value, list(r.headers))
+                    seen += 1
+    finally:
+        elapsed = time.perf_counter() - start
+        await consumer.stop()
+    return seen / elapsed
+
+
+def rss_mb(pid: int) -> float:
+    with open(f"/proc/{pid}/status") as f:
+        for line in f:
+            if line.startswith("VmRSS:"):
+                return round(int(line.split()[1]) / 1024, 1)
+    return 0.0
+
+
+def versions() -> dict[str, str]:
+    out = {"python": platform.python_version(), "kafka": KAFKA_VERSION, "ferretdb": FERRETDB_VERSION}
+    for pkg in ("aiokafka", "pymongo", "fastapi", "uvicorn", "pydantic", "orjson"):
+        out[pkg] = metadata.version(pkg)
+    return out
+
+
+def write_results(results: dict[str, Any]) -> None:
+    (HERE / "results.json").write_text(json.dumps(results, indent=2, ensure_ascii=False) + "\n")
+    lines = [
+        "# Benchmark results",
+        "",
+        f"Run {results['date']} on {results['machine']['cores']} cores; every figure is a ratio to a baseline",
+        f"measured in the same run, median of {REPS} repetitions. Versions: "
+        + ", ".join(f"{k} {v}" for k, v in results["versions"].items())
+        + ".",
+        "",
+        "| figure | value | target | baseline | measured |",
+        "|---|---|---|---|---|",
+    ]
+    for row in results["table"]:
+        lines.append(f"| {row['figure']} | {row['value']} | {row['target']} | {row['baseline']} | {row['measured']} |")
+    lines += ["", "## Settings", "", "```json", json.dumps(results["settings"], indent=2), "```", ""]
+    if results.get("notes"):
+        lines += ["## Notes", "", *[f"- {n}" for n in results["notes"]], ""]
+    (HERE / "results.md").write_text("\n".join(lines))
+
+
+def print_table(results: dict[str, Any]) -> None:
+    print(f"\n{'figure':<34} {'value':>12} {'target':>10}  baseline / measured")
+    for row in results["table"]:
+        print(f"{row['figure']:<34} {row['value']!s:>12} {row['target']!s:>10}  {row['baseline']} / {row['measured']}")
+
+
+async def run(selected: set[str], scale: float) -> dict[str, Any]:
+    tmp = Path(tempfile.mkdtemp(prefix="bridge-bench-"))
+    kafka = KafkaBroker(tmp / "kafka", heap="1g").start()
+    ferret = FerretDB(tmp / "ferretdb").start()
+    settings: dict[str, Any] = {"reps": REPS, "scale": scale}
+    results: dict[str, Any] = {
+        "date": datetime.now(UTC).isoformat(timespec="seconds"),
+        "machine": {"cores": os.cpu_count(), "platform": platform.platform()},
+        "versions": versions(),
+        "settings": settings,
+        "table": [],
+        "notes": [],
+    }
+    try:
+        if "relay" in selected:
+            n = int(50_000 * scale)
+            settings["relay_backlog_events"] = n
+            r = await relay_vs_producer(kafka, ferret, n)
+            results["relay"] = r
+            results["relay_ratio"] = r["ratio"]
+            results["table"].append(
+                {
+                    "figure": "outbox relay / raw producer",
+                    "value": r["ratio"],
+                    "target": ">= 0.5",
+                    "baseline": f"{r['raw_producer_events_per_s']} ev/s",
+                    "measured": f"{r['relay_events_per_s']} ev/s",
+                }
+            )
+        await parts.run_service_parts(selected, scale, kafka, ferret, results)
+    finally:
+        kafka.stop()
+        ferret.stop()
+        shutil.rmtree(tmp, ignore_errors=True)
+    return results
+
+
+def main() -> int:
+    logging.basicConfig(level=logging.ERROR)
+    logging.getLogger("aiokafka").setLevel(logging.CRITICAL)  # leader-election retries at topic creation
+    p = argparse.ArgumentParser(description=__doc__)
+    p.add_argument("--parts", default="relay,projector,freshness,write_api")
+    p.add_argument("--scale", type=float, default=1.0, help="shrink every workload (e.g. 0.05 for a smoke run)")
+    a = p.parse_args()
+    results = asyncio.run(run(set(a.parts.split(",")), a.scale))
+    write_results(results)
+    print_table(results)
+    print(f"\nwrote {HERE / 'results.json'} and {HERE / 'results.md'}")
+    return 0
+
+
+if __name__ == "__main__":
+    sys.exit(main())

@@ -1,0 +1,271 @@
+"""``make demo``: replay the seven-week Quảng Ninh campaign against a running ``make run``.
+
+Everything goes through the services' public REST APIs. At the end the script prints its own ground
+truth (the plan counted by DOMAIN.md's rules) beside the metrics service's ``GET /v1/summary`` and
+exits non-zero if any indicator differs. ``--scale 0.05`` replays the same campaign, smaller.
+
+    make demo                                  # the article's figures (about 20 000 records)
+    make demo ARGS="--seed 3 --scale 0.1 --out /tmp/demo.json"
+"""
+
+from __future__ import annotations
+
+import argparse
+import asyncio
+import json
+import sys
+import time
+from dataclasses import dataclass, field
+from datetime import timedelta
+from pathlib import Path
+from typing import Any
+
+import httpx
+
+from scripts.run import REPO, SERVICES, _state
+from scripts.simulator.driver import Api, DemoError, Progress, Replay, estimate_requests
+from scripts.simulator.plan import Plan, build_plan
+from scripts.simulator.truth import KEYS, Tally, campaign_actuals, flatten, tally
+from shared.auth import issue_token
+from shared.settings import DEV_JWT_SECRET
+
+# What the article reports (DOMAIN.md), shown beside the replayed figures.
+ARTICLE = {
+    "teams.permanent": "55",
+    "teams.mobile": "67",
+    "teams.literacy": "54",
+    "teams.campaign": "55 + 6",
+    "households_visited": "1,440",
+    "people_supported": "12,000+",
+    "courses.youth_children": "151",
+    "courses.elderly_middle_aged": "110",
+    "courses.total": "261",
+    "course_participants.total": "17,000+",
+    "outreach_posts.fanpage": "~780",
+    "outreach_posts.newspaper": "97",
+    "outreach_posts.visual": "~2,000",
+}
+
+
+@dataclass
+class DemoResult:
+    plan: Plan
+    truth: Tally
+    expected: dict[str, int]
+    reported: dict[str, int]
+    baseline: dict[str, int]
+    seconds: float
+    requests: int
+    stats: dict[str, Any]
+    progress: dict[str, list[dict[str, Any]]] = field(default_factory=dict)
+    progress_expected: dict[str, dict[str, int]] = field(default_factory=dict)
+
+    @property
+    def differences(self) -> dict[str, tuple[int, int]]:
+        return {k: (v, self.reported.get(k, 0)) for k, v in self.expected.items() if self.reported.get(k, 0) != v}
+
+    @property
+    def progress_differences(self) -> list[str]:
+        out = []
+        for code, rows in self.progress.items():
+            expected = self.progress_expected.get(code, {})
+            for row in rows:
+                key = f"{row['indicator']}@{row['unit_code']}"
+                if key in expected and expected[key] != row["actual"]:
+                    out.append(f"{code} {key}: truth {expected[key]}, metrics {row['actual']}")
+        return out
+
+
+def default_urls(data_dir: Path = REPO / ".data") -> dict[str, str]:
+    """The running ``make run`` (its ``.data/run.json``), else the default ports."""
+    urls = {s.name: f"http://127.0.0.1:{s.default_port}" for s in SERVICES}
+    urls.update(_state(data_dir).get("services", {}))
+    return urls
+
+
+async def fetch_summary(client: httpx.AsyncClient, unit: str = "QN") -> dict[str, int]:
+    resp = await client.get("/v1/summary", params={"unit": unit})
+    if resp.status_code == 404:
+        return flatten({})  # the province is not known yet: a fresh system
+    resp.raise_for_status()
+    return flatten(resp.json())
+
+
+async def wait_for_metrics(
+    client: httpx.AsyncClient, expected: dict[str, int], timeout: float = 60.0
+) -> dict[str, int]:
+    """Poll the summary until it equals ``expected``, or until it stops changing after ``timeout``."""
+    deadline = time.monotonic() + timeout
+    last: dict[str, int] = {}
+    stable_since = time.monotonic()
+    while True:
+        current = await fetch_summary(client)
+        if current == expected:
+            return current
+        if current != last:
+            last, stable_since = current, time.monotonic()
+        if time.monotonic() > deadline and time.monotonic() - stable_since > 3.0:
+            return current
+        await asyncio.sleep(0.5)
+
+
+async def run_demo(
+    urls: dict[str, str],
+    token: str,
+    *,
+    seed: int = 7,
+    scale: float = 1.0,
+    tag: str = "",
+    concurrency: int = 16,
+    show_progress: bool = True,
+    metrics_timeout: float = 60.0,
+) -> DemoResult:
+    plan = build_plan(seed, scale, tag=tag)
+    truth = tally(plan)
+    progress = Progress(estimate_requests(plan), enabled=show_progress)
+    api = Api(urls, token, concurrency, progress)
+    started = time.monotonic()
+    try:
+        metrics = api.clients["metrics"]
+        baseline = await fetch_summary(metrics)
+        await Replay(plan, api).run()
+        progress.set_phase("waiting for the metrics to catch up")
+        truth_flat = flatten(truth.summary())
+        # Current-state and dated figures of earlier replays (another --tag) stay in the totals.
+        expected = {k: baseline.get(k, 0) + v for k, v in truth_flat.items()}
+        reported = await wait_for_metrics(metrics, expected, metrics_timeout)
+        result = DemoResult(
+            plan, truth, expected, reported, baseline, time.monotonic() - started, api.stats.requests, _stats(api)
+        )
+        if not any(baseline.values()):
+            actuals = campaign_actuals(plan, truth)
+            for c in plan.campaigns:
+                resp = await metrics.get(f"/v1/campaigns/{c.code}/progress")
+                resp.raise_for_status()
+                result.progress[c.code] = resp.json()["targets"]
+                result.progress_expected[c.code] = {f"{i}@{u}": v for (i, u), v in actuals[c.code].items()}
+        return result
+    finally:
+        progress.close()
+        await api.close()
+
+
+def _stats(api: Api) -> dict[str, Any]:
+    s = api.stats
+    return {
+        "requests": s.requests,
+        "batch_items": s.batch_items,
+        "replays_answered_as_duplicate": s.replays_answered_as_duplicate,
+        "retried_after_transient_error": s.retried_after_error,
+        "outcomes": dict(sorted(s.outcomes.items())),
+    }
+
+
+def _fmt(n: int) -> str:
+    return f"{n:,}"
+
+
+def render(result: DemoResult) -> str:
+    p = result.plan
+    members = {k: sum(len(t.members) for t in p.teams if t.kind == k and not t.deactivate) for k in KEYS["teams"]}
+    it = len({m for t in p.teams if t.kind == "campaign" for m in t.members})
+    lines = [
+        "",
+        f"Seven-week campaign {p.day0} .. {p.last_day} (seed {p.seed}, scale {p.scale:g}): "
+        f"{result.requests:,} requests in {result.seconds:.1f}s",
+        f"  {len(p.units) - 1} units under {p.units[0].name}; {_fmt(members['permanent'])} members of permanent "
+        f"teams; {_fmt(it)} IT volunteers in campaign teams",
+        f"  {result.stats['replays_answered_as_duplicate']:,} re-sent records answered as duplicates; "
+        f"{sum(v.correction is not None for v in p.visits)} corrections, "
+        f"{sum(v.void_reason is not None for v in p.visits) + sum(x.void_reason is not None for x in p.posts)} voids, "
+        f"{sum(v.typhoon for v in p.visits)} late typhoon-week records, "
+        f"{sum(c.cancel_reason is not None for c in p.courses)} cancelled courses",
+        "",
+        f"{'indicator':<38}{'article':>10}{'ground truth':>14}{'metrics':>10}   ",
+        "-" * 76,
+    ]
+    for key, value in result.expected.items():
+        got = result.reported.get(key, 0)
+        mark = "ok" if got == value else "DIFFERS"
+        lines.append(f"{key:<38}{ARTICLE.get(key, ''):>10}{_fmt(value):>14}{_fmt(got):>10}   {mark}")
+    lines.append("-" * 76)
+    if any(result.baseline.values()):
+        lines.append("(the system held earlier data: ground truth = figures before the replay + this replay)")
+    for code, rows in result.progress.items():
+        matched = len(rows) - sum(1 for d in result.progress_differences if d.startswith(code + " "))
+        lines.append(f"campaign {code}: {len(rows)} targets, {matched} with actual = ground truth")
+    verdict = "every indicator matches" if not result.differences else f"{len(result.differences)} indicators DIFFER"
+    lines.append(f"Result: {verdict}.")
+    return "\n".join(lines)
+
+
+def to_json(result: DemoResult) -> dict[str, Any]:
+    p = result.plan
+    return {
+        "seed": p.seed,
+        "scale": p.scale,
+        "window": {"from": p.day0.isoformat(), "to": p.last_day.isoformat()},
+        "campaigns": [
+            {"code": c.code, "starts_on": c.starts_on.isoformat(), "ends_on": c.ends_on.isoformat()}
+            for c in p.campaigns
+        ],
+        "ground_truth": result.expected,
+        "metrics_summary": result.reported,
+        "baseline": result.baseline,
+        "differences": {k: {"ground_truth": a, "metrics": b} for k, (a, b) in result.differences.items()},
+        "campaign_progress": result.progress,
+        "campaign_progress_differences": result.progress_differences,
+        "seconds": round(result.seconds, 2),
+        "stats": result.stats,
+    }
+
+
+def main(argv: list[str] | None = None) -> int:
+    ap = argparse.ArgumentParser(prog="make demo", description=__doc__, formatter_class=argparse.RawTextHelpFormatter)
+    ap.add_argument("--seed", type=int, default=7, help="random seed; the same seed replays the same campaign")
+    ap.add_argument("--scale", type=float, default=1.0, help="shrink every figure (e.g. 0.05); 1 = the article")
+    ap.add_argument("--tag", default="", help="suffix for codes, to replay again beside an earlier replay")
+    ap.add_argument("--concurrency", type=int, default=16)
+    ap.add_argument("--out", type=Path, help="write ground truth and metrics summary as JSON here")
+    ap.add_argument("--data-dir", type=Path, default=REPO / ".data", help="where `make run` keeps run.json")
+    for s in SERVICES:
+        ap.add_argument(f"--{s.name}-url", help=f"{s.name} base URL (default: from run.json or port {s.default_port})")
+    ap.add_argument("--no-progress", action="store_true")
+    ap.add_argument("--metrics-timeout", type=float, default=60.0)
+    a = ap.parse_args(argv)
+    if not 0 < a.scale <= 5:
+        ap.error("--scale must be in (0, 5]")
+    urls = default_urls(a.data_dir)
+    for s in SERVICES:
+        override = getattr(a, f"{s.name}_url")
+        if override:
+            urls[s.name] = override.rstrip("/")
+    token = issue_token(secret=DEV_JWT_SECRET, role="admin", unit=None, sub="demo", ttl=timedelta(hours=2))
+    try:
+        result = asyncio.run(
+            run_demo(
+                urls,
+                token,
+                seed=a.seed,
+                scale=a.scale,
+                tag=a.tag,
+                concurrency=a.concurrency,
+                show_progress=not a.no_progress,
+                metrics_timeout=a.metrics_timeout,
+            )
+        )
+    except (DemoError, httpx.HTTPError) as exc:
+        print(f"demo: failed: {exc}", file=sys.stderr)
+        if isinstance(exc, httpx.ConnectError):
+            print(f"demo: is `make run` running? tried {urls}", file=sys.stderr)
+        return 2
+    print(render(result))
+    if a.out:
+        a.out.parent.mkdir(parents=True, exist_ok=True)
+        a.out.write_text(json.dumps(to_json(result), indent=2, ensure_ascii=False) + "\n", encoding="utf-8")
+        print(f"Wrote {a.out}")
+    return 1 if result.differences or result.progress_differences else 0
+
+
+if __name__ == "__main__":
+    raise SystemExit(main())

@@ -1,0 +1,637 @@
+"""The seven-week campaign as data: every unit, team, volunteer, visit, post and course, decided up front.
+
+:func:`build_plan` is pure and deterministic for a seed, scale and "today"; the driver sends the plan
+to the services and :mod:`scripts.simulator.truth` counts it by DOMAIN.md's rules, so the figures the
+metrics service reports can be checked against an independent tally.
+"""
+
+from __future__ import annotations
+
+import random
+import uuid
+from dataclasses import dataclass, field
+from datetime import date, timedelta
+from typing import Any
+
+from scripts.simulator import names as vn
+
+WEEKS = 7
+TYPHOON_WEEK = 2  # typhoon No. 3: field devices stay offline; their records arrive after the campaign
+
+# The article's figures at scale 1 (DOMAIN.md); the rest of the plan derives from them.
+PERMANENT_TEAMS = 55
+PERMANENT_MEMBERS = 2392
+MOBILE_TEAMS = 67
+HOUSEHOLDS = 1440
+SHIFTS_PER_PERMANENT_TEAM = 22
+LITERACY_TEAMS = 54
+YOUTH_COURSES = 151
+ELDERLY_COURSES = 110
+SHINING_RED_TEAMS = 55
+GREEN_SUMMER_TEAMS = 6
+IT_VOLUNTEERS = 520
+FANPAGE_POSTS = 780
+NEWSPAPER_ARTICLES = 97
+VISUAL_POSTS = 2000
+
+
+@dataclass
+class Unit:
+    code: str
+    name: str
+    kind: str
+    parent: str | None
+    area: str
+
+    @property
+    def path(self) -> tuple[str, ...]:
+        return (self.code,) if self.parent is None else (self.parent, self.code)
+
+
+@dataclass
+class Volunteer:
+    key: int
+    unit: str
+    full_name: str
+    birth_year: int
+    roles: list[str]
+    skills: list[str]
+    phone: str | None = None
+    email: str | None = None
+    leaves_on: date | None = None
+    retry: bool = False  # the registration is sent twice with the same Idempotency-Key
+
+    def body(self) -> dict[str, Any]:
+        out: dict[str, Any] = {
+            "full_name": self.full_name,
+            "birth_year": self.birth_year,
+            "unit_code": self.unit,
+            "roles": self.roles,
+            "skills": self.skills,
+        }
+        if self.phone:
+            out["phone"] = self.phone
+        if self.email:
+            out["email"] = self.email
+        return out
+
+
+@dataclass
+class Team:
+    code: str
+    name: str
+    kind: str
+    unit: str
+    base: str | None = None
+    campaign: str | None = None
+    members: list[int] = field(default_factory=list)
+    since: date | None = None
+    deactivate: bool = False
+
+    def body(self) -> dict[str, Any]:
+        out: dict[str, Any] = {"code": self.code, "name": self.name, "kind": self.kind, "unit_code": self.unit}
+        if self.base:
+            out["base"] = self.base
+        if self.campaign:
+            out["campaign_code"] = self.campaign
+        return out
+
+
+@dataclass
+class Visit:
+    client_ref: str
+    team: str
+    unit: str
+    visited_on: date
+    setting: str
+    area: str
+    household_ref: str | None
+    households: int
+    people: dict[str, int]
+    services: dict[str, int]
+    volunteers: list[int]
+    typhoon: bool = False
+    single: bool = False  # sent alone (POST /v1/visits) rather than in an offline batch
+    retry: bool = False  # sent again with the same client_ref, as after a lost response
+    correction: dict[str, Any] | None = None  # new people/services replacing the recorded ones
+    correction_retry: bool = False
+    void_reason: str | None = None
+
+    def body(self, volunteer_ids: dict[int, str], *, corrected: bool = False) -> dict[str, Any]:
+        out: dict[str, Any] = {
+            "client_ref": self.client_ref,
+            "team_code": self.team,
+            "unit_code": self.unit,
+            "visited_on": self.visited_on.isoformat(),
+            "setting": self.setting,
+            "area": self.area,
+            "households": self.households,
+            "people": self.people,
+            "services": self.services,
+            "volunteer_ids": [volunteer_ids[k] for k in self.volunteers],
+        }
+        if self.household_ref:
+            out["household_ref"] = self.household_ref
+        if corrected and self.correction:
+            out.update(self.correction)
+        return out
+
+    @property
+    def figures(self) -> tuple[int, dict[str, int], dict[str, int]]:
+        """households, people and services as they finally count (after any correction)."""
+        c = self.correction or {}
+        return self.households, c.get("people", self.people), c.get("services", self.services)
+
+
+@dataclass
+class Post:
+    client_ref: str
+    unit: str
+    team: str | None
+    channel: str
+    published_on: date
+    title: str
+    url: str | None
+    void_reason: str | None = None
+
+    def body(self) -> dict[str, Any]:
+        out: dict[str, Any] = {
+            "client_ref": self.client_ref,
+            "unit_code": self.unit,
+            "channel": self.channel,
+            "published_on": self.published_on.isoformat(),
+            "title": self.title,
+        }
+        if self.team:
+            out["team_code"] = self.team
+        if self.url:
+            out["url"] = self.url
+        return out
+
+
+@dataclass
+class Session:
+    client_ref: str
+    held_on: date
+    duration_minutes: int
+    count: int | None = None  # head count
+    roster: list[int] | None = None  # indexes into the course's participants
+
+
+@dataclass
+class Course:
+    client_ref: str
+    code: str
+    title: str
+    team: str
+    unit: str
+    audience: str
+    mode: str
+    topics: list[str]
+    starts_on: date
+    ends_on: date
+    counting: str  # roster | head_count
+    capacity: int | None = None
+    participants: list[dict[str, Any]] = field(default_factory=list)
+    sessions: list[Session] = field(default_factory=list)
+    marked_complete: list[int] = field(default_factory=list)
+    final_participants: int | None = None
+    final_completions: int | None = None
+    completes: bool = False
+    cancel_reason: str | None = None
+    retry: bool = False  # the create request is sent twice with the same client_ref
+    duplicate_session_upload: bool = False
+
+    def body(self) -> dict[str, Any]:
+        out: dict[str, Any] = {
+            "client_ref": self.client_ref,
+            "code": self.code,
+            "title": self.title,
+            "team_code": self.team,
+            "unit_code": self.unit,
+            "audience": self.audience,
+            "mode": self.mode,
+            "topics": self.topics,
+            "starts_on": self.starts_on.isoformat(),
+            "ends_on": self.ends_on.isoformat(),
+        }
+        if self.capacity is not None:
+            out["capacity"] = self.capacity
+        return out
+
+
+@dataclass
+class Campaign:
+    code: str
+    name: str
+    starts_on: date
+    ends_on: date
+    targets: list[dict[str, Any]] = field(default_factory=list)
+
+    def body(self) -> dict[str, Any]:
+        return {
+            "code": self.code,
+            "name": self.name,
+            "starts_on": self.starts_on.isoformat(),
+            "ends_on": self.ends_on.isoformat(),
+        }
+
+
+@dataclass
+class Plan:
+    seed: int
+    scale: float
+    today: date
+    day0: date
+    units: list[Unit]
+    campaigns: list[Campaign]
+    teams: list[Team]
+    volunteers: list[Volunteer]
+    visits: list[Visit]
+    posts: list[Post]
+    courses: list[Course]
+    duplicate_visit_batches: set[tuple[str, int]] = field(default_factory=set)
+    duplicate_post_batches: set[tuple[str, int]] = field(default_factory=set)
+
+    @property
+    def last_day(self) -> date:
+        return self.day0 + timedelta(days=WEEKS * 7 - 1)
+
+    def unit(self, code: str) -> Unit:
+        return next(u for u in self.units if u.code == code)
+
+    def week_of(self, day: date) -> int:
+        return (day - self.day0).days // 7
+
+    def path(self, code: str) -> tuple[str, ...]:
+        return self.unit(code).path
+
+
+class _Gen:
+    """The random choices behind one plan, all drawn from a single seeded generator."""
+
+    def __init__(self, seed: int, scale: float, today: date, tag: str) -> None:
+        self.rng = random.Random(seed)
+        self.scale = scale
+        self.today = today
+        self.day0 = today - timedelta(days=WEEKS * 7)
+        self.tag = tag
+
+    def n(self, full: int) -> int:
+        return max(1, round(full * self.scale))
+
+    def uuid(self) -> str:
+        return str(uuid.UUID(int=self.rng.getrandbits(128), version=4))
+
+    def day(self, first: int = 0, last: int = WEEKS * 7 - 1) -> date:
+        return self.day0 + timedelta(days=self.rng.randint(first, last))
+
+    def person(self) -> tuple[str, bool]:
+        female = self.rng.random() < 0.55
+        middle = self.rng.choice(vn.MIDDLE_F if female else vn.MIDDLE_M)
+        given = self.rng.choice(vn.GIVEN_F if female else vn.GIVEN_M)
+        return f"{self.rng.choice(vn.FAMILY)} {middle} {given}", female
+
+    def code(self, *parts: str) -> str:
+        return "-".join(p for p in (*parts, self.tag) if p)
+
+
+def _units() -> list[Unit]:
+    root, root_name = vn.PROVINCE
+    units = [Unit(root, root_name, "province", None, "urban")]
+    units += [Unit(f"{root}-{vn.slug(n)}", f"Phường {n}", "ward", root, "urban") for n in vn.WARDS]
+    units += [Unit(f"{root}-{vn.slug(n)}", f"Xã {n}", "commune", root, area) for n, area in vn.COMMUNES]
+    units += [Unit(f"{root}-{vn.slug(n)}", f"Đặc khu {n}", "special_zone", root, "island") for n in vn.SPECIAL_ZONES]
+    units += [Unit(f"{root}-{c}", name, "school", root, "urban") for c, name in vn.SCHOOLS]
+    assert len({u.code for u in units}) == len(units), "unit codes must be unique"
+    return units
+
+
+def _spread(total: int, buckets: int) -> list[int]:
+    return [total // buckets + (1 if i < total % buckets else 0) for i in range(buckets)]
+
+
+def build_plan(seed: int = 7, scale: float = 1.0, today: date | None = None, tag: str = "") -> Plan:
+    """The whole campaign for ``seed`` and ``scale``, over the seven weeks that end yesterday."""
+    from scripts.simulator.clock import local_today
+
+    g = _Gen(seed, scale, today or local_today(), tag)
+    rng = g.rng
+    units = _units()
+    local = [u for u in units if u.kind in ("ward", "commune", "special_zone")]
+    schools = [u for u in units if u.kind == "school"]
+    province = units[0]
+    volunteers: list[Volunteer] = []
+
+    def volunteer(unit: str, roles: list[str], skills: list[str], young: bool = False) -> int:
+        name, _ = g.person()
+        birth = rng.randint(g.today.year - 24, g.today.year - 18) if young else rng.randint(1975, g.today.year - 18)
+        v = Volunteer(len(volunteers), unit, name, birth, roles, skills)
+        if rng.random() < 0.5:
+            v.phone = f"+84 9{rng.randint(10, 99)} {rng.randint(100, 999)} {rng.randint(100, 999)}"
+        volunteers.append(v)
+        return v.key
+
+    campaigns = [
+        Campaign(
+            g.code("PEAK90"), "Cao điểm 90 ngày hỗ trợ dịch vụ công trực tuyến", g.day0, g.day0 + timedelta(days=89)
+        ),
+        Campaign(
+            g.code("PEAK30"),
+            "Cao điểm 30 ngày đêm “Bình dân học vụ số”",
+            g.day0 + timedelta(days=7),
+            g.day0 + timedelta(days=36),
+        ),
+    ]
+
+    # --- teams and their members -------------------------------------------------------------------
+    teams: list[Team] = []
+    permanent_units = ([province, *local] * 2)[: g.n(PERMANENT_TEAMS)]
+    per_team = _spread(g.n(PERMANENT_MEMBERS), len(permanent_units))
+    permanent_of: dict[str, Team] = {}
+    for u, size in zip(permanent_units, per_team, strict=True):
+        where = "tỉnh Quảng Ninh" if u.kind == "province" else u.name.lower()[0] + u.name[1:]
+        t = Team(
+            g.code(u.code, "TT"),
+            f"Đội thanh niên tình nguyện thường trực {u.name}",
+            "permanent",
+            u.code,
+            base=f"Trung tâm Phục vụ hành chính công {where}",
+            since=g.day0 - timedelta(days=rng.randint(0, 20)),
+        )
+        for _ in range(max(1, size)):
+            skills = [s for s, p in (("vneid", 0.8), ("it", 0.3), ("media", 0.1)) if rng.random() < p]
+            t.members.append(volunteer(u.code, rng.choice([["union_member"], ["union_member", "youth"]]), skills))
+        teams.append(t)
+        permanent_of.setdefault(u.code, t)
+
+    field_units = [u for u in local if u.area != "urban"] + [u for u in local if u.area == "urban"]
+    extra_units = [u for u in local if u.area in ("island", "border", "remote")]
+    mobile_units = (field_units + extra_units * 3)[: g.n(MOBILE_TEAMS)]
+    mobile: list[Team] = []
+    for i, u in enumerate(mobile_units):
+        t = Team(g.code(u.code, f"CD{i + 1}"), f"Đội hình lưu động số {i + 1} {u.name}", "mobile", u.code)
+        t.since = g.day0 - timedelta(days=rng.randint(0, 7))
+        pool = permanent_of[u.code].members[3:] if u.code in permanent_of else []
+        size = rng.randint(4, 7)
+        t.members = rng.sample(pool, min(size, len(pool)))
+        while len(t.members) < 2:
+            t.members.append(volunteer(u.code, ["youth"], ["vneid"]))
+        teams.append(t)
+        mobile.append(t)
+    mistaken = Team(
+        g.code(mobile_units[0].code, "CD1B"),
+        f"Đội hình lưu động số 1 {mobile_units[0].name} (nhập trùng)",
+        "mobile",
+        mobile_units[0].code,
+        deactivate=True,
+    )
+    teams.append(mistaken)
+
+    literacy: list[Team] = []
+    for u in local[: g.n(LITERACY_TEAMS)]:
+        t = Team(g.code(u.code, "BDHVS"), f"Tổ công nghệ số cộng đồng {u.name}", "literacy", u.code, since=g.day0)
+        for _ in range(rng.randint(3, 6)):
+            roles = rng.choice([["lecturer"], ["student", "union_member"], ["union_member"]])
+            t.members.append(volunteer(u.code, roles, ["teaching", *(["it"] if rng.random() < 0.5 else [])]))
+        teams.append(t)
+        literacy.append(t)
+
+    campaign_teams: list[Team] = []
+    for u in [*local, province][: g.n(SHINING_RED_TEAMS)]:
+        campaign_teams.append(
+            Team(g.code(u.code, "TSD"), f"Đội Thắp sáng đỏ {u.name}", "campaign", u.code, campaign=campaigns[0].code)
+        )
+    for i in range(g.n(GREEN_SUMMER_TEAMS)):
+        s = schools[i % len(schools)]
+        campaign_teams.append(
+            Team(
+                g.code(s.code, f"MHX{i + 1}"),
+                f"Đội Mùa hè xanh số {i + 1} - {s.name}",
+                "campaign",
+                s.code,
+                campaign=campaigns[1].code,
+            )
+        )
+    for t, size in zip(campaign_teams, _spread(g.n(IT_VOLUNTEERS), len(campaign_teams)), strict=True):
+        t.since = g.day0
+        for _ in range(max(1, size)):
+            roles = ["student"] if t.unit.startswith("QN-DH") else rng.choice([["youth", "student"], ["union_member"]])
+            t.members.append(volunteer(t.unit, roles, ["it", *(["vneid"] if rng.random() < 0.6 else [])], young=True))
+        teams.append(t)
+
+    for v in rng.sample(volunteers, max(1, len(volunteers) // 40)):
+        v.retry = True
+    # Leavers: permanent members who never appear on a visit (so no visit refers to a former volunteer).
+    on_visits = {k for t in mobile for k in t.members} | {k for t in permanent_of.values() for k in t.members[:3]}
+    candidates = [k for t in teams if t.kind == "permanent" for k in t.members if k not in on_visits]
+    for k in rng.sample(candidates, min(len(candidates), g.n(12))):
+        volunteers[k].leaves_on = g.day(21, WEEKS * 7 - 1)
+
+    # --- visits ------------------------------------------------------------------------------------
+    visits: list[Visit] = []
+    unit_area = {u.code: u.area for u in units}
+
+    def people_and_services(total: int) -> tuple[dict[str, int], dict[str, int]]:
+        elderly = rng.randint(0, total)
+        people = {
+            "total": total,
+            "elderly": elderly,
+            "women": rng.randint(0, total),
+            "veterans": rng.randint(0, min(1, elderly)),
+        }
+        installed = rng.randint(0, total)
+        services = {
+            "vneid_installed": installed,
+            "vneid_activated": rng.randint(0, installed),
+            "online_applications_l3": rng.randint(0, 2),
+            "online_applications_l4": rng.randint(0, 2),
+            "digital_skills_guidance": rng.randint(0, total),
+        }
+        return people, services
+
+    # Extra household visits turn out to be duplicates and are voided, leaving the reported figure.
+    household_voids = g.n(10)
+    for t, count in zip(mobile, _spread(g.n(HOUSEHOLDS) + household_voids, len(mobile)), strict=True):
+        for _ in range(count):
+            people, services = people_and_services(rng.choices([1, 2, 3, 4, 5, 6], [10, 20, 25, 25, 12, 8])[0])
+            day = g.day()
+            visits.append(
+                Visit(
+                    g.uuid(),
+                    t.code,
+                    t.unit,
+                    day,
+                    "household",
+                    unit_area[t.unit],
+                    f"hh-{rng.getrandbits(40):010x}",
+                    1,
+                    people,
+                    services,
+                    rng.sample(t.members, min(2, len(t.members))),
+                    typhoon=(day - g.day0).days // 7 == TYPHOON_WEEK,
+                )
+            )
+    shift_teams = [t for t in teams if t.kind == "permanent"]
+    for t, count in zip(
+        shift_teams, _spread(g.n(PERMANENT_TEAMS * SHIFTS_PER_PERMANENT_TEAM), len(shift_teams)), strict=True
+    ):
+        for _ in range(count):
+            people, services = people_and_services(rng.randint(3, 11))
+            visits.append(
+                Visit(
+                    g.uuid(),
+                    t.code,
+                    t.unit,
+                    g.day(),
+                    "service_centre",
+                    unit_area[t.unit],
+                    None,
+                    0,
+                    people,
+                    services,
+                    rng.sample(t.members[:3], min(len(t.members), rng.randint(1, 2))),
+                )
+            )
+    for visit in visits:
+        if not visit.typhoon and rng.random() < 0.03:
+            visit.single = True
+            visit.retry = rng.random() < 0.4
+    order = list(range(len(visits)))
+    rng.shuffle(order)
+    for i in order[: max(1, len(visits) // 50)]:
+        fixed = visits[i]
+        total = max(1, fixed.people["total"] + rng.choice([-2, -1, 1, 2]))
+        people, services = people_and_services(total)
+        fixed.correction = {"people": people, "services": services}
+        fixed.correction_retry = rng.random() < 0.3
+    corrected = set(order[: max(1, len(visits) // 50)])
+    household_idx = [i for i in order if visits[i].setting == "household" and i not in corrected]
+    centre_idx = [i for i in order if visits[i].setting == "service_centre" and i not in corrected]
+    for i in household_idx[:household_voids] + centre_idx[: g.n(12)]:
+        visits[i].void_reason = rng.choice(
+            ["Ghi trùng với phiếu của đội khác", "Nhập nhầm đơn vị", "Hộ gia đình đã được ghi nhận"]
+        )
+
+    # --- outreach posts ------------------------------------------------------------------------------
+    posts: list[Post] = []
+    campaign_team_of = {t.unit: t.code for t in campaign_teams}
+    for channel, full, voided in (
+        ("fanpage", FANPAGE_POSTS, 4),
+        ("newspaper", NEWSPAPER_ARTICLES, 1),
+        ("visual", VISUAL_POSTS, 6),
+    ):
+        count, extra = g.n(full), g.n(voided)
+        for i in range(count + extra):
+            u = province if channel == "newspaper" and rng.random() < 0.6 else rng.choice(local)
+            where = u.name
+            title = rng.choice(vn.POST_TITLES[channel]).format(u=where)
+            slug = vn.slug(u.name).lower()
+            url = {
+                "fanpage": f"https://www.facebook.com/tuoitre.{slug}/posts/{rng.randint(10**9, 10**10)}",
+                "newspaper": f"https://baoquangninh.vn/{slug}-{rng.randint(10**6, 10**7)}.html",
+                "visual": f"https://www.tiktok.com/@tuoitre.{slug}/video/{rng.randint(10**9, 10**10)}",
+            }[channel]
+            post = Post(g.uuid(), u.code, campaign_team_of.get(u.code), channel, g.day(), title, url)
+            if i >= count:
+                post.void_reason = "Đăng nhầm trang"
+            posts.append(post)
+
+    # --- courses -------------------------------------------------------------------------------------
+    courses: list[Course] = []
+    n_youth, n_elderly, n_cancel = g.n(YOUTH_COURSES), g.n(ELDERLY_COURSES), g.n(3)
+    audiences = ["youth_children"] * n_youth + ["elderly_middle_aged"] * n_elderly
+    audiences += [rng.choice(["youth_children", "elderly_middle_aged"]) for _ in range(n_cancel)]
+    last_day = g.today - timedelta(days=1)
+    for i, audience in enumerate(audiences):
+        t = literacy[i % len(literacy)]
+        youth = audience == "youth_children"
+        starts = g.day(0, WEEKS * 7 - 4)
+        ends = starts + timedelta(days=rng.randint(3, 14))
+        roster = rng.random() < (0.25 if youth else 0.5)
+        c = Course(
+            client_ref=f"tab-{t.code}/{g.uuid()[:8]}/{i}",
+            code=g.code(f"K{i + 1:03d}", vn.slug(t.unit)[:10]),
+            title=rng.choice(vn.YOUTH_TITLES if youth else vn.ELDERLY_TITLES),
+            team=t.code,
+            unit=t.unit,
+            audience=audience,
+            mode="online" if rng.random() < 0.15 else "in_person",
+            topics=["digital_skills", "online_safety"] if youth else ["vneid", "online_public_services"],
+            starts_on=starts,
+            ends_on=ends,
+            counting="roster" if roster else "head_count",
+            retry=rng.random() < 0.03,
+        )
+        held_days = sorted(
+            {
+                starts + timedelta(days=rng.randint(0, (ends - starts).days))
+                for _ in range(rng.randint(2, 5 if not roster else 4))
+            }
+        )
+        held_days = [d for d in held_days if d <= last_day] or [starts]
+        if roster:
+            size = rng.randint(30, 60) if youth else rng.randint(20, 50)
+            for j in range(size):
+                name, _female = g.person()
+                group = rng.choice(["child", "youth"]) if youth else rng.choice(["elderly", "middle_aged"])
+                born = rng.randint(2008, 2018) if youth else rng.randint(1945, 1985)
+                c.participants.append(
+                    {"client_ref": f"{c.client_ref}/p/{j}", "display_name": name, "birth_year": born, "group": group}
+                )
+            c.capacity = size + 10
+            for k, d in enumerate(held_days):
+                present = sorted(rng.sample(range(size), rng.randint(size * 2 // 3, size)))
+                c.sessions.append(Session(f"{c.client_ref}/s/{k}", d, rng.choice([90, 120, 150]), roster=present))
+            c.marked_complete = sorted(rng.sample(range(size), min(size, 3)))
+            c.final_completions = max(len(c.marked_complete), round(size * rng.uniform(0.7, 0.95)))
+        else:
+            mean = 70 if youth else 58
+            for k, d in enumerate(held_days):
+                count = max(5, int(rng.gauss(mean, mean * 0.25)))
+                c.sessions.append(Session(f"{c.client_ref}/s/{k}", d, rng.choice([60, 90, 120]), count=count))
+            largest = max(s.count or 0 for s in c.sessions)
+            c.final_participants = max(0, largest + rng.randint(-5, 12))
+            c.final_completions = round(c.final_participants * rng.uniform(0.7, 0.95))
+        c.completes = ends <= last_day
+        c.duplicate_session_upload = rng.random() < 0.05
+        if i >= n_youth + n_elderly:
+            c.cancel_reason = "Bão số 3: lớp học tạm dừng"
+            c.completes = False
+            if (i - n_youth - n_elderly) % 3 == 0:
+                c.sessions, c.participants, c.marked_complete = [], [], []
+        courses.append(c)
+
+    plan = Plan(seed, scale, g.today, g.day0, units, campaigns, teams, volunteers, visits, posts, courses)
+    _duplicates(plan, rng)
+    _targets(plan)
+    return plan
+
+
+def _duplicates(plan: Plan, rng: random.Random) -> None:
+    """Pick the offline batches a flaky connection uploads twice."""
+    batches = sorted({(v.team, plan.week_of(v.visited_on)) for v in plan.visits if not v.single})
+    typhoon = [b for b in batches if b[1] == TYPHOON_WEEK]
+    chosen = rng.sample(batches, max(1, len(batches) // 20)) + typhoon[: max(1, len(typhoon) // 3)]
+    plan.duplicate_visit_batches = set(chosen)
+    post_batches = sorted({(p.unit, plan.week_of(p.published_on)) for p in plan.posts})
+    plan.duplicate_post_batches = set(rng.sample(post_batches, max(1, len(post_batches) // 25)))
+
+
+def _targets(plan: Plan) -> None:
+    """Per-commune and province targets, set from the plan so the campaigns look attainable."""
+    from scripts.simulator.truth import tally
+
+    facts = tally(plan)
+    p90, p30 = plan.campaigns
+    for campaign, indicators, stretch in (
+        (p90, ("households_visited", "people_supported", "vneid_installs"), 90 / 49),
+        (p30, ("courses", "course_participants"), 1.1),
+    ):
+        units = [plan.units[0].code, *sorted({t.unit for t in plan.teams if t.kind in ("mobile", "literacy")})]
+        for unit in units:
+            for indicator in indicators:
+                actual = facts.total(indicator, unit=unit, first=campaign.starts_on, last=campaign.ends_on)
+                campaign.targets.append(
+                    {"indicator": indicator, "unit_code": unit, "value": max(1, round(actual * stretch, -1))}
+                )

@@ -1,0 +1,140 @@
+"""The ground truth: the plan counted by DOMAIN.md's rules, independently of the services' code.
+
+Every countable thing becomes a :class:`Fact` (indicator, key, unit path, local date or None for
+current state, value); a summary for any unit subtree and date window is then a sum over facts.
+"""
+
+from __future__ import annotations
+
+from collections import defaultdict
+from collections.abc import Iterable
+from dataclasses import dataclass
+from datetime import date
+from typing import TYPE_CHECKING, Any
+
+if TYPE_CHECKING:
+    from scripts.simulator.plan import Plan
+
+# Split keys per indicator, as in GET /v1/summary; indicators without keys are plain numbers.
+KEYS: dict[str, tuple[str, ...]] = {
+    "teams": ("permanent", "mobile", "literacy", "campaign"),
+    "volunteers": (),
+    "households_visited": (),
+    "people_supported": (),
+    "vneid_installs": (),
+    "online_applications": ("l3", "l4"),
+    "courses": ("youth_children", "elderly_middle_aged", "general"),
+    "course_participants": ("youth_children", "elderly_middle_aged", "general"),
+    "course_completions": (),
+    "outreach_posts": ("fanpage", "newspaper", "visual"),
+}
+
+
+@dataclass(frozen=True)
+class Fact:
+    indicator: str
+    key: str
+    path: tuple[str, ...]
+    day: date | None
+    value: int
+
+
+class Tally:
+    def __init__(self, facts: Iterable[Fact]) -> None:
+        self.facts = [f for f in facts if f.value]
+
+    def _select(self, unit: str, first: date | None, last: date | None) -> Iterable[Fact]:
+        for f in self.facts:
+            if unit not in f.path:
+                continue
+            if f.day is not None and ((first and f.day < first) or (last and f.day > last)):
+                continue
+            yield f
+
+    def summary(self, unit: str = "QN", first: date | None = None, last: date | None = None) -> dict[str, Any]:
+        """The same shape as the metrics service's GET /v1/summary (without ``as_of`` and ``scope``)."""
+        sums: dict[tuple[str, str], int] = defaultdict(int)
+        for f in self._select(unit, first, last):
+            sums[(f.indicator, f.key)] += f.value
+        out: dict[str, Any] = {}
+        for indicator, keys in KEYS.items():
+            if keys:
+                split = {k: sums[(indicator, k)] for k in keys}
+                out[indicator] = {**split, "total": sum(split.values())}
+            else:
+                out[indicator] = sums[(indicator, "total")]
+        return out
+
+    def total(self, indicator: str, unit: str = "QN", first: date | None = None, last: date | None = None) -> int:
+        return sum(f.value for f in self._select(unit, first, last) if f.indicator == indicator)
+
+    def units(self) -> set[str]:
+        return {u for f in self.facts for u in f.path}
+
+
+def flatten(summary: dict[str, Any]) -> dict[str, int]:
+    """``{"teams.permanent": 55, ..., "volunteers": 3100}`` for comparison and tables."""
+    out: dict[str, int] = {}
+    for indicator, keys in KEYS.items():
+        value = summary.get(indicator)
+        if keys:
+            value = value or {}
+            for k in (*keys, "total"):
+                out[f"{indicator}.{k}"] = int(value.get(k, 0))
+        else:
+            out[indicator] = int(value or 0)
+    return out
+
+
+def tally(plan: Plan) -> Tally:
+    facts: list[Fact] = []
+    path = plan.path
+    for t in plan.teams:
+        if not t.deactivate:
+            facts.append(Fact("teams", t.kind, path(t.unit), None, 1))
+    for v in plan.volunteers:
+        if v.leaves_on is None:
+            facts.append(Fact("volunteers", "total", path(v.unit), None, 1))
+    for visit in plan.visits:
+        if visit.void_reason:
+            continue  # a voided visit no longer counts
+        households, people, services = visit.figures  # a correction replaces the recorded figures
+        p, d = path(visit.unit), visit.visited_on
+        facts += [
+            Fact("households_visited", "total", p, d, households),
+            Fact("people_supported", "total", p, d, people["total"]),
+            Fact("vneid_installs", "total", p, d, services["vneid_installed"]),
+            Fact("online_applications", "l3", p, d, services["online_applications_l3"]),
+            Fact("online_applications", "l4", p, d, services["online_applications_l4"]),
+        ]
+    for post in plan.posts:
+        if not post.void_reason:
+            facts.append(Fact("outreach_posts", post.channel, path(post.unit), post.published_on, 1))
+    for c in plan.courses:
+        if c.cancel_reason:
+            continue  # cancelled courses count nowhere
+        p = path(c.unit)
+        facts.append(Fact("courses", c.audience, p, c.starts_on, 1))
+        if c.counting == "roster":
+            participants: int | None = len(c.participants)
+            completions = c.final_completions if c.completes else len(c.marked_complete)
+        else:
+            largest = max((s.count or 0 for s in c.sessions), default=0)
+            participants = c.final_participants if c.completes else largest
+            completions = c.final_completions if c.completes else 0
+        facts.append(Fact("course_participants", c.audience, p, c.starts_on, participants or 0))
+        facts.append(Fact("course_completions", "total", p, c.ends_on, completions or 0))
+    return Tally(facts)
+
+
+def campaign_actuals(plan: Plan, facts: Tally) -> dict[str, dict[tuple[str, str], int]]:
+    """``{campaign: {(indicator, unit): actual}}`` over each campaign's window, for its targets."""
+    out: dict[str, dict[tuple[str, str], int]] = {}
+    for c in plan.campaigns:
+        out[c.code] = {
+            (t["indicator"], t["unit_code"]): facts.total(
+                t["indicator"], unit=t["unit_code"], first=c.starts_on, last=c.ends_on
+            )
+            for t in c.targets
+        }
+    return out
