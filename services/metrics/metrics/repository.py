@@ -70,6 +70,9 @@ class MetaRepository:
         )
 
 
+PER_DOCUMENT_LOOKUPS = 64
+
+
 class ProjectionRepository:
     """The collections of one generation: counters, applied event ids, units and campaigns."""
 
@@ -80,6 +83,7 @@ class ProjectionRepository:
         self.applied_events = db[f"applied_events_g{generation}"]
         self.units = db[f"units_g{generation}"]
         self.campaigns = db[f"campaigns_g{generation}"]
+        self._applied_ids: set[str] | None = None
 
     async def ensure_indexes(self) -> None:
         await self.counters.create_index([("unit", ASCENDING), ("day", ASCENDING)])
@@ -92,15 +96,27 @@ class ProjectionRepository:
     # --- projector writes ------------------------------------------------------------------------
 
     async def applied(self, event_ids: Sequence[str]) -> set[str]:
-        docs = await self.applied_events.find({"_id": {"$in": list(event_ids)}}, {"_id": 1}).to_list()
-        return {d["_id"] for d in docs}
+        # Answered from memory after one load: FerretDB v1 scans the whole collection for ``$in``,
+        # which made every batch cost O(events ever applied). The projector is this set's only
+        # writer (one live consumer per partition), so memory and collection stay in step.
+        if self._applied_ids is None:
+            self._applied_ids = {d["_id"] async for d in self.applied_events.find({}, {"_id": 1})}
+        return {e for e in event_ids if e in self._applied_ids}
 
     async def mark_applied(self, event_ids: Sequence[str]) -> None:
         await insert_ignoring_duplicates(self.applied_events, [{"_id": e} for e in event_ids])
+        if self._applied_ids is not None:
+            self._applied_ids.update(event_ids)
 
     async def watermarks(self, doc_ids: Iterable[str], key: str) -> dict[str, int | None]:
         """``{doc id: watermark of partition key or None}`` for the documents that exist."""
-        docs = await self.counters.find({"_id": {"$in": list(doc_ids)}}, {"wm": 1}).to_list()
+        ids = list(doc_ids)
+        if len(ids) <= PER_DOCUMENT_LOOKUPS:
+            # Primary-key lookups beat one collection scan when a batch touches few counters.
+            found = [await self.counters.find_one({"_id": i}, {"wm": 1}) for i in ids]
+            docs = [d for d in found if d is not None]
+        else:
+            docs = await self.counters.find({"_id": {"$in": ids}}, {"wm": 1}).to_list()
         return {d["_id"]: (d.get("wm") or {}).get(key) for d in docs}
 
     async def create_skeletons(self, skeletons: Sequence[tuple[str, str, int, str]]) -> None:

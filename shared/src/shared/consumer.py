@@ -70,27 +70,49 @@ class TypeDispatch:
 
 
 class DedupStore:
-    """Remembers processed event ids per consumer group in one Mongo collection."""
+    """Remembers processed event ids per consumer group.
 
-    def __init__(self, collection: AsyncCollection[dict[str, Any]], group: str) -> None:
+    Ids are persisted in one Mongo collection and answered from memory: FerretDB v1 scans the whole
+    collection for an ``$in`` query, so asking the database per batch grew with every event ever
+    consumed. The set is loaded once at start and capped at ``capacity`` recent ids; duplicates come
+    from an outbox relay republishing right after a crash, well inside that window.
+    """
+
+    def __init__(self, collection: AsyncCollection[dict[str, Any]], group: str, capacity: int = 200_000) -> None:
         self._col = collection
         self._group = group
+        self._capacity = capacity
+        self._ids: dict[str, None] = {}  # insertion-ordered, so the oldest ids are evicted first
+        self._loaded = False
 
     def _id(self, event_id: str) -> str:
         return f"{self._group}:{event_id}"
 
+    async def _load(self) -> None:
+        prefix = f"{self._group}:"
+        cut = len(prefix)
+        async for doc in self._col.find({}, {"_id": 1}):
+            if doc["_id"].startswith(prefix):
+                self._remember(doc["_id"][cut:])
+        self._loaded = True
+
+    def _remember(self, event_id: str) -> None:
+        self._ids[event_id] = None
+        if len(self._ids) > self._capacity:
+            del self._ids[next(iter(self._ids))]
+
     async def seen(self, event_ids: Sequence[str]) -> set[str]:
-        if not event_ids:
-            return set()
-        docs = await self._col.find({"_id": {"$in": [self._id(e) for e in event_ids]}}, {"_id": 1}).to_list()
-        cut = len(self._group) + 1
-        return {d["_id"][cut:] for d in docs}
+        if not self._loaded:
+            await self._load()
+        return {e for e in event_ids if e in self._ids}
 
     async def mark(self, event_ids: Sequence[str]) -> None:
         if not event_ids:
             return
         with contextlib.suppress(BulkWriteError):  # already marked by an earlier, interrupted run
             await self._col.insert_many([{"_id": self._id(e)} for e in event_ids], ordered=False)
+        for e in event_ids:
+            self._remember(e)
 
 
 class ConsumerRunner:
