@@ -38,7 +38,7 @@ async def run(a: argparse.Namespace, refs: list[dict[str, str]], created: list[s
     headers = {"content-type": "application/json"}
     if a.token:
         headers["authorization"] = f"Bearer {a.token}"
-    limits = httpx.Limits(max_connections=a.concurrency, max_keepalive_connections=a.concurrency)
+    limits = httpx.Limits(max_connections=1, max_keepalive_connections=1)
     statuses: dict[int, int] = {}
     errors: dict[str, int] = {}
     latencies: list[float] = []
@@ -76,8 +76,17 @@ async def run(a: argparse.Namespace, refs: list[dict[str, str]], created: list[s
                 measured_ok += 1
                 latencies.append(t1 - t0)
 
-    async with httpx.AsyncClient(base_url=a.url, limits=limits, timeout=30.0, headers=headers) as client:
-        await asyncio.gather(*(worker(client) for _ in range(a.concurrency)))
+    # One client (and connection) per worker: a shared httpx pool serialises checkouts behind one lock
+    # and becomes the bottleneck long before the server does.
+    clients = [
+        httpx.AsyncClient(base_url=a.url, limits=limits, timeout=30.0, headers=headers, trust_env=False)
+        for _ in range(a.concurrency)
+    ]
+    try:
+        await asyncio.gather(*(worker(c) for c in clients))
+    finally:
+        for c in clients:
+            await c.aclose()
     return {
         "mode": a.mode,
         "concurrency": a.concurrency,

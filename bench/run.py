@@ -38,6 +38,7 @@ from .events import mixed_events
 
 HERE = Path(__file__).resolve().parent
 REPS = 3
+RELAY_TIMEOUT_S = 240.0
 
 
 async def median_of(reps: int, fn: Callable[[int], Awaitable[float]]) -> tuple[float, list[float]]:
@@ -195,7 +196,13 @@ async def run(selected: set[str], scale: float) -> dict[str, Any]:
         if "relay" in selected:
             n = int(50_000 * scale)
             settings["relay_backlog_events"] = n
-            r = await relay_vs_producer(kafka, ferret, n)
+            try:
+                r = await asyncio.wait_for(relay_vs_producer(kafka, ferret, n), RELAY_TIMEOUT_S)
+            except TimeoutError:
+                r = {"events": n, "ratio": None, "raw_producer_events_per_s": None, "relay_events_per_s": None}
+                results["notes"].append(
+                    f"relay: not finished within {RELAY_TIMEOUT_S:.0f} s (the relay stopped publishing); see notes"
+                )
             results["relay"] = r
             results["relay_ratio"] = r["ratio"]
             results["table"].append(

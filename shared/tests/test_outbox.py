@@ -6,6 +6,7 @@ import pytest
 
 from shared.infra import FerretDB, KafkaBroker
 from shared.testing import collect_events, running_app, token
+from shared.testing.support import unpublished_events
 from shared.topics import ensure_topics_sync
 
 from .sample_app import SampleSettings, build_app
@@ -44,7 +45,7 @@ async def build_pending_count(settings: SampleSettings) -> int:
 
     client = connect(settings.mongo_url)
     try:
-        return await client[settings.mongo_db]["units"].count_documents({"outbox.id": {"$exists": True}})
+        return await unpublished_events(client[settings.mongo_db], ["units"])
     finally:
         await client.close()
 
@@ -85,5 +86,5 @@ async def test_events_of_one_aggregate_keep_their_order(make_settings, kafka: Ka
     assert [e.envelope.data["name"] for e in got] == [f"v{i}" for i in range(30)]
     assert len({e.partition for e in got}) == 1
     client = connect(settings.mongo_url)
-    assert await client[settings.mongo_db]["units"].count_documents({"outbox.id": {"$exists": True}}) == 0
+    assert await unpublished_events(client[settings.mongo_db], ["units"]) == 0
     await client.close()

@@ -71,6 +71,7 @@ class MetaRepository:
 
 
 PER_DOCUMENT_LOOKUPS = 64
+MAX_UPDATES_PER_COMMAND = 50
 
 
 class ProjectionRepository:
@@ -150,8 +151,12 @@ class ProjectionRepository:
             )
         if not ops:
             return 0
-        result = await self.counters.bulk_write(ops, ordered=False)
-        return result.matched_count
+        matched = 0
+        # FerretDB v1.24 never answers an update command of 100 or more statements: send fewer.
+        for i in range(0, len(ops), MAX_UPDATES_PER_COMMAND):
+            result = await self.counters.bulk_write(ops[i : i + MAX_UPDATES_PER_COMMAND], ordered=False)
+            matched += result.matched_count
+        return matched
 
     async def set_state(self, kind: str, key: str, fields: Mapping[str, Any]) -> None:
         col = self.units if kind == "units" else self.campaigns

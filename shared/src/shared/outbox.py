@@ -6,27 +6,29 @@ own compare-and-set updates). FerretDB (and MongoDB) make a single-document writ
 acknowledged write always has its events.
 
 The :class:`OutboxRelay` publishes embedded events in array order with the idempotent producer and
-then removes exactly those elements with ``$pull`` (by value, so events appended meanwhile stay).
-It finds work two ways: writers name the documents they wrote (``notify(collection, ids)``), which
-the relay reads by ``_id``; and a sweep over ``{"outbox.id": {"$exists": true}}`` at start, after a
-failure and every ``full_scan_seconds``. Both matter on FerretDB v1, which pushes only an exact
-``{"_id": ...}`` filter down to SQLite and scans the whole collection for anything else.
+records each published ``ce_id`` by inserting it into ``outbox_published``; it never updates the
+aggregate, so it cannot race a writer, and each document keeps its own event history. Writers name
+the documents they wrote (``notify(collection, ids)``) and the relay reads those by ``_id``; a sweep
+over ``{"outbox.id": {"$exists": true}}`` at start-up finds anything written before a crash.
 
-A crash between publishing and removing republishes with the *same* ``ce_id``; consumers
-de-duplicate. Exactly one relay should drain a collection (one service process on FerretDB).
+Why this shape (measured on FerretDB v1.24.2): only an exact ``{"_id": ...}`` find is pushed down to
+SQLite, updates cost time in proportion to the collection, and an update command of 100 or more
+statements never returns. Inserts stay cheap at any size.
+
+A crash between publishing and recording republishes with the *same* ``ce_id``; consumers
+de-duplicate. Exactly one relay should drain a database (one service process on FerretDB).
 """
 
 from __future__ import annotations
 
 import asyncio
 import contextlib
-import time
 from collections.abc import Iterable, Sequence
 from typing import Any
 
 from prometheus_client import Counter, Gauge
-from pymongo import UpdateOne
 from pymongo.asynchronous.database import AsyncDatabase
+from pymongo.errors import BulkWriteError
 
 from shared.envelope import Envelope
 from shared.kafka import EventProducer
@@ -55,6 +57,9 @@ def outbox_update(update: dict[str, Any], events: Sequence[Envelope]) -> dict[st
 PENDING = {"outbox.id": {"$exists": True}}
 
 
+PUBLISHED = "outbox_published"
+
+
 class OutboxRelay:
     """Publishes embedded outbox events from the given collections to Kafka."""
 
@@ -68,7 +73,6 @@ class OutboxRelay:
         topic_of: dict[str, str],
         poll_seconds: float = 0.5,
         batch_size: int = 1000,
-        full_scan_seconds: float = 60.0,
     ) -> None:
         self._db = db
         self._collections = list(collections)
@@ -77,9 +81,8 @@ class OutboxRelay:
         self._topic_of = topic_of
         self._poll = poll_seconds
         self._batch = batch_size
-        self._full_scan_seconds = full_scan_seconds
-        self._scan_due = True
-        self._next_scan = 0.0
+        self._published: set[str] = set()
+        self._sweep_due = True
         self._hints: dict[str, set[Any]] = {}
         self._wake = asyncio.Event()
         self._task: asyncio.Task[None] | None = None
@@ -89,10 +92,10 @@ class OutboxRelay:
         """Wake the relay now (called after a write) instead of waiting for the next poll.
 
         With ``collection`` and ``ids`` (the documents just written) the relay reads only those, by
-        ``_id``; without them it sweeps every collection for pending events.
+        ``_id``; without them it sweeps every collection for unpublished events.
         """
         if collection is None:
-            self._scan_due = True
+            self._sweep_due = True
         else:
             self._hints.setdefault(collection, set()).update(ids)
         self._wake.set()
@@ -112,16 +115,23 @@ class OutboxRelay:
 
     async def _run(self) -> None:
         backoff = self._poll
+        loaded = False
         while True:
+            hints: dict[str, set[Any]] = {}
             try:
-                moved = await self.drain_once()
+                if not loaded:
+                    self._published = {d["_id"] async for d in self._db[PUBLISHED].find({}, {"_id": 1})}
+                    loaded = True
+                hints, self._hints = self._hints, {}
+                moved = await self.drain_once(hints)
                 backoff = self._poll
-                if moved or self._hints or self._scan_due:
+                if moved or self._hints or self._sweep_due:
                     continue  # more may be waiting; go again straight away
             except asyncio.CancelledError:
                 raise
-            except Exception as exc:
-                self._scan_due = True  # hinted documents taken by the failed pass are found by the sweep
+            except Exception as exc:  # Kafka or Mongo down: keep the events, retry the same documents
+                for name, ids in hints.items():
+                    self._hints.setdefault(name, set()).update(ids)
                 log.warning("outbox_relay_retry", error=str(exc) or type(exc).__name__, in_seconds=backoff)
                 await self._producer.reset()
                 backoff = min(backoff * 2, 5.0)
@@ -129,40 +139,36 @@ class OutboxRelay:
                 await asyncio.wait_for(self._wake.wait(), timeout=backoff)
             self._wake.clear()
 
-    async def drain_once(self) -> int:
-        """Publish one batch of pending documents per collection; return how many events moved."""
-        moved = 0
-        pending_docs = 0
-        sweep = self._scan_due or time.monotonic() >= self._next_scan
-        if sweep:
-            self._scan_due = False
-            self._next_scan = time.monotonic() + self._full_scan_seconds
-        hints, self._hints = self._hints, {}
+    async def drain_once(self, hints: dict[str, set[Any]]) -> int:
+        """Publish the unpublished events of the hinted documents (or of a sweep); return the count."""
+        sweep = self._sweep_due
+        self._sweep_due = False
+        try:
+            return await self._drain(hints, sweep)
+        except BaseException:
+            self._sweep_due = self._sweep_due or sweep  # a failed sweep must run again
+            raise
+
+    async def _drain(self, hints: dict[str, set[Any]], sweep: bool) -> int:
+        events: list[Envelope] = []
         for name in self._collections:
             col = self._db[name]
             if sweep:
-                docs = await col.find(PENDING, {"outbox": 1}).limit(self._batch).to_list()
-                if len(docs) == self._batch:
-                    self._scan_due = True  # more than one batch waiting: sweep again next pass
+                docs = [d async for d in col.find(PENDING, {"outbox": 1})]
             else:
-                docs = []
-                for doc_id in hints.get(name, ()):
-                    doc = await col.find_one({"_id": doc_id}, {"outbox": 1})
-                    if doc is not None and doc.get("outbox"):
-                        docs.append(doc)
-            pending_docs += len(docs)
-            if not docs:
-                continue
-            events = [Envelope.from_document(e) for d in docs for e in d["outbox"]]
-            await self._producer.send_all(self._topic_of, events)
-            # Remove exactly the published elements, by value and by _id alone: a concurrent append
-            # survives, and FerretDB can use its primary key (a compare-and-set filter would scan).
-            await col.bulk_write(
-                [UpdateOne({"_id": d["_id"]}, {"$pull": {"outbox": e}}) for d in docs for e in d["outbox"]],
-                ordered=False,
-            )
-            moved += len(events)
-        OUTBOX_PENDING.labels(self._service).set(pending_docs)
-        OUTBOX_PUBLISHED.labels(self._service).inc(moved)
-        self.published += moved
-        return moved
+                found = [await col.find_one({"_id": doc_id}, {"outbox": 1}) for doc_id in hints.get(name, ())]
+                docs = [d for d in found if d is not None]
+            events += [
+                Envelope.from_document(e) for d in docs for e in d.get("outbox", []) if e["id"] not in self._published
+            ]
+        OUTBOX_PENDING.labels(self._service).set(len(events))
+        for i in range(0, len(events), self._batch):
+            chunk = events[i : i + self._batch]
+            await self._producer.send_all(self._topic_of, chunk)
+            ids = [e.id for e in chunk]
+            with contextlib.suppress(BulkWriteError):  # recorded by an earlier, interrupted pass
+                await self._db[PUBLISHED].insert_many([{"_id": i} for i in ids], ordered=False)
+            self._published.update(ids)
+            OUTBOX_PUBLISHED.labels(self._service).inc(len(chunk))
+            self.published += len(chunk)
+        return len(events)

@@ -52,7 +52,6 @@ class Runtime:
                 topic_of=self.topic_of,
                 poll_seconds=settings.relay_poll_seconds,
                 batch_size=settings.relay_batch_size,
-                full_scan_seconds=settings.relay_full_scan_seconds,
             )
             if outbox_collections
             else None

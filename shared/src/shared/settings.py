@@ -34,8 +34,6 @@ class ServiceSettings(BaseSettings):
     # Writes wake the relay in-process; the poll only catches events left by a crash or an outage.
     relay_poll_seconds: float = 2.0
     relay_batch_size: int = 1000
-    # Seconds between sweeps for unpublished events (writers name what they wrote in between).
-    relay_full_scan_seconds: float = 60.0
     consumer_max_records: int = 2000
     consumer_retries: int = 3
     consumer_backoff_seconds: float = 0.2

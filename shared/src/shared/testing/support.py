@@ -7,10 +7,12 @@ import time
 from collections.abc import AsyncIterator, Awaitable, Callable, Sequence
 from contextlib import asynccontextmanager
 from dataclasses import dataclass
+from typing import Any
 
 import httpx
 from aiokafka import AIOKafkaConsumer
 from fastapi import FastAPI
+from pymongo.asynchronous.database import AsyncDatabase
 
 from shared.auth import issue_token
 from shared.envelope import Envelope, decode
@@ -95,3 +97,13 @@ async def wait_until(check: Callable[[], Awaitable[bool]], *, timeout: float = 2
             return
         await asyncio.sleep(interval)
     raise AssertionError(f"condition not met within {timeout}s")
+
+
+async def unpublished_events(db: AsyncDatabase[dict[str, Any]], collections: Sequence[str]) -> int:
+    """How many outbox events in ``collections`` the relay has not recorded as published."""
+    published = {d["_id"] async for d in db["outbox_published"].find({}, {"_id": 1})}
+    count = 0
+    for name in collections:
+        async for d in db[name].find({"outbox.id": {"$exists": True}}, {"outbox.id": 1}):
+            count += sum(e["id"] not in published for e in d.get("outbox", []))
+    return count
