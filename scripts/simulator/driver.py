@@ -217,7 +217,10 @@ class Replay:
         since = (t.since or self.plan.day0).isoformat()
         for k in t.members:
             body = {"volunteer_id": self.volunteer_ids[k], "since": since}
-            await self.api.call("registry", "POST", f"/v1/teams/{t.code}/members", body)
+            resp = await self.api.call("registry", "POST", f"/v1/teams/{t.code}/members", body, ok=(201, 409))
+            # A retry after a lost response finds the membership the first attempt created.
+            if resp.status_code == 409 and not resp.json().get("type", "").endswith("already-member"):
+                raise DemoError(f"team {t.code} refused member {body['volunteer_id']}: {resp.text[:300]}")
 
     async def _leave(self, key: int) -> None:
         v = self.plan.volunteers[key]
