@@ -5,7 +5,6 @@ from __future__ import annotations
 from collections.abc import AsyncIterator
 from contextlib import asynccontextmanager
 
-import uvicorn
 from fastapi import FastAPI
 from pydantic_settings import SettingsConfigDict
 
@@ -14,7 +13,7 @@ from metrics.gauges import GaugeRefresher
 from metrics.generations import LiveProjection, RebuildControl, Rebuilder
 from metrics.repository import MetricsStore
 from metrics.service import MetricsService
-from shared.http import create_app
+from shared.http import create_app, serve
 from shared.logging import configure_logging
 from shared.runtime import Runtime
 from shared.settings import ServiceSettings
@@ -73,6 +72,4 @@ def build_app(settings: MetricsSettings | None = None) -> FastAPI:
 def main() -> None:
     settings = MetricsSettings()
     configure_logging("metrics", settings.log_level, settings.log_json)
-    uvicorn.run(
-        build_app(settings), host=settings.host, port=settings.port, loop="uvloop", http="httptools", log_config=None
-    )
+    serve(build_app(settings), host=settings.host, port=settings.port)

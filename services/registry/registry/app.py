@@ -5,14 +5,13 @@ from __future__ import annotations
 from collections.abc import AsyncIterator
 from contextlib import asynccontextmanager
 
-import uvicorn
 from fastapi import FastAPI
 from pydantic_settings import SettingsConfigDict
 
 from registry.api import router
 from registry.repository import COLLECTIONS, INDEXES, Repository
 from registry.service import RegistryService
-from shared.http import create_app
+from shared.http import create_app, serve
 from shared.logging import configure_logging
 from shared.runtime import Runtime
 from shared.settings import ServiceSettings
@@ -61,6 +60,4 @@ def build_app(settings: RegistrySettings | None = None) -> FastAPI:
 def main() -> None:
     settings = RegistrySettings()
     configure_logging(settings.service_name, settings.log_level, settings.log_json)
-    uvicorn.run(
-        build_app(settings), host=settings.host, port=settings.port, loop="uvloop", http="httptools", log_config=None
-    )
+    serve(build_app(settings), host=settings.host, port=settings.port)

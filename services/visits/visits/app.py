@@ -5,12 +5,11 @@ from __future__ import annotations
 from collections.abc import AsyncIterator
 from contextlib import asynccontextmanager
 
-import uvicorn
 from fastapi import FastAPI
 from pydantic_settings import SettingsConfigDict
 
 from shared.consumer import TypeDispatch
-from shared.http import create_app
+from shared.http import create_app, serve
 from shared.logging import configure_logging
 from shared.registry_view import RegistryView
 from shared.runtime import Runtime
@@ -79,6 +78,4 @@ def build_app(settings: VisitsSettings | None = None) -> FastAPI:
 def main() -> None:
     settings = VisitsSettings()
     configure_logging("visits", settings.log_level, settings.log_json)
-    uvicorn.run(
-        build_app(settings), host=settings.host, port=settings.port, loop="uvloop", http="httptools", log_config=None
-    )
+    serve(build_app(settings), host=settings.host, port=settings.port)

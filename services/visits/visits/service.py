@@ -36,6 +36,15 @@ def utcnow() -> datetime:
     return now.replace(microsecond=now.microsecond // 1000 * 1000)
 
 
+def list_filter(date_field: str, date_from: date | None, date_to: date | None, **equal: str | None) -> Document:
+    """Equality filters for the values given (None means no filter) and an inclusive date range."""
+    query: Document = {k: v for k, v in equal.items() if v}
+    dates = {op: d.isoformat() for op, d in (("$gte", date_from), ("$lte", date_to)) if d}
+    if dates:
+        query[date_field] = dates
+    return query
+
+
 @dataclass(frozen=True)
 class Refs:
     """The registry references of one record and who submitted it."""
@@ -526,22 +535,9 @@ class VisitService(Intake[VisitIn]):
         limit: int,
         cursor: str | None,
     ) -> tuple[list[Document], str | None]:
-        query: Document = {}
-        if unit:
-            query["unit_path"] = unit
-        if team:
-            query["team_code"] = team
-        if setting:
-            query["setting"] = setting
-        if status:
-            query["status"] = status
-        dates: Document = {}
-        if date_from:
-            dates["$gte"] = date_from.isoformat()
-        if date_to:
-            dates["$lte"] = date_to.isoformat()
-        if dates:
-            query["visited_on"] = dates
+        query = list_filter(
+            "visited_on", date_from, date_to, unit_path=unit, team_code=team, setting=setting, status=status
+        )
         return await self._list(principal, query, limit, cursor)
 
     async def correct(self, principal: Principal, visit_id: str, body: VisitCorrectionIn) -> Document:
@@ -648,20 +644,7 @@ class OutreachService(Intake[OutreachIn]):
         limit: int,
         cursor: str | None,
     ) -> tuple[list[Document], str | None]:
-        query: Document = {}
-        if unit:
-            query["unit_path"] = unit
-        if team:
-            query["team_code"] = team
-        if channel:
-            query["channel"] = channel
-        if status:
-            query["status"] = status
-        dates: Document = {}
-        if date_from:
-            dates["$gte"] = date_from.isoformat()
-        if date_to:
-            dates["$lte"] = date_to.isoformat()
-        if dates:
-            query["published_on"] = dates
+        query = list_filter(
+            "published_on", date_from, date_to, unit_path=unit, team_code=team, channel=channel, status=status
+        )
         return await self._list(principal, query, limit, cursor)

@@ -371,3 +371,10 @@ async def _principal(request: Request) -> Principal:
 
 
 CurrentPrincipal = Annotated[Principal, Depends(_principal)]
+
+
+def serve(app: FastAPI, *, host: str, port: int) -> None:
+    """Run one service process as deployed: uvicorn on uvloop and httptools, our logging only."""
+    import uvicorn
+
+    uvicorn.run(app, host=host, port=port, loop="uvloop", http="httptools", log_config=None)
