@@ -31,7 +31,7 @@ class ServiceSettings(BaseSettings):
     log_level: str = "INFO"
     log_json: bool = True
     max_body_bytes: int = 1024 * 1024
-    # Writes wake the relay in-process; the poll only catches events left by a crash or an outage.
+    # Writes wake the relay in-process; this is only its idle wait and the first retry delay after a failure.
     relay_poll_seconds: float = 2.0
     relay_batch_size: int = 1000
     consumer_max_records: int = 2000
