@@ -30,14 +30,16 @@ if [ ! -f "$KAFKA_HOME/lib/kafka_2.13-$KAFKA_VERSION.jar" ]; then
       -DincludeScope=runtime -DoutputDirectory=lib.tmp && rm -rf lib && mv lib.tmp lib)
 fi
 
-# --- FerretDB (built from the Go module cache; see INFRA notes on version.txt) --------------------
+# --- FerretDB (built from the Go module cache; see INFRA notes on version.txt, deploy/ferretdb) ---
 if [ ! -x "$FERRETDB_BIN" ]; then
-  echo "setup: building FerretDB $FERRETDB_VERSION with Go"
+  echo "setup: building FerretDB $FERRETDB_BUILD with Go"
   dir=$(go mod download -json "github.com/FerretDB/FerretDB@$FERRETDB_VERSION" \
         | "$PY" -c 'import json,sys;print(json.load(sys.stdin)["Dir"])')
   src="$CACHE/ferretdb-src-$FERRETDB_VERSION"
   rm -rf "$src" && cp -r "$dir" "$src" && chmod -R u+w "$src"
   echo "$FERRETDB_VERSION" > "$src/build/version/version.txt"
+  # Upstream bug fixes we depend on; each patch says why in its own comments.
+  for p in deploy/ferretdb/*.patch; do patch -s -p1 -d "$src" < "$p"; done
   (cd "$src" && CGO_ENABLED=0 go build -o "$FERRETDB_BIN.tmp" ./cmd/ferretdb)
   mv "$FERRETDB_BIN.tmp" "$FERRETDB_BIN"
   rm -rf "$src"
