@@ -80,7 +80,7 @@ class Projector:
             return
         docs = {inc.doc_id: inc for _, inc in increments}
         marks = await self.repo.watermarks(docs, key)
-        missing = [(d, i.unit, i.depth, i.day) for d, i in docs.items() if d not in marks]
+        missing = [(d, i.depth) for d, i in docs.items() if d not in marks]
         if missing:
             await self.repo.create_skeletons(missing)
             MONGO_WRITES.inc(len(missing))

@@ -19,11 +19,14 @@ from shared.contracts import training as trn
 from shared.contracts import visits as vis
 from shared.contracts.common import Audience, Change, Channel, TeamKind
 
-# Counter documents are keyed by unit and day; current-state indicators live on the "state" day and
-# every dated increment is also added to the unit's "all" day, so all-time figures need no day scan.
-# Both sort after any ISO date, so a date-range query never picks them up.
+# One counter document per unit: ``days.<ISO date>.<field>`` for dated indicators, ``state.<field>``
+# for current-state ones, and ``all.<field>`` repeating every dated increment so all-time figures
+# need no day walk. A batch then touches one document per unit it concerns, however many days it
+# spans, and the collection stays as small as the organisation tree; both matter on FerretDB, where
+# each write costs a document read and rewrite. A year of days is ~365 x 25 fields, a few hundred KB.
 STATE_DAY = "state"
 ALL_DAY = "all"
+DAYS = "days"
 
 
 @dataclass(frozen=True)
@@ -66,13 +69,14 @@ CATALOGUE: dict[str, IndicatorSpec] = {
 }
 
 
-def doc_id(unit: str, day: str) -> str:
-    return f"{unit}|{day}"
+def counter_path(day: str, field: str) -> str:
+    """Where a counter of ``day`` (an ISO date, ``STATE_DAY`` or ``ALL_DAY``) lives in its unit's document."""
+    return f"{day}.{field}" if day in (STATE_DAY, ALL_DAY) else f"{DAYS}.{day}.{field}"
 
 
 @dataclass(frozen=True)
 class Increment:
-    """Add ``delta`` to counter ``field`` of the document of ``unit`` on ``day``."""
+    """Add ``delta`` to counter ``field`` of ``unit`` on ``day``."""
 
     unit: str
     depth: int  # 1 for the province root, 2 for its communes, ...
@@ -82,7 +86,11 @@ class Increment:
 
     @property
     def doc_id(self) -> str:
-        return doc_id(self.unit, self.day)
+        return self.unit
+
+    @property
+    def path(self) -> str:
+        return counter_path(self.day, self.field)
 
 
 def _bump(out: list[Increment], path: Sequence[str], when: date | None, indicator: str, key: str, delta: int) -> None:
@@ -176,10 +184,10 @@ def fold(payload: BaseModel) -> list[Increment]:
 
 
 def net(increments: Iterable[Increment]) -> dict[str, dict[str, int]]:
-    """Sum increments per document and field, dropping fields that net to zero."""
+    """Sum increments per document and counter path, dropping paths that net to zero."""
     totals: dict[str, dict[str, int]] = defaultdict(lambda: defaultdict(int))
     for inc in increments:
-        totals[inc.doc_id][inc.field] += inc.delta
+        totals[inc.doc_id][inc.path] += inc.delta
     return {d: {f: v for f, v in fs.items() if v} for d, fs in totals.items() if any(fs.values())}
 
 

@@ -15,7 +15,7 @@ from pymongo.asynchronous.collection import AsyncCollection
 from pymongo.asynchronous.database import AsyncDatabase
 from pymongo.errors import BulkWriteError, DuplicateKeyError
 
-from metrics.projection import ALL_DAY, STATE_DAY
+from metrics.projection import ALL_DAY, DAYS, STATE_DAY
 
 Document = dict[str, Any]
 DUPLICATE_KEY = 11000
@@ -87,8 +87,7 @@ class ProjectionRepository:
         self._applied_ids: set[str] | None = None
 
     async def ensure_indexes(self) -> None:
-        await self.counters.create_index([("unit", ASCENDING), ("day", ASCENDING)])
-        await self.counters.create_index([("day", ASCENDING), ("depth", ASCENDING)])
+        await self.counters.create_index([("depth", ASCENDING)])
 
     async def drop(self) -> None:
         for col in (self.counters, self.applied_events, self.units, self.campaigns):
@@ -120,15 +119,15 @@ class ProjectionRepository:
             docs = await self.counters.find({"_id": {"$in": ids}}, {"wm": 1}).to_list()
         return {d["_id"]: (d.get("wm") or {}).get(key) for d in docs}
 
-    async def create_skeletons(self, skeletons: Sequence[tuple[str, str, int, str]]) -> None:
-        """Insert empty counter documents ``(id, unit, depth, day)``; ones created meanwhile are fine.
+    async def create_skeletons(self, skeletons: Sequence[tuple[str, int]]) -> None:
+        """Insert empty counter documents ``(unit, depth)``; ones created meanwhile are fine.
 
         Creating first and then updating by ``_id`` avoids upserts inside bulk_write, which FerretDB
         answers in a way PyMongo cannot parse when they hit a duplicate key.
         """
         await insert_ignoring_duplicates(
             self.counters,
-            [{"_id": i, "unit": u, "depth": depth, "day": day, "c": {}, "wm": {}} for i, u, depth, day in skeletons],
+            [{"_id": u, "depth": depth, STATE_DAY: {}, ALL_DAY: {}, DAYS: {}, "wm": {}} for u, depth in skeletons],
         )
 
     async def apply_increments(
@@ -146,7 +145,7 @@ class ProjectionRepository:
             ops.append(
                 UpdateOne(
                     {"_id": doc, f"wm.{key}": cond},
-                    {"$inc": {f"c.{f}": v for f, v in fields.items()}, "$set": {f"wm.{key}": new_mark}},
+                    {"$inc": dict(fields), "$set": {f"wm.{key}": new_mark}},
                 )
             )
         if not ops:
@@ -180,22 +179,28 @@ class ProjectionRepository:
         return await self.campaigns.find({}).sort("_id", ASCENDING).to_list()
 
     async def counters_in_range(self, unit: str, first: str, last: str) -> list[Document]:
-        """The unit's dated documents with ``first <= day <= last`` plus its state document."""
-        return await self.counters.find(
-            {"unit": unit, "$or": [{"day": {"$gte": first, "$lte": last}}, {"day": STATE_DAY}]},
-            {"day": 1, "c": 1},
-        ).to_list()
+        """``{day, c}`` rows of the unit's days with ``first <= day <= last``, plus its state row."""
+        doc = await self.counters.find_one({"_id": unit}, {DAYS: 1, STATE_DAY: 1})
+        if doc is None:
+            return []
+        rows = [{"day": d, "c": c} for d, c in (doc.get(DAYS) or {}).items() if first <= d <= last]
+        return [*rows, {"day": STATE_DAY, "c": doc.get(STATE_DAY) or {}}]
 
     async def counters_all_time(self, unit: str) -> list[Document]:
-        query = {"unit": unit, "day": {"$in": [ALL_DAY, STATE_DAY]}}
-        return await self.counters.find(query, {"day": 1, "c": 1}).to_list()
+        doc = await self.counters.find_one({"_id": unit}, {ALL_DAY: 1, STATE_DAY: 1})
+        return _all_time_rows(doc) if doc is not None else []
 
     async def top_levels_all_time(self, max_depth: int) -> list[Document]:
-        """All-time and state documents of units at most ``max_depth`` deep (for the gauges)."""
-        return await self.counters.find(
-            {"day": {"$in": [ALL_DAY, STATE_DAY]}, "depth": {"$lte": max_depth}},
-            {"unit": 1, "depth": 1, "day": 1, "c": 1},
+        """All-time and state rows of units at most ``max_depth`` deep (for the gauges)."""
+        docs = await self.counters.find(
+            {"depth": {"$lte": max_depth}}, {"depth": 1, ALL_DAY: 1, STATE_DAY: 1}
         ).to_list()
+        return [row for doc in docs for row in _all_time_rows(doc)]
+
+
+def _all_time_rows(doc: Document) -> list[Document]:
+    base = {"unit": doc["_id"], "depth": doc.get("depth")}
+    return [{**base, "day": day, "c": doc.get(day) or {}} for day in (ALL_DAY, STATE_DAY)]
 
 
 class MetricsStore:

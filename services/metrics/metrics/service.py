@@ -1,7 +1,7 @@
 """Reading the projection: summaries, campaign progress, time series and freshness.
 
-Every read resolves the active generation first, fetches the unit's counter documents for the date
-range in one query and sums them here (FerretDB's aggregation is too limited to do it server-side).
+Every read resolves the active generation first, reads the unit's one counter document by ``_id``
+and sums its days here (FerretDB's aggregation is too limited to do it server-side).
 """
 
 from __future__ import annotations

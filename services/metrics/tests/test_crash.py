@@ -54,8 +54,14 @@ def expected_counters(events: list[Envelope]) -> dict[str, dict[str, int]]:
 
 
 async def projected_counters(db: Any, generation: int) -> dict[str, dict[str, int]]:
-    docs = await db[f"counters_g{generation}"].find({}, {"c": 1}).to_list()
-    return {d["_id"]: {f: v for f, v in d["c"].items() if v} for d in docs if any(d["c"].values())}
+    docs = await db[f"counters_g{generation}"].find({}, {"wm": 0, "depth": 0}).to_list()
+    out: dict[str, dict[str, int]] = {}
+    for d in docs:
+        paths = {f"{s}.{f}": v for s in ("state", "all") for f, v in d[s].items()}
+        paths |= {f"days.{day}.{f}": v for day, fs in d["days"].items() for f, v in fs.items()}
+        if any(paths.values()):
+            out[d["_id"]] = {p: v for p, v in paths.items() if v}
+    return out
 
 
 def service_env(settings: MetricsSettings, port: int) -> dict[str, str]:

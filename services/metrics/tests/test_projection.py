@@ -220,7 +220,7 @@ def test_redelivered_batches_cut_differently_apply_each_event_once(rows, first_c
 def test_document_already_past_the_batch_takes_nothing() -> None:
     inc = Increment("QN", 1, "2025-07-01", "households_visited", 1)
     assert plan_updates([(5, inc)], {inc.doc_id: 9}, 9) == {}
-    assert plan_updates([(5, inc), (7, inc)], {inc.doc_id: 5}, 7) == {inc.doc_id: {"households_visited": 1}}
+    assert plan_updates([(5, inc), (7, inc)], {inc.doc_id: 5}, 7) == {"QN": {"days.2025-07-01.households_visited": 1}}
 
 
 # --- read-side arithmetic -----------------------------------------------------------------------

@@ -10,15 +10,72 @@ import asyncio
 from collections.abc import Mapping, Sequence
 from typing import Any
 
-from pymongo import AsyncMongoClient, IndexModel
+from prometheus_client import Histogram
+from pymongo import AsyncMongoClient, IndexModel, monitoring
 from pymongo.asynchronous.collection import AsyncCollection
 from pymongo.asynchronous.database import AsyncDatabase
 from pymongo.errors import DuplicateKeyError
 
+from shared.logging import get_logger
+
 Document = dict[str, Any]
+log = get_logger(__name__)
+
+MONGO_LATENCY = Histogram(
+    "mongo_command_duration_seconds",
+    "Time from sending a database command to its answer, by command and collection",
+    ["command", "collection"],
+    buckets=(0.001, 0.0025, 0.005, 0.01, 0.025, 0.05, 0.1, 0.25, 0.5, 1.0, 2.5, 5.0),
+)
+_WRITE_FILTERS = {"update": "updates", "delete": "deletes"}
 
 
-def connect(url: str, *, timeout_ms: int = 3000, max_pool_size: int = 1) -> AsyncMongoClient[Document]:
+def _shape(command: Mapping[str, Any]) -> str:
+    """The filter's field names (never its values: they can be personal data)."""
+    name = next(iter(command), "")
+    flt: Any = command.get("filter")
+    if flt is None and name in _WRITE_FILTERS:
+        stmts = command.get(_WRITE_FILTERS[name]) or [{}]
+        flt = stmts[0].get("q")
+    return ",".join(sorted(flt)) if isinstance(flt, Mapping) else ""
+
+
+class CommandTimer(monitoring.CommandListener):
+    """Times every command into :data:`MONGO_LATENCY` and logs the slow ones with their filter shape.
+
+    Slow commands are the first thing to look at on FerretDB, where a filter that is not exactly
+    ``_id`` reads the whole collection.
+    """
+
+    def __init__(self, slow_ms: float) -> None:
+        self._slow_ms = slow_ms
+        self._started: dict[int, tuple[str, str]] = {}
+
+    def started(self, event: monitoring.CommandStartedEvent) -> None:
+        collection = event.command.get(event.command_name)
+        self._started[event.request_id] = (
+            collection if isinstance(collection, str) else "",
+            _shape(event.command) if self._slow_ms > 0 else "",
+        )
+
+    def _finish(self, request_id: int, name: str, micros: int) -> None:
+        collection, shape = self._started.pop(request_id, ("", ""))
+        MONGO_LATENCY.labels(name, collection).observe(micros / 1e6)
+        if 0 < self._slow_ms <= micros / 1000:
+            log.warning(
+                "mongo_slow_command", command=name, collection=collection, filter=shape, ms=round(micros / 1000, 1)
+            )
+
+    def succeeded(self, event: monitoring.CommandSucceededEvent) -> None:
+        self._finish(event.request_id, event.command_name, event.duration_micros)
+
+    def failed(self, event: monitoring.CommandFailedEvent) -> None:
+        self._finish(event.request_id, event.command_name, event.duration_micros)
+
+
+def connect(
+    url: str, *, timeout_ms: int = 3000, max_pool_size: int = 1, slow_ms: float = 0
+) -> AsyncMongoClient[Document]:
     """A tz-aware client (dates come back as aware UTC datetimes) with short failure timeouts.
 
     ``max_pool_size`` defaults to 1 on purpose: FerretDB v1 runs an update as a read followed by a
@@ -33,6 +90,7 @@ def connect(url: str, *, timeout_ms: int = 3000, max_pool_size: int = 1) -> Asyn
         serverSelectionTimeoutMS=timeout_ms,
         connectTimeoutMS=timeout_ms,
         uuidRepresentation="standard",
+        event_listeners=[CommandTimer(slow_ms)],
     )
 
 

@@ -35,7 +35,9 @@ class Runtime:
         indexes: Mapping[str, Sequence[IndexModel]] | None = None,
     ) -> None:
         self.settings = settings
-        self.client = connect(settings.mongo_url, max_pool_size=settings.mongo_max_pool_size)
+        self.client = connect(
+            settings.mongo_url, max_pool_size=settings.mongo_max_pool_size, slow_ms=settings.mongo_slow_ms
+        )
         self.db = self.client[settings.mongo_db]
         self.producer = EventProducer(settings.kafka_bootstrap, client_id=settings.service_name)
         self.authenticator = Authenticator(

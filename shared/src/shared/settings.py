@@ -21,6 +21,8 @@ class ServiceSettings(BaseSettings):
     mongo_db: str = "bridge"
     # 1 keeps single-document updates atomic on FerretDB v1 (see shared.mongo.connect).
     mongo_max_pool_size: int = 1
+    # Commands slower than this are logged with their filter's field names; 0 turns the log off.
+    mongo_slow_ms: float = 250
     # Prepended to every topic name; tests use it to isolate runs on one broker.
     topic_prefix: str = ""
     consumer_group_prefix: str = ""
