@@ -2,6 +2,8 @@
 
 from __future__ import annotations
 
+from typing import Any
+
 import pytest
 
 from shared.infra import FerretDB, KafkaBroker
@@ -88,3 +90,67 @@ async def test_events_of_one_aggregate_keep_their_order(make_settings, kafka: Ka
     client = connect(settings.mongo_url)
     assert await unpublished_events(client[settings.mongo_db], ["units"]) == 0
     await client.close()
+
+
+async def test_relay_trims_a_long_published_outbox_but_never_a_writers_newer_events(
+    make_settings, kafka: KafkaBroker
+) -> None:
+    from shared.contracts import registry as ev
+    from shared.envelope import make_event
+    from shared.kafka import EventProducer
+    from shared.mongo import connect
+    from shared.outbox import OutboxRelay, outbox_fields, outbox_update
+
+    settings = make_settings(SampleSettings)
+    ensure_topics_sync(kafka.bootstrap, prefix=settings.topic_prefix)
+
+    def unit(name: str) -> Any:
+        payload = ev.UnitUpdated(
+            code="QN", name=name, kind="province", parent_code=None, path=["QN"], previous_path=["QN"]
+        )
+        return make_event(ev.UNIT_UPDATED, payload, source="/t", key="QN")
+
+    client = connect(settings.mongo_url)
+    producer = EventProducer(settings.kafka_bootstrap, client_id="trim-test")
+    topic_of = {"registry.events.v1": settings.topic("registry.events.v1")}
+    col = client[settings.mongo_db]["units"]
+    relay = OutboxRelay(client[settings.mongo_db], ["units"], producer, service="t", topic_of=topic_of, trim_after=8)
+    try:
+        await col.insert_one({"_id": "QN", **outbox_fields([unit(f"v{i}") for i in range(10)])})
+        # A writer reads the document (rev 1) before the relay runs...
+        stale = await col.find_one({"_id": "QN"})
+        assert stale is not None
+        assert await relay.drain_once({"units": {"QN"}}) == 10
+        trimmed = await col.find_one({"_id": "QN"})
+        assert trimmed is not None
+        assert trimmed["outbox"] == []
+        assert trimmed["rev"] == 1  # the trim does not move rev...
+        # ...so the writer's compare-and-set still matches and its event is kept and published.
+        res = await col.update_one(
+            {"_id": "QN", "rev": stale["rev"]}, outbox_update({"$set": {"name": "v10"}}, [unit("v10")])
+        )
+        assert res.modified_count == 1
+        # A document that moved on after the relay read it is not trimmed: the newer event survives.
+        for i in range(11, 20):
+            await col.update_one({"_id": "QN"}, outbox_update({"$set": {"name": f"v{i}"}}, [unit(f"v{i}")]))
+        read = await col.find_one({"_id": "QN"})
+        assert read is not None
+        await col.update_one({"_id": "QN"}, outbox_update({}, [unit("v20")]))
+        as_if_published = {e["id"] for e in read["outbox"]}
+        relay._published |= as_if_published
+        await relay._trim("units", [read])
+        relay._published -= as_if_published
+        kept = await col.find_one({"_id": "QN"})
+        assert kept is not None
+        assert [e["data"]["name"] for e in kept["outbox"]] == [f"v{i}" for i in range(10, 21)]
+        assert await relay.drain_once({"units": {"QN"}}) == 11
+        done = await col.find_one({"_id": "QN"})
+        assert done is not None
+        assert done["outbox"] == []
+        got = await collect_events(
+            kafka.bootstrap, [settings.topic("registry.events.v1")], count=21, timeout=30, settle=1.0
+        )
+    finally:
+        await producer.stop()
+        await client.close()
+    assert [e.envelope.data["name"] for e in got] == [f"v{i}" for i in range(21)]

@@ -86,10 +86,10 @@ class TrainingRepository:
         return await self._participants.find_one({"_id": participant_id})
 
     async def counted_participant_ids(self, course_code: str, ids: Sequence[str]) -> set[str]:
-        docs = await self._participants.find(
-            {"_id": {"$in": list(ids)}, "course_code": course_code, "counted": True}, {"_id": 1}
-        ).to_list()
-        return {d["_id"] for d in docs}
+        # One _id lookup each: FerretDB reads the whole collection for an ``$in`` (every participant
+        # of every course), and a roster names at most a few hundred.
+        found = [await self._participants.find_one({"_id": i}, {"course_code": 1, "counted": 1}) for i in set(ids)]
+        return {d["_id"] for d in found if d is not None and d.get("course_code") == course_code and d.get("counted")}
 
     async def list_participants(self, course_code: str, cursor: str | None, limit: int) -> list[Document]:
         return (
@@ -125,6 +125,3 @@ class TrainingRepository:
         """Remove a participant or session that was stored but never counted (its course refused it)."""
         collection, _ = CHILD_FLAGS[kind]
         await self._db[collection].delete_one({"_id": child_id, "counted": False})
-
-    async def find_course_by_ref(self, client_ref: str) -> Document | None:
-        return await self._courses.find_one({"client_ref": client_ref}, {"outbox": 0})

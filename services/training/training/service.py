@@ -263,8 +263,10 @@ class TrainingService:
         require_role(p, *WRITE_ROLES)
         if p.role is Role.field and body.team_code not in p.teams:
             raise Forbidden(f"team {body.team_code} is not one of your teams", slug="not-your-team")
-        existing = await self._repo.find_course_by_ref(body.client_ref)
-        if existing is not None:
+        # A retried upload carries the same code and client_ref: look it up by _id (the code). A
+        # retry that changed the code still lands on the client_ref unique index at insert.
+        existing = await self._repo.get_course(body.code)
+        if existing is not None and existing.get("client_ref") == body.client_ref:
             self._authorize_read(p, existing)
             return existing, False
         creator = {"sub": p.sub, "role": p.role.value, "unit": p.unit}
