@@ -8,7 +8,6 @@ from contextlib import asynccontextmanager
 from fastapi import FastAPI
 from pydantic_settings import SettingsConfigDict
 
-from shared.consumer import TypeDispatch
 from shared.http import create_app, serve
 from shared.logging import configure_logging
 from shared.registry_view import RegistryView
@@ -39,7 +38,7 @@ def build_app(settings: TrainingSettings | None = None) -> FastAPI:
         runtime = Runtime(settings, outbox_collections=[COURSES], indexes=INDEXES)
         view = RegistryView(runtime.db)
         service = TrainingService(TrainingRepository(runtime.db), view, runtime.notify_relay)
-        runtime.add_consumer("registry-view", [REGISTRY_TOPIC], TypeDispatch(registry_handlers(view, service)))
+        runtime.add_consumer("registry-view", [REGISTRY_TOPIC], registry_handlers(view, service))
         app.state.runtime = runtime
         app.state.training = service
         await runtime.start()

@@ -8,7 +8,6 @@ from contextlib import asynccontextmanager
 from fastapi import FastAPI
 from pydantic_settings import SettingsConfigDict
 
-from shared.consumer import TypeDispatch
 from shared.http import create_app, serve
 from shared.logging import configure_logging
 from shared.registry_view import RegistryView
@@ -54,8 +53,8 @@ def build_app(settings: VisitsSettings | None = None) -> FastAPI:
             RecordRepository(runtime.db[OUTREACH]), pending, reader, lambda ids: runtime.notify_relay(OUTREACH, ids)
         )
         view = RegistryView(runtime.db)
-        handlers = registry_handlers(view, visits.on_registry_change, outreach.on_registry_change)
-        runtime.add_consumer("registry-view", [REGISTRY_TOPIC], TypeDispatch(handlers))
+        handler = registry_handlers(view, visits.on_registry_change, outreach.on_registry_change)
+        runtime.add_consumer("registry-view", [REGISTRY_TOPIC], handler)
         app.state.runtime = runtime
         app.state.visits = visits
         app.state.outreach = outreach

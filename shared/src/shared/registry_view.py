@@ -2,7 +2,7 @@
 
 Visits and training validate references (unit, team, membership, skills) against this model in
 their own database, so they keep working when the registry service is down and never call it.
-Every handler writes the full current state by key, so replays and redeliveries are harmless.
+Every event sets the full current state of its key, so replays and redeliveries are harmless.
 """
 
 from __future__ import annotations
@@ -13,9 +13,8 @@ from typing import Any
 from pymongo import IndexModel
 from pymongo.asynchronous.database import AsyncDatabase
 
-from shared.consumer import EventHandler
+from shared.consumer import Consumed
 from shared.contracts import registry as ev
-from shared.envelope import Envelope
 
 UNITS = "rm_units"
 TEAMS = "rm_teams"
@@ -79,94 +78,99 @@ class RegistryView:
         doc = await self._db[VOLUNTEERS].find_one({"_id": volunteer_id}, {"active": 1})
         return bool(doc and doc.get("active"))
 
-    # --- event handlers ----------------------------------------------------------------------------
+    # --- event handling ----------------------------------------------------------------------------
 
-    async def _unit(self, e: ev.UnitCreated | ev.UnitUpdated, _: Envelope) -> None:
-        await self._db[UNITS].update_one(
-            {"_id": e.code},
-            {"$set": {"name": e.name, "kind": e.kind.value, "parent_code": e.parent_code, "path": list(e.path)}},
-            upsert=True,
-        )
-        await self._changed("unit", e.code)
+    async def apply(self, events: Sequence[Consumed]) -> None:
+        """A :class:`shared.consumer.BatchHandler`: one write per document the batch touches.
 
-    async def _team(self, e: ev.TeamCreated | ev.TeamUpdated, _: Envelope) -> None:
-        active = e.active if isinstance(e, ev.TeamUpdated) else True
-        await self._db[TEAMS].update_one(
-            {"_id": e.code},
-            {
-                "$set": {
-                    "kind": e.kind.value,
-                    "unit_code": e.unit_code,
-                    "unit_path": list(e.unit_path),
-                    "active": active,
-                }
-            },
-            upsert=True,
-        )
-        await self._changed("team", e.code)
+        Every event sets the full current state of its document, so folding a batch in order and
+        writing each document's final fields once equals applying the events one by one, and a
+        redelivered batch rewrites the same values. Listeners hear once per changed key, after the
+        writes. This matters on FerretDB, where each write costs a document read and rewrite: a
+        roster import of thousands of memberships becomes one write per team.
+        """
+        sets: dict[tuple[str, str], dict[str, Any]] = {}
+        moves: dict[str, list[tuple[str, bool]]] = {}
+        changed: dict[tuple[str, str], None] = {}
+        for c in events:
+            fold = _FOLDS.get(c.envelope.type)
+            if fold is None:
+                continue  # producers may add types this view does not use
+            for collection, key, fields in fold(c.envelope.payload()):
+                sets.setdefault((collection, key), {}).update(fields)
+            payload = c.envelope.payload()
+            if isinstance(payload, ev.MembershipStarted | ev.MembershipEnded):
+                started = isinstance(payload, ev.MembershipStarted)
+                moves.setdefault(payload.team_code, []).append((payload.volunteer_id, started))
+            changed[_change_of(payload)] = None
+        for team_code, team_moves in moves.items():
+            # The team document keeps its current member ids so that checks are primary-key lookups:
+            # FerretDB v1 only pushes an exact {"_id": ...} filter down to SQLite; anything else scans.
+            team = await self._db[TEAMS].find_one({"_id": team_code}, {"members": 1})
+            members = list(team.get("members", [])) if team else []
+            for volunteer_id, started in team_moves:
+                if started and volunteer_id not in members:
+                    members.append(volunteer_id)
+                elif not started and volunteer_id in members:
+                    members.remove(volunteer_id)
+            sets.setdefault((TEAMS, team_code), {})["members"] = members
+        for (collection, key), fields in sets.items():
+            await self._db[collection].update_one({"_id": key}, {"$set": fields}, upsert=True)
+        for kind, key in changed:
+            await self._changed(kind, key)
 
-    async def _team_deactivated(self, e: ev.TeamDeactivated, _: Envelope) -> None:
-        await self._db[TEAMS].update_one(
-            {"_id": e.code},
-            {"$set": {"kind": e.kind.value, "unit_code": e.unit_code, "unit_path": list(e.unit_path), "active": False}},
-            upsert=True,
-        )
-        await self._changed("team", e.code)
 
-    async def _volunteer(self, e: ev.VolunteerRegistered | ev.VolunteerUpdated, _: Envelope) -> None:
-        active = e.active if isinstance(e, ev.VolunteerUpdated) else True
-        await self._db[VOLUNTEERS].update_one(
-            {"_id": e.volunteer_id},
-            {
-                "$set": {
-                    "unit_code": e.unit_code,
-                    "unit_path": list(e.unit_path),
-                    "skills": [s.value for s in e.skills],
-                    "active": active,
-                }
-            },
-            upsert=True,
-        )
-        await self._changed("volunteer", e.volunteer_id)
+Fold = Callable[[Any], list[tuple[str, str, dict[str, Any]]]]
 
-    async def _volunteer_left(self, e: ev.VolunteerLeft, _: Envelope) -> None:
-        await self._db[VOLUNTEERS].update_one(
-            {"_id": e.volunteer_id},
-            {"$set": {"unit_code": e.unit_code, "unit_path": list(e.unit_path), "active": False}},
-            upsert=True,
-        )
-        await self._changed("volunteer", e.volunteer_id)
 
-    async def _membership(self, e: ev.MembershipStarted | ev.MembershipEnded, _: Envelope) -> None:
-        key = f"{e.team_code}/{e.volunteer_id}"
-        started = isinstance(e, ev.MembershipStarted)
-        await self._db[MEMBERSHIPS].update_one(
-            {"_id": key},
-            {"$set": {"team_code": e.team_code, "volunteer_id": e.volunteer_id, "active": started}},
-            upsert=True,
-        )
-        # The team document keeps its current member ids so that checks are primary-key lookups:
-        # FerretDB v1 only pushes an exact {"_id": ...} filter down to SQLite; anything else scans.
-        team = await self._db[TEAMS].find_one({"_id": e.team_code}, {"members": 1})
-        members = list(team.get("members", [])) if team else []
-        if started and e.volunteer_id not in members:
-            members.append(e.volunteer_id)
-        elif not started and e.volunteer_id in members:
-            members.remove(e.volunteer_id)
-        await self._db[TEAMS].update_one({"_id": e.team_code}, {"$set": {"members": members}}, upsert=True)
-        await self._changed("membership", key)
+def _unit(e: ev.UnitCreated | ev.UnitUpdated) -> list[tuple[str, str, dict[str, Any]]]:
+    fields = {"name": e.name, "kind": e.kind.value, "parent_code": e.parent_code, "path": list(e.path)}
+    return [(UNITS, e.code, fields)]
 
-    def handlers(self) -> dict[str, EventHandler]:
-        """Event type → handler, for a :class:`shared.consumer.TypeDispatch`."""
-        return {
-            ev.UNIT_CREATED: self._unit,
-            ev.UNIT_UPDATED: self._unit,
-            ev.TEAM_CREATED: self._team,
-            ev.TEAM_UPDATED: self._team,
-            ev.TEAM_DEACTIVATED: self._team_deactivated,
-            ev.VOLUNTEER_REGISTERED: self._volunteer,
-            ev.VOLUNTEER_UPDATED: self._volunteer,
-            ev.VOLUNTEER_LEFT: self._volunteer_left,
-            ev.MEMBERSHIP_STARTED: self._membership,
-            ev.MEMBERSHIP_ENDED: self._membership,
-        }
+
+def _team(e: ev.TeamCreated | ev.TeamUpdated | ev.TeamDeactivated) -> list[tuple[str, str, dict[str, Any]]]:
+    active = e.active if isinstance(e, ev.TeamUpdated) else isinstance(e, ev.TeamCreated)
+    fields = {"kind": e.kind.value, "unit_code": e.unit_code, "unit_path": list(e.unit_path), "active": active}
+    return [(TEAMS, e.code, fields)]
+
+
+def _volunteer(
+    e: ev.VolunteerRegistered | ev.VolunteerUpdated | ev.VolunteerLeft,
+) -> list[tuple[str, str, dict[str, Any]]]:
+    fields: dict[str, Any] = {"unit_code": e.unit_code, "unit_path": list(e.unit_path)}
+    if isinstance(e, ev.VolunteerLeft):
+        fields["active"] = False
+    else:
+        fields["skills"] = [s.value for s in e.skills]
+        fields["active"] = e.active if isinstance(e, ev.VolunteerUpdated) else True
+    return [(VOLUNTEERS, e.volunteer_id, fields)]
+
+
+def _membership(e: ev.MembershipStarted | ev.MembershipEnded) -> list[tuple[str, str, dict[str, Any]]]:
+    fields = {"team_code": e.team_code, "volunteer_id": e.volunteer_id, "active": isinstance(e, ev.MembershipStarted)}
+    return [(MEMBERSHIPS, f"{e.team_code}/{e.volunteer_id}", fields)]
+
+
+def _change_of(payload: Any) -> tuple[str, str]:
+    """The ``(kind, key)`` a listener hears for an event."""
+    if isinstance(payload, ev.UnitCreated | ev.UnitUpdated):
+        return ("unit", payload.code)
+    if isinstance(payload, ev.TeamCreated | ev.TeamUpdated | ev.TeamDeactivated):
+        return ("team", payload.code)
+    if isinstance(payload, ev.MembershipStarted | ev.MembershipEnded):
+        return ("membership", f"{payload.team_code}/{payload.volunteer_id}")
+    return ("volunteer", payload.volunteer_id)
+
+
+_FOLDS: dict[str, Fold] = {
+    ev.UNIT_CREATED: _unit,
+    ev.UNIT_UPDATED: _unit,
+    ev.TEAM_CREATED: _team,
+    ev.TEAM_UPDATED: _team,
+    ev.TEAM_DEACTIVATED: _team,
+    ev.VOLUNTEER_REGISTERED: _volunteer,
+    ev.VOLUNTEER_UPDATED: _volunteer,
+    ev.VOLUNTEER_LEFT: _volunteer,
+    ev.MEMBERSHIP_STARTED: _membership,
+    ev.MEMBERSHIP_ENDED: _membership,
+}

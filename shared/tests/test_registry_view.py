@@ -1,0 +1,72 @@
+"""The registry read model folds a batch into one write per document, with the same end state."""
+
+from __future__ import annotations
+
+from datetime import date
+from typing import Any
+
+import pytest
+
+from shared.consumer import Consumed
+from shared.contracts import registry as ev
+from shared.envelope import make_event
+from shared.infra import FerretDB
+from shared.mongo import connect
+from shared.registry_view import MEMBERSHIPS, TEAMS, RegistryView
+
+pytestmark = [pytest.mark.mongo]
+
+
+def consumed(events: list[tuple[str, Any, str]]) -> list[Consumed]:
+    return [
+        Consumed(make_event(t, payload, source="/registry", key=key), "registry.events.v1", 0, offset)
+        for offset, (t, payload, key) in enumerate(events)
+    ]
+
+
+async def test_batch_folds_memberships_into_one_team_write_and_replays_to_the_same_state(
+    ferretdb: FerretDB, run_id: str
+) -> None:
+    day = date(2026, 10, 10)
+    batch = consumed(
+        [
+            (ev.MEMBERSHIP_STARTED, ev.MembershipStarted(team_code="T1", volunteer_id="v1", since=day), "v1"),
+            (ev.MEMBERSHIP_STARTED, ev.MembershipStarted(team_code="T1", volunteer_id="v2", since=day), "v2"),
+            (
+                ev.TEAM_CREATED,
+                ev.TeamCreated(code="T1", name="Đội 1", kind="mobile", unit_code="QN-VD", unit_path=["QN", "QN-VD"]),
+                "T1",
+            ),
+            (ev.MEMBERSHIP_ENDED, ev.MembershipEnded(team_code="T1", volunteer_id="v1", until=day), "v1"),
+            (ev.MEMBERSHIP_STARTED, ev.MembershipStarted(team_code="T2", volunteer_id="v1", since=day), "v1"),
+        ]
+    )
+    client = connect(ferretdb.url)
+    db = client[f"view_{run_id}"]
+    heard: list[tuple[str, str]] = []
+
+    async def listener(kind: str, key: str) -> None:
+        heard.append((kind, key))
+
+    view = RegistryView(db)
+    view.on_change(listener)
+    try:
+        await view.apply(batch)
+        team = await db[TEAMS].find_one({"_id": "T1"})
+        assert team is not None
+        assert team["members"] == ["v2"]
+        assert (team["kind"], team["unit_path"], team["active"]) == ("mobile", ["QN", "QN-VD"], True)
+        ended = await db[MEMBERSHIPS].find_one({"_id": "T1/v1"})
+        assert ended is not None
+        assert ended["active"] is False
+        assert sorted(heard) == sorted(
+            [("membership", "T1/v1"), ("membership", "T1/v2"), ("team", "T1"), ("membership", "T2/v1")]
+        )
+        assert await view.active_members("T1", ["v1", "v2"]) == set()  # the volunteers are not known yet
+        before = {d["_id"]: d async for d in db[TEAMS].find({})}
+        await view.apply(batch)  # a redelivery
+        assert {d["_id"]: d async for d in db[TEAMS].find({})} == before
+        assert before["T2"]["members"] == ["v1"]
+    finally:
+        await client.drop_database(f"view_{run_id}")
+        await client.close()
