@@ -9,15 +9,14 @@ from __future__ import annotations
 
 import asyncio
 import contextlib
-from collections import defaultdict
 from collections.abc import Iterator
 from dataclasses import dataclass, field
-from typing import Any
 
 from prometheus_client.core import REGISTRY, GaugeMetricFamily
 from prometheus_client.registry import Collector
 
 from metrics.projection import CATALOGUE
+from metrics.repository import all_time_rows, rows_in_range
 from metrics.service import MetricsService, add_up
 from shared.logging import get_logger
 
@@ -73,24 +72,24 @@ REGISTRY.register(COLLECTOR)
 
 
 async def take_snapshot(service: MetricsService) -> Snapshot:
+    # One read of all counter documents (one per unit) per refresh, whatever the number of targets.
     repo = await service.projection()
-    per_unit: dict[str, list[dict[str, Any]]] = defaultdict(list)
-    depth: dict[str, int] = {}
-    for doc in await repo.top_levels_all_time(max(LEVELS)):
-        per_unit[doc["unit"]].append(doc)
-        depth[doc["unit"]] = int(doc["depth"])
+    docs = await repo.all_counters()
     snap = Snapshot()
-    for unit, docs in sorted(per_unit.items()):
-        totals = add_up(docs)
+    for unit, doc in sorted(docs.items()):
+        level = LEVELS.get(int(doc.get("depth") or 0))
+        if level is None:
+            continue
+        totals = add_up(all_time_rows(doc))
         for name, spec in CATALOGUE.items():
             for key, value in totals.of(spec).items():
-                snap.indicators.append(((name, key, unit, LEVELS[depth[unit]]), float(value)))
+                snap.indicators.append(((name, key, unit, level), float(value)))
     for campaign in await repo.all_campaigns():
-        targets = campaign.get("targets", [])
-        actuals = await service.campaign_actuals(repo, campaign, [t["unit_code"] for t in targets])
-        for t in targets:
+        for t in campaign.get("targets", []):
             labels = (str(campaign["_id"]), t["indicator"], t["unit_code"])
-            actual = actuals[t["unit_code"]].of(CATALOGUE[t["indicator"]])["total"]
+            target_doc = docs.get(t["unit_code"])
+            rows = rows_in_range(target_doc, campaign["starts_on"], campaign["ends_on"]) if target_doc else []
+            actual = add_up(rows).of(CATALOGUE[t["indicator"]])["total"]
             snap.targets.append((labels, float(t["value"])))
             snap.actuals.append((labels, float(actual)))
             if t["value"]:

@@ -75,6 +75,7 @@ def projector_runner(
         max_retries=settings.consumer_retries,
         backoff_seconds=settings.consumer_backoff_seconds,
         max_records=settings.consumer_max_records,
+        linger_ms=settings.consumer_linger_ms,
     )
 
 

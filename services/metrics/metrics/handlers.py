@@ -45,6 +45,11 @@ class Projector:
         # Real (possibly prefixed) topic name -> catalogue name, for metric labels.
         self._base = dict(base_topics or {})
         self._newest: dict[str, float] = {}
+        # Watermarks this projector last wrote, per partition key: it is the only writer of its
+        # partitions, so rereading them before every batch would only cost a read per document.
+        # Updates stay conditional on these values, so a stale entry (another projector wrote
+        # meanwhile) makes an update miss, and the miss rereads from the database.
+        self._marks: dict[str, dict[str, int | None]] = {}
 
     async def __call__(self, events: Sequence[Consumed]) -> None:
         if not events:
@@ -79,21 +84,30 @@ class Projector:
         if not increments:
             return
         docs = {inc.doc_id: inc for _, inc in increments}
-        marks = await self.repo.watermarks(docs, key)
-        missing = [(d, i.depth) for d, i in docs.items() if d not in marks]
-        if missing:
-            await self.repo.create_skeletons(missing)
-            MONGO_WRITES.inc(len(missing))
+        known = self._marks.setdefault(key, {})
+        unread = [d for d in docs if d not in known]
+        marks = {d: known[d] for d in docs if d in known}
+        if unread:
+            read = await self.repo.watermarks(unread, key)
+            missing = [(d, docs[d].depth) for d in unread if d not in read]
+            if missing:
+                await self.repo.create_skeletons(missing)
+                MONGO_WRITES.inc(len(missing))
+            marks.update(read)
         for _ in range(MAX_CONDITIONAL_ROUNDS):
             deltas = plan_updates(increments, marks, batch_max)
             if not deltas:
+                known.update(marks)
                 return
             matched = await self.repo.apply_increments(deltas, marks, key, batch_max)
             MONGO_WRITES.inc(len(deltas))
             if matched == len(deltas):
+                known.update(marks)
+                known.update(dict.fromkeys(deltas, batch_max))
                 return
             log.warning("projector_watermark_moved", partition=key, missed=len(deltas) - matched)
             marks = {**marks, **await self.repo.watermarks(deltas, key)}
+        known.clear()
         raise RuntimeError(f"counter watermarks of {key} kept moving; another projector is writing")
 
     async def _apply_state(self, events: Sequence[Consumed]) -> None:

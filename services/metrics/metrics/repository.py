@@ -181,24 +181,24 @@ class ProjectionRepository:
     async def counters_in_range(self, unit: str, first: str, last: str) -> list[Document]:
         """``{day, c}`` rows of the unit's days with ``first <= day <= last``, plus its state row."""
         doc = await self.counters.find_one({"_id": unit}, {DAYS: 1, STATE_DAY: 1})
-        if doc is None:
-            return []
-        rows = [{"day": d, "c": c} for d, c in (doc.get(DAYS) or {}).items() if first <= d <= last]
-        return [*rows, {"day": STATE_DAY, "c": doc.get(STATE_DAY) or {}}]
+        return rows_in_range(doc, first, last) if doc is not None else []
 
     async def counters_all_time(self, unit: str) -> list[Document]:
         doc = await self.counters.find_one({"_id": unit}, {ALL_DAY: 1, STATE_DAY: 1})
-        return _all_time_rows(doc) if doc is not None else []
+        return all_time_rows(doc) if doc is not None else []
 
-    async def top_levels_all_time(self, max_depth: int) -> list[Document]:
-        """All-time and state rows of units at most ``max_depth`` deep (for the gauges)."""
-        docs = await self.counters.find(
-            {"depth": {"$lte": max_depth}}, {"depth": 1, ALL_DAY: 1, STATE_DAY: 1}
-        ).to_list()
-        return [row for doc in docs for row in _all_time_rows(doc)]
+    async def all_counters(self) -> dict[str, Document]:
+        """Every unit's counter document (one read for all of the gauges)."""
+        return {d["_id"]: d async for d in self.counters.find({}, {"wm": 0})}
 
 
-def _all_time_rows(doc: Document) -> list[Document]:
+def rows_in_range(doc: Document, first: str, last: str) -> list[Document]:
+    """``{day, c}`` rows of a counter document's days with ``first <= day <= last``, plus its state row."""
+    rows = [{"day": d, "c": c} for d, c in (doc.get(DAYS) or {}).items() if first <= d <= last]
+    return [*rows, {"day": STATE_DAY, "c": doc.get(STATE_DAY) or {}}]
+
+
+def all_time_rows(doc: Document) -> list[Document]:
     base = {"unit": doc["_id"], "depth": doc.get("depth")}
     return [{**base, "day": day, "c": doc.get(day) or {}} for day in (ALL_DAY, STATE_DAY)]
 

@@ -54,7 +54,7 @@ def build_app(settings: VisitsSettings | None = None) -> FastAPI:
         )
         view = RegistryView(runtime.db)
         handler = registry_handlers(view, visits.on_registry_change, outreach.on_registry_change)
-        runtime.add_consumer("registry-view", [REGISTRY_TOPIC], handler)
+        runtime.add_consumer("registry-view", [REGISTRY_TOPIC], handler, per_event=False)
         app.state.runtime = runtime
         app.state.visits = visits
         app.state.outreach = outreach

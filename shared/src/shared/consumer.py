@@ -138,6 +138,7 @@ class ConsumerRunner:
         backoff_seconds: float = 0.2,
         max_records: int = 2000,
         from_beginning: bool = True,
+        linger_ms: int = 0,
     ) -> None:
         self.name = name
         self._bootstrap = bootstrap
@@ -151,6 +152,7 @@ class ConsumerRunner:
         self._backoff = backoff_seconds
         self._max_records = max_records
         self._from_beginning = from_beginning
+        self._linger_ms = linger_ms
         self._consumer: AIOKafkaConsumer | None = None
         self._task: asyncio.Task[None] | None = None
         self.last_event_time: dict[str, float] = {}
@@ -184,6 +186,9 @@ class ConsumerRunner:
                 max_partition_fetch_bytes=4 * 1024 * 1024,
                 fetch_max_bytes=32 * 1024 * 1024,
                 metadata_max_age_ms=5000,
+                # With a linger the broker answers a fetch once 1 MiB is waiting or the linger is up.
+                fetch_min_bytes=1024 * 1024 if self._linger_ms else 1,
+                fetch_max_wait_ms=self._linger_ms or 500,
             )
             try:
                 await consumer.start()

@@ -70,7 +70,10 @@ class Runtime:
         per_event: bool = True,
         dedup: bool = True,
     ) -> ConsumerRunner:
-        """Register a consumer group (started with the runtime). ``topics`` are base names."""
+        """Register a consumer group (started with the runtime). ``topics`` are base names.
+
+        A batch handler (``per_event=False``) gets the configured linger, so it sees real batches.
+        """
         group = self.settings.group(f"{self.settings.service_name}.{name}")
         runner = ConsumerRunner(
             name=f"{self.settings.service_name}.{name}",
@@ -84,6 +87,7 @@ class Runtime:
             max_retries=self.settings.consumer_retries,
             backoff_seconds=self.settings.consumer_backoff_seconds,
             max_records=self.settings.consumer_max_records,
+            linger_ms=0 if per_event else self.settings.consumer_linger_ms,
         )
         self.consumers.append(runner)
         return runner

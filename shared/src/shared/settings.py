@@ -37,6 +37,10 @@ class ServiceSettings(BaseSettings):
     relay_poll_seconds: float = 2.0
     relay_batch_size: int = 1000
     consumer_max_records: int = 2000
+    # Batch consumers (projector, registry read model) let the broker hold a fetch up to this long
+    # while less than 1 MiB is waiting, so a trickle of events is applied in batches: one write per
+    # document per batch instead of per event. It bounds the added freshness delay.
+    consumer_linger_ms: int = 200
     consumer_retries: int = 3
     consumer_backoff_seconds: float = 0.2
     create_topics: bool = True
