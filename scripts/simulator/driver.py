@@ -21,6 +21,7 @@ from scripts.simulator.plan import TYPHOON_WEEK, WEEKS, Course, Plan, Post, Team
 
 T = TypeVar("T")
 BATCH = 500
+ROSTER_BATCH = 250
 RETRYABLE = {502, 503, 504}
 
 
@@ -143,7 +144,7 @@ def estimate_requests(plan: Plan) -> int:
     vb = {(v.team, plan.week_of(v.visited_on)) for v in plan.visits if not v.single}
     pb = {(p.unit, plan.week_of(p.published_on)) for p in plan.posts}
     n = len(plan.units) + len(plan.campaigns) + len(plan.teams) + 1
-    n += sum(1 + v.retry for v in plan.volunteers) + sum(len(t.members) for t in plan.teams)
+    n += -(-len(plan.volunteers) // ROSTER_BATCH) + -(-sum(v.retry for v in plan.volunteers) // ROSTER_BATCH)
     n += sum(v.leaves_on is not None for v in plan.volunteers)
     n += len(vb) + len(plan.duplicate_visit_batches) + sum(1 + v.retry for v in plan.visits if v.single)
     n += len(pb) + len(plan.duplicate_post_batches)
@@ -192,10 +193,23 @@ class Replay:
         await gather_all(p.teams, self._team)
         for c in p.campaigns:
             await self.api.call("registry", "PUT", f"/v1/campaigns/{c.code}/targets", {"targets": c.targets})
-        self.api.progress.set_phase("registry: volunteers")
-        await gather_all(p.volunteers, self._volunteer)
-        self.api.progress.set_phase("registry: memberships")
-        await gather_all(p.teams, self._members)
+        self.api.progress.set_phase("registry: volunteer rosters")
+        # Volunteers arrive as the rosters the union's offices keep: one row per person with the
+        # teams they join, a few hundred rows per upload.
+        teams_of: dict[int, list[dict[str, str]]] = {}
+        for t in p.teams:
+            since = (t.since or p.day0).isoformat()
+            for k in t.members:
+                teams_of.setdefault(k, []).append({"code": t.code, "since": since})
+        prefix = f"roster-{p.seed}-{p.day0}-{p.campaigns[0].code}"
+        rows = {
+            v.key: {**v.body(), "client_ref": f"{prefix}/{v.key}", "teams": teams_of.get(v.key, [])}
+            for v in p.volunteers
+        }
+        await gather_all(chunks(list(rows.items()), ROSTER_BATCH), self._roster)
+        # Offices whose connection dropped before the answer send those rows again.
+        resent = [(v.key, rows[v.key]) for v in p.volunteers if v.retry]
+        await gather_all(chunks(resent, ROSTER_BATCH), lambda part: self._roster(part, resend=True))
 
     async def _team(self, t: Team) -> None:
         await self.api.call("registry", "POST", "/v1/teams", t.body())
@@ -203,24 +217,17 @@ class Replay:
             # Created twice by mistake under another code; closing it keeps the record, not the count.
             await self.api.call("registry", "POST", f"/v1/teams/{t.code}:deactivate")
 
-    async def _volunteer(self, v: Any) -> None:
-        key = {"Idempotency-Key": f"demo-{self.plan.seed}-{self.plan.day0}-volunteer-{v.key}"}
-        resp = await self.api.call("registry", "POST", "/v1/volunteers", v.body(), headers=key)
-        self.volunteer_ids[v.key] = resp.json()["id"]
-        if v.retry:  # the phone never saw the answer and sends the registration again
-            again = await self.api.call("registry", "POST", "/v1/volunteers", v.body(), headers=key)
-            if again.json()["id"] != self.volunteer_ids[v.key]:
-                raise DemoError("a retried registration created a second volunteer")
-            self.api.stats.replays_answered_as_duplicate += 1
-
-    async def _members(self, t: Team) -> None:
-        since = (t.since or self.plan.day0).isoformat()
-        for k in t.members:
-            body = {"volunteer_id": self.volunteer_ids[k], "since": since}
-            resp = await self.api.call("registry", "POST", f"/v1/teams/{t.code}/members", body, ok=(201, 409))
-            # A retry after a lost response finds the membership the first attempt created.
-            if resp.status_code == 409 and not resp.json().get("type", "").endswith("already-member"):
-                raise DemoError(f"team {t.code} refused member {body['volunteer_id']}: {resp.text[:300]}")
+    async def _roster(self, part: Sequence[tuple[int, dict[str, Any]]], *, resend: bool = False) -> None:
+        resp = await self.api.call("registry", "POST", "/v1/volunteers:import", {"items": [r for _, r in part]})
+        want = "duplicate" if resend else "created"
+        for (key, r), got in zip(part, resp.json()["items"], strict=True):
+            if got["status"] != want or got["teams"] != [t["code"] for t in r["teams"]]:
+                raise DemoError(f"roster row {r['client_ref']}: expected {want}, got {got}")
+            if resend and got["id"] != self.volunteer_ids[key]:
+                raise DemoError("a re-sent roster row created a second volunteer")
+            self.volunteer_ids[key] = got["id"]
+        if resend:
+            self.api.stats.replays_answered_as_duplicate += len(part)
 
     async def _leave(self, key: int) -> None:
         v = self.plan.volunteers[key]

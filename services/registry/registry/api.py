@@ -12,6 +12,8 @@ from registry.schemas import (
     CampaignOut,
     MemberIn,
     MembershipOut,
+    RosterIn,
+    RosterOut,
     TargetsIn,
     TeamIn,
     TeamOut,
@@ -177,6 +179,16 @@ async def end_member(
 
 
 # --- volunteers -------------------------------------------------------------------------------------
+
+
+@router.post(
+    "/volunteers:import",
+    response_model=RosterOut,
+    tags=["volunteers"],
+    summary="Register up to 500 volunteers with their team memberships (a roster); one result per row",
+)
+async def import_roster(body: RosterIn, principal: CurrentPrincipal, service: Service) -> RosterOut:
+    return RosterOut(items=await service.import_roster(principal, body.items))
 
 
 @router.post(

@@ -7,7 +7,7 @@ from typing import Any
 
 from pymongo import IndexModel
 from pymongo.asynchronous.database import AsyncDatabase
-from pymongo.errors import DuplicateKeyError
+from pymongo.errors import BulkWriteError, DuplicateKeyError
 
 from shared.envelope import Envelope
 from shared.mongo import Document
@@ -27,6 +27,8 @@ INDEXES: dict[str, list[IndexModel]] = {
     VOLUNTEERS: [IndexModel("unit_path"), IndexModel("skills"), IndexModel("active")],
     MEMBERSHIPS: [IndexModel("team_code"), IndexModel("volunteer_id")],
 }
+
+DUPLICATE_KEY = 11000
 
 
 class Repository:
@@ -68,6 +70,21 @@ class Repository:
             return False
         self._notify(collection, [doc["_id"]])
         return True
+
+    async def insert_new(self, collection: str, docs: Sequence[tuple[Document, Sequence[Envelope]]]) -> set[Any]:
+        """Insert many new aggregates with their events in one command; returns the ``_id``s that were taken."""
+        if not docs:
+            return set()
+        taken: set[Any] = set()
+        try:
+            await self._db[collection].insert_many([{**d, **outbox_fields(e)} for d, e in docs], ordered=False)
+        except BulkWriteError as exc:
+            errors = exc.details.get("writeErrors", [])
+            if any(e.get("code") != DUPLICATE_KEY for e in errors) or exc.details.get("writeConcernErrors"):
+                raise
+            taken = {docs[e["index"]][0]["_id"] for e in errors}
+        self._notify(collection, [d["_id"] for d, _ in docs if d["_id"] not in taken])
+        return taken
 
     async def update(self, collection: str, current: Document, changes: Document, events: Sequence[Envelope]) -> bool:
         """Compare-and-set on ``rev``: False if someone else changed the document since ``current`` was read."""

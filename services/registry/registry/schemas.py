@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import unicodedata
 from datetime import date, datetime
+from enum import StrEnum
 from typing import Annotated, Any, ClassVar
 from zoneinfo import ZoneInfo
 
@@ -423,3 +424,81 @@ class CampaignOut(BaseModel):
     starts_on: date
     ends_on: date
     targets: list[TargetOut]
+
+
+# --- roster import ------------------------------------------------------------------------------------
+
+MAX_ROSTER = 500
+ClientRef = Annotated[
+    str,
+    Field(
+        min_length=1,
+        max_length=128,
+        description="The sender's unique reference for this person; a re-sent item with the same reference "
+        "is answered as a duplicate with the same volunteer id.",
+        examples=["tinh-doan/roster-2025/0042"],
+    ),
+]
+
+
+class RosterMembership(Body):
+    code: Code
+    since: date
+
+
+class RosterItemIn(VolunteerIn):
+    """A volunteer and the teams they join, as one row of a roster spreadsheet."""
+
+    client_ref: ClientRef
+    teams: list[RosterMembership] = Field(default_factory=list, max_length=8)
+
+    @model_validator(mode="after")
+    def _distinct_teams(self) -> RosterItemIn:
+        codes = [t.code for t in self.teams]
+        if len(set(codes)) != len(codes):
+            raise ValueError("a team is listed twice")
+        return self
+
+
+class RosterIn(Body):
+    """Up to 500 rows, each validated on its own: one bad row never blocks the others."""
+
+    model_config = ConfigDict(
+        json_schema_extra={
+            "examples": [
+                {
+                    "items": [
+                        {
+                            "client_ref": "tinh-doan/roster-2025/0042",
+                            "full_name": "Nguyễn Thị Hương",
+                            "birth_year": 2001,
+                            "unit_code": "QN-HALONG",
+                            "roles": ["union_member"],
+                            "skills": ["it", "vneid"],
+                            "teams": [{"code": "HL-TT01", "since": "2025-07-01"}],
+                        }
+                    ]
+                }
+            ]
+        }
+    )
+
+    items: list[dict[str, JsonValue]] = Field(min_length=1, max_length=MAX_ROSTER)
+
+
+class RosterStatus(StrEnum):
+    created = "created"
+    duplicate = "duplicate"
+    rejected = "rejected"
+
+
+class RosterItemOut(BaseModel):
+    client_ref: str | None
+    status: RosterStatus
+    id: str | None = Field(default=None, description="The volunteer id (the same on every re-send).")
+    teams: list[str] = Field(default_factory=list, description="Teams the volunteer is a member of after this row.")
+    problem: dict[str, Any] | None = Field(default=None, description="RFC 9457 problem of a rejected row.")
+
+
+class RosterOut(BaseModel):
+    items: list[RosterItemOut] = Field(description="One result per row, in request order.")

@@ -12,7 +12,7 @@ from collections.abc import Sequence
 from datetime import UTC, date, datetime
 from typing import Any
 
-from pydantic import BaseModel
+from pydantic import BaseModel, ValidationError
 
 from registry.repository import CAMPAIGNS, MEMBERSHIPS, TEAMS, UNITS, VOLUNTEERS, Repository
 from registry.schemas import (
@@ -22,6 +22,9 @@ from registry.schemas import (
     MemberIn,
     MembershipOut,
     Period,
+    RosterItemIn,
+    RosterItemOut,
+    RosterStatus,
     TargetIn,
     TargetOut,
     TeamIn,
@@ -39,7 +42,7 @@ from shared.auth import Principal, Role, require_role, require_scope
 from shared.contracts import registry as ev
 from shared.contracts.common import TeamKind, UnitKind
 from shared.envelope import Envelope, make_event
-from shared.errors import Conflict, InvalidInput, NotFound
+from shared.errors import Conflict, InvalidInput, NotFound, ProblemError, validation_problem
 from shared.mongo import Document
 from shared.pagination import Page
 
@@ -138,6 +141,48 @@ def campaign_out(d: Document) -> CampaignOut:
         ends_on=date.fromisoformat(d["ends_on"]),
         targets=[TargetOut(**t) for t in d["targets"]],
     )
+
+
+ROSTER_NAMESPACE = uuid.UUID("6f1d0c52-9a57-4f43-8f0e-2d7c1e4b9a10")
+
+
+def _new_volunteer(body: VolunteerIn, unit: Document, volunteer_id: str) -> tuple[Document, Envelope]:
+    doc: Document = {
+        "_id": volunteer_id,
+        "full_name": body.full_name,
+        "birth_year": body.birth_year,
+        "unit_code": body.unit_code,
+        "unit_path": unit["path"],
+        "roles": [r.value for r in body.roles],
+        "skills": [s.value for s in body.skills],
+        "phone": body.phone,
+        "email": body.email,
+        "active": True,
+        "left_on": None,
+        "created_at": _now(),
+    }
+    payload = ev.VolunteerRegistered(
+        volunteer_id=volunteer_id,
+        unit_code=body.unit_code,
+        unit_path=unit["path"],
+        roles=body.roles,
+        skills=body.skills,
+        birth_year=body.birth_year,
+    )
+    return doc, _event(ev.VOLUNTEER_REGISTERED, payload, volunteer_id)
+
+
+def _new_membership(team_code: str, volunteer_id: str, since: date) -> tuple[Document, Envelope]:
+    key = f"{team_code}/{volunteer_id}"
+    doc: Document = {
+        "_id": key,
+        "team_code": team_code,
+        "volunteer_id": volunteer_id,
+        "active": True,
+        "periods": [{"since": since.isoformat(), "until": None}],
+    }
+    payload = ev.MembershipStarted(team_code=team_code, volunteer_id=volunteer_id, since=since)
+    return doc, _event(ev.MEMBERSHIP_STARTED, payload, key)
 
 
 class RegistryService:
@@ -445,36 +490,76 @@ class RegistryService:
         require_role(principal, *WRITERS)
         unit = await self._referenced_unit(body.unit_code, "unit_code")
         authorize_write(principal, unit["path"], "the volunteer's unit")
-        volunteer_id = str(uuid.uuid4())
-        doc = {
-            "_id": volunteer_id,
-            "full_name": body.full_name,
-            "birth_year": body.birth_year,
-            "unit_code": body.unit_code,
-            "unit_path": unit["path"],
-            "roles": [r.value for r in body.roles],
-            "skills": [s.value for s in body.skills],
-            "phone": body.phone,
-            "email": body.email,
-            "active": True,
-            "left_on": None,
-            "created_at": _now(),
-        }
-        event = _event(
-            ev.VOLUNTEER_REGISTERED,
-            ev.VolunteerRegistered(
-                volunteer_id=volunteer_id,
-                unit_code=body.unit_code,
-                unit_path=unit["path"],
-                roles=body.roles,
-                skills=body.skills,
-                birth_year=body.birth_year,
-            ),
-            volunteer_id,
-        )
+        doc, event = _new_volunteer(body, unit, str(uuid.uuid4()))
         if not await self._repo.insert(VOLUNTEERS, doc, [event]):
-            raise _lost_race(f"volunteer {volunteer_id}")  # a uuid4 collision; practically unreachable
+            raise _lost_race(f"volunteer {doc['_id']}")  # a uuid4 collision; practically unreachable
         return volunteer_out(doc, principal)
+
+    async def import_roster(self, principal: Principal, rows: Sequence[dict[str, Any]]) -> list[RosterItemOut]:
+        """Register volunteers with their team memberships, many rows per request.
+
+        Each row is checked on its own (a bad row is rejected, the others go ahead). Volunteer ids
+        derive from ``client_ref``, so a re-sent row finds its first copy instead of a second person,
+        and memberships a crash left unwritten are written by the re-send. All new volunteers, then
+        all new memberships, go in one insert each: a roster costs two writes, not two per row.
+        """
+        require_role(principal, *WRITERS)
+        units: dict[str, Document] = {}
+        teams: dict[str, Document] = {}
+
+        async def unit_of(code: str) -> Document:
+            if code not in units:
+                units[code] = await self._referenced_unit(code, "unit_code")
+            return units[code]
+
+        async def team_of(code: str) -> Document:
+            if code not in teams:
+                doc = await self._repo.get(TEAMS, code)
+                if doc is None:
+                    raise InvalidInput(f"teams: team {code} does not exist", slug="unknown-team", field="teams")
+                teams[code] = doc
+            return teams[code]
+
+        results: list[RosterItemOut] = []
+        volunteers: list[tuple[int, Document, Envelope]] = []
+        memberships: list[tuple[int, Document, Envelope]] = []
+        for i, raw in enumerate(rows):
+            ref = raw.get("client_ref")
+            results.append(RosterItemOut(client_ref=ref if isinstance(ref, str) else None, status=RosterStatus.created))
+            try:
+                row = RosterItemIn.model_validate(raw)
+                unit = await unit_of(row.unit_code)
+                authorize_write(principal, unit["path"], "the volunteer's unit")
+                volunteer_id = str(uuid.uuid5(ROSTER_NAMESPACE, row.client_ref))
+                joined = []
+                for m in row.teams:
+                    team = await team_of(m.code)
+                    authorize_write(principal, team["unit_path"], "the team's unit")
+                    if not team["active"]:
+                        raise Conflict(f"team {m.code} is deactivated", slug="team-inactive")
+                    joined.append(_new_membership(m.code, volunteer_id, m.since))
+            except ValidationError as exc:
+                results[i] = results[i].model_copy(
+                    update={"status": RosterStatus.rejected, "problem": validation_problem(exc)}
+                )
+                continue
+            except ProblemError as exc:
+                results[i] = results[i].model_copy(
+                    update={"status": RosterStatus.rejected, "problem": exc.to_problem()}
+                )
+                continue
+            doc, event = _new_volunteer(row, unit, volunteer_id)
+            volunteers.append((i, doc, event))
+            memberships += [(i, m_doc, m_event) for m_doc, m_event in joined]
+            results[i] = results[i].model_copy(update={"id": volunteer_id, "teams": [m.code for m in row.teams]})
+        taken = await self._repo.insert_new(VOLUNTEERS, [(d, [e]) for _, d, e in volunteers])
+        for i, doc, _ in volunteers:
+            if doc["_id"] in taken:
+                results[i] = results[i].model_copy(update={"status": RosterStatus.duplicate})
+        # Memberships of re-sent rows too: the first attempt may have stopped between the two inserts.
+        # One that exists already (possibly ended since) is left as it is.
+        await self._repo.insert_new(MEMBERSHIPS, [(d, [e]) for _, d, e in memberships])
+        return results
 
     async def get_volunteer(self, principal: Principal, volunteer_id: str) -> VolunteerOut:
         return volunteer_out(await self._volunteer_or_404(volunteer_id), principal)
@@ -565,13 +650,7 @@ class RegistryService:
         period = {"since": body.since.isoformat(), "until": None}
         existing = await self._repo.get(MEMBERSHIPS, key)
         if existing is None:
-            doc = {
-                "_id": key,
-                "team_code": team_code,
-                "volunteer_id": body.volunteer_id,
-                "active": True,
-                "periods": [period],
-            }
+            doc, event = _new_membership(team_code, body.volunteer_id, body.since)
             if not await self._repo.insert(MEMBERSHIPS, doc, [event]):
                 raise _lost_race(f"membership {key}")
             return membership_out(doc)

@@ -20,6 +20,7 @@ ROUTES = {
     ("get", "/v1/teams/{code}/members"),
     ("delete", "/v1/teams/{code}/members/{volunteer_id}"),
     ("post", "/v1/volunteers"),
+    ("post", "/v1/volunteers:import"),
     ("get", "/v1/volunteers"),
     ("get", "/v1/volunteers/{volunteer_id}"),
     ("patch", "/v1/volunteers/{volunteer_id}"),

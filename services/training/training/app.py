@@ -38,9 +38,7 @@ def build_app(settings: TrainingSettings | None = None) -> FastAPI:
         runtime = Runtime(settings, outbox_collections=[COURSES], indexes=INDEXES)
         view = RegistryView(runtime.db)
         service = TrainingService(TrainingRepository(runtime.db), view, runtime.notify_relay)
-        runtime.add_consumer(
-            "registry-view", [REGISTRY_TOPIC], registry_handlers(view, service), per_event=False
-        )
+        runtime.add_consumer("registry-view", [REGISTRY_TOPIC], registry_handlers(view, service), per_event=False)
         app.state.runtime = runtime
         app.state.training = service
         await runtime.start()

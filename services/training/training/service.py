@@ -40,7 +40,7 @@ from shared.auth import READ_ROLES, Principal, Role, require_role, require_scope
 from shared.contracts import training as ev
 from shared.contracts.common import Change, ParticipantGroup, TeamKind
 from shared.envelope import Envelope, make_event
-from shared.errors import PROBLEM_BASE, Conflict, Forbidden, InvalidInput, NotFound, ProblemError
+from shared.errors import Conflict, Forbidden, InvalidInput, NotFound, ProblemError, validation_problem
 from shared.logging import get_logger
 from shared.mongo import Document
 from shared.registry_view import RegistryView
@@ -65,6 +65,8 @@ OPEN = ("scheduled", "running")
 CAS_ATTEMPTS = 100
 CHILD_NAMESPACE = uuid.UUID("6b0f8f3e-2f7a-4d1e-9a39-0e5c1d2b7a10")
 
+
+FLAGGED_MEMORY = 10_000
 
 def local_today() -> date:
     return datetime.now(LOCAL_TZ).date()
@@ -132,20 +134,6 @@ def _scope_path(c: Document) -> list[str]:
     return list(c.get("unit_path") or [c["unit_code"]])
 
 
-def _validation_problem(exc: ValidationError) -> dict[str, Any]:
-    errors = [
-        {"field": ".".join(str(p) for p in e["loc"]) or "body", "message": e["msg"], "type": e["type"]}
-        for e in exc.errors(include_url=False)
-    ]
-    return {
-        "type": PROBLEM_BASE + "validation",
-        "title": "The request is not valid",
-        "status": 422,
-        "detail": "; ".join(f"{e['field']}: {e['message']}" for e in errors[:5]),
-        "errors": errors,
-    }
-
-
 def _require_open(c: Document, action: str) -> None:
     status = c["status"]
     if status in OPEN:
@@ -166,6 +154,9 @@ class TrainingService:
         self._repo = repo
         self._view = view
         self._notify = notify
+        # Children this process flagged as applied (step 3). Flags are never cleared, so the
+        # roll-forward of ``last_applied`` can skip a write it knows is done; bounded, oldest out.
+        self._flagged: dict[tuple[str, str], None] = {}
 
     # --- authorization -----------------------------------------------------------------------------
 
@@ -460,18 +451,24 @@ class TrainingService:
             if self._child_applied(kind, child):
                 return False
             if c.get("last_applied") == marker:
-                await self._repo.mark_child_applied(kind, child_id)
+                await self._mark_applied(kind, child_id)
                 return False
             update, events = await plan(c)
             last = c.get("last_applied")
-            if last:
-                await self._repo.mark_child_applied(last["kind"], last["id"])
+            if last and (last["kind"], last["id"]) not in self._flagged:
+                await self._mark_applied(last["kind"], last["id"])
             update.setdefault("$set", {})["last_applied"] = marker
             if await self._repo.update_course(code, {"rev": c["rev"]}, update, events):
-                await self._repo.mark_child_applied(kind, child_id)
+                await self._mark_applied(kind, child_id)
                 self._notify(COURSES, [code])
                 return True
         raise Conflict(f"course {code} is busy; retry", slug="course-busy")
+
+    async def _mark_applied(self, kind: str, child_id: str) -> None:
+        await self._repo.mark_child_applied(kind, child_id)
+        self._flagged[(kind, child_id)] = None
+        if len(self._flagged) > FLAGGED_MEMORY:
+            del self._flagged[next(iter(self._flagged))]
 
     async def _settle_last_applied(self, c: Document) -> None:
         """Finish step 3 of the last apply, so reads of children see it."""
@@ -700,7 +697,7 @@ class TrainingService:
         try:
             item_id, created = await one(item)
         except ValidationError as exc:
-            return BatchItemResult(client_ref=client_ref, status=BatchStatus.rejected, problem=_validation_problem(exc))
+            return BatchItemResult(client_ref=client_ref, status=BatchStatus.rejected, problem=validation_problem(exc))
         except ProblemError as exc:
             return BatchItemResult(client_ref=client_ref, status=BatchStatus.rejected, problem=exc.to_problem())
         status = BatchStatus.created if created else BatchStatus.duplicate

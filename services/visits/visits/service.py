@@ -14,7 +14,7 @@ from pydantic import BaseModel, TypeAdapter, ValidationError
 from shared.auth import Principal, Role, require_role
 from shared.contracts import visits as ev
 from shared.envelope import Envelope, make_event
-from shared.errors import PROBLEM_BASE, Conflict, Forbidden, InvalidInput, NotFound, ProblemError
+from shared.errors import Conflict, Forbidden, InvalidInput, NotFound, ProblemError, validation_problem
 from shared.outbox import outbox_fields, outbox_update
 from visits.repository import Document, PendingIndex, RecordRepository, RegistryFacts, RegistryReader
 from visits.schemas import OutreachIn, VisitCorrectionIn, VisitFields, VisitIn
@@ -174,21 +174,6 @@ def judge(refs: Refs, facts: RegistryFacts) -> Verdict:
     if waiting or access == "unknown":
         return Verdict("pending", path, waiting_for=waiting or ["your membership or unit scope"])
     return Verdict("accepted", path)
-
-
-def validation_problem(exc: ValidationError) -> dict[str, Any]:
-    """The same problem body the HTTP layer gives a request that fails validation."""
-    errors = [
-        {"field": ".".join(str(p) for p in e["loc"]) or "body", "message": e["msg"], "type": e["type"]}
-        for e in exc.errors(include_url=False)
-    ]
-    return {
-        "type": PROBLEM_BASE + "validation",
-        "title": "The request is not valid",
-        "status": 422,
-        "detail": "; ".join(f"{e['field']}: {e['message']}" for e in errors[:5]),
-        "errors": errors,
-    }
 
 
 def principal_doc(p: Principal) -> Document:

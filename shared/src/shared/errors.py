@@ -7,6 +7,8 @@ from __future__ import annotations
 
 from typing import Any
 
+from pydantic import ValidationError
+
 PROBLEM_BASE = "https://digital-bridge.youthunion.vn/problems/"
 
 
@@ -79,3 +81,18 @@ class ServiceUnavailable(ProblemError):
     status = 503
     slug = "unavailable"
     title = "Service unavailable"
+
+
+def validation_problem(exc: ValidationError) -> dict[str, Any]:
+    """The problem body the HTTP layer gives a request that fails validation, for one batch item."""
+    errors = [
+        {"field": ".".join(str(p) for p in e["loc"]) or "body", "message": e["msg"], "type": e["type"]}
+        for e in exc.errors(include_url=False)
+    ]
+    return {
+        "type": PROBLEM_BASE + "validation",
+        "title": "The request is not valid",
+        "status": 422,
+        "detail": "; ".join(f"{e['field']}: {e['message']}" for e in errors[:5]),
+        "errors": errors,
+    }
