@@ -28,7 +28,7 @@ small however many participants it has.
 from __future__ import annotations
 
 import uuid
-from collections.abc import Awaitable, Callable
+from collections.abc import Awaitable, Callable, Sequence
 from dataclasses import dataclass
 from datetime import UTC, date, datetime
 from typing import Any
@@ -67,6 +67,7 @@ CHILD_NAMESPACE = uuid.UUID("6b0f8f3e-2f7a-4d1e-9a39-0e5c1d2b7a10")
 
 
 FLAGGED_MEMORY = 10_000
+
 
 def local_today() -> date:
     return datetime.now(LOCAL_TZ).date()
@@ -235,18 +236,16 @@ class TrainingService:
         ):
             self._notify(COURSES, [code])
 
-    async def on_registry_change(self, kind: str, key: str) -> None:
-        """RegistryView listener: re-check the pending courses this change may unblock."""
-        if kind in ("team", "membership"):
-            query: dict[str, Any] = {"team_code": key.split("/", 1)[0]}
-        elif kind == "unit":
-            query = {"unit_code": key}
-        elif kind == "volunteer":
-            query = {}
-        else:
+    async def on_registry_change(self, changes: Sequence[tuple[str, str]]) -> None:
+        """RegistryView listener: re-check the pending courses a batch of changes may unblock."""
+        teams = {key.split("/", 1)[0] for kind, key in changes if kind in ("team", "membership")}
+        units = {key for kind, key in changes if kind == "unit"}
+        anyone = any(kind == "volunteer" for kind, _ in changes)  # a teacher may have joined
+        if not (teams or units or anyone):
             return
-        for c in await self._repo.pending_courses(query):
-            await self.revalidate(c)
+        for c in await self._repo.pending_courses({}):
+            if anyone or c["team_code"] in teams or c["unit_code"] in units:
+                await self.revalidate(c)
 
     # --- courses -----------------------------------------------------------------------------------
 

@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 from collections.abc import Iterable, Sequence
+from collections.abc import Set as AbstractSet
 from dataclasses import dataclass, field
 from typing import Any
 
@@ -104,9 +105,10 @@ class PendingIndex:
                 if any(e.get("code") != DUPLICATE_KEY for e in exc.details.get("writeErrors", [])):
                     raise
 
-    async def waiting_on(self, kind: str, key: str) -> list[str]:
-        docs = await self._col.find({"kind": kind, "keys": key}, {"record_id": 1}).to_list()
-        return [d["record_id"] for d in docs]
+    async def waiting_on(self, kind: str, keys: AbstractSet[str]) -> list[str]:
+        """Records of ``kind`` waiting on any of ``keys``: one read of the index for a whole batch."""
+        docs = await self._col.find({"kind": kind}, {"record_id": 1, "keys": 1}).to_list()
+        return [d["record_id"] for d in docs if not keys.isdisjoint(d["keys"])]
 
     async def remove(self, kind: str, record_id: str) -> None:
         await self._col.delete_one({"_id": f"{kind}:{record_id}"})

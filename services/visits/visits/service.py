@@ -394,10 +394,10 @@ class Intake(Generic[ItemT]):
             self.notify(emitted)
         return changed
 
-    async def on_registry_change(self, kind: str, key: str) -> None:
+    async def on_registry_change(self, changes: Sequence[tuple[str, str]]) -> None:
         """Listener for :meth:`shared.registry_view.RegistryView.on_change`."""
         waiting: list[Document] = []
-        for rid in await self.pending.waiting_on(self.kind, f"{kind}:{key}"):
+        for rid in await self.pending.waiting_on(self.kind, {f"{kind}:{key}" for kind, key in changes}):
             doc = await self.records.get(rid)
             if doc is not None and doc["status"] == "pending":
                 waiting.append(doc)

@@ -26,9 +26,10 @@ INDEXES: dict[str, list[IndexModel]] = {
     TEAMS: [IndexModel("unit_code")],
 }
 
-# Called with ("unit"|"team"|"volunteer"|"membership", key) after a registry change is applied, so a
-# service can re-check records it had to hold as pending.
-ChangeListener = Callable[[str, str], Awaitable[None]]
+# Called once per applied batch with the changed ("unit"|"team"|"volunteer"|"membership", key) pairs,
+# so a service can re-check the records it had to hold as pending: one look per batch, not per key,
+# because a roster upload changes thousands of keys at once.
+ChangeListener = Callable[[Sequence[tuple[str, str]]], Awaitable[None]]
 
 
 class RegistryView:
@@ -39,9 +40,10 @@ class RegistryView:
     def on_change(self, listener: ChangeListener) -> None:
         self._listeners.append(listener)
 
-    async def _changed(self, kind: str, key: str) -> None:
-        for listener in self._listeners:
-            await listener(kind, key)
+    async def _changed(self, changes: Sequence[tuple[str, str]]) -> None:
+        if changes:
+            for listener in self._listeners:
+                await listener(changes)
 
     # --- queries -----------------------------------------------------------------------------------
 
@@ -116,8 +118,7 @@ class RegistryView:
             sets.setdefault((TEAMS, team_code), {})["members"] = members
         for (collection, key), fields in sets.items():
             await self._db[collection].update_one({"_id": key}, {"$set": fields}, upsert=True)
-        for kind, key in changed:
-            await self._changed(kind, key)
+        await self._changed(list(changed))
 
 
 Fold = Callable[[Any], list[tuple[str, str, dict[str, Any]]]]
