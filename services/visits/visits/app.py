@@ -44,15 +44,21 @@ def build_app(settings: VisitsSettings | None = None) -> FastAPI:
     @asynccontextmanager
     async def lifespan(app: FastAPI) -> AsyncIterator[None]:
         runtime = Runtime(cfg, outbox_collections=[VISITS, OUTREACH], indexes=INDEXES)
-        reader = RegistryReader(runtime.db)
+        reader = RegistryReader(runtime.read_db)
         pending = PendingIndex(runtime.db[PENDING])
         visits = VisitService(
-            RecordRepository(runtime.db[VISITS]), pending, reader, lambda ids: runtime.notify_relay(VISITS, ids)
+            RecordRepository(runtime.db[VISITS], runtime.read_db[VISITS]),
+            pending,
+            reader,
+            lambda ids: runtime.notify_relay(VISITS, ids),
         )
         outreach = OutreachService(
-            RecordRepository(runtime.db[OUTREACH]), pending, reader, lambda ids: runtime.notify_relay(OUTREACH, ids)
+            RecordRepository(runtime.db[OUTREACH], runtime.read_db[OUTREACH]),
+            pending,
+            reader,
+            lambda ids: runtime.notify_relay(OUTREACH, ids),
         )
-        view = RegistryView(runtime.db)
+        view = RegistryView(runtime.db, reads=runtime.read_db)
         handler = registry_handlers(view, visits.on_registry_change, outreach.on_registry_change)
         runtime.add_consumer("registry-view", [REGISTRY_TOPIC], handler, per_event=False)
         app.state.runtime = runtime

@@ -79,8 +79,10 @@ class OutboxRelay:
         poll_seconds: float = 0.5,
         batch_size: int = 1000,
         trim_after: int = 8,
+        reads: AsyncDatabase[dict[str, Any]] | None = None,
     ) -> None:
         self._db = db
+        self._reads = reads if reads is not None else db
         self._collections = list(collections)
         self._producer = producer
         self._service = service
@@ -160,7 +162,7 @@ class OutboxRelay:
         events: list[Envelope] = []
         docs_of: dict[str, list[dict[str, Any]]] = {}
         for name in self._collections:
-            col = self._db[name]
+            col = self._reads[name]
             if sweep:
                 docs = [d async for d in col.find(PENDING, {"outbox": 1, "rev": 1})]
             else:

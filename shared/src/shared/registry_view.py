@@ -33,8 +33,9 @@ ChangeListener = Callable[[Sequence[tuple[str, str]]], Awaitable[None]]
 
 
 class RegistryView:
-    def __init__(self, db: AsyncDatabase[dict[str, Any]]) -> None:
+    def __init__(self, db: AsyncDatabase[dict[str, Any]], reads: AsyncDatabase[dict[str, Any]] | None = None) -> None:
         self._db = db
+        self._reads = reads if reads is not None else db  # the queries below; writes stay on ``db``
         self._listeners: list[ChangeListener] = []
 
     def on_change(self, listener: ChangeListener) -> None:
@@ -48,12 +49,12 @@ class RegistryView:
     # --- queries -----------------------------------------------------------------------------------
 
     async def unit_path(self, code: str) -> list[str] | None:
-        doc = await self._db[UNITS].find_one({"_id": code}, {"path": 1})
+        doc = await self._reads[UNITS].find_one({"_id": code}, {"path": 1})
         return list(doc["path"]) if doc else None
 
     async def team(self, code: str) -> dict[str, Any] | None:
         """``{"code", "kind", "unit_code", "unit_path", "active"}`` or None if never seen."""
-        doc = await self._db[TEAMS].find_one({"_id": code})
+        doc = await self._reads[TEAMS].find_one({"_id": code})
         # A membership event can arrive before its team's event (different keys, so no ordering
         # between them); such a stub only holds members and does not make the team known.
         if doc is None or "kind" not in doc:
@@ -63,21 +64,21 @@ class RegistryView:
 
     async def active_members(self, team_code: str, volunteer_ids: Sequence[str]) -> set[str]:
         """Those of ``volunteer_ids`` who are current members of the team and have not left."""
-        team = await self._db[TEAMS].find_one({"_id": team_code}, {"members": 1})
+        team = await self._reads[TEAMS].find_one({"_id": team_code}, {"members": 1})
         current = set(team.get("members", [])) if team else set()
         return {v for v in set(volunteer_ids) & current if await self._volunteer_active(v)}
 
     async def team_has_skill(self, team_code: str, skill: str) -> bool:
         """True if any current member of the team (who has not left) has ``skill``."""
-        team = await self._db[TEAMS].find_one({"_id": team_code}, {"members": 1})
+        team = await self._reads[TEAMS].find_one({"_id": team_code}, {"members": 1})
         for volunteer_id in team.get("members", []) if team else []:
-            doc = await self._db[VOLUNTEERS].find_one({"_id": volunteer_id})
+            doc = await self._reads[VOLUNTEERS].find_one({"_id": volunteer_id})
             if doc and doc.get("active") and skill in doc.get("skills", []):
                 return True
         return False
 
     async def _volunteer_active(self, volunteer_id: str) -> bool:
-        doc = await self._db[VOLUNTEERS].find_one({"_id": volunteer_id}, {"active": 1})
+        doc = await self._reads[VOLUNTEERS].find_one({"_id": volunteer_id}, {"active": 1})
         return bool(doc and doc.get("active"))
 
     # --- event handling ----------------------------------------------------------------------------

@@ -39,6 +39,11 @@ class Runtime:
             settings.mongo_url, max_pool_size=settings.mongo_max_pool_size, slow_ms=settings.mongo_slow_ms
         )
         self.db = self.client[settings.mongo_db]
+        # Reads only (find); every write stays on ``db`` (see ServiceSettings.mongo_read_pool_size).
+        self.read_client = connect(
+            settings.mongo_url, max_pool_size=settings.mongo_read_pool_size, slow_ms=settings.mongo_slow_ms
+        )
+        self.read_db = self.read_client[settings.mongo_db]
         self.producer = EventProducer(settings.kafka_bootstrap, client_id=settings.service_name)
         self.authenticator = Authenticator(
             algorithm=settings.jwt_algorithm, secret=settings.jwt_secret, public_key=settings.jwt_public_key
@@ -50,6 +55,7 @@ class Runtime:
                 self.db,
                 outbox_collections,
                 self.producer,
+                reads=self.read_db,
                 service=settings.service_name,
                 topic_of=self.topic_of,
                 poll_seconds=settings.relay_poll_seconds,
@@ -128,6 +134,7 @@ class Runtime:
                 await t
         await self.producer.stop()
         await self.client.close()
+        await self.read_client.close()
 
     def readiness_checks(self) -> dict[str, ReadinessCheck]:
         return {"mongo": lambda: ping(self.client), "kafka": self.producer.ping}
