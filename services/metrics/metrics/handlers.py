@@ -45,30 +45,40 @@ class Projector:
         # Real (possibly prefixed) topic name -> catalogue name, for metric labels.
         self._base = dict(base_topics or {})
         self._newest: dict[str, float] = {}
-        # Watermarks this projector last wrote, per partition key: it is the only writer of its
-        # partitions, so rereading them before every batch would only cost a read per document.
-        # Updates stay conditional on these values, so a stale entry (another projector wrote
-        # meanwhile) makes an update miss, and the miss rereads from the database.
+        # Per counter document, the watermark of each partition as this projector last read or wrote
+        # it: it is the only writer of its partitions, so rereading them before every batch would
+        # only cost a read per document. Updates stay conditional on these values, so a stale entry
+        # (another projector wrote meanwhile) makes an update miss, and the miss rereads.
         self._marks: dict[str, dict[str, int | None]] = {}
 
     async def __call__(self, events: Sequence[Consumed]) -> None:
+        """Apply a batch; it may hold several partitions (the runner passes a whole fetch)."""
         if not events:
             return
         fresh = await self._unseen(events)
-        batch_max = max(c.offset for c in events)
+        batch_max: dict[str, int] = {}
+        for c in events:
+            key = watermark_key(c.topic, c.partition)
+            batch_max[key] = max(batch_max.get(key, -1), c.offset)
         if fresh:
-            topic, partition = events[0].topic, events[0].partition
-            increments = [(c.offset, inc) for c in fresh for inc in fold(c.envelope.payload())]
-            await self._apply(increments, watermark_key(topic, partition), batch_max)
+            increments: dict[str, list[tuple[int, Increment]]] = {}
+            for c in fresh:
+                folded = fold(c.envelope.payload())
+                if folded:
+                    increments.setdefault(watermark_key(c.topic, c.partition), []).extend((c.offset, i) for i in folded)
+            await self._apply(increments, batch_max)
             await self._apply_state(fresh)
             await self.repo.mark_applied([c.envelope.id for c in fresh])
             MONGO_WRITES.inc()
-            label = self._base.get(topic, topic)
-            EVENTS_APPLIED.labels(label).inc(len(fresh))
-            # Late records carry old ce_times; the gauge should only move forward.
-            newest = max(self._newest.get(label, 0.0), *(c.envelope.time.timestamp() for c in fresh))
-            self._newest[label] = newest
-            LAST_EVENT.labels(label).set(newest)
+            newest: dict[str, float] = {}
+            for c in fresh:
+                label = self._base.get(c.topic, c.topic)
+                newest[label] = max(newest.get(label, 0.0), c.envelope.time.timestamp())
+                EVENTS_APPLIED.labels(label).inc()
+            for label, ts in newest.items():
+                # Late records carry old ce_times; the gauge should only move forward.
+                self._newest[label] = max(self._newest.get(label, 0.0), ts)
+                LAST_EVENT.labels(label).set(self._newest[label])
 
     async def _unseen(self, events: Sequence[Consumed]) -> list[Consumed]:
         """Events not applied before; a relay republish repeats a ce_id at a later offset."""
@@ -80,35 +90,42 @@ class Projector:
                 fresh.append(c)
         return fresh
 
-    async def _apply(self, increments: list[tuple[int, Increment]], key: str, batch_max: int) -> None:
-        if not increments:
+    async def _apply(self, increments: Mapping[str, list[tuple[int, Increment]]], batch_max: Mapping[str, int]) -> None:
+        """One conditional update per counter document, covering every partition of the batch."""
+        depth = {inc.doc_id: inc.depth for incs in increments.values() for _, inc in incs}
+        if not depth:
             return
-        docs = {inc.doc_id: inc for _, inc in increments}
-        known = self._marks.setdefault(key, {})
-        unread = [d for d in docs if d not in known]
-        marks = {d: known[d] for d in docs if d in known}
+        unread = [d for d in depth if d not in self._marks]
         if unread:
-            read = await self.repo.watermarks(unread, key)
-            missing = [(d, docs[d].depth) for d in unread if d not in read]
+            read = await self.repo.watermarks(unread)
+            missing = [(d, depth[d]) for d in unread if d not in read]
             if missing:
                 await self.repo.create_skeletons(missing)
                 MONGO_WRITES.inc(len(missing))
-            marks.update(read)
+                read.update({d: {} for d, _ in missing})
+            self._marks.update(read)
         for _ in range(MAX_CONDITIONAL_ROUNDS):
-            deltas = plan_updates(increments, marks, batch_max)
+            deltas: dict[str, dict[str, int]] = {}
+            expected: dict[str, dict[str, int | None]] = {}
+            for key, incs in increments.items():
+                marks = {d: self._marks[d].get(key) for d in depth}
+                for doc, fields in plan_updates(incs, marks, batch_max[key]).items():
+                    target = deltas.setdefault(doc, {})
+                    for f, v in fields.items():
+                        target[f] = target.get(f, 0) + v
+                    expected.setdefault(doc, {})[key] = marks[doc]
             if not deltas:
-                known.update(marks)
                 return
-            matched = await self.repo.apply_increments(deltas, marks, key, batch_max)
+            matched = await self.repo.apply_increments(deltas, expected, batch_max)
             MONGO_WRITES.inc(len(deltas))
             if matched == len(deltas):
-                known.update(marks)
-                known.update(dict.fromkeys(deltas, batch_max))
+                for doc, keys in expected.items():
+                    self._marks[doc].update({k: batch_max[k] for k in keys})
                 return
-            log.warning("projector_watermark_moved", partition=key, missed=len(deltas) - matched)
-            marks = {**marks, **await self.repo.watermarks(deltas, key)}
-        known.clear()
-        raise RuntimeError(f"counter watermarks of {key} kept moving; another projector is writing")
+            log.warning("projector_watermark_moved", missed=len(deltas) - matched)
+            self._marks.update(await self.repo.watermarks(list(deltas)))
+        self._marks.clear()
+        raise RuntimeError("counter watermarks kept moving; another projector is writing")
 
     async def _apply_state(self, events: Sequence[Consumed]) -> None:
         # Later events of the batch win, so each unit or campaign costs one write per batch.

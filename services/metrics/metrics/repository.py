@@ -108,8 +108,8 @@ class ProjectionRepository:
         if self._applied_ids is not None:
             self._applied_ids.update(event_ids)
 
-    async def watermarks(self, doc_ids: Iterable[str], key: str) -> dict[str, int | None]:
-        """``{doc id: watermark of partition key or None}`` for the documents that exist."""
+    async def watermarks(self, doc_ids: Iterable[str]) -> dict[str, dict[str, int | None]]:
+        """``{doc id: {partition key: watermark}}`` for the documents that exist."""
         ids = list(doc_ids)
         if len(ids) <= PER_DOCUMENT_LOOKUPS:
             # Primary-key lookups beat one collection scan when a batch touches few counters.
@@ -117,7 +117,7 @@ class ProjectionRepository:
             docs = [d for d in found if d is not None]
         else:
             docs = await self.counters.find({"_id": {"$in": ids}}, {"wm": 1}).to_list()
-        return {d["_id"]: (d.get("wm") or {}).get(key) for d in docs}
+        return {d["_id"]: dict(d.get("wm") or {}) for d in docs}
 
     async def create_skeletons(self, skeletons: Sequence[tuple[str, int]]) -> None:
         """Insert empty counter documents ``(unit, depth)``; ones created meanwhile are fine.
@@ -131,21 +131,25 @@ class ProjectionRepository:
         )
 
     async def apply_increments(
-        self, deltas: Mapping[str, Mapping[str, int]], watermarks: Mapping[str, int | None], key: str, new_mark: int
+        self,
+        deltas: Mapping[str, Mapping[str, int]],
+        expected: Mapping[str, Mapping[str, int | None]],
+        new_marks: Mapping[str, int],
     ) -> int:
         """One unordered bulk of conditional ``$inc``; returns how many documents matched.
 
-        Each update only matches while the document's watermark is still the one we read, so a
-        second (zombie) projector that got there first makes ours miss instead of double-count.
+        Each document's update only matches while its watermarks of the partitions it takes
+        increments from are still the ones we read (``expected``), so a second (zombie) projector
+        that got there first makes ours miss instead of double-count.
         """
         ops = []
         for doc, fields in deltas.items():
-            old = watermarks.get(doc)
-            cond: Any = old if old is not None else {"$exists": False}
+            marks = expected[doc]
+            cond: dict[str, Any] = {f"wm.{k}": (v if v is not None else {"$exists": False}) for k, v in marks.items()}
             ops.append(
                 UpdateOne(
-                    {"_id": doc, f"wm.{key}": cond},
-                    {"$inc": dict(fields), "$set": {f"wm.{key}": new_mark}},
+                    {"_id": doc, **cond},
+                    {"$inc": dict(fields), "$set": {f"wm.{k}": new_marks[k] for k in marks}},
                 )
             )
         if not ops:

@@ -90,10 +90,10 @@ async def test_zombie_projector_that_read_stale_watermarks_does_not_double_count
     original = zombie_repo.watermarks
     rounds = 0
 
-    async def stale_read(doc_ids, key):
+    async def stale_read(doc_ids):
         nonlocal rounds
         rounds += 1
-        marks = await original(doc_ids, key)
+        marks = await original(doc_ids)
         if rounds == 1:
             await live(stream)  # the live projector applies the batch right after the zombie read
         return marks
@@ -102,6 +102,22 @@ async def test_zombie_projector_that_read_stale_watermarks_does_not_double_count
     await zombie(stream)
     assert rounds >= 2  # its conditional updates missed, so it re-read
     assert (await counters(repo, "QN", "all"))["people_supported"] == 60
+
+
+async def test_a_fetch_of_several_partitions_is_one_write_per_document_and_redelivery_is_harmless(ev, repo) -> None:
+    p0 = at_offsets([ev.visit(f"a{i}", ev.figures(HALONG, date(2025, 7, 9), people=2)) for i in range(20)], partition=0)
+    p1 = at_offsets([ev.visit(f"b{i}", ev.figures(HALONG, date(2025, 7, 9), people=3)) for i in range(10)], partition=1)
+    projector = Projector(repo)
+    before = writes()
+    await projector([*p0, *p1])
+    # Two documents (QN, QN-HALONG): 2 skeletons + 2 updates + 1 applied-ids insert, not one per partition.
+    assert writes() - before <= 5
+    assert (await counters(repo, "QN", "2025-07-09"))["people_supported"] == 70
+    # After a restart (fresh projector, nothing in memory), partition 1 comes again with more events.
+    more = at_offsets([ev.visit(f"c{i}", ev.figures(HALONG, date(2025, 7, 9), people=1)) for i in range(5)], 10, 1)
+    await Projector(repo)([*p1, *more])
+    assert (await counters(repo, "QN", "2025-07-09"))["people_supported"] == 75
+    assert (await counters(repo, "QN-HALONG", "all"))["people_supported"] == 75
 
 
 async def test_mongo_writes_grow_with_counters_touched_not_with_events(ev, repo) -> None:

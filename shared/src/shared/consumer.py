@@ -139,6 +139,7 @@ class ConsumerRunner:
         max_records: int = 2000,
         from_beginning: bool = True,
         linger_ms: int = 0,
+        whole_fetch: bool = False,
     ) -> None:
         self.name = name
         self._bootstrap = bootstrap
@@ -153,6 +154,9 @@ class ConsumerRunner:
         self._max_records = max_records
         self._from_beginning = from_beginning
         self._linger_ms = linger_ms
+        # A batch handler that orders by partition itself (the metrics projector) can take every
+        # partition of a fetch at once: its writes then cover all of them in one pass.
+        self._whole_fetch = whole_fetch and not per_event
         self._consumer: AIOKafkaConsumer | None = None
         self._task: asyncio.Task[None] | None = None
         self.last_event_time: dict[str, float] = {}
@@ -206,11 +210,17 @@ class ConsumerRunner:
             try:
                 while True:
                     batches = await self._consumer.getmany(timeout_ms=200, max_records=self._max_records)
+                    batches = {tp: records for tp, records in batches.items() if records}
+                    if self._whole_fetch and batches:
+                        # One handler call for every partition of the fetch, then one commit.
+                        decoded = [c for tp, records in batches.items() for c in await self._decode(tp, records)]
+                        await self._handle_decoded(decoded)
+                        await self._consumer.commit({tp: records[-1].offset + 1 for tp, records in batches.items()})
                     for tp, records in batches.items():
-                        if records:
+                        if not self._whole_fetch:
                             await self._process(tp, records)
                             await self._consumer.commit({tp: records[-1].offset + 1})
-                            self._positions[tp] = records[-1].offset + 1
+                        self._positions[tp] = records[-1].offset + 1
                     self._update_lag()
             except asyncio.CancelledError:
                 with contextlib.suppress(Exception):
@@ -234,6 +244,10 @@ class ConsumerRunner:
             self.lag[f"{tp.topic}:{tp.partition}"] = lag
 
     async def _process(self, tp: TopicPartition, records: list[ConsumerRecord[bytes, bytes]]) -> None:
+        await self._handle_decoded(await self._decode(tp, records))
+
+    async def _decode(self, tp: TopicPartition, records: list[ConsumerRecord[bytes, bytes]]) -> list[Consumed]:
+        """Envelopes of ``records`` minus duplicates; undecodable records go to the DLQ."""
         good: list[Consumed] = []
         for r in records:
             try:
@@ -252,6 +266,9 @@ class ConsumerRunner:
             for c in good:
                 unique.setdefault(c.envelope.id, c)
             good = list(unique.values())
+        return good
+
+    async def _handle_decoded(self, good: list[Consumed]) -> None:
         if not good:
             return
         if self._per_event:
@@ -266,7 +283,8 @@ class ConsumerRunner:
             # One write per batch, after every event is handled or dead-lettered: a crash before it
             # redelivers the batch, which the handlers' idempotent writes absorb.
             await self._dedup.mark([c.envelope.id for c in good])
-        self.last_event_time[tp.topic] = max(c.envelope.time.timestamp() for c in good)
+        for c in good:
+            self.last_event_time[c.topic] = max(self.last_event_time.get(c.topic, 0.0), c.envelope.time.timestamp())
 
     async def _attempt(self, events: list[Consumed]) -> bool:
         delay = self._backoff
