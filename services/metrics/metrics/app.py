@@ -29,7 +29,7 @@ class MetricsSettings(ServiceSettings):
     gauge_refresh_seconds: float = 5.0
     # A projector batch costs one write per counter document it touches, whatever its size, so a
     # backlog (a rebuild, a restart) is drained in large batches.
-    consumer_max_records: int = 20_000
+    consumer_max_records: int = 5_000
     # How often the live side checks whether a rebuild (maybe in another process) switched generation.
     generation_poll_seconds: float = 2.0
     rebuild_poll_seconds: float = 0.5
