@@ -67,8 +67,8 @@ async def test_roster_rows_are_judged_one_by_one_and_a_resend_changes_nothing(cl
     assert started.envelope.data == {"team_code": "HL-TT01", "volunteer_id": ids[0], "since": since}
 
 
-async def test_roster_rows_outside_a_managers_unit_are_rejected(client) -> None:
-    await seed_tree(client)
+async def test_roster_rows_outside_a_managers_unit_are_rejected(client, settings) -> None:
+    events = await seed_tree(client)
     manager = token("manager", unit="QN-HALONG")
     rows = [row("m/1"), row("m/2", "QN-VANDON")]
     r = await client.post("/v1/volunteers:import", json={"items": rows}, headers=manager)
@@ -78,3 +78,5 @@ async def test_roster_rows_outside_a_managers_unit_are_rejected(client) -> None:
     field = token("field", unit="QN-HALONG")
     denied = await client.post("/v1/volunteers:import", json={"items": rows}, headers=field)
     assert denied.status_code == 403
+    got = await registry_events(settings, events + 1)  # the one accepted row, nothing from the others
+    assert [e.envelope.type for e in got].count(ev.VOLUNTEER_REGISTERED) == 1

@@ -8,7 +8,7 @@ from __future__ import annotations
 
 import asyncio
 import contextlib
-from collections.abc import Iterable, Mapping, Sequence
+from collections.abc import Coroutine, Iterable, Mapping, Sequence
 from typing import Any
 
 from pymongo import IndexModel
@@ -24,6 +24,26 @@ from shared.settings import ServiceSettings
 from shared.topics import EVENT_TOPICS, ensure_topics
 
 log = get_logger(__name__)
+
+SHUTDOWN_STEP_SECONDS = 10.0
+
+
+async def _settle(task: asyncio.Task[Any]) -> None:
+    with contextlib.suppress(asyncio.CancelledError):
+        await task
+
+
+async def _bounded(step: Coroutine[Any, Any, None], what: str) -> None:
+    # asyncio.wait, not wait_for: wait_for would wait for a step that ignores cancellation.
+    task = asyncio.ensure_future(step)
+    done, _ = await asyncio.wait({task}, timeout=SHUTDOWN_STEP_SECONDS)
+    if not done:
+        log.warning("shutdown_step_timed_out", step=what, seconds=SHUTDOWN_STEP_SECONDS)
+        return
+    with contextlib.suppress(asyncio.CancelledError):
+        exc = task.exception()
+        if exc is not None:
+            log.warning("shutdown_step_failed", step=what, error=str(exc) or type(exc).__name__)
 
 
 class Runtime:
@@ -124,17 +144,21 @@ class Runtime:
                 delay = min(delay * 2, 10.0)
 
     async def stop(self) -> None:
+        """Stop everything; each step gets ``SHUTDOWN_STEP_SECONDS`` so a stuck one cannot hang shutdown.
+
+        A step still running after that is logged and left behind (the process is exiting): a relay
+        cancelled while its producer was connecting to Kafka was seen to never finish stopping.
+        """
         for c in self.consumers:
-            await c.stop()
+            await _bounded(c.stop(), f"consumer {c.name}")
         if self.relay:
-            await self.relay.stop()
+            await _bounded(self.relay.stop(), "outbox relay")
         for t in self._background:
             t.cancel()
-            with contextlib.suppress(asyncio.CancelledError):
-                await t
-        await self.producer.stop()
-        await self.client.close()
-        await self.read_client.close()
+            await _bounded(_settle(t), t.get_name())
+        await _bounded(self.producer.stop(), "producer")
+        await _bounded(self.client.close(), "mongo client")
+        await _bounded(self.read_client.close(), "mongo read client")
 
     def readiness_checks(self) -> dict[str, ReadinessCheck]:
         return {"mongo": lambda: ping(self.client), "kafka": self.producer.ping}
