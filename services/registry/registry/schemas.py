@@ -4,12 +4,12 @@ from __future__ import annotations
 
 import unicodedata
 from datetime import date, datetime
-from enum import StrEnum
 from typing import Annotated, Any, ClassVar
 from zoneinfo import ZoneInfo
 
 from pydantic import AfterValidator, BaseModel, ConfigDict, Field, JsonValue, model_validator
 
+from shared.batch import BatchStatus
 from shared.contracts.common import Indicator, Role, Skill, TeamKind, UnitKind
 
 LOCAL_TZ = ZoneInfo("Asia/Ho_Chi_Minh")
@@ -486,15 +486,9 @@ class RosterIn(Body):
     items: list[dict[str, JsonValue]] = Field(min_length=1, max_length=MAX_ROSTER)
 
 
-class RosterStatus(StrEnum):
-    created = "created"
-    duplicate = "duplicate"
-    rejected = "rejected"
-
-
 class RosterItemOut(BaseModel):
     client_ref: str | None
-    status: RosterStatus
+    status: BatchStatus
     id: str | None = Field(default=None, description="The volunteer id (the same on every re-send).")
     teams: list[str] = Field(default_factory=list, description="Teams the volunteer is a member of after this row.")
     problem: dict[str, Any] | None = Field(default=None, description="RFC 9457 problem of a rejected row.")

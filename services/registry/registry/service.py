@@ -24,7 +24,6 @@ from registry.schemas import (
     Period,
     RosterItemIn,
     RosterItemOut,
-    RosterStatus,
     TargetIn,
     TargetOut,
     TeamIn,
@@ -39,6 +38,7 @@ from registry.schemas import (
     local_today,
 )
 from shared.auth import Principal, Role, require_role, require_scope
+from shared.batch import BatchStatus
 from shared.contracts import registry as ev
 from shared.contracts.common import TeamKind, UnitKind
 from shared.envelope import Envelope, make_event
@@ -525,7 +525,7 @@ class RegistryService:
         memberships: list[tuple[int, Document, Envelope]] = []
         for i, raw in enumerate(rows):
             ref = raw.get("client_ref")
-            results.append(RosterItemOut(client_ref=ref if isinstance(ref, str) else None, status=RosterStatus.created))
+            results.append(RosterItemOut(client_ref=ref if isinstance(ref, str) else None, status=BatchStatus.created))
             try:
                 row = RosterItemIn.model_validate(raw)
                 unit = await unit_of(row.unit_code)
@@ -540,13 +540,11 @@ class RegistryService:
                     joined.append(_new_membership(m.code, volunteer_id, m.since))
             except ValidationError as exc:
                 results[i] = results[i].model_copy(
-                    update={"status": RosterStatus.rejected, "problem": validation_problem(exc)}
+                    update={"status": BatchStatus.rejected, "problem": validation_problem(exc)}
                 )
                 continue
             except ProblemError as exc:
-                results[i] = results[i].model_copy(
-                    update={"status": RosterStatus.rejected, "problem": exc.to_problem()}
-                )
+                results[i] = results[i].model_copy(update={"status": BatchStatus.rejected, "problem": exc.to_problem()})
                 continue
             doc, event = _new_volunteer(row, unit, volunteer_id)
             volunteers.append((i, doc, event))
@@ -555,7 +553,7 @@ class RegistryService:
         taken = await self._repo.insert_new(VOLUNTEERS, [(d, [e]) for _, d, e in volunteers])
         for i, doc, _ in volunteers:
             if doc["_id"] in taken:
-                results[i] = results[i].model_copy(update={"status": RosterStatus.duplicate})
+                results[i] = results[i].model_copy(update={"status": BatchStatus.duplicate})
         # Memberships of re-sent rows too: the first attempt may have stopped between the two inserts.
         # One that exists already (possibly ended since) is left as it is.
         await self._repo.insert_new(MEMBERSHIPS, [(d, [e]) for _, d, e in memberships])

@@ -9,6 +9,7 @@ from typing import Annotated, Any
 
 from pydantic import BaseModel, ConfigDict, Field, field_validator, model_validator
 
+from shared.batch import BatchStatus
 from shared.contracts.common import Audience, Mode, NonNegative, ParticipantGroup, Topic
 
 MAX_BATCH = 500
@@ -199,12 +200,6 @@ class SessionBatchIn(BatchIn):
             ]
         }
     )
-
-
-class BatchStatus(StrEnum):
-    created = "created"
-    duplicate = "duplicate"
-    rejected = "rejected"
 
 
 class BatchItemResult(BaseModel):

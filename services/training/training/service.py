@@ -37,6 +37,7 @@ from zoneinfo import ZoneInfo
 from pydantic import BaseModel, ValidationError
 
 from shared.auth import READ_ROLES, Principal, Role, require_role, require_scope
+from shared.batch import BatchStatus
 from shared.contracts import training as ev
 from shared.contracts.common import Change, ParticipantGroup, TeamKind
 from shared.envelope import Envelope, make_event
@@ -47,7 +48,6 @@ from shared.registry_view import RegistryView
 from training.repository import COURSES, TrainingRepository
 from training.schemas import (
     BatchItemResult,
-    BatchStatus,
     CancelIn,
     CompleteIn,
     CourseIn,
