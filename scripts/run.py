@@ -17,7 +17,6 @@ import json
 import os
 import re
 import signal
-import socket
 import subprocess
 import sys
 import threading
@@ -33,7 +32,7 @@ from typing import IO, Any
 import httpx
 
 from shared.auth import issue_token
-from shared.infra import FERRETDB_VERSION, KAFKA_VERSION, FerretDB, KafkaBroker
+from shared.infra import FERRETDB_VERSION, KAFKA_VERSION, FerretDB, KafkaBroker, pid_alive, port_open
 from shared.settings import DEV_JWT_SECRET
 from shared.topics import ensure_topics_sync, load_topics
 
@@ -60,20 +59,6 @@ SPEC_BY_NAME = {s.name: s for s in SERVICES}
 def available_services(repo: Path = REPO) -> list[str]:
     """Services whose package is far enough along to run (it has an ``app.py``)."""
     return [s.name for s in SERVICES if (repo / "services" / s.name / s.name / "app.py").exists()]
-
-
-def port_in_use(port: int, host: str = "127.0.0.1") -> bool:
-    with socket.socket() as s:
-        s.settimeout(0.2)
-        return s.connect_ex((host, port)) == 0
-
-
-def _pid_alive(pid: int) -> bool:
-    try:
-        os.kill(pid, 0)
-    except OSError:
-        return False
-    return True
 
 
 @dataclass
@@ -225,10 +210,10 @@ class System:
     def _reusable(self, name: str, port: int) -> bool:
         """True if ``make infra-up`` already runs this server on our data dir; else fail on a busy port."""
         pidfile = self.cfg.data_dir / f"{name}.pid"
-        if pidfile.exists() and _pid_alive(int(pidfile.read_text())):
+        if pidfile.exists() and pid_alive(int(pidfile.read_text())):
             self.reused.append(name)
             return True
-        if port_in_use(port):
+        if port_open(port):
             raise RuntimeError(f"port {port} for {name} is taken by another program; stop it or pick another port")
         return False
 
@@ -289,7 +274,7 @@ class System:
         self.cfg.log_dir.mkdir(parents=True, exist_ok=True)
         for name in names:
             port = self.cfg.ports[name]
-            if port_in_use(port, self.cfg.host):
+            if port_open(port, self.cfg.host):
                 raise RuntimeError(f"port {port} for {name} is in use (is another `make run` running?)")
         for name in names:
             spec = SPEC_BY_NAME[name]

@@ -640,15 +640,9 @@ class RegistryService:
         if not volunteer["active"]:
             raise Conflict(f"volunteer {body.volunteer_id} has left", slug="volunteer-left")
         key = f"{team_code}/{body.volunteer_id}"
-        event = _event(
-            ev.MEMBERSHIP_STARTED,
-            ev.MembershipStarted(team_code=team_code, volunteer_id=body.volunteer_id, since=body.since),
-            key,
-        )
-        period = {"since": body.since.isoformat(), "until": None}
+        doc, event = _new_membership(team_code, body.volunteer_id, body.since)
         existing = await self._repo.get(MEMBERSHIPS, key)
         if existing is None:
-            doc, event = _new_membership(team_code, body.volunteer_id, body.since)
             if not await self._repo.insert(MEMBERSHIPS, doc, [event]):
                 raise _lost_race(f"membership {key}")
             return membership_out(doc)
@@ -657,7 +651,7 @@ class RegistryService:
         last_until = existing["periods"][-1]["until"]
         if body.since.isoformat() < last_until:
             raise InvalidInput(f"since is before the end of the previous membership ({last_until})", field="since")
-        changes = {"active": True, "periods": [*existing["periods"], period]}
+        changes = {"active": True, "periods": [*existing["periods"], *doc["periods"]]}
         await self._update(MEMBERSHIPS, existing, changes, [event])
         return membership_out({**existing, **changes})
 

@@ -453,9 +453,7 @@ class TrainingService:
                 await self._mark_applied(kind, child_id)
                 return False
             update, events = await plan(c)
-            last = c.get("last_applied")
-            if last and (last["kind"], last["id"]) not in self._flagged:
-                await self._mark_applied(last["kind"], last["id"])
+            await self._settle_last_applied(c)
             update.setdefault("$set", {})["last_applied"] = marker
             if await self._repo.update_course(code, {"rev": c["rev"]}, update, events):
                 await self._mark_applied(kind, child_id)
@@ -470,10 +468,10 @@ class TrainingService:
             del self._flagged[next(iter(self._flagged))]
 
     async def _settle_last_applied(self, c: Document) -> None:
-        """Finish step 3 of the last apply, so reads of children see it."""
+        """Finish step 3 of the last apply (roll-forward), unless this process already did."""
         last = c.get("last_applied")
-        if last:
-            await self._repo.mark_child_applied(last["kind"], last["id"])
+        if last and (last["kind"], last["id"]) not in self._flagged:
+            await self._mark_applied(last["kind"], last["id"])
 
     # --- participants ------------------------------------------------------------------------------
 

@@ -45,10 +45,11 @@ def free_port() -> int:
         return int(s.getsockname()[1])
 
 
-def _port_open(port: int) -> bool:
+def port_open(port: int, host: str = "127.0.0.1") -> bool:
+    """True when something accepts TCP connections on ``host:port`` now."""
     with socket.socket() as s:
         s.settimeout(0.2)
-        return s.connect_ex(("127.0.0.1", port)) == 0
+        return s.connect_ex((host, port)) == 0
 
 
 def _kafka_answers(bootstrap: str) -> bool:
@@ -183,7 +184,7 @@ class KafkaBroker:
         while time.monotonic() < deadline:
             if self.proc.poll() is not None:
                 raise RuntimeError(f"Kafka exited early; see {self.data_dir / 'kafka.log'}")
-            if _port_open(self.port) and _kafka_answers(self.bootstrap):
+            if port_open(self.port) and _kafka_answers(self.bootstrap):
                 return self
             time.sleep(0.3)
         raise TimeoutError(f"Kafka did not answer on {self.bootstrap} within {timeout}s")
@@ -234,7 +235,7 @@ class FerretDB:
         while time.monotonic() < deadline:
             if self.proc.poll() is not None:
                 raise RuntimeError(f"FerretDB exited early; see {self.data_dir / 'ferretdb.log'}")
-            if _port_open(self.port) and _mongo_answers(self.url):
+            if port_open(self.port) and _mongo_answers(self.url):
                 return self
             time.sleep(0.1)
         raise TimeoutError(f"FerretDB did not answer on {self.url} within {timeout}s")
@@ -261,7 +262,8 @@ def _terminate(proc: subprocess.Popen[bytes] | None, grace: float = 15.0) -> Non
 # --- the `make infra-up` / `make infra-down` entry point -------------------------------------------
 
 
-def _pid_alive(pid: int) -> bool:
+def pid_alive(pid: int) -> bool:
+    """True when a process with this pid exists."""
     try:
         os.kill(pid, 0)
     except OSError:
@@ -280,7 +282,7 @@ def _up(root: Path) -> None:
     ferret = FerretDB(root / "ferretdb", port=mongo_port)
     for name, svc in (("kafka", kafka), ("ferretdb", ferret)):
         pidfile = root / f"{name}.pid"
-        if pidfile.exists() and _pid_alive(int(pidfile.read_text())):
+        if pidfile.exists() and pid_alive(int(pidfile.read_text())):
             print(f"infra: {name} already running (pid {pidfile.read_text().strip()})")
             continue
         svc.start()
@@ -299,10 +301,10 @@ def _down(root: Path) -> None:
         if not pidfile.exists():
             continue
         pid = int(pidfile.read_text())
-        if _pid_alive(pid):
+        if pid_alive(pid):
             os.killpg(pid, signal.SIGTERM)
             for _ in range(150):
-                if not _pid_alive(pid):
+                if not pid_alive(pid):
                     break
                 time.sleep(0.1)
             else:

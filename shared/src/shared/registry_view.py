@@ -99,9 +99,9 @@ class RegistryView:
             fold = _FOLDS.get(c.envelope.type)
             if fold is None:
                 continue  # producers may add types this view does not use
-            for collection, key, fields in fold(c.envelope.payload()):
-                sets.setdefault((collection, key), {}).update(fields)
             payload = c.envelope.payload()
+            for collection, key, fields in fold(payload):
+                sets.setdefault((collection, key), {}).update(fields)
             if isinstance(payload, ev.MembershipStarted | ev.MembershipEnded):
                 started = isinstance(payload, ev.MembershipStarted)
                 moves.setdefault(payload.team_code, []).append((payload.volunteer_id, started))
