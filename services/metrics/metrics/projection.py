@@ -8,9 +8,10 @@ document still lacks. Both are unit-tested without infrastructure.
 from __future__ import annotations
 
 from collections import defaultdict
-from collections.abc import Iterable, Mapping, Sequence
+from collections.abc import Callable, Iterable, Mapping, Sequence
 from dataclasses import dataclass
 from datetime import date
+from typing import Any
 
 from pydantic import BaseModel
 
@@ -93,94 +94,194 @@ class Increment:
         return counter_path(self.day, self.field)
 
 
-def _bump(out: list[Increment], path: Sequence[str], when: date | None, indicator: str, key: str, delta: int) -> None:
-    """Add ``delta`` to an indicator (and its total) for every unit of ``path``."""
-    if delta == 0:
-        return
-    spec = CATALOGUE[indicator]
-    fields = [spec.field(key)] if not spec.keys else [spec.field(key), spec.field("total")]
-    days = [STATE_DAY] if when is None else [when.isoformat(), ALL_DAY]
-    for depth, unit in enumerate(path, start=1):
-        for day in days:
-            for f in fields:
-                out.append(Increment(unit, depth, day, f, delta))
+# ``emit(unit_path, day, indicator, key, delta)``: what one event does to one indicator; ``day`` is
+# None for current-state indicators. The exact path expands each call into :class:`Increment`s;
+# the fast path only sums calls (see :class:`BatchSums`).
+Emit = Callable[[Sequence[str], date | None, str, str, int], None]
 
 
-def _visit(out: list[Increment], figures: vis.VisitFigures, sign: int) -> None:
+def _visit(emit: Emit, figures: vis.VisitFigures, sign: int) -> None:
     path, day = figures.unit_path, figures.visited_on
-    _bump(out, path, day, "households_visited", "total", sign * figures.households)
-    _bump(out, path, day, "people_supported", "total", sign * figures.people.total)
-    _bump(out, path, day, "vneid_installs", "total", sign * figures.services.vneid_installed)
-    _bump(out, path, day, "online_applications", "l3", sign * figures.services.online_applications_l3)
-    _bump(out, path, day, "online_applications", "l4", sign * figures.services.online_applications_l4)
+    services = figures.services
+    emit(path, day, "households_visited", "total", sign * figures.households)
+    emit(path, day, "people_supported", "total", sign * figures.people.total)
+    emit(path, day, "vneid_installs", "total", sign * services.vneid_installed)
+    emit(path, day, "online_applications", "l3", sign * services.online_applications_l3)
+    emit(path, day, "online_applications", "l4", sign * services.online_applications_l4)
 
 
 def _change(c: Change) -> int:
     return c.after - c.before
 
 
-def _participants(out: list[Increment], course: trn.CourseRef, change: Change) -> None:
-    _bump(out, course.unit_path, course.starts_on, "course_participants", course.audience.value, _change(change))
+def _participants(emit: Emit, course: trn.CourseRef, change: Change) -> None:
+    emit(course.unit_path, course.starts_on, "course_participants", course.audience.value, _change(change))
 
 
-def _completions(out: list[Increment], course: trn.CourseRef, change: Change) -> None:
-    _bump(out, course.unit_path, course.ends_on, "course_completions", "total", _change(change))
+def _completions(emit: Emit, course: trn.CourseRef, change: Change) -> None:
+    emit(course.unit_path, course.ends_on, "course_completions", "total", _change(change))
+
+
+def fold_into(payload: BaseModel, emit: Emit) -> None:
+    """Report, through ``emit``, every indicator change one event causes (nothing for the others)."""
+    match payload:
+        # --- registry: current state -------------------------------------------------------------
+        case reg.TeamCreated():
+            emit(payload.unit_path, None, "teams", payload.kind.value, 1)
+        case reg.TeamUpdated():
+            # An inactive team was already taken out by its deactivation; an active one moves from
+            # its previous kind and unit to the current ones (a no-op when neither changed).
+            if payload.active:
+                emit(payload.previous_unit_path, None, "teams", payload.previous_kind.value, -1)
+                emit(payload.unit_path, None, "teams", payload.kind.value, 1)
+        case reg.TeamDeactivated():
+            emit(payload.unit_path, None, "teams", payload.kind.value, -1)
+        case reg.VolunteerRegistered():
+            emit(payload.unit_path, None, "volunteers", "total", 1)
+        case reg.VolunteerUpdated():
+            if payload.active:
+                emit(payload.previous_unit_path, None, "volunteers", "total", -1)
+                emit(payload.unit_path, None, "volunteers", "total", 1)
+        case reg.VolunteerLeft():
+            emit(payload.unit_path, None, "volunteers", "total", -1)
+        # --- visits: dated by visited_on / published_on -------------------------------------------
+        case vis.VisitRecorded():
+            _visit(emit, payload.figures, 1)
+        case vis.VisitCorrected():
+            _visit(emit, payload.previous, -1)
+            _visit(emit, payload.figures, 1)
+        case vis.VisitVoided():
+            _visit(emit, payload.figures, -1)
+        case vis.OutreachPublished():
+            emit(payload.unit_path, payload.published_on, "outreach_posts", payload.channel.value, 1)
+        case vis.OutreachVoided():
+            emit(payload.unit_path, payload.published_on, "outreach_posts", payload.channel.value, -1)
+        # --- training: courses and participants by starts_on, completions by ends_on ---------------
+        case trn.CourseScheduled():
+            c = payload.course
+            emit(c.unit_path, c.starts_on, "courses", c.audience.value, 1)
+        case trn.CourseCancelled():
+            c = payload.course
+            emit(c.unit_path, c.starts_on, "courses", c.audience.value, -1)
+            _participants(emit, c, payload.participants)
+            _completions(emit, c, payload.completions)
+        case trn.SessionHeld() | trn.ParticipantEnrolled():
+            _participants(emit, payload.course, payload.participants)
+        case trn.ParticipantCompleted():
+            _completions(emit, payload.course, payload.completions)
+        case trn.CourseCompleted():
+            _participants(emit, payload.course, payload.participants)
+            _completions(emit, payload.course, payload.completions)
+        case _:
+            pass
+
+
+def _fields(indicator: str, key: str) -> tuple[str, ...]:
+    spec = CATALOGUE[indicator]
+    return (spec.field(key),) if not spec.keys else (spec.field(key), spec.field("total"))
+
+
+# Every (indicator, key) pair an event can name, resolved once: the fold runs per event.
+FIELDS: dict[tuple[str, str], tuple[str, ...]] = {
+    (name, key): _fields(name, key) for name, spec in CATALOGUE.items() for key in (*spec.keys, "total")
+}
+
+
+def _days(when: date | None) -> tuple[str, ...]:
+    return (STATE_DAY,) if when is None else (when.isoformat(), ALL_DAY)
 
 
 def fold(payload: BaseModel) -> list[Increment]:
     """The counter increments one event causes (empty for events that move no indicator)."""
     out: list[Increment] = []
-    match payload:
-        # --- registry: current state -------------------------------------------------------------
-        case reg.TeamCreated():
-            _bump(out, payload.unit_path, None, "teams", payload.kind.value, 1)
-        case reg.TeamUpdated():
-            # An inactive team was already taken out by its deactivation; an active one moves from
-            # its previous kind and unit to the current ones (a no-op when neither changed).
-            if payload.active:
-                _bump(out, payload.previous_unit_path, None, "teams", payload.previous_kind.value, -1)
-                _bump(out, payload.unit_path, None, "teams", payload.kind.value, 1)
-        case reg.TeamDeactivated():
-            _bump(out, payload.unit_path, None, "teams", payload.kind.value, -1)
-        case reg.VolunteerRegistered():
-            _bump(out, payload.unit_path, None, "volunteers", "total", 1)
-        case reg.VolunteerUpdated():
-            if payload.active:
-                _bump(out, payload.previous_unit_path, None, "volunteers", "total", -1)
-                _bump(out, payload.unit_path, None, "volunteers", "total", 1)
-        case reg.VolunteerLeft():
-            _bump(out, payload.unit_path, None, "volunteers", "total", -1)
-        # --- visits: dated by visited_on / published_on -------------------------------------------
-        case vis.VisitRecorded():
-            _visit(out, payload.figures, 1)
-        case vis.VisitCorrected():
-            _visit(out, payload.previous, -1)
-            _visit(out, payload.figures, 1)
-        case vis.VisitVoided():
-            _visit(out, payload.figures, -1)
-        case vis.OutreachPublished():
-            _bump(out, payload.unit_path, payload.published_on, "outreach_posts", payload.channel.value, 1)
-        case vis.OutreachVoided():
-            _bump(out, payload.unit_path, payload.published_on, "outreach_posts", payload.channel.value, -1)
-        # --- training: courses and participants by starts_on, completions by ends_on ---------------
-        case trn.CourseScheduled():
-            c = payload.course
-            _bump(out, c.unit_path, c.starts_on, "courses", c.audience.value, 1)
-        case trn.CourseCancelled():
-            c = payload.course
-            _bump(out, c.unit_path, c.starts_on, "courses", c.audience.value, -1)
-            _participants(out, c, payload.participants)
-            _completions(out, c, payload.completions)
-        case trn.SessionHeld() | trn.ParticipantEnrolled():
-            _participants(out, payload.course, payload.participants)
-        case trn.ParticipantCompleted():
-            _completions(out, payload.course, payload.completions)
-        case trn.CourseCompleted():
-            _participants(out, payload.course, payload.participants)
-            _completions(out, payload.course, payload.completions)
-        case _:
-            pass
+
+    def emit(path: Sequence[str], when: date | None, indicator: str, key: str, delta: int) -> None:
+        if delta == 0:
+            return
+        fields = FIELDS[(indicator, key)]
+        days = _days(when)
+        for depth, unit in enumerate(path, start=1):
+            for day in days:
+                for f in fields:
+                    out.append(Increment(unit, depth, day, f, delta))
+
+    fold_into(payload, emit)
     return out
+
+
+Sections = dict[str, dict[str, int]]
+"""``{day: {field: delta}}`` of one counter document, ``day`` an ISO date, ``STATE_DAY`` or ``ALL_DAY``."""
+
+
+class BatchSums:
+    """The fast path: a batch's indicator changes summed before they are spread over units and days.
+
+    Used when no counter document has seen any of the batch's offsets (the normal case; a
+    redelivery takes the exact, per-event path). Summing first keeps the per-event cost to a
+    few dict additions: a batch of visits to ~60 units over ~50 days repeats the same
+    (path, day, indicator) keys thousands of times.
+    """
+
+    def __init__(self) -> None:
+        self.sums: dict[tuple[tuple[str, ...], date | None, str, str], int] = defaultdict(int)
+
+    def emit(self, path: Sequence[str], when: date | None, indicator: str, key: str, delta: int) -> None:
+        if delta:
+            self.sums[(tuple(path), when, indicator, key)] += delta
+
+    def spread(self) -> tuple[dict[str, Sections], dict[str, int]]:
+        """``({unit: sections}, {unit: depth})`` with zero nets dropped."""
+        out: dict[str, Sections] = {}
+        depth: dict[str, int] = {}
+        for (path, when, indicator, key), delta in self.sums.items():
+            if not delta:
+                continue
+            fields = FIELDS[(indicator, key)]
+            days = _days(when)
+            for d, unit in enumerate(path, start=1):
+                depth[unit] = d
+                doc = out.setdefault(unit, {})
+                for day in days:
+                    target = doc.setdefault(day, {})
+                    for f in fields:
+                        target[f] = target.get(f, 0) + delta
+        return prune(out), depth
+
+
+def prune(docs: Mapping[str, Sections]) -> dict[str, Sections]:
+    """Drop fields, days and documents whose changes net to zero."""
+    out: dict[str, Sections] = {}
+    for doc, days in docs.items():
+        kept = {day: {f: v for f, v in fields.items() if v} for day, fields in days.items()}
+        kept = {day: fields for day, fields in kept.items() if fields}
+        if kept:
+            out[doc] = kept
+    return out
+
+
+def as_sections(paths: Mapping[str, int]) -> Sections:
+    """``{counter path: delta}`` (as :func:`net` gives) regrouped as ``{day: {field: delta}}``."""
+    out: Sections = {}
+    for path, delta in paths.items():
+        head, _, field = path.rpartition(".")
+        day = head.removeprefix(f"{DAYS}.")
+        out.setdefault(day, {})[field] = delta
+    return out
+
+
+def add_sections(counters: dict[str, Any], deltas: Sections) -> None:
+    """Add ``deltas`` into a counter document's ``{state, all, days}`` content, in place."""
+    for day, fields in deltas.items():
+        if day in (STATE_DAY, ALL_DAY):
+            target = counters.setdefault(day, {})
+        else:
+            target = counters.setdefault(DAYS, {}).setdefault(day, {})
+        for f, v in fields.items():
+            total = target.get(f, 0) + v
+            if total:
+                target[f] = total
+            else:
+                target.pop(f, None)
 
 
 def net(increments: Iterable[Increment]) -> dict[str, dict[str, int]]:

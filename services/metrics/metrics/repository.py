@@ -6,11 +6,14 @@ fill fresh ones while the live projection keeps serving; ``meta`` says which gen
 
 from __future__ import annotations
 
+import uuid
 from collections.abc import Iterable, Mapping, Sequence
+from dataclasses import dataclass, field
 from datetime import UTC, datetime
 from typing import Any
 
-from pymongo import ASCENDING, ReturnDocument, UpdateOne
+import orjson
+from pymongo import ASCENDING, ReplaceOne, ReturnDocument
 from pymongo.asynchronous.collection import AsyncCollection
 from pymongo.asynchronous.database import AsyncDatabase
 from pymongo.errors import BulkWriteError, DuplicateKeyError
@@ -74,6 +77,38 @@ PER_DOCUMENT_LOOKUPS = 64
 MAX_UPDATES_PER_COMMAND = 50
 
 
+@dataclass
+class CounterDoc:
+    """One unit's counters: ``counters`` is ``{"state": {...}, "all": {...}, "days": {day: {...}}}``.
+
+    Stored as ``{_id, depth, v, wm, c}`` with ``c`` the counters packed into one binary value
+    (orjson). FerretDB v1 turns every value of a document into its own JSON node on each read and
+    rewrite, so an ``$inc`` on a unit with 50 days of ~25 fields cost 11-27 ms; the same document
+    rewritten whole with its counters packed costs ~1 ms (60 documents: 0.65-1.6 s vs 57-80 ms,
+    measured with bench's FerretDB). ``v`` is the compare-and-set version of every rewrite and
+    ``wm`` holds, per partition, the highest offset whose events the counters include.
+    """
+
+    unit: str
+    depth: int
+    version: int  # 0: not stored yet
+    marks: dict[str, int] = field(default_factory=dict)
+    counters: dict[str, Any] = field(default_factory=dict)
+
+    @classmethod
+    def from_stored(cls, doc: Document) -> CounterDoc:
+        return cls(doc["_id"], int(doc.get("depth", 0)), int(doc["v"]), dict(doc.get("wm") or {}), unpack(doc))
+
+
+def unpack(doc: Document) -> dict[str, Any]:
+    """The ``{state, all, days}`` content of a stored counter document."""
+    raw = doc.get("c")
+    content: dict[str, Any] = orjson.loads(raw) if raw else {}
+    for section in (STATE_DAY, ALL_DAY, DAYS):
+        content.setdefault(section, {})
+    return content
+
+
 class ProjectionRepository:
     """The collections of one generation: counters, applied event ids, units and campaigns."""
 
@@ -100,66 +135,66 @@ class ProjectionRepository:
         # which made every batch cost O(events ever applied). The projector is this set's only
         # writer (one live consumer per partition), so memory and collection stay in step.
         if self._applied_ids is None:
-            self._applied_ids = {d["_id"] async for d in self.applied_events.find({}, {"_id": 1})}
+            self._applied_ids = set()
+            async for d in self.applied_events.find({}, {"ids": 1}):
+                self._applied_ids.update(str(d.get("ids", "")).split("\n"))
+            self._applied_ids.discard("")
         return {e for e in event_ids if e in self._applied_ids}
 
     async def mark_applied(self, event_ids: Sequence[str]) -> None:
-        await insert_ignoring_duplicates(self.applied_events, [{"_id": e} for e in event_ids])
+        """Record a batch's event ids as one document (one value): 5,000 one-id documents cost
+        ~0.24 s on FerretDB, one packed document of 10,000 ids 0.01-0.03 s."""
+        if not event_ids:
+            return
+        packed = "\n".join(event_ids)
+        await self.applied_events.insert_one({"_id": uuid.uuid4().hex, "n": len(event_ids), "ids": packed})
         if self._applied_ids is not None:
             self._applied_ids.update(event_ids)
 
-    async def watermarks(self, doc_ids: Iterable[str]) -> dict[str, dict[str, int | None]]:
-        """``{doc id: {partition key: watermark}}`` for the documents that exist."""
-        ids = list(doc_ids)
-        if len(ids) <= PER_DOCUMENT_LOOKUPS:
-            # Primary-key lookups beat one collection scan when a batch touches few counters.
-            found = [await self.counters.find_one({"_id": i}, {"wm": 1}) for i in ids]
-            docs = [d for d in found if d is not None]
+    async def applied_count(self) -> int:
+        return sum([int(d.get("n", 0)) async for d in self.applied_events.find({}, {"n": 1})])
+
+    async def load_counters(self, doc_ids: Iterable[str] | None = None) -> dict[str, CounterDoc]:
+        """The stored counter documents among ``doc_ids`` (all of them when None)."""
+        if doc_ids is None:
+            docs = await self.counters.find({}).to_list()
         else:
-            docs = await self.counters.find({"_id": {"$in": ids}}, {"wm": 1}).to_list()
-        return {d["_id"]: dict(d.get("wm") or {}) for d in docs}
+            ids = list(doc_ids)
+            if len(ids) <= PER_DOCUMENT_LOOKUPS:
+                # Primary-key lookups beat one collection scan when a batch touches few counters.
+                found = [await self.counters.find_one({"_id": i}) for i in ids]
+                docs = [d for d in found if d is not None]
+            else:
+                docs = await self.counters.find({"_id": {"$in": ids}}).to_list()
+        return {d["_id"]: CounterDoc.from_stored(d) for d in docs}
 
-    async def create_skeletons(self, skeletons: Sequence[tuple[str, int]]) -> None:
-        """Insert empty counter documents ``(unit, depth)``; ones created meanwhile are fine.
+    async def save_counters(self, docs: Sequence[CounterDoc]) -> int:
+        """Write each document as version ``doc.version + 1`` if it is still at ``doc.version``.
 
-        Creating first and then updating by ``_id`` avoids upserts inside bulk_write, which FerretDB
-        answers in a way PyMongo cannot parse when they hit a duplicate key.
+        Returns how many were written; a document someone else wrote (or created) meanwhile is
+        not, and the caller re-reads it. That is what stops a zombie projector double-counting.
         """
-        await insert_ignoring_duplicates(
-            self.counters,
-            [{"_id": u, "depth": depth, STATE_DAY: {}, ALL_DAY: {}, DAYS: {}, "wm": {}} for u, depth in skeletons],
-        )
-
-    async def apply_increments(
-        self,
-        deltas: Mapping[str, Mapping[str, int]],
-        expected: Mapping[str, Mapping[str, int | None]],
-        new_marks: Mapping[str, int],
-    ) -> int:
-        """One unordered bulk of conditional ``$inc``; returns how many documents matched.
-
-        Each document's update only matches while its watermarks of the partitions it takes
-        increments from are still the ones we read (``expected``), so a second (zombie) projector
-        that got there first makes ours miss instead of double-count.
-        """
-        ops = []
-        for doc, fields in deltas.items():
-            marks = expected[doc]
-            cond: dict[str, Any] = {f"wm.{k}": (v if v is not None else {"$exists": False}) for k, v in marks.items()}
-            ops.append(
-                UpdateOne(
-                    {"_id": doc, **cond},
-                    {"$inc": dict(fields), "$set": {f"wm.{k}": new_marks[k] for k in marks}},
-                )
-            )
-        if not ops:
-            return 0
-        matched = 0
+        written = 0
+        new = [self._stored(d) for d in docs if d.version == 0]
+        if new:
+            try:
+                await self.counters.insert_many(new, ordered=False)
+                written += len(new)
+            except BulkWriteError as exc:
+                errors = exc.details.get("writeErrors", [])
+                if any(e.get("code") != DUPLICATE_KEY for e in errors) or exc.details.get("writeConcernErrors"):
+                    raise
+                written += len(new) - len(errors)
+        ops = [ReplaceOne({"_id": d.unit, "v": d.version}, self._stored(d)) for d in docs if d.version]
         # FerretDB v1.24 never answers an update command of 100 or more statements: send fewer.
         for i in range(0, len(ops), MAX_UPDATES_PER_COMMAND):
             result = await self.counters.bulk_write(ops[i : i + MAX_UPDATES_PER_COMMAND], ordered=False)
-            matched += result.matched_count
-        return matched
+            written += result.matched_count
+        return written
+
+    @staticmethod
+    def _stored(d: CounterDoc) -> Document:
+        return {"_id": d.unit, "depth": d.depth, "v": d.version + 1, "wm": d.marks, "c": orjson.dumps(d.counters)}
 
     async def set_state(self, kind: str, key: str, fields: Mapping[str, Any]) -> None:
         col = self.units if kind == "units" else self.campaigns
@@ -184,16 +219,21 @@ class ProjectionRepository:
 
     async def counters_in_range(self, unit: str, first: str, last: str) -> list[Document]:
         """``{day, c}`` rows of the unit's days with ``first <= day <= last``, plus its state row."""
-        doc = await self.counters.find_one({"_id": unit}, {DAYS: 1, STATE_DAY: 1})
-        return rows_in_range(doc, first, last) if doc is not None else []
+        doc = await self.counters.find_one({"_id": unit}, {"c": 1, "depth": 1})
+        return rows_in_range(content_of(doc), first, last) if doc is not None else []
 
     async def counters_all_time(self, unit: str) -> list[Document]:
-        doc = await self.counters.find_one({"_id": unit}, {ALL_DAY: 1, STATE_DAY: 1})
-        return all_time_rows(doc) if doc is not None else []
+        doc = await self.counters.find_one({"_id": unit}, {"c": 1, "depth": 1})
+        return all_time_rows(content_of(doc)) if doc is not None else []
 
     async def all_counters(self) -> dict[str, Document]:
-        """Every unit's counter document (one read for all of the gauges)."""
-        return {d["_id"]: d async for d in self.counters.find({}, {"wm": 0})}
+        """Every unit's counters as ``{_id, depth, state, all, days}`` (one read for all of the gauges)."""
+        return {d["_id"]: content_of(d) async for d in self.counters.find({}, {"wm": 0})}
+
+
+def content_of(doc: Document) -> Document:
+    """A stored counter document as ``{_id, depth, state, all, days}``."""
+    return {"_id": doc["_id"], "depth": doc.get("depth"), **unpack(doc)}
 
 
 def rows_in_range(doc: Document, first: str, last: str) -> list[Document]:
