@@ -220,7 +220,12 @@ class FerretDB:
             [
                 str(FERRETDB_BIN),
                 "--handler=sqlite",
-                f"--sqlite-url=file:{data}/",
+                # WAL (FerretDB's default) with synchronous=NORMAL: a commit survives a crash of
+                # FerretDB or of a service; only an OS crash or power cut can lose the last commits,
+                # which is the durability MongoDB gives by default (w:1, journal flushed every
+                # 100 ms). FULL fsyncs every commit: 60 document rewrites took 123-150 ms with it
+                # and 57-80 ms without, and every service write pays it.
+                f"--sqlite-url=file:{data}/?_pragma=synchronous(normal)",
                 f"--listen-addr=127.0.0.1:{self.port}",
                 f"--state-dir={self.data_dir}",
                 "--debug-addr=-",
