@@ -13,7 +13,7 @@ from shared.contracts import registry as ev
 from shared.envelope import make_event
 from shared.infra import FerretDB
 from shared.mongo import connect
-from shared.registry_view import MEMBERSHIPS, TEAMS, RegistryView
+from shared.registry_view import MEMBERSHIPS, TEAMS, UNITS, VOLUNTEERS, ReadModelCache, RegistryView
 
 pytestmark = [pytest.mark.mongo]
 
@@ -69,4 +69,47 @@ async def test_batch_folds_memberships_into_one_team_write_and_replays_to_the_sa
         assert before["T2"]["members"] == ["v1"]
     finally:
         await client.drop_database(f"view_{run_id}")
+        await client.close()
+
+
+def test_the_cache_forgets_changed_keys_and_keeps_no_copy_read_across_a_change() -> None:
+    now = [0.0]
+    cache = ReadModelCache(ttl_seconds=5.0, clock=lambda: now[0])
+    cache.put(TEAMS, "T1", {"_id": "T1", "kind": "mobile"}, cache.generation)
+    cache.put(MEMBERSHIPS, "T1/v1", {"_id": "T1/v1", "active": True}, cache.generation)
+    assert cache.get(TEAMS, "T1") == {"_id": "T1", "kind": "mobile"}
+
+    read_before = cache.generation  # a lookup starts...
+    cache.forget([("membership", "T1/v1")])  # ...the view applies a batch meanwhile...
+    cache.put(MEMBERSHIPS, "T1/v1", {"_id": "T1/v1", "active": True}, read_before)  # ...its copy is not kept
+    assert cache.get(MEMBERSHIPS, "T1/v1") is None
+    assert cache.get(TEAMS, "T1") is None  # a membership also changes its team's member list
+
+    cache.put(UNITS, "QN", {"_id": "QN", "path": ["QN"]}, cache.generation)
+    now[0] = 4.9
+    assert cache.get(UNITS, "QN") is not None
+    now[0] = 5.0  # another replica may have changed it by now
+    assert cache.get(UNITS, "QN") is None
+
+
+async def test_the_view_forgets_what_a_batch_changed_in_its_cache(ferretdb: FerretDB, run_id: str) -> None:
+    client = connect(ferretdb.url)
+    db = client[f"viewcache_{run_id}"]
+    cache = ReadModelCache()
+    view = RegistryView(db, cache=cache)
+    heard_after_forget: list[bool] = []
+
+    async def listener(changes: Sequence[tuple[str, str]]) -> None:
+        heard_after_forget.append(cache.get(VOLUNTEERS, "v1") is None)
+
+    view.on_change(listener)
+    try:
+        cache.put(VOLUNTEERS, "v1", {"_id": "v1", "active": True}, cache.generation)
+        cache.put(VOLUNTEERS, "v2", {"_id": "v2", "active": True}, cache.generation)
+        left = ev.VolunteerLeft(volunteer_id="v1", unit_code="QN-VD", unit_path=["QN", "QN-VD"])
+        await view.apply(consumed([(ev.VOLUNTEER_LEFT, left, "v1")]))
+        assert heard_after_forget == [True]  # listeners re-check pending records against fresh documents
+        assert cache.get(VOLUNTEERS, "v2") is not None
+    finally:
+        await client.drop_database(f"viewcache_{run_id}")
         await client.close()

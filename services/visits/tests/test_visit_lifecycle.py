@@ -179,3 +179,23 @@ async def test_a_pending_record_can_be_voided_without_any_event(visits_app: Visi
     assert (
         await visits_app.client.post(f"/v1/visits/{vid}:correct", json=visit_body(), headers=ADMIN)
     ).status_code == 409
+
+
+async def test_a_membership_heard_before_its_team_leaves_the_record_pending_not_failing(visits_app: Visits) -> None:
+    # Membership events are keyed by team/volunteer, team events by team: no order between them.
+    await visits_app.registry_sends(
+        unit("QN", "Tỉnh Quảng Ninh", ["QN"], kind="province"),
+        unit("QN-VD", "Đặc khu Vân Đồn", VD, kind="special_zone"),
+        volunteer("vol-tam", VD),
+        joined("VD-EARLY", "vol-tam"),
+    )
+    body = visit_body(team_code="VD-EARLY", volunteer_ids=["vol-tam"])
+    r = await visits_app.client.post("/v1/visits", json=body, headers=ADMIN)
+    assert r.status_code == 202, r.text  # held until the team is known, not a 500 on the membership's stub
+    await visits_app.registry_sends(team("VD-EARLY", VD))
+
+    async def recorded() -> bool:
+        got = await visits_app.client.get(f"/v1/visits/{r.json()['id']}", headers=ADMIN)
+        return bool(got.json()["status"] == "recorded")
+
+    await wait_until(recorded, timeout=20)

@@ -10,7 +10,7 @@ from pydantic_settings import SettingsConfigDict
 
 from shared.http import create_app, serve
 from shared.logging import configure_logging
-from shared.registry_view import RegistryView
+from shared.registry_view import ReadModelCache, RegistryView
 from shared.runtime import Runtime
 from shared.settings import ServiceSettings
 from shared.topics import REGISTRY_TOPIC
@@ -27,6 +27,10 @@ class VisitsSettings(ServiceSettings):
     mongo_db: str = "visits"
     host: str = "127.0.0.1"
     port: int = 8002
+    # How long a read-model document answers reference checks from memory. Changes this process
+    # applies are forgotten at once; this bounds how stale a change applied by another replica (its
+    # own partitions) can be here. 0 reads the database for every check.
+    read_model_cache_seconds: float = 5.0
 
 
 DESCRIPTION = """Field visits and outreach posts of the youth union's digital-transformation teams.
@@ -44,7 +48,8 @@ def build_app(settings: VisitsSettings | None = None) -> FastAPI:
     @asynccontextmanager
     async def lifespan(app: FastAPI) -> AsyncIterator[None]:
         runtime = Runtime(cfg, outbox_collections=[VISITS, OUTREACH], indexes=INDEXES)
-        reader = RegistryReader(runtime.read_db)
+        cache = ReadModelCache(cfg.read_model_cache_seconds)
+        reader = RegistryReader(runtime.read_db, cache)
         pending = PendingIndex(runtime.db[PENDING])
         visits = VisitService(
             RecordRepository(runtime.db[VISITS], runtime.read_db[VISITS]),
@@ -58,7 +63,7 @@ def build_app(settings: VisitsSettings | None = None) -> FastAPI:
             reader,
             lambda ids: runtime.notify_relay(OUTREACH, ids),
         )
-        view = RegistryView(runtime.db, reads=runtime.read_db)
+        view = RegistryView(runtime.db, reads=runtime.read_db, cache=cache)
         handler = registry_handlers(view, visits.on_registry_change, outreach.on_registry_change)
         runtime.add_consumer("registry-view", [REGISTRY_TOPIC], handler, per_event=False)
         app.state.runtime = runtime

@@ -132,22 +132,34 @@ class RegistryReader:
 
     One ``_id`` lookup per key: the view's ``active_members`` filters on ``team_code`` (a scan of
     every membership on FerretDB v1) and cannot tell an ended membership from one not seen yet.
+    With a ``cache`` (the one the view forgets changes in) known documents come from memory: the
+    request path then makes no read-model round trip at all.
     """
 
-    def __init__(self, db: AsyncDatabase[Document]) -> None:
+    def __init__(self, db: AsyncDatabase[Document], cache: rm.ReadModelCache | None = None) -> None:
         self._db = db
+        self._cache = cache
 
     async def _by_id(self, collection: str, keys: Iterable[str]) -> dict[str, Document]:
         col = self._db[collection]
+        cache = self._cache
         found: dict[str, Document] = {}
         for key in sorted(set(keys)):
-            doc = await col.find_one({"_id": key})
-            if doc is not None:
-                found[key] = doc
+            doc = cache.get(collection, key) if cache is not None else None
+            if doc is None:
+                generation = cache.generation if cache is not None else 0
+                doc = await col.find_one({"_id": key})
+                if doc is None:
+                    continue
+                if cache is not None:
+                    cache.put(collection, key, doc, generation)
+            found[key] = doc
         return found
 
     async def teams(self, codes: Iterable[str]) -> dict[str, Document]:
-        return await self._by_id(rm.TEAMS, codes)
+        # A membership event can arrive before its team's event (another key, so no order between
+        # them); the view then holds a stub with only ``members``, which does not make the team known.
+        return {k: d for k, d in (await self._by_id(rm.TEAMS, codes)).items() if "kind" in d}
 
     async def unit_paths(self, codes: Iterable[str]) -> dict[str, list[str]]:
         return {k: list(d["path"]) for k, d in (await self._by_id(rm.UNITS, codes)).items()}

@@ -7,7 +7,8 @@ Every event sets the full current state of its key, so replays and redeliveries 
 
 from __future__ import annotations
 
-from collections.abc import Awaitable, Callable, Sequence
+import time
+from collections.abc import Awaitable, Callable, Iterable, Sequence
 from typing import Any
 
 from pymongo import IndexModel
@@ -31,12 +32,75 @@ INDEXES: dict[str, list[IndexModel]] = {
 # because a roster upload changes thousands of keys at once.
 ChangeListener = Callable[[Sequence[tuple[str, str]]], Awaitable[None]]
 
+# The collection whose document ``_id`` a reported change names; a membership also changes its team's
+# ``members`` list.
+_COLLECTION_OF = {"unit": UNITS, "team": TEAMS, "volunteer": VOLUNTEERS, "membership": MEMBERSHIPS}
+
+
+class ReadModelCache:
+    """Read-model documents by ``(collection, _id)``, in memory, forgotten when the view changes them.
+
+    A record's reference checks cost three or four ``_id`` lookups; from memory they cost none.
+    :class:`RegistryView` calls :meth:`forget` after writing each batch and before its listeners
+    run, and a lookup that overlapped such a change is not kept (see :attr:`generation`), so one
+    process never answers from a document older than the batch it applied.
+
+    Entries also expire after ``ttl_seconds``: with several replicas each applies only its own
+    partitions and never hears of the others' changes, so that is how long a replica may answer
+    from a document another replica has since changed. Only documents that exist are kept: an
+    unknown key always asks the database, so a record is never held as pending on a stale "unknown".
+    Callers must not modify the documents they get.
+    """
+
+    def __init__(
+        self, ttl_seconds: float = 5.0, *, max_entries: int = 100_000, clock: Callable[[], float] = time.monotonic
+    ) -> None:
+        self._ttl = ttl_seconds
+        self._max = max_entries
+        self._clock = clock
+        self._docs: dict[tuple[str, str], tuple[float, dict[str, Any]]] = {}
+        self.generation = 0  # bumped by every forget
+
+    def get(self, collection: str, key: str) -> dict[str, Any] | None:
+        entry = self._docs.get((collection, key))
+        if entry is None:
+            return None
+        if entry[0] <= self._clock():
+            del self._docs[(collection, key)]
+            return None
+        return entry[1]
+
+    def put(self, collection: str, key: str, doc: dict[str, Any], generation: int) -> None:
+        """Keep ``doc``, read from the database after :attr:`generation` was ``generation``."""
+        if generation != self.generation or self._ttl <= 0:
+            return  # the view changed something while we read: this copy may predate it
+        if len(self._docs) >= self._max:
+            self._docs.clear()
+        self._docs[(collection, key)] = (self._clock() + self._ttl, doc)
+
+    def forget(self, changes: Iterable[tuple[str, str]]) -> None:
+        """Drop the documents that ``changes`` (as listeners hear them) name."""
+        self.generation += 1
+        for kind, key in changes:
+            collection = _COLLECTION_OF.get(kind)
+            if collection is not None:
+                self._docs.pop((collection, key), None)
+            if kind == "membership":
+                self._docs.pop((TEAMS, key.partition("/")[0]), None)
+
 
 class RegistryView:
-    def __init__(self, db: AsyncDatabase[dict[str, Any]], reads: AsyncDatabase[dict[str, Any]] | None = None) -> None:
+    def __init__(
+        self,
+        db: AsyncDatabase[dict[str, Any]],
+        reads: AsyncDatabase[dict[str, Any]] | None = None,
+        *,
+        cache: ReadModelCache | None = None,
+    ) -> None:
         self._db = db
         self._reads = reads if reads is not None else db  # the queries below; writes stay on ``db``
         self._listeners: list[ChangeListener] = []
+        self.cache = cache  # forgotten per applied batch; the queries below do not use it
 
     def on_change(self, listener: ChangeListener) -> None:
         self._listeners.append(listener)
@@ -106,19 +170,23 @@ class RegistryView:
                 started = isinstance(payload, ev.MembershipStarted)
                 moves.setdefault(payload.team_code, []).append((payload.volunteer_id, started))
             changed[_change_of(payload)] = None
-        for team_code, team_moves in moves.items():
-            # The team document keeps its current member ids so that checks are primary-key lookups:
-            # FerretDB v1 only pushes an exact {"_id": ...} filter down to SQLite; anything else scans.
-            team = await self._db[TEAMS].find_one({"_id": team_code}, {"members": 1})
-            members = list(team.get("members", [])) if team else []
-            for volunteer_id, started in team_moves:
-                if started and volunteer_id not in members:
-                    members.append(volunteer_id)
-                elif not started and volunteer_id in members:
-                    members.remove(volunteer_id)
-            sets.setdefault((TEAMS, team_code), {})["members"] = members
-        for (collection, key), fields in sets.items():
-            await self._db[collection].update_one({"_id": key}, {"$set": fields}, upsert=True)
+        try:
+            for team_code, team_moves in moves.items():
+                # The team document keeps its current member ids so that checks are primary-key lookups:
+                # FerretDB v1 only pushes an exact {"_id": ...} filter down to SQLite; anything else scans.
+                team = await self._db[TEAMS].find_one({"_id": team_code}, {"members": 1})
+                members = list(team.get("members", [])) if team else []
+                for volunteer_id, started in team_moves:
+                    if started and volunteer_id not in members:
+                        members.append(volunteer_id)
+                    elif not started and volunteer_id in members:
+                        members.remove(volunteer_id)
+                sets.setdefault((TEAMS, team_code), {})["members"] = members
+            for (collection, key), fields in sets.items():
+                await self._db[collection].update_one({"_id": key}, {"$set": fields}, upsert=True)
+        finally:
+            if self.cache is not None:
+                self.cache.forget(changed)  # also after a failed write: some documents may have changed
         await self._changed(list(changed))
 
 
