@@ -13,13 +13,12 @@ from pymongo.asynchronous.database import AsyncDatabase
 from pymongo.errors import BulkWriteError
 
 from shared import registry_view as rm
-from shared.mongo import insert_once
+from shared.mongo import DUPLICATE_KEY, InsertBatcher, insert_once
 from shared.pagination import after_filter, next_cursor
 
 VISITS = "visits"
 OUTREACH = "outreach"
 PENDING = "pending_index"
-DUPLICATE_KEY = 11000
 
 Document = dict[str, Any]
 
@@ -53,9 +52,10 @@ class RecordRepository:
     def __init__(self, col: AsyncCollection[Document], reads: AsyncCollection[Document] | None = None) -> None:
         self._col = col
         self._reads = reads if reads is not None else col  # finds; writes stay on ``col``
+        self._inserts = InsertBatcher(col)  # concurrent intakes share one insert command
 
     async def insert_once(self, doc: Document) -> tuple[Document, bool]:
-        return await insert_once(self._col, doc, {"_id": doc["_id"]})
+        return await insert_once(self._col, doc, {"_id": doc["_id"]}, inserts=self._inserts)
 
     async def insert_new(self, docs: Sequence[Document]) -> set[str]:
         """Insert ``docs``; return the ids that already existed (those docs were not written)."""

@@ -14,7 +14,7 @@ from prometheus_client import Histogram
 from pymongo import AsyncMongoClient, IndexModel, monitoring
 from pymongo.asynchronous.collection import AsyncCollection
 from pymongo.asynchronous.database import AsyncDatabase
-from pymongo.errors import DuplicateKeyError
+from pymongo.errors import BulkWriteError, DuplicateKeyError, WriteError
 
 from shared.logging import get_logger
 
@@ -110,16 +110,79 @@ async def ensure_indexes(db: AsyncDatabase[Document], indexes: Mapping[str, Sequ
             await db[name].create_indexes([model])
 
 
+DUPLICATE_KEY = 11000
+
+
+class InsertBatcher:
+    """Sends the single-document inserts that arrive together as one unordered ``insert_many``.
+
+    Requests on one process share one write connection (see :func:`connect`), so under load they
+    queue for it anyway; while one command is on the wire, the inserts that arrive meanwhile wait
+    and then go as the next command. An idle process sends each insert at once. Each document is
+    still written atomically on its own, and each caller gets its own outcome: ``None``, or the
+    :class:`DuplicateKeyError` / :class:`WriteError` of its document, or the command's error.
+    One command per batch instead of per insert costs FerretDB one SQLite transaction instead of
+    many, and this process one round trip.
+    """
+
+    def __init__(self, col: AsyncCollection[Document], *, max_batch: int = 256) -> None:
+        self._col = col
+        self._max = max_batch
+        self._waiting: list[tuple[Document, asyncio.Future[None]]] = []
+        self._sender: asyncio.Task[None] | None = None
+
+    async def insert_one(self, doc: Document) -> None:
+        future: asyncio.Future[None] = asyncio.get_running_loop().create_future()
+        self._waiting.append((doc, future))
+        if self._sender is None:
+            self._sender = asyncio.create_task(self._send_waiting())
+        await future
+
+    async def _send_waiting(self) -> None:
+        try:
+            while self._waiting:
+                batch, self._waiting = self._waiting[: self._max], self._waiting[self._max :]
+                await self._send(batch)
+        finally:
+            self._sender = None
+
+    async def _send(self, batch: list[tuple[Document, asyncio.Future[None]]]) -> None:
+        errors: dict[int, Exception] = {}
+        try:
+            await self._col.insert_many([doc for doc, _ in batch], ordered=False)
+        except BulkWriteError as exc:
+            for e in exc.details.get("writeErrors", []):
+                kind = DuplicateKeyError if e.get("code") == DUPLICATE_KEY else WriteError
+                errors[e["index"]] = kind(e.get("errmsg", ""), e.get("code"), e)
+        except Exception as exc:  # the whole command failed: every caller hears it
+            errors = dict.fromkeys(range(len(batch)), exc)
+        for i, (_, future) in enumerate(batch):
+            if future.done():  # the caller was cancelled; its document may still be written
+                continue
+            if i in errors:
+                future.set_exception(errors[i])
+            else:
+                future.set_result(None)
+
+
 async def insert_once(
-    col: AsyncCollection[Document], doc: Document, unique: Mapping[str, Any]
+    col: AsyncCollection[Document],
+    doc: Document,
+    unique: Mapping[str, Any],
+    *,
+    inserts: InsertBatcher | None = None,
 ) -> tuple[Document, bool]:
     """Insert ``doc`` unless a document matching ``unique`` (a unique index) exists.
 
     Returns ``(stored document, created)``. This is how client-generated references make intake
-    idempotent: a retried upload finds the first copy instead of writing a second.
+    idempotent: a retried upload finds the first copy instead of writing a second. With
+    ``inserts`` (a batcher of ``col``) the insert shares a command with concurrent ones.
     """
     try:
-        await col.insert_one(doc)
+        if inserts is not None:
+            await inserts.insert_one(doc)
+        else:
+            await col.insert_one(doc)
     except DuplicateKeyError:
         existing = await col.find_one(dict(unique))
         if existing is None:  # the duplicate was on another unique key (e.g. the code)

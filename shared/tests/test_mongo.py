@@ -1,0 +1,54 @@
+"""Inserts that arrive together share one command, and each caller still gets its own outcome."""
+
+from __future__ import annotations
+
+import asyncio
+
+import pytest
+from pymongo import ASCENDING, IndexModel
+from pymongo.errors import DuplicateKeyError
+
+from shared.infra import FerretDB
+from shared.mongo import MONGO_LATENCY, InsertBatcher, connect, ensure_indexes, insert_once
+
+pytestmark = [pytest.mark.mongo]
+
+
+def inserts_sent(collection: str) -> float:
+    """Insert commands sent so far (every command is timed into MONGO_LATENCY)."""
+    return sum(
+        s.value
+        for metric in MONGO_LATENCY.collect()
+        for s in metric.samples
+        if s.name.endswith("_count") and s.labels == {"command": "insert", "collection": collection}
+    )
+
+
+async def test_concurrent_inserts_share_one_command_and_each_hears_its_duplicate(
+    ferretdb: FerretDB, run_id: str
+) -> None:
+    client = connect(ferretdb.url)
+    db = client[f"batcher_{run_id}"]
+    col = db["records"]
+    await ensure_indexes(db, {"records": [IndexModel([("client_ref", ASCENDING)], unique=True)]})
+    await col.insert_one({"_id": "r0", "client_ref": "c0"})
+    batcher = InsertBatcher(col)
+    try:
+        before = inserts_sent("records")
+        docs = [{"_id": f"r{i}", "client_ref": f"c{i}"} for i in range(1, 21)]
+        results = await asyncio.gather(
+            *(insert_once(col, d, {"_id": d["_id"]}, inserts=batcher) for d in docs),
+            insert_once(col, {"_id": "r0", "client_ref": "c0", "late": True}, {"_id": "r0"}, inserts=batcher),
+            insert_once(col, {"_id": "r5", "client_ref": "c5"}, {"_id": "r5"}, inserts=batcher),  # same batch
+        )
+        assert [created for _, created in results] == [True] * 20 + [False, False]
+        assert results[20][0] == {"_id": "r0", "client_ref": "c0"}  # the first copy, not the re-sent one
+        assert await col.count_documents({}) == 21
+        assert inserts_sent("records") - before == 1
+
+        # Another unique key taken: not a duplicate of the same record, so the caller hears the error.
+        with pytest.raises(DuplicateKeyError):
+            await insert_once(col, {"_id": "other", "client_ref": "c1"}, {"_id": "other"}, inserts=batcher)
+    finally:
+        await client.drop_database(f"batcher_{run_id}")
+        await client.close()
