@@ -4,6 +4,7 @@ from __future__ import annotations
 
 from typing import Any
 
+import orjson
 import pytest
 
 from shared.infra import FerretDB, KafkaBroker
@@ -142,7 +143,7 @@ async def test_relay_trims_a_long_published_outbox_but_never_a_writers_newer_eve
         relay._published -= as_if_published
         kept = await col.find_one({"_id": "QN"})
         assert kept is not None
-        assert [e["data"]["name"] for e in kept["outbox"]] == [f"v{i}" for i in range(10, 21)]
+        assert [orjson.loads(e["data"])["name"] for e in kept["outbox"]] == [f"v{i}" for i in range(10, 21)]
         assert await relay.drain_once({"units": {"QN"}}) == 11
         done = await col.find_one({"_id": "QN"})
         assert done is not None
@@ -154,3 +155,57 @@ async def test_relay_trims_a_long_published_outbox_but_never_a_writers_newer_eve
         await producer.stop()
         await client.close()
     assert [e.envelope.data["name"] for e in got] == [f"v{i}" for i in range(21)]
+
+
+async def test_a_backlog_swept_in_chunks_reaches_kafka_once_each_in_order(make_settings, kafka: KafkaBroker) -> None:
+    from shared.contracts import registry as ev
+    from shared.envelope import make_event
+    from shared.kafka import EventProducer
+    from shared.mongo import connect
+    from shared.outbox import PUBLISHED, OutboxRelay, outbox_fields
+
+    settings = make_settings(SampleSettings)
+    ensure_topics_sync(kafka.bootstrap, prefix=settings.topic_prefix)
+    topic_of = {"registry.events.v1": settings.topic("registry.events.v1")}
+
+    def unit(code: str, name: str) -> Any:
+        payload = ev.UnitUpdated(
+            code=code, name=name, kind="commune", parent_code="QN", path=["QN", code], previous_path=["QN", code]
+        )
+        return make_event(ev.UNIT_UPDATED, payload, source="/t", key=code)
+
+    codes = [f"QN-C{i:02d}" for i in range(12)]
+    client = connect(settings.mongo_url)
+    db = client[settings.mongo_db]
+    for i, code in enumerate(codes):
+        events = [unit(code, f"{code} v{j}") for j in range(1 + i % 4)]
+        await db["units"].insert_one({"_id": code, **outbox_fields(events)})
+    # An outbox written before payloads were kept as JSON text still drains.
+    legacy = [unit("QN-OLD", f"QN-OLD v{j}") for j in range(2)]
+    await db["units"].insert_one({"_id": "QN-OLD", "outbox": [e.to_document() for e in legacy], "rev": 1})
+    expected = {code: [f"{code} v{j}" for j in range(1 + i % 4)] for i, code in enumerate(codes)}
+    expected["QN-OLD"] = ["QN-OLD v0", "QN-OLD v1"]
+    total = sum(len(v) for v in expected.values())
+
+    unreachable = EventProducer("127.0.0.1:1", client_id="outbox-test-down")
+    relay = OutboxRelay(db, ["units"], unreachable, service="t", topic_of=topic_of, batch_size=3)
+    producer = EventProducer(settings.kafka_bootstrap, client_id="outbox-test")
+    try:
+        with pytest.raises(ConnectionError):
+            await relay.drain_once({})
+        assert await db[PUBLISHED].count_documents({}) == 0  # nothing recorded that Kafka did not take
+        relay = OutboxRelay(db, ["units"], producer, service="t", topic_of=topic_of, batch_size=3)
+        assert await relay.drain_once({}) == total  # a fresh relay sweeps first, in chunks of ~3 events
+        relay.notify()
+        assert await relay.drain_once({}) == 0
+        assert await db[PUBLISHED].count_documents({}) == total
+        got = await collect_events(kafka.bootstrap, list(topic_of.values()), count=total, timeout=30, settle=1.0)
+    finally:
+        await unreachable.stop()
+        await producer.stop()
+        await client.close()
+    assert len(got) == total
+    by_key: dict[str, list[str]] = {}
+    for e in got:
+        by_key.setdefault(e.envelope.key, []).append(e.envelope.data["name"])
+    assert by_key == expected

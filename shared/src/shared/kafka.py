@@ -3,13 +3,23 @@
 from __future__ import annotations
 
 import asyncio
+from collections.abc import Sequence
+from typing import Any
 
 from aiokafka import AIOKafkaProducer
 
-from shared.envelope import Envelope
+from shared.envelope import Envelope, Headers
 from shared.logging import get_logger
 
 log = get_logger(__name__)
+
+# One Kafka message ready to send: base topic, key, value, headers.
+Record = tuple[str, bytes, bytes, Headers]
+
+
+def record_of(ev: Envelope) -> Record:
+    """The Kafka message that carries ``ev``."""
+    return ev.topic, ev.key.encode(), ev.value(), ev.headers()
 
 
 class EventProducer:
@@ -59,25 +69,31 @@ class EventProducer:
         if producer is not None:
             await _quiet_stop(producer)
 
-    async def send_all(self, topic_of: dict[str, str], events: list[Envelope]) -> None:
+    async def send_all(self, topic_of: dict[str, str], events: Sequence[Envelope]) -> None:
         """Publish events in order and wait until every one is acknowledged by the broker.
 
         ``topic_of`` maps a base topic to the real topic name (tests add a prefix).
         """
+        await (await self.queue(topic_of, [record_of(ev) for ev in events]))
+
+    async def queue(self, topic_of: dict[str, str], records: Sequence[Record]) -> asyncio.Future[Any]:
+        """Hand records to the producer in order; return a future of their acknowledgements.
+
+        The caller may prepare the next records while these are in flight (the outbox relay reads
+        its next chunk meanwhile). The future raises if any record was not acknowledged.
+        """
         if not await self.ensure_started():
             raise ConnectionError("Kafka is unavailable")
-        assert self._producer is not None
+        producer = self._producer
+        assert producer is not None
         futures = [
-            await self._producer.send(
-                topic_of.get(ev.topic, ev.topic),
-                value=ev.value(),
-                key=ev.key.encode(),
-                headers=ev.headers(),
-            )
-            for ev in events
+            await producer.send(topic_of.get(topic, topic), value=value, key=key, headers=headers)
+            for topic, key, value, headers in records
         ]
-        if futures:
-            await asyncio.gather(*futures)
+        acks = asyncio.gather(*futures)
+        # A caller that gives up (its next step failed) may drop this future: no "never retrieved" noise.
+        acks.add_done_callback(lambda f: f.cancelled() or f.exception())
+        return acks
 
     async def send_raw(
         self, topic: str, value: bytes | None, *, key: bytes | None, headers: list[tuple[str, bytes]]

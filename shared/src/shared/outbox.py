@@ -8,7 +8,10 @@ acknowledged write always has its events.
 The :class:`OutboxRelay` publishes embedded events in array order with the idempotent producer and
 records each published ``ce_id`` by inserting it into ``outbox_published``. Writers name the
 documents they wrote (``notify(collection, ids)``) and the relay reads those by ``_id``; a sweep
-over ``{"outbox.id": {"$exists": true}}`` at start-up finds anything written before a crash.
+over ``{"outbox.id": {"$exists": true}}`` at start-up finds anything written before a crash. It
+works in chunks of about ``batch_size`` events: while one chunk's acknowledgements are awaited and
+its ids recorded, the next chunk is read and queued, so the database and Kafka work at once; ids
+are recorded only once Kafka acknowledged every event of their chunk.
 
 Once a document holds more than ``trim_after`` published events (a course collects one per
 enrolment), the relay empties its outbox with an update conditional on the ``rev`` it read: a
@@ -28,15 +31,17 @@ from __future__ import annotations
 
 import asyncio
 import contextlib
-from collections.abc import Iterable, Sequence
-from typing import Any
+from collections.abc import AsyncGenerator, Iterable, Sequence
+from typing import Any, TypeVar
 
+import orjson
 from prometheus_client import Counter, Gauge
+from pymongo.asynchronous.collection import AsyncCollection
 from pymongo.asynchronous.database import AsyncDatabase
 from pymongo.errors import BulkWriteError
 
 from shared.envelope import Envelope
-from shared.kafka import EventProducer
+from shared.kafka import EventProducer, Record
 from shared.logging import get_logger
 
 log = get_logger(__name__)
@@ -45,9 +50,19 @@ OUTBOX_PUBLISHED = Counter("outbox_published_total", "Events published by the ou
 OUTBOX_PENDING = Gauge("outbox_pending_documents", "Documents with unpublished events at last poll", ["service"])
 
 
+def outbox_entry(event: Envelope) -> dict[str, Any]:
+    """The form an event is kept in an outbox: the envelope's attributes and its payload as JSON text.
+
+    The payload is kept as the very text the relay sends: FerretDB decodes a nested document field
+    by field on every read of the aggregate, one string at once (measured on a 50,000-visit
+    backlog: reads 3x faster, inserts 2x).
+    """
+    return {**event.to_document(), "data": event.value().decode()}
+
+
 def outbox_fields(events: Sequence[Envelope]) -> dict[str, Any]:
     """Fields to include in a newly inserted document that carries ``events``."""
-    return {"outbox": [e.to_document() for e in events], "rev": 1}
+    return {"outbox": [outbox_entry(e) for e in events], "rev": 1}
 
 
 def outbox_update(update: dict[str, Any], events: Sequence[Envelope]) -> dict[str, Any]:
@@ -55,9 +70,20 @@ def outbox_update(update: dict[str, Any], events: Sequence[Envelope]) -> dict[st
     merged = {k: dict(v) for k, v in update.items()}
     merged.setdefault("$inc", {})["rev"] = 1
     if events:
-        merged.setdefault("$push", {})["outbox"] = {"$each": [e.to_document() for e in events]}
+        merged.setdefault("$push", {})["outbox"] = {"$each": [outbox_entry(e) for e in events]}
     return merged
 
+
+def entry_record(entry: dict[str, Any]) -> Record:
+    """The Kafka message for an outbox entry, with its payload bytes as stored (no re-encoding)."""
+    data = entry["data"]
+    value = data.encode() if isinstance(data, str) else orjson.dumps(data)  # entries from before 2026-11
+    # The envelope only supplies topic and headers, so its payload is left empty.
+    envelope = Envelope.from_document({**entry, "data": {}})
+    return envelope.topic, envelope.key.encode(), value, envelope.headers()
+
+
+T = TypeVar("T")
 
 PENDING = {"outbox.id": {"$exists": True}}
 
@@ -159,35 +185,108 @@ class OutboxRelay:
             raise
 
     async def _drain(self, hints: dict[str, set[Any]], sweep: bool) -> int:
-        events: list[Envelope] = []
-        docs_of: dict[str, list[dict[str, Any]]] = {}
+        # A pipeline: while one chunk's acknowledgements are awaited and its ids recorded, the next
+        # chunk is read from the database and queued to Kafka. A chunk is recorded only once all
+        # its events are acknowledged; chunks are recorded in order.
+        found = 0
+        recording: asyncio.Task[None] | None = None
+        chunks = _read_ahead(self._pending_chunks(hints, sweep))
+        try:
+            async for name, docs in chunks:
+                entries = [e for d in docs for e in d.get("outbox", ()) if e["id"] not in self._published]
+                found += len(entries)
+                acks = await self._producer.queue(self._topic_of, [entry_record(e) for e in entries])
+                if recording is not None:
+                    await recording
+                recording = asyncio.create_task(self._record(name, docs, [e["id"] for e in entries], acks))
+            if recording is not None:
+                await recording
+                recording = None
+        finally:
+            if recording is not None:
+                recording.cancel()
+                with contextlib.suppress(asyncio.CancelledError, Exception):
+                    await recording
+            await chunks.aclose()
+        OUTBOX_PENDING.labels(self._service).set(found)
+        return found
+
+    async def _pending_chunks(
+        self, hints: dict[str, set[Any]], sweep: bool
+    ) -> AsyncGenerator[tuple[str, list[dict[str, Any]]], None]:
+        """The documents to publish from, in chunks of about ``batch_size`` outbox entries."""
         for name in self._collections:
             col = self._reads[name]
-            if sweep:
-                docs = [d async for d in col.find(PENDING, {"outbox": 1, "rev": 1})]
-            else:
-                found = [await col.find_one({"_id": doc_id}, {"outbox": 1, "rev": 1}) for doc_id in hints.get(name, ())]
-                docs = [d for d in found if d is not None]
-            docs_of[name] = docs
-            events += [
-                Envelope.from_document(e) for d in docs for e in d.get("outbox", []) if e["id"] not in self._published
-            ]
-        OUTBOX_PENDING.labels(self._service).set(len(events))
-        for i in range(0, len(events), self._batch):
-            chunk = events[i : i + self._batch]
-            await self._producer.send_all(self._topic_of, chunk)
-            ids = [e.id for e in chunk]
+            chunk: list[dict[str, Any]] = []
+            size = 0
+            docs = _swept(col, self._batch) if sweep else _by_id(col, list(hints.get(name, ())), self._batch)
+            async with contextlib.aclosing(docs):
+                async for d in docs:
+                    chunk.append(d)
+                    size += len(d.get("outbox", ()))
+                    if size >= self._batch:
+                        yield name, chunk
+                        chunk, size = [], 0
+            if chunk:
+                yield name, chunk
+
+    async def _record(
+        self, name: str, docs: Sequence[dict[str, Any]], ids: list[str], acks: asyncio.Future[Any]
+    ) -> None:
+        await acks
+        if ids:
             with contextlib.suppress(BulkWriteError):  # recorded by an earlier, interrupted pass
                 await self._db[PUBLISHED].insert_many([{"_id": i} for i in ids], ordered=False)
             self._published.update(ids)
-            OUTBOX_PUBLISHED.labels(self._service).inc(len(chunk))
-            self.published += len(chunk)
-        for name, docs in docs_of.items():
-            await self._trim(name, docs)
-        return len(events)
+            OUTBOX_PUBLISHED.labels(self._service).inc(len(ids))
+            self.published += len(ids)
+        await self._trim(name, docs)
 
     async def _trim(self, name: str, docs: Sequence[dict[str, Any]]) -> None:
         for d in docs:
             outbox = d.get("outbox", [])
             if len(outbox) > self._trim_after and "rev" in d and all(e["id"] in self._published for e in outbox):
                 await self._db[name].update_one({"_id": d["_id"], "rev": d["rev"]}, {"$set": {"outbox": []}})
+
+
+_OUTBOX = {"outbox": 1, "rev": 1}
+
+
+async def _swept(col: AsyncCollection[dict[str, Any]], batch: int) -> AsyncGenerator[dict[str, Any], None]:
+    """Every document with outbox entries, streamed so a backlog is never held in memory at once."""
+    async with col.find(PENDING, _OUTBOX, batch_size=batch) as cursor:
+        async for d in cursor:
+            yield d
+
+
+async def _by_id(
+    col: AsyncCollection[dict[str, Any]], ids: list[Any], batch: int
+) -> AsyncGenerator[dict[str, Any], None]:
+    """The documents with these ids, read by ``_id`` (the one lookup FerretDB answers from an index).
+
+    The reads of one batch run at once, so a pooled reader answers them in parallel.
+    """
+    for i in range(0, len(ids), batch):
+        found = await asyncio.gather(*(col.find_one({"_id": doc_id}, _OUTBOX) for doc_id in ids[i : i + batch]))
+        for d in found:
+            if d is not None:
+                yield d
+
+
+async def _read_ahead(items: AsyncGenerator[T, None]) -> AsyncGenerator[T, None]:
+    """Yield from ``items`` while the next item is already being read."""
+    nxt: asyncio.Future[T] = asyncio.ensure_future(anext(items))
+    try:
+        while True:
+            try:
+                item = await nxt
+            except StopAsyncIteration:
+                return
+            nxt = asyncio.ensure_future(anext(items))
+            yield item
+    finally:
+        if not nxt.done():
+            nxt.cancel()
+        with contextlib.suppress(asyncio.CancelledError, StopAsyncIteration, Exception):
+            await nxt
+        await items.aclose()
