@@ -18,7 +18,8 @@ from pydantic import BaseModel
 from shared.contracts import registry as reg
 from shared.contracts import training as trn
 from shared.contracts import visits as vis
-from shared.contracts.common import Audience, Change, Channel, TeamKind
+from shared.contracts.common import Audience, Channel, TeamKind
+from shared.contracts.common import Change as Transition
 
 # One counter document per unit: ``days.<ISO date>.<field>`` for dated indicators, ``state.<field>``
 # for current-state ones, and ``all.<field>`` repeating every dated increment so all-time figures
@@ -94,32 +95,40 @@ class Increment:
         return counter_path(self.day, self.field)
 
 
-# ``emit(unit_path, day, indicator, key, delta)``: what one event does to one indicator; ``day`` is
-# None for current-state indicators. The exact path expands each call into :class:`Increment`s;
-# the fast path only sums calls (see :class:`BatchSums`).
-Emit = Callable[[Sequence[str], date | None, str, str, int], None]
+Change = tuple[str, str, int]
+"""``(indicator, key, delta)``; ``key`` is ``total`` for single-valued indicators."""
+
+# ``emit(unit_path, day, changes)``: what one event does to the indicators of one unit path and
+# day (None for current-state indicators). The exact path expands each call into
+# :class:`Increment`s; the fast path only sums calls (see :class:`BatchSums`).
+Emit = Callable[[Sequence[str], date | None, Sequence[Change]], None]
 
 
 def _visit(emit: Emit, figures: vis.VisitFigures, sign: int) -> None:
-    path, day = figures.unit_path, figures.visited_on
     services = figures.services
-    emit(path, day, "households_visited", "total", sign * figures.households)
-    emit(path, day, "people_supported", "total", sign * figures.people.total)
-    emit(path, day, "vneid_installs", "total", sign * services.vneid_installed)
-    emit(path, day, "online_applications", "l3", sign * services.online_applications_l3)
-    emit(path, day, "online_applications", "l4", sign * services.online_applications_l4)
+    emit(
+        figures.unit_path,
+        figures.visited_on,
+        (
+            ("households_visited", "total", sign * figures.households),
+            ("people_supported", "total", sign * figures.people.total),
+            ("vneid_installs", "total", sign * services.vneid_installed),
+            ("online_applications", "l3", sign * services.online_applications_l3),
+            ("online_applications", "l4", sign * services.online_applications_l4),
+        ),
+    )
 
 
-def _change(c: Change) -> int:
+def _change(c: Transition) -> int:
     return c.after - c.before
 
 
-def _participants(emit: Emit, course: trn.CourseRef, change: Change) -> None:
-    emit(course.unit_path, course.starts_on, "course_participants", course.audience.value, _change(change))
+def _participants(emit: Emit, course: trn.CourseRef, change: Transition) -> None:
+    emit(course.unit_path, course.starts_on, (("course_participants", course.audience.value, _change(change)),))
 
 
-def _completions(emit: Emit, course: trn.CourseRef, change: Change) -> None:
-    emit(course.unit_path, course.ends_on, "course_completions", "total", _change(change))
+def _completions(emit: Emit, course: trn.CourseRef, change: Transition) -> None:
+    emit(course.unit_path, course.ends_on, (("course_completions", "total", _change(change)),))
 
 
 def fold_into(payload: BaseModel, emit: Emit) -> None:
@@ -127,23 +136,23 @@ def fold_into(payload: BaseModel, emit: Emit) -> None:
     match payload:
         # --- registry: current state -------------------------------------------------------------
         case reg.TeamCreated():
-            emit(payload.unit_path, None, "teams", payload.kind.value, 1)
+            emit(payload.unit_path, None, (("teams", payload.kind.value, 1),))
         case reg.TeamUpdated():
             # An inactive team was already taken out by its deactivation; an active one moves from
             # its previous kind and unit to the current ones (a no-op when neither changed).
             if payload.active:
-                emit(payload.previous_unit_path, None, "teams", payload.previous_kind.value, -1)
-                emit(payload.unit_path, None, "teams", payload.kind.value, 1)
+                emit(payload.previous_unit_path, None, (("teams", payload.previous_kind.value, -1),))
+                emit(payload.unit_path, None, (("teams", payload.kind.value, 1),))
         case reg.TeamDeactivated():
-            emit(payload.unit_path, None, "teams", payload.kind.value, -1)
+            emit(payload.unit_path, None, (("teams", payload.kind.value, -1),))
         case reg.VolunteerRegistered():
-            emit(payload.unit_path, None, "volunteers", "total", 1)
+            emit(payload.unit_path, None, (("volunteers", "total", 1),))
         case reg.VolunteerUpdated():
             if payload.active:
-                emit(payload.previous_unit_path, None, "volunteers", "total", -1)
-                emit(payload.unit_path, None, "volunteers", "total", 1)
+                emit(payload.previous_unit_path, None, (("volunteers", "total", -1),))
+                emit(payload.unit_path, None, (("volunteers", "total", 1),))
         case reg.VolunteerLeft():
-            emit(payload.unit_path, None, "volunteers", "total", -1)
+            emit(payload.unit_path, None, (("volunteers", "total", -1),))
         # --- visits: dated by visited_on / published_on -------------------------------------------
         case vis.VisitRecorded():
             _visit(emit, payload.figures, 1)
@@ -153,16 +162,16 @@ def fold_into(payload: BaseModel, emit: Emit) -> None:
         case vis.VisitVoided():
             _visit(emit, payload.figures, -1)
         case vis.OutreachPublished():
-            emit(payload.unit_path, payload.published_on, "outreach_posts", payload.channel.value, 1)
+            emit(payload.unit_path, payload.published_on, (("outreach_posts", payload.channel.value, 1),))
         case vis.OutreachVoided():
-            emit(payload.unit_path, payload.published_on, "outreach_posts", payload.channel.value, -1)
+            emit(payload.unit_path, payload.published_on, (("outreach_posts", payload.channel.value, -1),))
         # --- training: courses and participants by starts_on, completions by ends_on ---------------
         case trn.CourseScheduled():
             c = payload.course
-            emit(c.unit_path, c.starts_on, "courses", c.audience.value, 1)
+            emit(c.unit_path, c.starts_on, (("courses", c.audience.value, 1),))
         case trn.CourseCancelled():
             c = payload.course
-            emit(c.unit_path, c.starts_on, "courses", c.audience.value, -1)
+            emit(c.unit_path, c.starts_on, (("courses", c.audience.value, -1),))
             _participants(emit, c, payload.participants)
             _completions(emit, c, payload.completions)
         case trn.SessionHeld() | trn.ParticipantEnrolled():
@@ -195,15 +204,15 @@ def fold(payload: BaseModel) -> list[Increment]:
     """The counter increments one event causes (empty for events that move no indicator)."""
     out: list[Increment] = []
 
-    def emit(path: Sequence[str], when: date | None, indicator: str, key: str, delta: int) -> None:
-        if delta == 0:
-            return
-        fields = FIELDS[(indicator, key)]
+    def emit(path: Sequence[str], when: date | None, changes: Sequence[Change]) -> None:
         days = _days(when)
-        for depth, unit in enumerate(path, start=1):
-            for day in days:
-                for f in fields:
-                    out.append(Increment(unit, depth, day, f, delta))
+        for indicator, key, delta in changes:
+            if delta == 0:
+                continue
+            for depth, unit in enumerate(path, start=1):
+                for day in days:
+                    for f in FIELDS[(indicator, key)]:
+                        out.append(Increment(unit, depth, day, f, delta))
 
     fold_into(payload, emit)
     return out
@@ -223,27 +232,30 @@ class BatchSums:
     """
 
     def __init__(self) -> None:
-        self.sums: dict[tuple[tuple[str, ...], date | None, str, str], int] = defaultdict(int)
+        self.sums: dict[tuple[tuple[str, ...], date | None], dict[str, int]] = {}
 
-    def emit(self, path: Sequence[str], when: date | None, indicator: str, key: str, delta: int) -> None:
-        if delta:
-            self.sums[(tuple(path), when, indicator, key)] += delta
+    def emit(self, path: Sequence[str], when: date | None, changes: Sequence[Change]) -> None:
+        where = (tuple(path), when)
+        fields = self.sums.get(where)
+        if fields is None:
+            fields = self.sums[where] = {}
+        for indicator, key, delta in changes:
+            if delta:
+                for f in FIELDS[(indicator, key)]:
+                    fields[f] = fields.get(f, 0) + delta
 
     def spread(self) -> tuple[dict[str, Sections], dict[str, int]]:
         """``({unit: sections}, {unit: depth})`` with zero nets dropped."""
         out: dict[str, Sections] = {}
         depth: dict[str, int] = {}
-        for (path, when, indicator, key), delta in self.sums.items():
-            if not delta:
-                continue
-            fields = FIELDS[(indicator, key)]
+        for (path, when), fields in self.sums.items():
             days = _days(when)
             for d, unit in enumerate(path, start=1):
                 depth[unit] = d
                 doc = out.setdefault(unit, {})
                 for day in days:
                     target = doc.setdefault(day, {})
-                    for f in fields:
+                    for f, delta in fields.items():
                         target[f] = target.get(f, 0) + delta
         return prune(out), depth
 

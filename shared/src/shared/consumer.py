@@ -32,6 +32,14 @@ DUPLICATES = Counter("consumer_events_duplicate_total", "Events skipped as alrea
 LAG = Gauge("consumer_lag_messages", "High watermark minus committed position", ["consumer", "topic", "partition"])
 
 
+async def _cancel(task: asyncio.Task[None] | None) -> None:
+    """Cancel a handler task and wait for it; its own outcome no longer matters (not committed)."""
+    if task is None:
+        return
+    task.cancel()
+    await asyncio.wait([task])  # unlike awaiting the task, this never re-raises its exception
+
+
 @dataclass(frozen=True)
 class Consumed:
     """A decoded event with where it came from."""
@@ -207,30 +215,48 @@ class ConsumerRunner:
     async def _run(self) -> None:
         while True:
             self._consumer = await self._connect()
+            # Whole-fetch mode overlaps work: while fetch N is being handled (mostly waiting on
+            # Mongo), fetch N+1 is read and decoded. Handling and commits stay strictly in order.
+            pending: asyncio.Task[None] | None = None
             try:
                 while True:
                     batches = await self._consumer.getmany(timeout_ms=200, max_records=self._max_records)
                     batches = {tp: records for tp, records in batches.items() if records}
-                    if self._whole_fetch and batches:
-                        # One handler call for every partition of the fetch, then one commit.
+                    if self._whole_fetch:
                         decoded = [c for tp, records in batches.items() for c in await self._decode(tp, records)]
-                        await self._handle_decoded(decoded)
-                        await self._consumer.commit({tp: records[-1].offset + 1 for tp, records in batches.items()})
+                        if pending is not None:
+                            await pending
+                            pending = None
+                        if batches:
+                            pending = asyncio.create_task(self._handle_fetch(decoded, batches))
+                        continue
                     for tp, records in batches.items():
-                        if not self._whole_fetch:
-                            await self._process(tp, records)
-                            await self._consumer.commit({tp: records[-1].offset + 1})
+                        await self._process(tp, records)
+                        await self._consumer.commit({tp: records[-1].offset + 1})
                         self._positions[tp] = records[-1].offset + 1
                     self._update_lag()
             except asyncio.CancelledError:
+                await _cancel(pending)
                 with contextlib.suppress(Exception):
                     await self._consumer.stop()
                 raise
             except Exception as exc:
+                await _cancel(pending)
                 log.error("consumer_restart", consumer=self.name, error=str(exc) or type(exc).__name__)
                 with contextlib.suppress(Exception):
                     await self._consumer.stop()
                 await asyncio.sleep(1.0)
+
+    async def _handle_fetch(
+        self, decoded: list[Consumed], batches: Mapping[TopicPartition, list[ConsumerRecord[bytes, bytes]]]
+    ) -> None:
+        """One handler call for every partition of a fetch, then one commit."""
+        assert self._consumer is not None
+        await self._handle_decoded(decoded)
+        await self._consumer.commit({tp: records[-1].offset + 1 for tp, records in batches.items()})
+        for tp, records in batches.items():
+            self._positions[tp] = records[-1].offset + 1
+        self._update_lag()
 
     def _update_lag(self) -> None:
         assert self._consumer is not None
