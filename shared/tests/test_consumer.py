@@ -3,11 +3,11 @@
 from __future__ import annotations
 
 import asyncio
-from collections.abc import Sequence
+from collections.abc import Iterable, Sequence
 
 import pytest
 
-from shared.consumer import Consumed, TypeDispatch
+from shared.consumer import Consumed, ConsumerRunner, TypeDispatch
 from shared.contracts import registry as ev
 from shared.envelope import Envelope, make_event
 from shared.infra import KafkaBroker
@@ -179,3 +179,78 @@ async def test_batch_mode_isolates_the_bad_event(make_settings) -> None:
     finally:
         await runtime.stop()
     assert applied == ["A", "C"]
+
+
+class Folder:
+    """A FetchHandler that records what it wrote and refuses any fetch holding unit BAD."""
+
+    def __init__(self) -> None:
+        self.written: list[str] = []
+        self.folds = 0
+        self.forgets = 0
+
+    async def fold(self, events: Iterable[Consumed]) -> list[str]:
+        self.folds += 1
+        return [c.envelope.data["code"] for c in events]
+
+    async def write(self, folded: list[str]) -> dict[str, float]:
+        if "BAD" in folded:
+            raise ValueError("fetch contains BAD")
+        self.written.extend(folded)
+        return {}
+
+    def forget(self) -> None:
+        self.forgets += 1
+
+
+async def test_whole_fetch_mode_dead_letters_the_undecodable_and_the_failing_event_and_commits(
+    make_settings, kafka: KafkaBroker
+) -> None:
+    settings = make_settings(ConsumerSettings)
+    folder = Folder()
+    producer = EventProducer(settings.kafka_bootstrap, client_id="test")
+    topic = settings.topic(REGISTRY_TOPIC)
+    runner = ConsumerRunner(
+        name="fetch",
+        bootstrap=settings.kafka_bootstrap,
+        topics=[topic],
+        group_id=settings.group("fetch"),
+        handler=folder,
+        producer=producer,
+        per_event=False,
+        max_retries=1,
+        backoff_seconds=0.05,
+        whole_fetch=True,
+    )
+    try:
+        await producer.send_raw(topic, b"{not json", key=b"same", headers=[("ce_type", b"garbage")])
+        await publish(settings, [unit_event_keyed(c, "same") for c in ("A", "BAD", "C")])
+        await runner.start()
+
+        async def done() -> bool:
+            return "C" in folder.written
+
+        await wait_until(done, timeout=30)
+        dead = await collect_dead_letters(kafka.bootstrap, dlq_topic(topic), 2)
+
+        async def committed() -> bool:  # offsets committed past every record, DLQ'd ones included
+            return bool(runner.lag) and not any(runner.lag.values())
+
+        await wait_until(committed, timeout=10)
+    finally:
+        await runner.stop()
+        await producer.stop()
+    assert folder.written == ["A", "C"]  # each alone after the whole fetch kept failing
+    assert folder.forgets >= 2  # memory dropped after every failed write
+    errors = sorted(h["dlq_error"].decode() for h in dead)
+    assert errors[0].startswith("ValueError: fetch contains BAD")
+    assert errors[1].startswith("undecodable:")
+
+
+def unit_event_keyed(code: str, key: str) -> Envelope:
+    return make_event(
+        ev.UNIT_CREATED,
+        ev.UnitCreated(code=code, name=code, kind="commune", parent_code="QN", path=["QN", code]),
+        source="/t",
+        key=key,
+    )

@@ -19,7 +19,8 @@ read once at start, so a batch costs one rewrite per touched unit and no reads.
 from __future__ import annotations
 
 from collections import Counter as Tally
-from collections.abc import Mapping, Sequence
+from collections.abc import Iterable, Mapping, Sequence
+from dataclasses import dataclass
 
 from prometheus_client import Counter, Gauge
 
@@ -55,8 +56,22 @@ def watermark_key(topic: str, partition: int) -> str:
     return f"{topic.replace('.', '_')}_{partition}"
 
 
+@dataclass
+class Folded:
+    """One fetch, folded: what :meth:`Projector.write` needs, without the decoded events."""
+
+    events: Iterable[Consumed]  # re-iterable; the exact path decodes them again
+    fresh: set[str]  # ids of the events folded (first occurrence, not applied before)
+    sums: BatchSums
+    first: dict[str, int]  # per partition key, the batch's lowest and highest offsets
+    last: dict[str, int]
+    states: dict[tuple[str, str], dict[str, object]]
+    per_topic: Tally[str]
+    newest: dict[str, float]
+
+
 class Projector:
-    """A :class:`shared.consumer.BatchHandler` writing one generation's projection."""
+    """A :class:`shared.consumer.FetchHandler` writing one generation's projection."""
 
     def __init__(self, repo: ProjectionRepository, *, base_topics: Mapping[str, str] | None = None) -> None:
         self.repo = repo
@@ -69,70 +84,79 @@ class Projector:
         self._docs: dict[str, CounterDoc] | None = None
 
     async def __call__(self, events: Sequence[Consumed]) -> None:
-        """Apply a batch; it may hold several partitions (the runner passes a whole fetch)."""
-        if not events:
-            return
-        fresh = await self._unseen(events)
-        first: dict[str, int] = {}
-        last: dict[str, int] = {}
+        """Fold and write one batch (what the runner does in two overlapping steps)."""
+        await self.write(await self.fold(events))
+
+    def forget(self) -> None:
+        self._docs = None
+        self.repo.forget_applied()
+
+    async def fold(self, events: Iterable[Consumed]) -> Folded:
+        """One pass over the events, decoding each once and keeping only their sums.
+
+        An event counts as fresh unless its id was applied before or already seen in this
+        fetch (a relay republish repeats a ce_id at a later offset); its id is remembered at
+        once, so the next fetch, folded while this one is being written, skips it too.
+        """
+        applied = await self.repo.applied_ids()
+        folded = Folded(events, set(), BatchSums(), {}, {}, {}, Tally(), {})
+        first, last, fresh = folded.first, folded.last, folded.fresh
         for c in events:
             key = watermark_key(c.topic, c.partition)
-            first[key] = min(first.get(key, c.offset), c.offset)
-            last[key] = max(last.get(key, c.offset), c.offset)
-        if not fresh:
-            return
-        sums = BatchSums()
-        # Later events of the batch win, so each unit or campaign costs one write per batch.
-        latest: dict[tuple[str, str], dict[str, object]] = {}
-        per_topic: Tally[str] = Tally()
-        newest: dict[str, float] = {}
-        for c in fresh:
-            payload = c.envelope.payload()
-            fold_into(payload, sums.emit)
+            if key not in first or c.offset < first[key]:
+                first[key] = c.offset
+            if c.offset > last.get(key, -1):
+                last[key] = c.offset
+            env = c.envelope
+            if env.id in applied:
+                continue
+            applied.add(env.id)
+            fresh.add(env.id)
+            payload = env.payload()
+            fold_into(payload, folded.sums.emit)
             change = state_changes(payload)
             if change is not None:
-                kind, key, fields = change
-                latest.setdefault((kind, key), {}).update(fields)
-            per_topic[c.topic] += 1
-            ts = c.envelope.time.timestamp()
-            if ts > newest.get(c.topic, 0.0):
-                newest[c.topic] = ts
-        try:
-            await self._apply(fresh, sums, first, last)
-        except BaseException:
-            self._docs = None  # memory may be ahead of Mongo now: read again next time
-            raise
-        for (kind, key), fields in latest.items():
-            await self.repo.set_state(kind, key, fields)
-        MONGO_WRITES.inc(len(latest))
-        await self.repo.mark_applied([c.envelope.id for c in fresh])
+                # Later events of the fetch win, so each unit or campaign costs one write.
+                kind, code, fields = change
+                folded.states.setdefault((kind, code), {}).update(fields)
+            folded.per_topic[c.topic] += 1
+            ts = env.time.timestamp()
+            if ts > folded.newest.get(c.topic, 0.0):
+                folded.newest[c.topic] = ts
+        return folded
+
+    async def write(self, folded: Folded) -> dict[str, float]:
+        """Apply a folded fetch; returns the newest ce_time applied per topic."""
+        if not folded.fresh:
+            return {}
+        await self._apply(folded)
+        for (kind, code), fields in folded.states.items():
+            await self.repo.set_state(kind, code, fields)
+        MONGO_WRITES.inc(len(folded.states))
+        await self.repo.mark_applied(list(folded.fresh))
         MONGO_WRITES.inc()
-        for topic, n in per_topic.items():
+        for topic, n in folded.per_topic.items():
             label = self._base.get(topic, topic)
             EVENTS_APPLIED.labels(label).inc(n)
             # Late records carry old ce_times; the gauge should only move forward.
-            self._newest[label] = max(self._newest.get(label, 0.0), newest[topic])
+            self._newest[label] = max(self._newest.get(label, 0.0), folded.newest[topic])
             LAST_EVENT.labels(label).set(self._newest[label])
+        return folded.newest
 
-    async def _unseen(self, events: Sequence[Consumed]) -> list[Consumed]:
-        """Events not applied before; a relay republish repeats a ce_id at a later offset."""
-        seen = await self.repo.applied(list({c.envelope.id for c in events}))
-        fresh: list[Consumed] = []
-        for c in events:
-            if c.envelope.id not in seen:
-                seen.add(c.envelope.id)
-                fresh.append(c)
-        return fresh
-
-    async def _apply(
-        self, fresh: Sequence[Consumed], sums: BatchSums, first: Mapping[str, int], last: Mapping[str, int]
-    ) -> None:
+    async def _apply(self, folded: Folded) -> None:
         """One conditional rewrite per touched counter document, covering every partition of the batch."""
+        try:
+            await self._rewrite(folded)
+        except BaseException:
+            self._docs = None  # memory may be ahead of Mongo now: read again next time
+            raise
+
+    async def _rewrite(self, folded: Folded) -> None:
         if self._docs is None:
             self._docs = await self.repo.load_counters()
-        docs = self._docs
+        docs, first, last = self._docs, folded.first, folded.last
         untouched = all(d.marks.get(k, -1) < first[k] for d in docs.values() for k in first)
-        deltas, depth = sums.spread() if untouched else self._exact(fresh, last)
+        deltas, depth = folded.sums.spread() if untouched else self._exact(folded)
         for _ in range(MAX_CONDITIONAL_ROUNDS):
             if not deltas:
                 return
@@ -156,24 +180,30 @@ class Projector:
             for doc in batch:
                 docs.pop(doc.unit, None)
             docs.update(await self.repo.load_counters([d.unit for d in batch]))
-            deltas, depth = self._exact(fresh, last)
+            deltas, depth = self._exact(folded)
         raise RuntimeError("counter versions kept moving; another projector is writing")
 
-    def _exact(self, fresh: Sequence[Consumed], last: Mapping[str, int]) -> tuple[dict[str, Sections], dict[str, int]]:
+    def _exact(self, folded: Folded) -> tuple[dict[str, Sections], dict[str, int]]:
         """Per document, the net deltas of exactly the events after its watermark of their partition."""
         assert self._docs is not None
+        last = folded.last
         per_key: dict[str, list[tuple[int, Increment]]] = {}
-        for c in fresh:
-            folded = fold(c.envelope.payload())
-            if folded:
-                per_key.setdefault(watermark_key(c.topic, c.partition), []).extend((c.offset, i) for i in folded)
+        todo = set(folded.fresh)
+        for c in folded.events:  # decoded again: the same first occurrences the fold took
+            if c.envelope.id not in todo:
+                continue
+            todo.discard(c.envelope.id)
+            increments = fold(c.envelope.payload())
+            if increments:
+                key = watermark_key(c.topic, c.partition)
+                per_key.setdefault(key, []).extend((c.offset, i) for i in increments)
         paths: dict[str, dict[str, int]] = {}
         depth: dict[str, int] = {}
-        for key, incs in per_key.items():
-            for _, inc in incs:
+        for key, pairs in per_key.items():
+            for _, inc in pairs:
                 depth[inc.doc_id] = inc.depth
             marks = {d: (self._docs[d].marks.get(key) if d in self._docs else None) for d in depth}
-            for doc, fields in plan_updates(incs, marks, last[key]).items():
+            for doc, fields in plan_updates(pairs, marks, last[key]).items():
                 target = paths.setdefault(doc, {})
                 for f, v in fields.items():
                     target[f] = target.get(f, 0) + v

@@ -130,16 +130,23 @@ class ProjectionRepository:
 
     # --- projector writes ------------------------------------------------------------------------
 
-    async def applied(self, event_ids: Sequence[str]) -> set[str]:
-        # Answered from memory after one load: FerretDB v1 scans the whole collection for ``$in``,
-        # which made every batch cost O(events ever applied). The projector is this set's only
-        # writer (one live consumer per partition), so memory and collection stay in step.
+    async def applied_ids(self) -> set[str]:
+        """Every applied event id, loaded once and then kept in memory (the projector adds to it).
+
+        FerretDB v1 scans the whole collection for ``$in``, which made every batch cost O(events
+        ever applied). The projector is this set's only writer (one live consumer per partition),
+        and it calls :meth:`forget_applied` after a failed write so memory never runs ahead.
+        """
         if self._applied_ids is None:
-            self._applied_ids = set()
+            ids: set[str] = set()
             async for d in self.applied_events.find({}, {"ids": 1}):
-                self._applied_ids.update(str(d.get("ids", "")).split("\n"))
-            self._applied_ids.discard("")
-        return {e for e in event_ids if e in self._applied_ids}
+                ids.update(str(d.get("ids", "")).split("\n"))
+            ids.discard("")
+            self._applied_ids = ids
+        return self._applied_ids
+
+    def forget_applied(self) -> None:
+        self._applied_ids = None
 
     async def mark_applied(self, event_ids: Sequence[str]) -> None:
         """Record a batch's event ids as one document (one value): 5,000 one-id documents cost
