@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import asyncio
 from collections.abc import Sequence
 from datetime import date
 from typing import Any
@@ -113,3 +114,26 @@ async def test_the_view_forgets_what_a_batch_changed_in_its_cache(ferretdb: Ferr
     finally:
         await client.drop_database(f"viewcache_{run_id}")
         await client.close()
+
+
+async def test_concurrent_misses_share_one_read_but_not_one_started_before_a_change() -> None:
+    cache = ReadModelCache()
+    reads: list[str] = []
+    release = asyncio.Event()
+
+    async def find() -> dict[str, Any] | None:
+        reads.append("read")
+        first_read = len(reads) == 1
+        await release.wait()
+        return {"_id": "v1", "active": first_read}
+
+    first = [asyncio.ensure_future(cache.load(VOLUNTEERS, "v1", find)) for _ in range(10)]
+    await asyncio.sleep(0)
+    cache.forget([("volunteer", "v1")])  # the view applied a change while that read was out
+    after = asyncio.ensure_future(cache.load(VOLUNTEERS, "v1", find))
+    await asyncio.sleep(0)
+    release.set()
+    assert [d["active"] for d in await asyncio.gather(*first)] == [True] * 10  # type: ignore[index]
+    assert (await after) == {"_id": "v1", "active": False}
+    assert reads == ["read", "read"]
+    assert cache.get(VOLUNTEERS, "v1") == {"_id": "v1", "active": False}  # only the read after the change is kept

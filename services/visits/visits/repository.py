@@ -142,18 +142,15 @@ class RegistryReader:
 
     async def _by_id(self, collection: str, keys: Iterable[str]) -> dict[str, Document]:
         col = self._db[collection]
-        cache = self._cache
         found: dict[str, Document] = {}
         for key in sorted(set(keys)):
-            doc = cache.get(collection, key) if cache is not None else None
-            if doc is None:
-                generation = cache.generation if cache is not None else 0
-                doc = await col.find_one({"_id": key})
-                if doc is None:
-                    continue
-                if cache is not None:
-                    cache.put(collection, key, doc, generation)
-            found[key] = doc
+
+            async def find(key: str = key) -> Document | None:
+                return await col.find_one({"_id": key})
+
+            doc = await (self._cache.load(collection, key, find) if self._cache is not None else find())
+            if doc is not None:
+                found[key] = doc
         return found
 
     async def teams(self, codes: Iterable[str]) -> dict[str, Document]:

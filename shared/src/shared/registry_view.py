@@ -7,6 +7,7 @@ Every event sets the full current state of its key, so replays and redeliveries 
 
 from __future__ import annotations
 
+import asyncio
 import time
 from collections.abc import Awaitable, Callable, Iterable, Sequence
 from typing import Any
@@ -50,6 +51,9 @@ class ReadModelCache:
     from a document another replica has since changed. Only documents that exist are kept: an
     unknown key always asks the database, so a record is never held as pending on a stale "unknown".
     Callers must not modify the documents they get.
+
+    :meth:`load` reads a missing document once for all the requests that want it at the same time
+    (64 concurrent requests would otherwise each read a key that just expired).
     """
 
     def __init__(
@@ -59,6 +63,7 @@ class ReadModelCache:
         self._max = max_entries
         self._clock = clock
         self._docs: dict[tuple[str, str], tuple[float, dict[str, Any]]] = {}
+        self._loading: dict[tuple[str, str, int], asyncio.Future[dict[str, Any] | None]] = {}
         self.generation = 0  # bumped by every forget
 
     def get(self, collection: str, key: str) -> dict[str, Any] | None:
@@ -77,6 +82,33 @@ class ReadModelCache:
         if len(self._docs) >= self._max:
             self._docs.clear()
         self._docs[(collection, key)] = (self._clock() + self._ttl, doc)
+
+    async def load(
+        self, collection: str, key: str, find: Callable[[], Awaitable[dict[str, Any] | None]]
+    ) -> dict[str, Any] | None:
+        """The cached document, or what ``find`` reads (kept if it exists); None if there is none."""
+        doc = self.get(collection, key)
+        if doc is not None:
+            return doc
+        # Only a read that started after the latest forget may answer: one from before could miss
+        # the change a listener is re-checking pending records for.
+        slot = (collection, key, self.generation)
+        loading = self._loading.get(slot)
+        if loading is None:
+            loading = self._loading[slot] = asyncio.ensure_future(self._read(slot, find))
+        return await asyncio.shield(loading)
+
+    async def _read(
+        self, slot: tuple[str, str, int], find: Callable[[], Awaitable[dict[str, Any] | None]]
+    ) -> dict[str, Any] | None:
+        collection, key, generation = slot
+        try:
+            doc = await find()
+            if doc is not None:
+                self.put(collection, key, doc, generation)
+            return doc
+        finally:
+            del self._loading[slot]
 
     def forget(self, changes: Iterable[tuple[str, str]]) -> None:
         """Drop the documents that ``changes`` (as listeners hear them) name."""
