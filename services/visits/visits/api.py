@@ -30,12 +30,14 @@ from visits.service import BatchResult, OutreachService, VisitService
 router = APIRouter(prefix="/v1")
 
 
-def _visits(request: Request) -> VisitService:
+# async on purpose: FastAPI runs a plain ``def`` dependency in a worker thread, one hop per request
+# (measured: the largest share of dependency solving under 64 concurrent POSTs).
+async def _visits(request: Request) -> VisitService:
     service: VisitService = request.app.state.visits
     return service
 
 
-def _outreach(request: Request) -> OutreachService:
+async def _outreach(request: Request) -> OutreachService:
     service: OutreachService = request.app.state.outreach
     return service
 
