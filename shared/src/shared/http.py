@@ -374,7 +374,11 @@ CurrentPrincipal = Annotated[Principal, Depends(_principal)]
 
 
 def serve(app: FastAPI, *, host: str, port: int) -> None:
-    """Run one service process as deployed: uvicorn on uvloop and httptools, our logging only."""
+    """Run one service process as deployed: uvicorn on uvloop and httptools, our logging only.
+
+    uvicorn's own access line is off: :class:`RequestContextMiddleware` already writes one per
+    request (with its request id and duration), and formatting a second one cost every request.
+    """
     import uvicorn
 
-    uvicorn.run(app, host=host, port=port, loop="uvloop", http="httptools", log_config=None)
+    uvicorn.run(app, host=host, port=port, loop="uvloop", http="httptools", log_config=None, access_log=False)
