@@ -28,9 +28,12 @@ class MetricsSettings(ServiceSettings):
     host: str = "127.0.0.1"
     port: int = 8004
     gauge_refresh_seconds: float = 5.0
-    # A projector batch costs one write per counter document it touches, whatever its size, so a
-    # backlog (a rebuild, a restart) is drained in large batches.
-    consumer_max_records: int = 5_000
+    # A projector fetch costs one write per counter document it touches, whatever its size, so a
+    # backlog (a rebuild, a restart) is drained in large fetches. Folding keeps only the raw
+    # records, so memory grows slowly with this: peak RSS draining 50k events was 137-146 MB at
+    # 5,000, 148-154 MB at 10,000 and 154-168 MB at 20,000 (ratio to the bare consumer 0.32,
+    # 0.57 and 0.68 in those noisy runs).
+    consumer_max_records: int = 10_000
     # How often the live side checks whether a rebuild (maybe in another process) switched generation.
     generation_poll_seconds: float = 2.0
     rebuild_poll_seconds: float = 0.5

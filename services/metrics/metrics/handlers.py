@@ -10,7 +10,7 @@ Exactly-once effect without transactions, in one writer per partition:
    raced us makes our write miss (we re-read and redo exactly) instead of double-counting.
 
 Two ways to plan a batch, with the same result: when no document has seen any of the batch's
-offsets (the normal case) the events are summed first and spread over units and days once
+offsets (the normal case) the events are summed first and added into the unit documents once
 (:class:`BatchSums`); otherwise each event's increments are checked against each watermark.
 The projector keeps every counter document in memory (one per unit: a few MB at province scale),
 read once at start, so a batch costs one rewrite per touched unit and no reads.
@@ -21,6 +21,8 @@ from __future__ import annotations
 from collections import Counter as Tally
 from collections.abc import Iterable, Mapping, Sequence
 from dataclasses import dataclass
+from datetime import datetime
+from typing import Any
 
 from prometheus_client import Counter, Gauge
 
@@ -70,6 +72,20 @@ class Folded:
     newest: dict[str, float]
 
 
+class Touched:
+    """The counter documents a fetch changes, taken from memory (or new) on first use."""
+
+    def __init__(self, docs: Mapping[str, CounterDoc]) -> None:
+        self._known = docs
+        self.docs: dict[str, CounterDoc] = {}
+
+    def __call__(self, unit: str, depth: int) -> dict[str, Any]:
+        doc = self.docs.get(unit)
+        if doc is None:
+            doc = self.docs[unit] = self._known.get(unit) or CounterDoc(unit, depth, 0)
+        return doc.counters
+
+
 class Projector:
     """A :class:`shared.consumer.FetchHandler` writing one generation's projection."""
 
@@ -100,10 +116,15 @@ class Projector:
         """
         applied = await self.repo.applied_ids()
         folded = Folded(events, set(), BatchSums(), {}, {}, {}, Tally(), {})
-        first, last, fresh = folded.first, folded.last, folded.fresh
+        first, last, fresh, emit = folded.first, folded.last, folded.fresh, folded.sums.emit
+        keys: dict[tuple[str, int], str] = {}
+        newest: dict[str, datetime] = {}
         for c in events:
-            key = watermark_key(c.topic, c.partition)
-            if key not in first or c.offset < first[key]:
+            key = keys.get((c.topic, c.partition))
+            if key is None:
+                key = keys[(c.topic, c.partition)] = watermark_key(c.topic, c.partition)
+            lo = first.get(key)
+            if lo is None or c.offset < lo:
                 first[key] = c.offset
             if c.offset > last.get(key, -1):
                 last[key] = c.offset
@@ -113,16 +134,17 @@ class Projector:
             applied.add(env.id)
             fresh.add(env.id)
             payload = env.payload()
-            fold_into(payload, folded.sums.emit)
+            fold_into(payload, emit)
             change = state_changes(payload)
             if change is not None:
                 # Later events of the fetch win, so each unit or campaign costs one write.
                 kind, code, fields = change
                 folded.states.setdefault((kind, code), {}).update(fields)
             folded.per_topic[c.topic] += 1
-            ts = env.time.timestamp()
-            if ts > folded.newest.get(c.topic, 0.0):
-                folded.newest[c.topic] = ts
+            seen = newest.get(c.topic)
+            if seen is None or env.time > seen:
+                newest[c.topic] = env.time
+        folded.newest = {topic: t.timestamp() for topic, t in newest.items()}
         return folded
 
     async def write(self, folded: Folded) -> dict[str, float]:
@@ -156,17 +178,20 @@ class Projector:
             self._docs = await self.repo.load_counters()
         docs, first, last = self._docs, folded.first, folded.last
         untouched = all(d.marks.get(k, -1) < first[k] for d in docs.values() for k in first)
-        deltas, depth = folded.sums.spread() if untouched else self._exact(folded)
-        for _ in range(MAX_CONDITIONAL_ROUNDS):
-            if not deltas:
+        for round_ in range(MAX_CONDITIONAL_ROUNDS):
+            touched = Touched(docs)
+            if untouched and round_ == 0:
+                folded.sums.add_into(touched)
+            else:
+                deltas, depth = self._exact(folded)
+                for unit, sections in deltas.items():
+                    add_sections(touched(unit, depth[unit]), sections)
+            if not touched.docs:
                 return
-            batch: list[CounterDoc] = []
-            for unit, sections in deltas.items():
-                doc = docs.get(unit) or CounterDoc(unit, depth[unit], 0)
-                add_sections(doc.counters, sections)
+            batch = list(touched.docs.values())
+            for doc in batch:
                 for k, offset in last.items():
                     doc.marks[k] = max(doc.marks.get(k, -1), offset)
-                batch.append(doc)
             written = await self.repo.save_counters(batch)
             MONGO_WRITES.inc(len(batch))
             if written == len(batch):
@@ -180,7 +205,6 @@ class Projector:
             for doc in batch:
                 docs.pop(doc.unit, None)
             docs.update(await self.repo.load_counters([d.unit for d in batch]))
-            deltas, depth = self._exact(folded)
         raise RuntimeError("counter versions kept moving; another projector is writing")
 
     def _exact(self, folded: Folded) -> tuple[dict[str, Sections], dict[str, int]]:

@@ -244,20 +244,25 @@ class BatchSums:
                 for f in FIELDS[(indicator, key)]:
                     fields[f] = fields.get(f, 0) + delta
 
-    def spread(self) -> tuple[dict[str, Sections], dict[str, int]]:
-        """``({unit: sections}, {unit: depth})`` with zero nets dropped."""
-        out: dict[str, Sections] = {}
-        depth: dict[str, int] = {}
+    def add_into(self, counters_of: Callable[[str, int], dict[str, Any]]) -> None:
+        """Add the sums into the ``{state, all, days}`` content ``counters_of(unit, depth)`` gives.
+
+        One pass straight into the documents (no intermediate deltas): this is the projector's
+        per-fetch cost, about (unit paths x days in the fetch x depth x fields) additions.
+        Counters that net to zero stay, as zeros.
+        """
         for (path, when), fields in self.sums.items():
-            days = _days(when)
-            for d, unit in enumerate(path, start=1):
-                depth[unit] = d
-                doc = out.setdefault(unit, {})
-                for day in days:
-                    target = doc.setdefault(day, {})
-                    for f, delta in fields.items():
-                        target[f] = target.get(f, 0) + delta
-        return prune(out), depth
+            day = None if when is None else when.isoformat()
+            for depth, unit in enumerate(path, start=1):
+                counters = counters_of(unit, depth)
+                targets = (
+                    (counters.setdefault(STATE_DAY, {}),)
+                    if day is None
+                    else (counters.setdefault(DAYS, {}).setdefault(day, {}), counters.setdefault(ALL_DAY, {}))
+                )
+                for target in targets:
+                    for f, v in fields.items():
+                        target[f] = target.get(f, 0) + v
 
 
 def prune(docs: Mapping[str, Sections]) -> dict[str, Sections]:
