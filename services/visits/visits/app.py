@@ -11,7 +11,7 @@ from pydantic_settings import SettingsConfigDict
 from shared.http import create_app, serve
 from shared.logging import configure_logging
 from shared.registry_view import ReadModelCache, RegistryView
-from shared.runtime import Runtime
+from shared.runtime import Runtime, tune_gc
 from shared.settings import ServiceSettings
 from shared.topics import REGISTRY_TOPIC
 from visits.api import router
@@ -88,4 +88,5 @@ def build_app(settings: VisitsSettings | None = None) -> FastAPI:
 def main() -> None:
     settings = VisitsSettings()
     configure_logging("visits", settings.log_level, settings.log_json)
+    tune_gc()
     serve(build_app(settings), host=settings.host, port=settings.port)

@@ -8,6 +8,7 @@ from __future__ import annotations
 
 import asyncio
 import contextlib
+import gc
 from collections.abc import Coroutine, Iterable, Mapping, Sequence
 from typing import Any
 
@@ -44,6 +45,19 @@ async def _bounded(step: Coroutine[Any, Any, None], what: str) -> None:
         exc = task.exception()
         if exc is not None:
             log.warning("shutdown_step_failed", step=what, error=str(exc) or type(exc).__name__)
+
+
+def tune_gc(gen0_threshold: int = 20_000) -> None:
+    """Keep the objects alive at start-up out of the cyclic GC's passes, and make the passes rarer.
+
+    Call once per process before serving. Refcounting still frees everything acyclic at once; only
+    cycles wait longer. Measured in the visits process under 64 concurrent POSTs, about 25 s: with
+    the default thresholds 11 full passes took 0.85 s in all and up to 139 ms each, a pause every
+    request in flight waits out; with start-up objects frozen and this threshold, no full pass ran.
+    """
+    gc.collect()
+    gc.freeze()
+    gc.set_threshold(gen0_threshold, 50, 100)
 
 
 class Runtime:
