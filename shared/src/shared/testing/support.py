@@ -16,6 +16,7 @@ from pymongo.asynchronous.database import AsyncDatabase
 
 from shared.auth import issue_token
 from shared.envelope import Envelope, decode
+from shared.outbox import published_ids
 from shared.settings import DEV_JWT_SECRET
 
 
@@ -101,7 +102,7 @@ async def wait_until(check: Callable[[], Awaitable[bool]], *, timeout: float = 2
 
 async def unpublished_events(db: AsyncDatabase[dict[str, Any]], collections: Sequence[str]) -> int:
     """How many outbox events in ``collections`` the relay has not recorded as published."""
-    published = {d["_id"] async for d in db["outbox_published"].find({}, {"_id": 1})}
+    published = await published_ids(db)
     count = 0
     for name in collections:
         async for d in db[name].find({"outbox.id": {"$exists": True}}, {"outbox.id": 1}):
