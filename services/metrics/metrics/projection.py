@@ -95,26 +95,33 @@ class Increment:
         return counter_path(self.day, self.field)
 
 
-Change = tuple[str, str, int]
-"""``(indicator, key, delta)``; ``key`` is ``total`` for single-valued indicators."""
+Change = tuple[str, int]
+"""``(counter field, delta)``: split indicators name their key's field and their total's."""
 
-# ``emit(unit_path, day, changes)``: what one event does to the indicators of one unit path and
+# ``emit(unit_path, day, changes)``: what one event does to the counters of one unit path and
 # day (None for current-state indicators). The exact path expands each call into
 # :class:`Increment`s; the fast path only sums calls (see :class:`BatchSums`).
 Emit = Callable[[Sequence[str], date | None, Sequence[Change]], None]
 
 
+def _of(indicator: str, key: str, delta: int) -> tuple[Change, ...]:
+    return tuple((f, delta) for f in FIELDS[(indicator, key)])
+
+
 def _visit(emit: Emit, figures: vis.VisitFigures, sign: int) -> None:
     services = figures.services
+    l3, l4 = services.online_applications_l3, services.online_applications_l4
+    # Spelled out rather than through _of: visits are most of the events.
     emit(
         figures.unit_path,
         figures.visited_on,
         (
-            ("households_visited", "total", sign * figures.households),
-            ("people_supported", "total", sign * figures.people.total),
-            ("vneid_installs", "total", sign * services.vneid_installed),
-            ("online_applications", "l3", sign * services.online_applications_l3),
-            ("online_applications", "l4", sign * services.online_applications_l4),
+            ("households_visited", sign * figures.households),
+            ("people_supported", sign * figures.people.total),
+            ("vneid_installs", sign * services.vneid_installed),
+            ("online_applications_l3", sign * l3),
+            ("online_applications_l4", sign * l4),
+            ("online_applications_total", sign * (l3 + l4)),
         ),
     )
 
@@ -124,35 +131,16 @@ def _change(c: Transition) -> int:
 
 
 def _participants(emit: Emit, course: trn.CourseRef, change: Transition) -> None:
-    emit(course.unit_path, course.starts_on, (("course_participants", course.audience.value, _change(change)),))
+    emit(course.unit_path, course.starts_on, _of("course_participants", course.audience.value, _change(change)))
 
 
 def _completions(emit: Emit, course: trn.CourseRef, change: Transition) -> None:
-    emit(course.unit_path, course.ends_on, (("course_completions", "total", _change(change)),))
+    emit(course.unit_path, course.ends_on, _of("course_completions", "total", _change(change)))
 
 
 def fold_into(payload: BaseModel, emit: Emit) -> None:
     """Report, through ``emit``, every indicator change one event causes (nothing for the others)."""
-    match payload:
-        # --- registry: current state -------------------------------------------------------------
-        case reg.TeamCreated():
-            emit(payload.unit_path, None, (("teams", payload.kind.value, 1),))
-        case reg.TeamUpdated():
-            # An inactive team was already taken out by its deactivation; an active one moves from
-            # its previous kind and unit to the current ones (a no-op when neither changed).
-            if payload.active:
-                emit(payload.previous_unit_path, None, (("teams", payload.previous_kind.value, -1),))
-                emit(payload.unit_path, None, (("teams", payload.kind.value, 1),))
-        case reg.TeamDeactivated():
-            emit(payload.unit_path, None, (("teams", payload.kind.value, -1),))
-        case reg.VolunteerRegistered():
-            emit(payload.unit_path, None, (("volunteers", "total", 1),))
-        case reg.VolunteerUpdated():
-            if payload.active:
-                emit(payload.previous_unit_path, None, (("volunteers", "total", -1),))
-                emit(payload.unit_path, None, (("volunteers", "total", 1),))
-        case reg.VolunteerLeft():
-            emit(payload.unit_path, None, (("volunteers", "total", -1),))
+    match payload:  # most frequent first: each case is an isinstance check
         # --- visits: dated by visited_on / published_on -------------------------------------------
         case vis.VisitRecorded():
             _visit(emit, payload.figures, 1)
@@ -162,16 +150,16 @@ def fold_into(payload: BaseModel, emit: Emit) -> None:
         case vis.VisitVoided():
             _visit(emit, payload.figures, -1)
         case vis.OutreachPublished():
-            emit(payload.unit_path, payload.published_on, (("outreach_posts", payload.channel.value, 1),))
+            emit(payload.unit_path, payload.published_on, _of("outreach_posts", payload.channel.value, 1))
         case vis.OutreachVoided():
-            emit(payload.unit_path, payload.published_on, (("outreach_posts", payload.channel.value, -1),))
+            emit(payload.unit_path, payload.published_on, _of("outreach_posts", payload.channel.value, -1))
         # --- training: courses and participants by starts_on, completions by ends_on ---------------
         case trn.CourseScheduled():
             c = payload.course
-            emit(c.unit_path, c.starts_on, (("courses", c.audience.value, 1),))
+            emit(c.unit_path, c.starts_on, _of("courses", c.audience.value, 1))
         case trn.CourseCancelled():
             c = payload.course
-            emit(c.unit_path, c.starts_on, (("courses", c.audience.value, -1),))
+            emit(c.unit_path, c.starts_on, _of("courses", c.audience.value, -1))
             _participants(emit, c, payload.participants)
             _completions(emit, c, payload.completions)
         case trn.SessionHeld() | trn.ParticipantEnrolled():
@@ -181,6 +169,25 @@ def fold_into(payload: BaseModel, emit: Emit) -> None:
         case trn.CourseCompleted():
             _participants(emit, payload.course, payload.participants)
             _completions(emit, payload.course, payload.completions)
+        # --- registry: current state -------------------------------------------------------------
+        case reg.TeamCreated():
+            emit(payload.unit_path, None, _of("teams", payload.kind.value, 1))
+        case reg.TeamUpdated():
+            # An inactive team was already taken out by its deactivation; an active one moves from
+            # its previous kind and unit to the current ones (a no-op when neither changed).
+            if payload.active:
+                emit(payload.previous_unit_path, None, _of("teams", payload.previous_kind.value, -1))
+                emit(payload.unit_path, None, _of("teams", payload.kind.value, 1))
+        case reg.TeamDeactivated():
+            emit(payload.unit_path, None, _of("teams", payload.kind.value, -1))
+        case reg.VolunteerRegistered():
+            emit(payload.unit_path, None, _of("volunteers", "total", 1))
+        case reg.VolunteerUpdated():
+            if payload.active:
+                emit(payload.previous_unit_path, None, _of("volunteers", "total", -1))
+                emit(payload.unit_path, None, _of("volunteers", "total", 1))
+        case reg.VolunteerLeft():
+            emit(payload.unit_path, None, _of("volunteers", "total", -1))
         case _:
             pass
 
@@ -206,13 +213,12 @@ def fold(payload: BaseModel) -> list[Increment]:
 
     def emit(path: Sequence[str], when: date | None, changes: Sequence[Change]) -> None:
         days = _days(when)
-        for indicator, key, delta in changes:
+        for f, delta in changes:
             if delta == 0:
                 continue
             for depth, unit in enumerate(path, start=1):
                 for day in days:
-                    for f in FIELDS[(indicator, key)]:
-                        out.append(Increment(unit, depth, day, f, delta))
+                    out.append(Increment(unit, depth, day, f, delta))
 
     fold_into(payload, emit)
     return out
@@ -239,10 +245,9 @@ class BatchSums:
         fields = self.sums.get(where)
         if fields is None:
             fields = self.sums[where] = {}
-        for indicator, key, delta in changes:
+        for f, delta in changes:
             if delta:
-                for f in FIELDS[(indicator, key)]:
-                    fields[f] = fields.get(f, 0) + delta
+                fields[f] = fields.get(f, 0) + delta
 
     def add_into(self, counters_of: Callable[[str, int], dict[str, Any]]) -> None:
         """Add the sums into the ``{state, all, days}`` content ``counters_of(unit, depth)`` gives.
