@@ -6,7 +6,7 @@ How a rebuild switches without losing or doubling an event:
   brand-new group ``g(M)`` from the earliest offsets into empty ``*_gM`` collections, until the
   group's committed offsets reach the captured marks. Events published meanwhile are consumed too.
 - It then stops that consumer (its committed offsets stay in Kafka) and flips ``meta.active`` to M
-  in one single-document write. Readers resolve the generation per request, so they move at once.
+  in one single-document write. Readers re-read the generation every second, so they all move within one.
 - The live side sees the flip, stops the ``g(N)`` projector and starts one in group ``g(M)``. That
   group resumes from exactly where the rebuild committed, so every event after the captured marks
   reaches generation M once: nothing is skipped (Kafka offsets) and nothing doubles (watermarks and

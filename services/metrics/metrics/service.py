@@ -1,7 +1,8 @@
 """Reading the projection: summaries, campaign progress, time series and freshness.
 
-Every read resolves the active generation first, reads the unit's one counter document by ``_id``
-and sums its days here (FerretDB's aggregation is too limited to do it server-side).
+Every read resolves the active generation first (kept for a second, see ``MetricsStore``), reads
+the unit's one counter document by ``_id`` and sums its days here (FerretDB's aggregation is too
+limited to do it server-side).
 """
 
 from __future__ import annotations
@@ -109,7 +110,7 @@ class MetricsService:
         self.meta = store.meta
 
     async def projection(self) -> ProjectionRepository:
-        """The active generation's collections, resolved on every request."""
+        """The active generation's collections, resolved at most a second ago."""
         return await self._store.projection()
 
     async def _unit(

@@ -153,3 +153,19 @@ async def test_units_and_campaigns_keep_their_latest_state(ev, repo) -> None:
     assert campaign is not None
     assert campaign["starts_on"] == "2025-07-01"
     assert campaign["targets"] == [{"indicator": "courses", "unit_code": "QN", "value": 3}]
+
+
+async def test_applied_ids_are_kept_for_a_window_of_recent_events_in_memory_and_in_mongo(ev, repo) -> None:
+    small = ProjectionRepository(repo._db, 1, applied_window=10)
+    projector = Projector(small)
+    visits = backlog(ev, 24)
+    for lo in range(0, 24, 8):
+        await projector(at_offsets(visits[lo : lo + 8], start=lo))
+    remembered = await small.applied_ids()
+    # The two newest fetches (16 ids) stay: dropping the older of them would leave fewer than 10.
+    assert remembered == {v.id for v in visits[8:]}
+    stored = await small.applied_events.find({}).to_list()
+    assert sorted(d["n"] for d in stored) == [8, 8]
+    # A republish of a recent event is still recognised, after a restart too.
+    await Projector(ProjectionRepository(repo._db, 1, applied_window=10))(at_offsets([visits[20]], start=24))
+    assert (await counters(repo, "QN", "all"))["households_visited"] == 24
