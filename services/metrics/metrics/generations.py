@@ -76,6 +76,7 @@ def projector_runner(
         backoff_seconds=settings.consumer_backoff_seconds,
         max_records=settings.consumer_max_records,
         linger_ms=settings.consumer_linger_ms,
+        linger_bytes=settings.consumer_linger_bytes,
         whole_fetch=True,
     )
 

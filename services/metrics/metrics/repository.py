@@ -84,12 +84,12 @@ MAX_UPDATES_PER_COMMAND = 50
 class CounterDoc:
     """One unit's counters: ``counters`` is ``{"state": {...}, "all": {...}, "days": {day: {...}}}``.
 
-    Stored as ``{_id, depth, v, wm, c}`` with ``c`` the counters packed into one binary value
+    Stored as ``{_id, depth, v, c}`` with ``c`` the counters (and ``wm``) packed into one binary value
     (orjson). FerretDB v1 turns every value of a document into its own JSON node on each read and
     rewrite, so an ``$inc`` on a unit with 50 days of ~25 fields cost 11-27 ms; the same document
     rewritten whole with its counters packed costs ~1 ms (60 documents: 0.65-1.6 s vs 57-80 ms,
     measured with bench's FerretDB). ``v`` is the compare-and-set version of every rewrite and
-    ``wm`` holds, per partition, the highest offset whose events the counters include.
+    ``wm`` (inside ``c``) holds, per partition, the highest offset whose events the counters include.
     """
 
     unit: str
@@ -100,14 +100,22 @@ class CounterDoc:
 
     @classmethod
     def from_stored(cls, doc: Document) -> CounterDoc:
-        return cls(doc["_id"], int(doc.get("depth", 0)), int(doc["v"]), dict(doc.get("wm") or {}), unpack(doc))
+        content = unpack(doc)
+        return cls(doc["_id"], int(doc.get("depth", 0)), int(doc["v"]), content.pop(MARKS), content)
+
+
+MARKS = "wm"
 
 
 def unpack(doc: Document) -> dict[str, Any]:
-    """The ``{state, all, days}`` content of a stored counter document."""
+    """The ``{state, all, days, wm}`` content of a stored counter document.
+
+    The watermarks travel inside the packed value too: one value less per partition made a
+    rewrite of 67 unit documents 33 ms instead of 44.
+    """
     raw = doc.get("c")
     content: dict[str, Any] = orjson.loads(raw) if raw else {}
-    for section in (STATE_DAY, ALL_DAY, DAYS):
+    for section in (STATE_DAY, ALL_DAY, DAYS, MARKS):
         content.setdefault(section, {})
     return content
 
@@ -236,7 +244,7 @@ class ProjectionRepository:
 
     @staticmethod
     def _stored(d: CounterDoc) -> Document:
-        return {"_id": d.unit, "depth": d.depth, "v": d.version + 1, "wm": d.marks, "c": orjson.dumps(d.counters)}
+        return {"_id": d.unit, "depth": d.depth, "v": d.version + 1, "c": orjson.dumps({**d.counters, MARKS: d.marks})}
 
     async def set_state(self, kind: str, key: str, fields: Mapping[str, Any]) -> None:
         col = self.units if kind == "units" else self.campaigns
@@ -288,7 +296,9 @@ class ProjectionRepository:
 
 def content_of(doc: Document) -> Document:
     """A stored counter document as ``{_id, depth, state, all, days}``."""
-    return {"_id": doc["_id"], "depth": doc.get("depth"), **unpack(doc)}
+    content = unpack(doc)
+    del content[MARKS]
+    return {"_id": doc["_id"], "depth": doc.get("depth"), **content}
 
 
 def rows_in_range(doc: Document, first: str, last: str) -> list[Document]:

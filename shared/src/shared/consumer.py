@@ -193,6 +193,7 @@ class ConsumerRunner:
         max_records: int = 2000,
         from_beginning: bool = True,
         linger_ms: int = 0,
+        linger_bytes: int = 1024 * 1024,
         whole_fetch: bool = False,
     ) -> None:
         self.name = name
@@ -208,6 +209,7 @@ class ConsumerRunner:
         self._max_records = max_records
         self._from_beginning = from_beginning
         self._linger_ms = linger_ms
+        self._linger_bytes = linger_bytes
         # A handler that orders by partition itself (the metrics projector) can take every
         # partition of a fetch at once: its writes then cover all of them in one pass.
         self._whole_fetch = whole_fetch and not per_event
@@ -247,8 +249,9 @@ class ConsumerRunner:
                 max_partition_fetch_bytes=4 * 1024 * 1024,
                 fetch_max_bytes=32 * 1024 * 1024,
                 metadata_max_age_ms=5000,
-                # With a linger the broker answers a fetch once 1 MiB is waiting or the linger is up.
-                fetch_min_bytes=1024 * 1024 if self._linger_ms else 1,
+                # With a linger the broker answers a fetch once linger_bytes are waiting or the
+                # linger is up.
+                fetch_min_bytes=self._linger_bytes if self._linger_ms else 1,
                 fetch_max_wait_ms=self._linger_ms or 500,
             )
             try:

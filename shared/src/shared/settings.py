@@ -44,6 +44,8 @@ class ServiceSettings(BaseSettings):
     # while less than 1 MiB is waiting, so a trickle of events is applied in batches: one write per
     # document per batch instead of per event. It bounds the added freshness delay.
     consumer_linger_ms: int = 200
+    # ...or until this much is waiting, whichever comes first.
+    consumer_linger_bytes: int = 1024 * 1024
     consumer_retries: int = 3
     consumer_backoff_seconds: float = 0.2
     create_topics: bool = True
