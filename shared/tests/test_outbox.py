@@ -255,3 +255,56 @@ async def test_a_relay_stopped_mid_sweep_leaves_the_rest_to_the_next_one(make_se
         await producer.stop()
         await client.close()
     assert {e.envelope.key for e in got} == set(codes)
+
+
+async def test_inserted_documents_handed_to_the_relay_are_published_without_reading_them_back(
+    make_settings, kafka: KafkaBroker
+) -> None:
+    from prometheus_client import REGISTRY
+
+    from shared.contracts import registry as ev
+    from shared.envelope import make_event
+    from shared.kafka import EventProducer
+    from shared.mongo import connect
+    from shared.outbox import OutboxRelay, outbox_fields, outbox_update
+
+    settings = make_settings(SampleSettings)
+    ensure_topics_sync(kafka.bootstrap, prefix=settings.topic_prefix)
+    topic_of = {"registry.events.v1": settings.topic("registry.events.v1")}
+    client = connect(settings.mongo_url)
+    db = client[settings.mongo_db]
+    collection = f"handed_{settings.mongo_db[-6:]}"
+
+    def unit(code: str, name: str) -> Any:
+        payload = ev.UnitUpdated(
+            code=code, name=name, kind="commune", parent_code="QN", path=["QN"], previous_path=["QN"]
+        )
+        return make_event(ev.UNIT_UPDATED, payload, source="/t", key=code)
+
+    def finds() -> float:
+        return (
+            REGISTRY.get_sample_value(
+                "mongo_command_duration_seconds_count", {"command": "find", "collection": collection}
+            )
+            or 0.0
+        )
+
+    docs = [{"_id": f"QN-H{i}", **outbox_fields([unit(f"QN-H{i}", "v0")])} for i in range(5)]
+    await db[collection].insert_many(docs)
+    # One of them is changed after its insert: it is named by id, so the relay reads it.
+    await db[collection].update_one({"_id": "QN-H0"}, outbox_update({}, [unit("QN-H0", "v1")]))
+    producer = EventProducer(settings.kafka_bootstrap, client_id="outbox-test")
+    relay = OutboxRelay(db, [collection], producer, service="t", topic_of=topic_of)
+    try:
+        relay.notify(collection, written=docs)
+        relay.notify(collection, ["QN-H0"])
+        before = finds()
+        assert await relay.drain_once(relay._hints, relay._written) == 6
+        assert finds() - before == 1  # only the changed document was read
+        got = await collect_events(kafka.bootstrap, list(topic_of.values()), count=6, timeout=30, settle=1.0)
+    finally:
+        await producer.stop()
+        await client.close()
+    names = [(e.envelope.key, e.envelope.data["name"]) for e in got]
+    assert sorted(names) == sorted([*((f"QN-H{i}", "v0") for i in range(5)), ("QN-H0", "v1")])
+    assert [n for k, n in names if k == "QN-H0"] == ["v0", "v1"]

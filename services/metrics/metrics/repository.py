@@ -76,7 +76,7 @@ class MetaRepository:
 
 
 PER_DOCUMENT_LOOKUPS = 64
-APPLIED_WINDOW = 200_000
+APPLIED_WINDOW = 50_000
 MAX_UPDATES_PER_COMMAND = 50
 
 
@@ -160,10 +160,12 @@ class ProjectionRepository:
         """The ids of the most recent ~``applied_window`` applied events, loaded once and then kept
         in memory (the projector adds to it).
 
-        They only catch a relay republishing an event (same ce_id, later offset), which happens
-        within a chunk or two of the original; redeliveries are caught by the watermarks. Keeping
-        every id instead grew the metrics process by ~110 bytes per event for ever (482 MB after
-        the benchmark's freshness runs). FerretDB v1 scans the whole collection for ``$in``, so
+        They only catch a relay republishing an event (same ce_id, later offset). Each topic has
+        one writer, its service's relay, and after a crash it republishes at most the chunks it
+        had not recorded (1,000 events each), so the copy lands within a few thousand events of
+        the original; redeliveries are caught by the watermarks. Keeping every id instead grew the
+        metrics process by ~110 bytes per event for ever (482 MB after the benchmark's freshness
+        runs; a window of 200,000 still left 250 MB). FerretDB v1 scans the whole collection for ``$in``, so
         the window is answered from memory. The projector is this set's only writer (one live
         consumer per partition), and it calls :meth:`forget_applied` after a failed write so
         memory never runs ahead of the database.

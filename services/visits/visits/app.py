@@ -55,13 +55,13 @@ def build_app(settings: VisitsSettings | None = None) -> FastAPI:
             RecordRepository(runtime.db[VISITS], runtime.read_db[VISITS]),
             pending,
             reader,
-            lambda ids: runtime.notify_relay(VISITS, ids),
+            lambda ids, written: runtime.notify_relay(VISITS, ids, written),
         )
         outreach = OutreachService(
             RecordRepository(runtime.db[OUTREACH], runtime.read_db[OUTREACH]),
             pending,
             reader,
-            lambda ids: runtime.notify_relay(OUTREACH, ids),
+            lambda ids, written: runtime.notify_relay(OUTREACH, ids, written),
         )
         view = RegistryView(runtime.db, reads=runtime.read_db, cache=cache)
         handler = registry_handlers(view, visits.on_registry_change, outreach.on_registry_change)

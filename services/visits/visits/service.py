@@ -227,7 +227,7 @@ class Intake(Generic[ItemT]):
         records: RecordRepository,
         pending: PendingIndex,
         reader: RegistryReader,
-        notify: Callable[[Sequence[str]], None],
+        notify: Callable[[Sequence[str], Sequence[dict[str, Any]]], None],
     ) -> None:
         self.records = records
         self.pending = pending
@@ -299,7 +299,7 @@ class Intake(Generic[ItemT]):
             # The registry event may have been applied between our read and our insert.
             stored = (await self._resolve([stored])).get(stored["_id"], stored)
         else:
-            self.notify([stored["_id"]])
+            self.notify([], [stored])  # as inserted: the relay need not read it back
         return stored, "created" if stored["status"] == self.accepted_status else "pending"
 
     async def record_batch(self, principal: Principal, raw_items: Sequence[Any]) -> list[BatchResult]:
@@ -352,7 +352,7 @@ class Intake(Generic[ItemT]):
                 status = resolved.get(rid, doc)["status"]
                 outcome: Literal["created", "pending"] = "created" if status == self.accepted_status else "pending"
                 results[i] = BatchResult(doc["client_ref"], outcome, rid)
-        self.notify([d["_id"] for _, d, _ in to_insert if d["_id"] not in collided and d["status"] != "pending"])
+        self.notify([], [d for _, d, _ in to_insert if d["_id"] not in collided and d["status"] != "pending"])
         return [r for r in results if r is not None]
 
     # --- pending records -------------------------------------------------------------------------
@@ -391,7 +391,7 @@ class Intake(Generic[ItemT]):
                     emitted.append(doc["_id"])
                 await self.pending.remove(self.kind, doc["_id"])
         if emitted:
-            self.notify(emitted)
+            self.notify(emitted, [])
         return changed
 
     async def on_registry_change(self, changes: Sequence[tuple[str, str]]) -> None:
@@ -442,7 +442,7 @@ class Intake(Generic[ItemT]):
             update = outbox_update({"$set": changes}, events)
             if await self.records.update_if(record_id, {"status": doc["status"], "rev": doc["rev"]}, update):
                 if events:
-                    self.notify([record_id])
+                    self.notify([record_id], [])
                 return {**doc, **changes}
         raise Conflict(f"{self.noun} {record_id} kept changing; retry", slug="concurrent-change")
 
@@ -564,7 +564,7 @@ class VisitService(Intake[VisitIn]):
             event = make_event(ev.VISIT_CORRECTED, payload, source=SOURCE, key=visit_id)
             update = outbox_update({"$set": {**fields, "corrected_at": now}}, [event])
             if await self.records.update_if(visit_id, {"status": "recorded", "rev": doc["rev"]}, update):
-                self.notify([visit_id])
+                self.notify([visit_id], [])
                 return new
         raise Conflict(f"visit {visit_id} kept changing; retry", slug="concurrent-change")
 

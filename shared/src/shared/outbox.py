@@ -134,20 +134,33 @@ class OutboxRelay:
         self._published: set[str] = set()
         self._sweep_due = True
         self._hints: dict[str, set[Any]] = {}
+        self._written: dict[str, dict[Any, dict[str, Any]]] = {}
         self._wake = asyncio.Event()
         self._task: asyncio.Task[None] | None = None
         self.published = 0
 
-    def notify(self, collection: str | None = None, ids: Iterable[Any] = ()) -> None:
+    def notify(
+        self, collection: str | None = None, ids: Iterable[Any] = (), written: Sequence[dict[str, Any]] = ()
+    ) -> None:
         """Wake the relay now (called after a write) instead of waiting for the next poll.
 
         With ``collection`` and ``ids`` (the documents just written) the relay reads only those, by
-        ``_id``; without them it sweeps every collection for unpublished events.
+        ``_id``; without them it sweeps every collection for unpublished events. ``written`` are
+        documents just *inserted*, exactly as stored: the relay publishes from them without
+        reading them back (a read per visit was the relay's largest cost under write load). A
+        document changed after its insert is named in ``ids`` instead, and is read.
         """
         if collection is None:
             self._sweep_due = True
         else:
-            self._hints.setdefault(collection, set()).update(ids)
+            hinted = self._hints.setdefault(collection, set())
+            given = self._written.setdefault(collection, {})
+            for doc_id in ids:
+                hinted.add(doc_id)
+                given.pop(doc_id, None)  # changed since: read the current document
+            for d in written:
+                if d["_id"] not in hinted:
+                    given[d["_id"]] = d
         self._wake.set()
 
     async def start(self) -> None:
@@ -168,12 +181,14 @@ class OutboxRelay:
         loaded = False
         while True:
             hints: dict[str, set[Any]] = {}
+            written: dict[str, dict[Any, dict[str, Any]]] = {}
             try:
                 if not loaded:
                     self._published = await published_ids(self._db)
                     loaded = True
                 hints, self._hints = self._hints, {}
-                moved = await self.drain_once(hints)
+                written, self._written = self._written, {}
+                moved = await self.drain_once(hints, written)
                 backoff = self._poll
                 if moved or self._hints or self._sweep_due:
                     continue  # more may be waiting; go again straight away
@@ -182,6 +197,8 @@ class OutboxRelay:
             except Exception as exc:  # Kafka or Mongo down: keep the events, retry the same documents
                 for name, ids in hints.items():
                     self._hints.setdefault(name, set()).update(ids)
+                for name, given in written.items():  # read them back next time
+                    self._hints.setdefault(name, set()).update(given)
                 log.warning("outbox_relay_retry", error=str(exc) or type(exc).__name__, in_seconds=backoff)
                 await self._producer.reset()
                 backoff = min(backoff * 2, 5.0)
@@ -189,23 +206,28 @@ class OutboxRelay:
                 await asyncio.wait_for(self._wake.wait(), timeout=backoff)
             self._wake.clear()
 
-    async def drain_once(self, hints: dict[str, set[Any]]) -> int:
-        """Publish the unpublished events of the hinted documents (or of a sweep); return the count."""
+    async def drain_once(
+        self, hints: dict[str, set[Any]], written: dict[str, dict[Any, dict[str, Any]]] | None = None
+    ) -> int:
+        """Publish the unpublished events of the hinted and given documents (or of a sweep); return
+        the count."""
         sweep = self._sweep_due
         self._sweep_due = False
         try:
-            return await self._drain(hints, sweep)
+            return await self._drain(hints, written or {}, sweep)
         except BaseException:
             self._sweep_due = self._sweep_due or sweep  # a failed sweep must run again
             raise
 
-    async def _drain(self, hints: dict[str, set[Any]], sweep: bool) -> int:
+    async def _drain(
+        self, hints: dict[str, set[Any]], written: dict[str, dict[Any, dict[str, Any]]], sweep: bool
+    ) -> int:
         # A pipeline: while one chunk's acknowledgements are awaited and its ids recorded, the next
         # chunk is read from the database and queued to Kafka. A chunk is recorded only once all
         # its events are acknowledged; chunks are recorded in order.
         found = 0
         recording: asyncio.Task[None] | None = None
-        chunks = _read_ahead(self._pending_chunks(hints, sweep))
+        chunks = _read_ahead(self._pending_chunks(hints, written, sweep))
         try:
             async for name, docs in chunks:
                 entries = [e for d in docs for e in d.get("outbox", ()) if e["id"] not in self._published]
@@ -227,14 +249,19 @@ class OutboxRelay:
         return found
 
     async def _pending_chunks(
-        self, hints: dict[str, set[Any]], sweep: bool
+        self, hints: dict[str, set[Any]], written: dict[str, dict[Any, dict[str, Any]]], sweep: bool
     ) -> AsyncGenerator[tuple[str, list[dict[str, Any]]], None]:
         """The documents to publish from, in chunks of about ``batch_size`` outbox entries."""
         for name in self._collections:
             col = self._reads[name]
             chunk: list[dict[str, Any]] = []
             size = 0
-            docs = _swept(col, self._batch) if sweep else _by_id(col, list(hints.get(name, ())), self._batch)
+            if sweep:
+                docs = _swept(col, self._batch)
+            else:
+                docs = _given_then_by_id(
+                    list(written.get(name, {}).values()), col, list(hints.get(name, ())), self._batch
+                )
             async with contextlib.aclosing(docs):
                 async for d in docs:
                     chunk.append(d)
@@ -270,6 +297,16 @@ async def _swept(col: AsyncCollection[dict[str, Any]], batch: int) -> AsyncGener
     """Every document with outbox entries, streamed so a backlog is never held in memory at once."""
     async with col.find(PENDING, _OUTBOX, batch_size=batch) as cursor:
         async for d in cursor:
+            yield d
+
+
+async def _given_then_by_id(
+    given: list[dict[str, Any]], col: AsyncCollection[dict[str, Any]], ids: list[Any], batch: int
+) -> AsyncGenerator[dict[str, Any], None]:
+    for d in given:
+        yield d
+    async with contextlib.aclosing(_by_id(col, ids, batch)) as read:
+        async for d in read:
             yield d
 
 

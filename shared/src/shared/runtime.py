@@ -132,10 +132,13 @@ class Runtime:
         self.consumers.append(runner)
         return runner
 
-    def notify_relay(self, collection: str | None = None, ids: Iterable[Any] = ()) -> None:
-        """Wake the outbox relay; naming the written documents spares it a sweep (see OutboxRelay)."""
+    def notify_relay(
+        self, collection: str | None = None, ids: Iterable[Any] = (), written: Sequence[dict[str, Any]] = ()
+    ) -> None:
+        """Wake the outbox relay; naming the written documents spares it a sweep, handing it the
+        documents just inserted spares it reading them (see OutboxRelay.notify)."""
         if self.relay:
-            self.relay.notify(collection, ids)
+            self.relay.notify(collection, ids, written)
 
     async def start(self) -> None:
         await ensure_indexes(self.db, self._indexes)
