@@ -29,9 +29,9 @@ class MetricsSettings(ServiceSettings):
     gauge_refresh_seconds: float = 5.0
     # A projector fetch costs one write per counter document it touches, whatever its size, so a
     # backlog (a rebuild, a restart) is drained in large fetches. Folding keeps only the raw
-    # records, so memory grows slowly with this: peak RSS draining 50k events was 137-146 MB at
-    # 5,000, 148-154 MB at 10,000 and 154-168 MB at 20,000 (ratio to the bare consumer 0.32,
-    # 0.57 and 0.68 in those noisy runs).
+    # records, but two fetches are in flight (one folded while the other is written), and their
+    # parsed records are most of the projector's memory: draining 200k events, peak RSS was
+    # 159-174 MB at 5,000 (ratio to the bare consumer 0.38) and 196-201 MB at 10,000 (0.46).
     consumer_max_records: int = 10_000
     # Under a steady stream a fetch should be cut by the linger (200 ms), not by size: every fetch
     # rewrites each unit it touches, so 1 MiB fetches (~1,000 events) at 16,000 events/s meant
