@@ -202,6 +202,7 @@ class Projector:
             if written == len(batch):
                 for doc in batch:
                     doc.version += 1
+                    doc.stored = True
                     docs[doc.unit] = doc
                 return
             log.warning("projector_version_moved", missed=len(batch) - written)

@@ -94,14 +94,15 @@ class CounterDoc:
 
     unit: str
     depth: int
-    version: int  # 0: not stored yet
+    version: int  # 0: not stored yet, or stored by a version that had no ``v``
     marks: dict[str, int] = field(default_factory=dict)
     counters: dict[str, Any] = field(default_factory=dict)
+    stored: bool = False
 
     @classmethod
     def from_stored(cls, doc: Document) -> CounterDoc:
         content = unpack(doc)
-        return cls(doc["_id"], int(doc.get("depth", 0)), int(doc["v"]), content.pop(MARKS), content)
+        return cls(doc["_id"], int(doc.get("depth", 0)), int(doc.get("v", 0)), content.pop(MARKS), content, True)
 
 
 MARKS = "wm"
@@ -114,7 +115,10 @@ def unpack(doc: Document) -> dict[str, Any]:
     rewrite of 67 unit documents 33 ms instead of 44.
     """
     raw = doc.get("c")
-    content: dict[str, Any] = orjson.loads(raw) if raw else {}
+    if raw:
+        content: dict[str, Any] = orjson.loads(raw)
+    else:  # the unpacked layout of earlier versions, rewritten packed on its next change
+        content = {k: dict(doc[k]) for k in (STATE_DAY, ALL_DAY, DAYS, MARKS) if isinstance(doc.get(k), dict)}
     for section in (STATE_DAY, ALL_DAY, DAYS, MARKS):
         content.setdefault(section, {})
     return content
@@ -174,7 +178,8 @@ class ProjectionRepository:
             ids: set[str] = set()
             docs: deque[tuple[str, list[str]]] = deque()
             async for d in self.applied_events.find({}).sort("_id", ASCENDING):
-                chunk = [i for i in str(d.get("ids", "")).split("\n") if i]
+                # Earlier versions stored one id per document, as its _id.
+                chunk = [i for i in str(d["ids"]).split("\n") if i] if "ids" in d else [str(d["_id"])]
                 docs.append((str(d["_id"]), chunk))
                 ids.update(chunk)
             self._applied_ids, self._applied_docs = ids, docs
@@ -227,7 +232,7 @@ class ProjectionRepository:
         not, and the caller re-reads it. That is what stops a zombie projector double-counting.
         """
         written = 0
-        new = [self._stored(d) for d in docs if d.version == 0]
+        new = [self._stored(d) for d in docs if not d.stored]
         if new:
             try:
                 await self.counters.insert_many(new, ordered=False)
@@ -237,7 +242,11 @@ class ProjectionRepository:
                 if any(e.get("code") != DUPLICATE_KEY for e in errors) or exc.details.get("writeConcernErrors"):
                     raise
                 written += len(new) - len(errors)
-        ops = [ReplaceOne({"_id": d.unit, "v": d.version}, self._stored(d)) for d in docs if d.version]
+        ops = [
+            ReplaceOne({"_id": d.unit, "v": d.version if d.version else {"$exists": False}}, self._stored(d))
+            for d in docs
+            if d.stored
+        ]
         # FerretDB v1.24 never answers an update command of 100 or more statements: send fewer.
         for i in range(0, len(ops), MAX_UPDATES_PER_COMMAND):
             result = await self.counters.bulk_write(ops[i : i + MAX_UPDATES_PER_COMMAND], ordered=False)

@@ -169,3 +169,15 @@ async def test_applied_ids_are_kept_for_a_window_of_recent_events_in_memory_and_
     # A republish of a recent event is still recognised, after a restart too.
     await Projector(ProjectionRepository(repo._db, 1, applied_window=10))(at_offsets([visits[20]], start=24))
     assert (await counters(repo, "QN", "all"))["households_visited"] == 24
+
+
+async def test_counters_stored_unpacked_by_an_earlier_version_are_read_and_rewritten_packed(ev, repo) -> None:
+    await repo.counters.insert_one(
+        {"_id": "QN", "depth": 1, "state": {}, "all": {"households_visited": 5}, "days": {}, "wm": {}}
+    )
+    await Projector(repo)(at_offsets([ev.visit("v-new", ev.figures(HALONG, date(2025, 7, 2)))]))
+    stored = await repo.counters.find_one({"_id": "QN"})
+    assert stored is not None
+    assert "c" in stored
+    assert stored["v"] == 1
+    assert (await counters(repo, "QN", "all"))["households_visited"] == 6
