@@ -72,9 +72,6 @@ class Fetch:
         self.records = list(records)
         self.undecodable: dict[int, str] = {}
 
-    def __len__(self) -> int:
-        return len(self.records)
-
     def __iter__(self) -> Iterator[Consumed]:
         for i, r in enumerate(self.records):
             if i in self.undecodable:
@@ -356,10 +353,24 @@ class ConsumerRunner:
 
     async def _attempt_write(self, folded: Any, topic: str) -> Mapping[str, float] | None:
         """``write`` with retries; None once they are used up."""
+        handler = self._fetch_handler
+        newest: dict[str, float] = {}
+
+        async def write() -> None:
+            newest.update(await handler.write(folded))
+
+        # A failed write may have happened in part: the handler's memory is not trusted after it.
+        return newest if await self._retrying(topic, write, after_failure=handler.forget) else None
+
+    async def _retrying(
+        self, topic: str, call: Callable[[], Awaitable[None]], *, after_failure: Callable[[], None] | None = None
+    ) -> bool:
+        """Run ``call`` until it succeeds, at most ``1 + max_retries`` times with doubling pauses."""
         delay = self._backoff
         for attempt in range(self._retries + 1):
             try:
-                return await self._fetch_handler.write(folded)
+                await call()
+                return True
             except asyncio.CancelledError:
                 raise
             except Exception as exc:
@@ -369,12 +380,12 @@ class ConsumerRunner:
                     "handler_failed", consumer=self.name, attempt=attempt + 1, error=str(exc) or type(exc).__name__
                 )
                 self._last_error = f"{type(exc).__name__}: {exc}"
-                # The failed write may have happened in part: the handler's memory is not trusted.
-                self._fetch_handler.forget()
+                if after_failure is not None:
+                    after_failure()
                 if attempt < self._retries:
                     await asyncio.sleep(delay)
                     delay *= 2
-        return None
+        return False
 
     def _update_lag(self) -> None:
         assert self._consumer is not None
@@ -431,28 +442,16 @@ class ConsumerRunner:
             self.last_event_time[c.topic] = max(self.last_event_time.get(c.topic, 0.0), c.envelope.time.timestamp())
 
     async def _attempt(self, events: list[Consumed]) -> bool:
-        delay = self._backoff
-        for attempt in range(self._retries + 1):
-            try:
-                bind_context(event_id=events[0].envelope.id)
-                assert not isinstance(self._handler, FetchHandler)
-                await self._handler(events)
-                CONSUMED.labels(self.name, events[0].topic).inc(len(events))
-                return True
-            except asyncio.CancelledError:
-                raise
-            except Exception as exc:
-                FAILED.labels(self.name, events[0].topic).inc()
-                log.warning(
-                    "handler_failed", consumer=self.name, attempt=attempt + 1, error=str(exc) or type(exc).__name__
-                )
-                self._last_error = f"{type(exc).__name__}: {exc}"
-                if attempt < self._retries:
-                    await asyncio.sleep(delay)
-                    delay *= 2
-            finally:
-                unbind_context("event_id")
-        return False
+        handler = self._handler
+        assert not isinstance(handler, FetchHandler)
+        bind_context(event_id=events[0].envelope.id)
+        try:
+            ok = await self._retrying(events[0].topic, lambda: handler(events))
+        finally:
+            unbind_context("event_id")
+        if ok:
+            CONSUMED.labels(self.name, events[0].topic).inc(len(events))
+        return ok
 
     async def _handle_with_retries(self, events: list[Consumed]) -> None:
         if await self._attempt(events):

@@ -7,6 +7,8 @@ no transactions, ``$group`` with ``$sum`` only.
 from __future__ import annotations
 
 import asyncio
+import time
+import uuid
 from collections.abc import Mapping, Sequence
 from typing import Any
 
@@ -28,6 +30,21 @@ MONGO_LATENCY = Histogram(
     buckets=(0.001, 0.0025, 0.005, 0.01, 0.025, 0.05, 0.1, 0.25, 0.5, 1.0, 2.5, 5.0),
 )
 _WRITE_FILTERS = {"update": "updates", "delete": "deletes"}
+
+
+def packed_ids(ids: Sequence[str]) -> Document:
+    """One document recording many event ids in one value, its ``_id`` sorting in the order written.
+
+    FerretDB handles every value of a document on its own: 5,000 one-id documents cost ~0.24 s to
+    insert, one packed document ~0.02 s.
+    """
+    return {"_id": f"{time.time_ns():020d}-{uuid.uuid4().hex[:8]}", "n": len(ids), "ids": "\n".join(ids)}
+
+
+def unpacked_ids(doc: Mapping[str, Any]) -> list[str]:
+    """The ids a :func:`packed_ids` document records (earlier versions stored one, as the ``_id``)."""
+    packed = doc.get("ids")
+    return [i for i in packed.split("\n") if i] if isinstance(packed, str) else [str(doc["_id"])]
 
 
 def _shape(command: Mapping[str, Any]) -> str:

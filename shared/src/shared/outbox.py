@@ -32,7 +32,6 @@ from __future__ import annotations
 
 import asyncio
 import contextlib
-import uuid
 from collections.abc import AsyncGenerator, Iterable, Sequence
 from typing import Any, TypeVar
 
@@ -44,6 +43,7 @@ from pymongo.asynchronous.database import AsyncDatabase
 from shared.envelope import Envelope
 from shared.kafka import EventProducer, Record
 from shared.logging import get_logger
+from shared.mongo import packed_ids, unpacked_ids
 
 log = get_logger(__name__)
 
@@ -97,12 +97,7 @@ async def published_ids(db: AsyncDatabase[dict[str, Any]]) -> set[str]:
     relays before the packed form wrote them)."""
     ids: set[str] = set()
     async for d in db[PUBLISHED].find({}):
-        packed = d.get("ids")
-        if isinstance(packed, str):
-            ids.update(packed.split("\n"))
-        else:
-            ids.add(str(d["_id"]))
-    ids.discard("")
+        ids.update(unpacked_ids(d))
     return ids
 
 
@@ -277,7 +272,7 @@ class OutboxRelay:
     ) -> None:
         await acks
         if ids:
-            await self._db[PUBLISHED].insert_one({"_id": uuid.uuid4().hex, "n": len(ids), "ids": "\n".join(ids)})
+            await self._db[PUBLISHED].insert_one(packed_ids(ids))
             self._published.update(ids)
             OUTBOX_PUBLISHED.labels(self._service).inc(len(ids))
             self.published += len(ids)
