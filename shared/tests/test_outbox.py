@@ -100,7 +100,7 @@ async def test_relay_trims_a_long_published_outbox_but_never_a_writers_newer_eve
     from shared.envelope import make_event
     from shared.kafka import EventProducer
     from shared.mongo import connect
-    from shared.outbox import OutboxRelay, outbox_fields, outbox_update
+    from shared.outbox import OutboxRelay, entry_id, outbox_fields, outbox_update
 
     settings = make_settings(SampleSettings)
     ensure_topics_sync(kafka.bootstrap, prefix=settings.topic_prefix)
@@ -137,13 +137,13 @@ async def test_relay_trims_a_long_published_outbox_but_never_a_writers_newer_eve
         read = await col.find_one({"_id": "QN"})
         assert read is not None
         await col.update_one({"_id": "QN"}, outbox_update({}, [unit("v20")]))
-        as_if_published = {e["id"] for e in read["outbox"]}
+        as_if_published = {entry_id(e) for e in read["outbox"]}
         relay._published |= as_if_published
         await relay._trim("units", [read])
         relay._published -= as_if_published
         kept = await col.find_one({"_id": "QN"})
         assert kept is not None
-        assert [orjson.loads(e["data"])["name"] for e in kept["outbox"]] == [f"v{i}" for i in range(10, 21)]
+        assert [orjson.loads(e.partition("\n")[2])["name"] for e in kept["outbox"]] == [f"v{i}" for i in range(10, 21)]
         assert await relay.drain_once({"units": {"QN"}}) == 11
         done = await col.find_one({"_id": "QN"})
         assert done is not None
@@ -180,11 +180,16 @@ async def test_a_backlog_swept_in_chunks_reaches_kafka_once_each_in_order(make_s
     for i, code in enumerate(codes):
         events = [unit(code, f"{code} v{j}") for j in range(1 + i % 4)]
         await db["units"].insert_one({"_id": code, **outbox_fields(events)})
-    # An outbox written before payloads were kept as JSON text still drains.
+    # Outboxes in the earlier entry forms still drain: nested entries with the payload as a document
+    # (before 2026-11) or as JSON text (before 2026-11-28).
     legacy = [unit("QN-OLD", f"QN-OLD v{j}") for j in range(2)]
     await db["units"].insert_one({"_id": "QN-OLD", "outbox": [e.to_document() for e in legacy], "rev": 1})
+    texts = [unit("QN-TXT", f"QN-TXT v{j}") for j in range(2)]
+    as_text = [{**e.to_document(), "data": e.value().decode()} for e in texts]
+    await db["units"].insert_one({"_id": "QN-TXT", "outbox": as_text, "rev": 1})
     expected = {code: [f"{code} v{j}" for j in range(1 + i % 4)] for i, code in enumerate(codes)}
     expected["QN-OLD"] = ["QN-OLD v0", "QN-OLD v1"]
+    expected["QN-TXT"] = ["QN-TXT v0", "QN-TXT v1"]
     total = sum(len(v) for v in expected.values())
 
     unreachable = EventProducer("127.0.0.1:1", client_id="outbox-test-down")

@@ -9,6 +9,7 @@ import pytest
 
 from shared.contracts import visits as ev
 from shared.envelope import Envelope
+from shared.outbox import PENDING
 from shared.testing import collect_events, token, wait_until
 from shared.topics import VISITS_TOPIC
 
@@ -131,7 +132,7 @@ async def test_a_record_for_an_unknown_team_is_pending_until_the_registry_event_
     pending = (await visits_app.client.get(f"/v1/visits/{vid}", headers=ADMIN)).json()
     assert pending["status"] == "pending"
     assert pending["unit_path"] == VD
-    assert await visits_app.visits().count_documents({"outbox.id": {"$exists": True}}) == 0
+    assert await visits_app.visits().count_documents(PENDING) == 0
 
     await visits_app.registry_sends(joined("VD-NEW", "vol-hoa"))
 
@@ -162,7 +163,7 @@ async def test_a_pending_record_that_turns_out_invalid_is_rejected_with_its_prob
     assert got["status"] == "rejected"
     assert got["problem"]["status"] == 422
     assert "is not team HL-LATE's unit (QN-HL) or below it" in got["problem"]["detail"]
-    assert await visits_app.visits().count_documents({"outbox.id": {"$exists": True}}) == 0
+    assert await visits_app.visits().count_documents(PENDING) == 0
     assert await visits_app.visits().count_documents({}) == 1
 
 
@@ -175,7 +176,7 @@ async def test_a_pending_record_can_be_voided_without_any_event(visits_app: Visi
     await visits_app.registry_sends(team("VD-GHOST", VD))
     got = (await visits_app.client.get(f"/v1/visits/{vid}", headers=ADMIN)).json()
     assert got["status"] == "voided"
-    assert await visits_app.visits().count_documents({"outbox.id": {"$exists": True}}) == 0
+    assert await visits_app.visits().count_documents(PENDING) == 0
     assert (
         await visits_app.client.post(f"/v1/visits/{vid}:correct", json=visit_body(), headers=ADMIN)
     ).status_code == 409

@@ -9,7 +9,7 @@ The :class:`OutboxRelay` publishes embedded events in array order with the idemp
 records the published ``ce_id``s of each chunk as one document in ``outbox_published`` (one
 packed value: 20,000 one-id documents cost FerretDB 0.43 s of CPU, packed 0.06 s). Writers name the
 documents they wrote (``notify(collection, ids)``) and the relay reads those by ``_id``; a sweep
-over ``{"outbox.id": {"$exists": true}}`` at start-up finds anything written before a crash. It
+over ``{"outbox.0": {"$exists": true}}`` at start-up finds anything written before a crash. It
 works in chunks of about ``batch_size`` events: while one chunk's acknowledgements are awaited and
 its ids recorded, the next chunk is read and queued, so the database and Kafka work at once; ids
 are recorded only once Kafka acknowledged every event of their chunk.
@@ -51,14 +51,25 @@ OUTBOX_PUBLISHED = Counter("outbox_published_total", "Events published by the ou
 OUTBOX_PENDING = Gauge("outbox_pending_documents", "Documents with unpublished events at last poll", ["service"])
 
 
-def outbox_entry(event: Envelope) -> dict[str, Any]:
-    """The form an event is kept in an outbox: the envelope's attributes and its payload as JSON text.
+def outbox_entry(event: Envelope) -> str:
+    """The form an event is kept in an outbox: one string, ready to send.
 
-    The payload is kept as the very text the relay sends: FerretDB decodes a nested document field
-    by field on every read of the aggregate, one string at once (measured on a 50,000-visit
-    backlog: reads 3x faster, inserts 2x).
+    A JSON head ``[id, base topic, key, headers]``, a newline, then the payload as the very JSON
+    text the relay sends (orjson escapes every newline, so the first one ends the head). FerretDB
+    decodes each stored field on every read of a document, at about 7 µs a field and 20-30 ns a
+    byte (measured on v1.24.2): one string in place of a nested entry of nine fields cut its CPU
+    per read of a one-event document from 110-140 µs to about 60 µs, and the relay builds the
+    Kafka record without rebuilding the envelope.
     """
-    return {**event.to_document(), "data": event.value().decode()}
+    head = [event.id, event.topic, event.key, [[k, v.decode()] for k, v in event.headers()]]
+    return orjson.dumps(head).decode() + "\n" + event.value().decode()
+
+
+def entry_id(entry: str | dict[str, Any]) -> str:
+    """The ``ce_id`` of an outbox entry (a string, or a nested entry kept before 2026-11-28)."""
+    if isinstance(entry, str):
+        return str(orjson.loads(entry.partition("\n")[0])[0])
+    return str(entry["id"])
 
 
 def outbox_fields(events: Sequence[Envelope]) -> dict[str, Any]:
@@ -75,18 +86,23 @@ def outbox_update(update: dict[str, Any], events: Sequence[Envelope]) -> dict[st
     return merged
 
 
-def entry_record(entry: dict[str, Any]) -> Record:
-    """The Kafka message for an outbox entry, with its payload bytes as stored (no re-encoding)."""
-    data = entry["data"]
-    value = data.encode() if isinstance(data, str) else orjson.dumps(data)  # entries from before 2026-11
+def entry_record(entry: str | dict[str, Any]) -> tuple[str, Record]:
+    """The ``ce_id`` and Kafka message of an outbox entry, its payload bytes as stored."""
+    if isinstance(entry, str):
+        head, _, data = entry.partition("\n")
+        event_id, topic, key, headers = orjson.loads(head)
+        return event_id, (topic, key.encode(), data.encode(), [(k, v.encode()) for k, v in headers])
+    # Nested entries written before 2026-11-28; before 2026-11 their payload was a nested document.
+    value = entry["data"].encode() if isinstance(entry["data"], str) else orjson.dumps(entry["data"])
     # The envelope only supplies topic and headers, so its payload is left empty.
     envelope = Envelope.from_document({**entry, "data": {}})
-    return envelope.topic, envelope.key.encode(), value, envelope.headers()
+    return envelope.id, (envelope.topic, envelope.key.encode(), value, envelope.headers())
 
 
 T = TypeVar("T")
 
-PENDING = {"outbox.id": {"$exists": True}}
+# Documents whose outbox holds anything, in either entry form.
+PENDING = {"outbox.0": {"$exists": True}}
 
 
 PUBLISHED = "outbox_published"
@@ -161,7 +177,7 @@ class OutboxRelay:
     async def start(self) -> None:
         for name in self._collections:
             # A sparse multikey index makes the sweep cheap on MongoDB (FerretDB scans regardless).
-            await self._db[name].create_index("outbox.id", sparse=True)
+            await self._db[name].create_index("outbox.0", sparse=True)
         self._task = asyncio.create_task(self._run(), name=f"outbox-relay-{self._service}")
 
     async def stop(self) -> None:
@@ -225,12 +241,19 @@ class OutboxRelay:
         chunks = _read_ahead(self._pending_chunks(hints, written, sweep))
         try:
             async for name, docs in chunks:
-                entries = [e for d in docs for e in d.get("outbox", ()) if e["id"] not in self._published]
-                found += len(entries)
-                acks = await self._producer.queue(self._topic_of, [entry_record(e) for e in entries])
+                ids: list[str] = []
+                records: list[Record] = []
+                for d in docs:
+                    for e in d.get("outbox", ()):
+                        event_id, record = entry_record(e)
+                        if event_id not in self._published:
+                            ids.append(event_id)
+                            records.append(record)
+                found += len(ids)
+                acks = await self._producer.queue(self._topic_of, records)
                 if recording is not None:
                     await recording
-                recording = asyncio.create_task(self._record(name, docs, [e["id"] for e in entries], acks))
+                recording = asyncio.create_task(self._record(name, docs, ids, acks))
             if recording is not None:
                 await recording
                 recording = None
@@ -281,7 +304,7 @@ class OutboxRelay:
     async def _trim(self, name: str, docs: Sequence[dict[str, Any]]) -> None:
         for d in docs:
             outbox = d.get("outbox", [])
-            if len(outbox) > self._trim_after and "rev" in d and all(e["id"] in self._published for e in outbox):
+            if len(outbox) > self._trim_after and "rev" in d and all(entry_id(e) in self._published for e in outbox):
                 await self._db[name].update_one({"_id": d["_id"], "rev": d["rev"]}, {"$set": {"outbox": []}})
 
 

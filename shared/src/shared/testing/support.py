@@ -16,7 +16,7 @@ from pymongo.asynchronous.database import AsyncDatabase
 
 from shared.auth import issue_token
 from shared.envelope import Envelope, decode
-from shared.outbox import published_ids
+from shared.outbox import PENDING, entry_id, published_ids
 from shared.settings import DEV_JWT_SECRET
 
 
@@ -105,6 +105,6 @@ async def unpublished_events(db: AsyncDatabase[dict[str, Any]], collections: Seq
     published = await published_ids(db)
     count = 0
     for name in collections:
-        async for d in db[name].find({"outbox.id": {"$exists": True}}, {"outbox.id": 1}):
-            count += sum(e["id"] not in published for e in d.get("outbox", []))
+        async for d in db[name].find(PENDING, {"outbox": 1}):
+            count += sum(entry_id(e) not in published for e in d.get("outbox", []))
     return count
