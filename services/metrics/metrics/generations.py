@@ -77,6 +77,8 @@ def projector_runner(
         max_records=settings.consumer_max_records,
         linger_ms=settings.consumer_linger_ms,
         linger_bytes=settings.consumer_linger_bytes,
+        fetch_max_bytes=settings.consumer_fetch_max_bytes,
+        partition_fetch_bytes=settings.consumer_partition_fetch_bytes,
         whole_fetch=True,
     )
 

@@ -191,6 +191,8 @@ class ConsumerRunner:
         from_beginning: bool = True,
         linger_ms: int = 0,
         linger_bytes: int = 1024 * 1024,
+        fetch_max_bytes: int = 32 * 1024 * 1024,
+        partition_fetch_bytes: int = 4 * 1024 * 1024,
         whole_fetch: bool = False,
     ) -> None:
         self.name = name
@@ -207,6 +209,8 @@ class ConsumerRunner:
         self._from_beginning = from_beginning
         self._linger_ms = linger_ms
         self._linger_bytes = linger_bytes
+        self._fetch_max_bytes = fetch_max_bytes
+        self._partition_fetch_bytes = partition_fetch_bytes
         # A handler that orders by partition itself (the metrics projector) can take every
         # partition of a fetch at once: its writes then cover all of them in one pass.
         self._whole_fetch = whole_fetch and not per_event
@@ -243,8 +247,8 @@ class ConsumerRunner:
                 group_id=self._group,
                 enable_auto_commit=False,
                 auto_offset_reset="earliest" if self._from_beginning else "latest",
-                max_partition_fetch_bytes=4 * 1024 * 1024,
-                fetch_max_bytes=32 * 1024 * 1024,
+                max_partition_fetch_bytes=self._partition_fetch_bytes,
+                fetch_max_bytes=self._fetch_max_bytes,
                 metadata_max_age_ms=5000,
                 # With a linger the broker answers a fetch once linger_bytes are waiting or the
                 # linger is up.

@@ -128,6 +128,9 @@ class Runtime:
             backoff_seconds=self.settings.consumer_backoff_seconds,
             max_records=self.settings.consumer_max_records,
             linger_ms=0 if per_event else self.settings.consumer_linger_ms,
+            linger_bytes=self.settings.consumer_linger_bytes,
+            fetch_max_bytes=self.settings.consumer_fetch_max_bytes,
+            partition_fetch_bytes=self.settings.consumer_partition_fetch_bytes,
         )
         self.consumers.append(runner)
         return runner

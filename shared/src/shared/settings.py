@@ -46,6 +46,10 @@ class ServiceSettings(BaseSettings):
     consumer_linger_ms: int = 200
     # ...or until this much is waiting, whichever comes first.
     consumer_linger_bytes: int = 1024 * 1024
+    # Caps on one fetch's size. aiokafka reads the next fetch while the last is processed, so these
+    # bound the raw bytes a consumer buffers; what one getmany parses is bounded by max_records.
+    consumer_fetch_max_bytes: int = 32 * 1024 * 1024
+    consumer_partition_fetch_bytes: int = 4 * 1024 * 1024
     consumer_retries: int = 3
     consumer_backoff_seconds: float = 0.2
     create_topics: bool = True
