@@ -6,11 +6,12 @@ import asyncio
 from collections.abc import Iterable, Sequence
 
 import pytest
+from prometheus_client import REGISTRY
 
 from shared.consumer import Consumed, ConsumerRunner, TypeDispatch
 from shared.contracts import registry as ev
 from shared.envelope import Envelope, make_event
-from shared.infra import KafkaBroker
+from shared.infra import FerretDB, KafkaBroker
 from shared.kafka import EventProducer
 from shared.runtime import Runtime
 from shared.settings import ServiceSettings
@@ -254,3 +255,36 @@ def unit_event_keyed(code: str, key: str) -> Envelope:
         source="/t",
         key=key,
     )
+
+
+async def test_a_database_outage_makes_events_wait_and_never_dead_letters_them(
+    make_settings, own_ferretdb: FerretDB
+) -> None:
+    # A retry budget spent within a second: an outage must not count against it.
+    settings = make_settings(ConsumerSettings, mongo_url=own_ferretdb.url, consumer_retries=1)
+    runtime = Runtime(settings)
+    units = runtime.db["units"]
+
+    async def store(payload: ev.UnitCreated, env: Envelope) -> None:
+        await units.update_one({"_id": payload.code}, {"$set": {"name": payload.name}}, upsert=True)
+
+    runner = runtime.add_consumer("outage", [REGISTRY_TOPIC], TypeDispatch({ev.UNIT_CREATED: store}))
+    await runtime.start()
+
+    async def stored(n: int) -> bool:
+        return await units.count_documents({}) == n
+
+    try:
+        await publish(settings, [unit_event("BEFORE")])
+        await wait_until(lambda: stored(1), timeout=30)
+        own_ferretdb.stop()
+        await publish(settings, [unit_event(f"DURING-{i}") for i in range(3)])
+        await asyncio.sleep(8)  # several server-selection timeouts (3 s each) and retry rounds
+        own_ferretdb.start()
+        await wait_until(lambda: stored(4), timeout=60)
+    finally:
+        await runtime.stop()
+    dead = REGISTRY.get_sample_value(
+        "consumer_events_dead_lettered_total", {"consumer": runner.name, "topic": settings.topic(REGISTRY_TOPIC)}
+    )
+    assert not dead

@@ -16,7 +16,7 @@ from aiokafka import AIOKafkaConsumer, ConsumerRecord, TopicPartition
 from prometheus_client import Counter, Gauge
 from pydantic import BaseModel
 from pymongo.asynchronous.collection import AsyncCollection
-from pymongo.errors import BulkWriteError
+from pymongo.errors import BulkWriteError, ConnectionFailure
 
 from shared.envelope import Envelope, EnvelopeError, decode
 from shared.kafka import EventProducer
@@ -29,6 +29,8 @@ CONSUMED = Counter("consumer_events_processed_total", "Events handled successful
 FAILED = Counter("consumer_events_failed_total", "Handler attempts that raised", ["consumer", "topic"])
 DEAD_LETTERED = Counter("consumer_events_dead_lettered_total", "Events sent to a DLQ", ["consumer", "topic"])
 DUPLICATES = Counter("consumer_events_duplicate_total", "Events skipped as already processed", ["consumer", "topic"])
+# The longest pause between attempts while the database is unreachable.
+MAX_BACKOFF_SECONDS = 5.0
 LAG = Gauge("consumer_lag_messages", "High watermark minus committed position", ["consumer", "topic", "partition"])
 
 
@@ -369,9 +371,16 @@ class ConsumerRunner:
     async def _retrying(
         self, topic: str, call: Callable[[], Awaitable[None]], *, after_failure: Callable[[], None] | None = None
     ) -> bool:
-        """Run ``call`` until it succeeds, at most ``1 + max_retries`` times with doubling pauses."""
+        """Run ``call`` until it succeeds, at most ``1 + max_retries`` failures, with doubling pauses.
+
+        A database that cannot be reached is not the event's fault: such failures do not count,
+        so the events wait for the database (pauses capped at ``MAX_BACKOFF_SECONDS``) instead of
+        being dead-lettered. Before, an outage longer than the retry budget dead-lettered every
+        event that arrived during it, and the consumer then skipped them for good.
+        """
         delay = self._backoff
-        for attempt in range(self._retries + 1):
+        failures = 0
+        while True:
             try:
                 await call()
                 return True
@@ -379,17 +388,23 @@ class ConsumerRunner:
                 raise
             except Exception as exc:
                 self._failures += 1
+                unreachable = isinstance(exc, ConnectionFailure)
+                if not unreachable:
+                    failures += 1
                 FAILED.labels(self.name, topic).inc()
                 log.warning(
-                    "handler_failed", consumer=self.name, attempt=attempt + 1, error=str(exc) or type(exc).__name__
+                    "database_unreachable" if unreachable else "handler_failed",
+                    consumer=self.name,
+                    attempt=failures,
+                    error=str(exc) or type(exc).__name__,
                 )
                 self._last_error = f"{type(exc).__name__}: {exc}"
                 if after_failure is not None:
                     after_failure()
-                if attempt < self._retries:
-                    await asyncio.sleep(delay)
-                    delay *= 2
-        return False
+                if failures > self._retries:
+                    return False
+                await asyncio.sleep(delay)
+                delay = min(delay * 2, MAX_BACKOFF_SECONDS)
 
     def _update_lag(self) -> None:
         assert self._consumer is not None
