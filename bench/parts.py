@@ -54,6 +54,9 @@ STALL_SECONDS = 30.0
 MIN_FRESHNESS_RATE = 100.0
 # How long probes may stay invisible after the load stops before they count as never visible.
 VISIBLE_GRACE_SECONDS = 20.0
+# The 80% run samples the consumer lag this often, and judges growth only after the warm-up.
+LAG_SAMPLE_SECONDS = 5.0
+LAG_WARMUP_SECONDS = 10.0
 METRIC_LINE = re.compile(r"^([a-zA-Z_:][a-zA-Z0-9_:]*)(\{[^}]*\})?\s+([0-9.eE+-]+)$")
 
 
@@ -66,6 +69,16 @@ def pct(values: Sequence[float], q: float) -> float:
         return float("nan")
     ordered = sorted(values)
     return ordered[min(len(ordered) - 1, max(0, round(q / 100 * len(ordered)) - 1))]
+
+
+def trend(samples: Sequence[tuple[float, float]]) -> float:
+    """Least-squares slope of ``(t, value)`` samples, per second (0 for fewer than two)."""
+    if len(samples) < 2:
+        return 0.0
+    mt = statistics.fmean(t for t, _ in samples)
+    mv = statistics.fmean(v for _, v in samples)
+    var = sum((t - mt) ** 2 for t, _ in samples)
+    return sum((t - mt) * (v - mv) for t, v in samples) / var if var else 0.0
 
 
 def finite_ms(v: float) -> float | None:
@@ -576,45 +589,49 @@ async def freshness_part(b: Bench) -> None:
                 break
             await asyncio.sleep(0.2)
     poll_interval = 0.05
-    probes_per_s = 30.0
     out: dict[str, Any] = {"projector_events_per_s": proj, "seconds": seconds, "poll_interval_s": poll_interval}
-    for share, key in ((0.5, "at_50"), (0.8, "at_80")):
+    # Freshness is measured at 50% only; the 80% run asks only whether the lag grows, so it runs
+    # without the probes' 120 summary requests a second (each a counter read in FerretDB and a
+    # request in the metrics process, on the same two cores as the projector it measures).
+    for share, key, probes_per_s in ((0.5, "at_50", 30.0), (0.8, "at_80", 0.0)):
         rate = proj * share
         probes: list[Probe] = []  # appended by the load as it publishes, stamped by the pollers
         stop = asyncio.Event()
-        poller = asyncio.create_task(_poll_live(b, probes, stop, poll_interval, paths))
+        poller = asyncio.create_task(_poll_live(b, probes, stop, poll_interval, paths)) if probes_per_s else None
         lags, achieved = await _run_load_feeding(b, rate, seconds, probes_per_s, paths, share, probes)
         stop.set()
-        try:
-            polls = await asyncio.wait_for(poller, timeout=VISIBLE_GRACE_SECONDS)
-        except TimeoutError:
-            polls = -1
-            b.note(
-                f"freshness {key}: {sum(p.visible is None for p in probes)} of {len(probes)} probes were still"
-                f" not visible {VISIBLE_GRACE_SECONDS:.0f} s after the load stopped"
-            )
-        poll_list = probes
-        missing = sum(p.visible is None for p in poll_list)
-        # A probe never seen counts as later than any seen one, so a stuck projector cannot look fresh.
-        lat = [(p.visible - p.published) * 1000 if p.visible is not None else float("inf") for p in poll_list]
-        res: dict[str, Any] = {
-            "target_rate_ev_s": round(rate, 1),
-            "achieved_rate_ev_s": round(achieved, 1),
-            "probes": len(poll_list),
-            "probes_not_visible": missing,
-            "summary_polls": polls,
-            "p50_ms": finite_ms(pct(lat, 50)),
-            "p95_ms": finite_ms(pct(lat, 95)),
-            "p99_ms": finite_ms(pct(lat, 99)),
-            "max_ms": round(max(lat), 1) if lat and missing == 0 else None,
-        }
+        res: dict[str, Any] = {"target_rate_ev_s": round(rate, 1), "achieved_rate_ev_s": round(achieved, 1)}
+        if poller is not None:
+            try:
+                polls = await asyncio.wait_for(poller, timeout=VISIBLE_GRACE_SECONDS)
+            except TimeoutError:
+                polls = -1
+                b.note(
+                    f"freshness {key}: {sum(p.visible is None for p in probes)} of {len(probes)} probes were"
+                    f" still not visible {VISIBLE_GRACE_SECONDS:.0f} s after the load stopped"
+                )
+            missing = sum(p.visible is None for p in probes)
+            # A probe never seen counts as later than any seen one, so a stuck projector cannot look fresh.
+            lat = [(p.visible - p.published) * 1000 if p.visible is not None else float("inf") for p in probes]
+            res |= {
+                "probes": len(probes),
+                "probes_not_visible": missing,
+                "summary_polls": polls,
+                "p50_ms": finite_ms(pct(lat, 50)),
+                "p95_ms": finite_ms(pct(lat, 95)),
+                "p99_ms": finite_ms(pct(lat, 99)),
+                "max_ms": round(max(lat), 1) if lat and missing == 0 else None,
+            }
         if lags:
             res["lag_samples"] = lags
-            first, mid, last = lags[0][1], lags[len(lags) // 2][1], lags[-1][1]
-            res["lag_start_mid_end"] = [first, mid, last]
-            # "Does not grow": no sample, during the load or at its end, is more than one second of
-            # production above the first.
-            res["lag_stable"] = max(v for _, v in lags) <= first + rate
+            # The lag at the start is 0 and the pipeline fills in its first seconds (the 200 ms
+            # linger, a fold, a write): a standing lag is latency, not growth. "Does not grow": no
+            # sample after the warm-up, during the load or at its end, is more than one second of
+            # production above the first sample after it.
+            settled = [v for t, v in lags if t >= LAG_WARMUP_SECONDS] or [v for _, v in lags]
+            res["lag_after_warmup_first_max_end"] = [settled[0], max(settled), settled[-1]]
+            res["lag_stable"] = max(settled) <= settled[0] + rate
+            res["lag_trend_ev_per_s"] = round(trend([(t, v) for t, v in lags if t >= LAG_WARMUP_SECONDS]), 1)
         out[key] = res
         # Let the projector catch up before the next phase.
         res["lag_after_grace"] = await _wait_lag_below(b, int(rate), VISIBLE_GRACE_SECONDS)
@@ -633,7 +650,9 @@ async def freshness_part(b: Bench) -> None:
         "stable" if f80.get("lag_stable") else "GROWS",
         "no growth",
         f"{f80['target_rate_ev_s']} ev/s",
-        "start/mid/end " + "/".join(str(v) for v in f80.get("lag_start_mid_end", [])),
+        "after 10 s first/max/end "
+        + "/".join(str(v) for v in f80.get("lag_after_warmup_first_max_end", []))
+        + f", trend {f80.get('lag_trend_ev_per_s')} ev/s",
     )
 
 
@@ -686,7 +705,7 @@ async def _run_load_feeding(
     probe_every = rate / probes_per_s if probes_per_s else float("inf")
     seq = b.probe_seq
     lags: list[tuple[float, int]] = []
-    lag_every = seconds / 6 if share >= 0.8 else 0.0
+    lag_every = LAG_SAMPLE_SECONDS if share >= 0.8 else 0.0
     topic_of = b.topic_of(b.prefix)
     group = b.prefix + PROJECTOR_GROUP
     topics = [b.prefix + t for t in EVENT_TOPICS]
