@@ -66,6 +66,7 @@ class Folded:
 
     events: Iterable[Consumed]  # re-iterable; the exact path decodes them again
     fresh: set[str]  # ids of the events folded (first occurrence, not applied before)
+    fresh_by_topic: dict[str, list[str]]  # the same ids per topic, for the per-topic id windows
     sums: BatchSums
     first: dict[str, int]  # per partition key, the batch's lowest and highest offsets
     last: dict[str, int]
@@ -117,8 +118,9 @@ class Projector:
         once, so the next fetch, folded while this one is being written, skips it too.
         """
         applied = await self.repo.applied_ids()
-        folded = Folded(events, set(), BatchSums(), {}, {}, {}, Tally(), {})
+        folded = Folded(events, set(), {}, BatchSums(), {}, {}, {}, Tally(), {})
         first, last, fresh, emit = folded.first, folded.last, folded.fresh, folded.sums.emit
+        fresh_of: dict[str, list[str]] = folded.fresh_by_topic
         keys: dict[tuple[str, int], str] = {}
         newest: dict[str, datetime] = {}
         for n, c in enumerate(events, start=1):
@@ -138,6 +140,10 @@ class Projector:
                 continue
             applied.add(env.id)
             fresh.add(env.id)
+            ids_of_topic = fresh_of.get(c.topic)
+            if ids_of_topic is None:
+                ids_of_topic = fresh_of[c.topic] = []
+            ids_of_topic.append(env.id)
             payload = env.payload()
             fold_into(payload, emit)
             change = state_changes(payload)
@@ -160,7 +166,7 @@ class Projector:
         for (kind, code), fields in folded.states.items():
             await self.repo.set_state(kind, code, fields)
         MONGO_WRITES.inc(len(folded.states))
-        await self.repo.mark_applied(list(folded.fresh))
+        await self.repo.mark_applied(folded.fresh_by_topic)
         MONGO_WRITES.inc()
         for topic, n in folded.per_topic.items():
             label = self._base.get(topic, topic)

@@ -147,9 +147,9 @@ class ProjectionRepository:
         self.campaigns = db[f"campaigns_g{generation}"]
         self._window = applied_window
         self._applied_ids: set[str] | None = None
-        # The documents of ids in the window, oldest first, and how many ids they hold.
-        self._applied_docs: deque[tuple[str, list[str]]] = deque()
-        self._in_window = 0
+        # Per topic, the documents of ids in its window, oldest first, and how many ids they hold.
+        self._applied_docs: dict[str, deque[tuple[str, list[str]]]] = {}
+        self._in_window: dict[str, int] = {}
 
     async def ensure_indexes(self) -> None:
         await self.counters.create_index([("depth", ASCENDING)])
@@ -161,50 +161,55 @@ class ProjectionRepository:
     # --- projector writes ------------------------------------------------------------------------
 
     async def applied_ids(self) -> set[str]:
-        """The ids of the most recent ~``applied_window`` applied events, loaded once and then kept
-        in memory (the projector adds to it).
+        """The ids of the most recent ~``applied_window`` applied events of each topic, loaded once
+        and then kept in memory (the projector adds to it).
 
         They only catch a relay republishing an event (same ce_id, later offset). Each topic has
         one writer, its service's relay, and after a crash it republishes at most the chunks it
-        had not recorded (1,000 events each), so the copy lands within a few thousand events of
-        the original; redeliveries are caught by the watermarks. Keeping every id instead grew the
-        metrics process by ~110 bytes per event for ever (482 MB after the benchmark's freshness
-        runs; a window of 200,000 still left 250 MB). FerretDB v1 scans the whole collection for ``$in``, so
-        the window is answered from memory. The projector is this set's only writer (one live
-        consumer per partition), and it calls :meth:`forget_applied` after a failed write so
-        memory never runs ahead of the database.
+        had not recorded (1,000 events each), so the copy lands within a few thousand events *of
+        that topic* after the original; redeliveries are caught by the watermarks. The window is
+        counted per topic because the other topics' traffic in between is unbounded: with one
+        shared window a busy topic could push a quiet topic's ids out before their republish
+        arrived. Keeping every id instead grew the metrics process by ~110 bytes per event for
+        ever (482 MB after the benchmark's freshness runs). FerretDB v1 scans the whole
+        collection for ``$in``, so the window is answered from memory. The projector is this
+        set's only writer (one live consumer per partition), and it calls :meth:`forget_applied`
+        after a failed write so memory never runs ahead of the database.
         """
         if self._applied_ids is None:
             ids: set[str] = set()
-            docs: deque[tuple[str, list[str]]] = deque()
+            docs: dict[str, deque[tuple[str, list[str]]]] = {}
             async for d in self.applied_events.find({}).sort("_id", ASCENDING):
                 chunk = unpacked_ids(d)
-                docs.append((str(d["_id"]), chunk))
+                # Documents written before the window was per topic form a group of their own.
+                docs.setdefault(str(d.get("topic", "")), deque()).append((str(d["_id"]), chunk))
                 ids.update(chunk)
             self._applied_ids, self._applied_docs = ids, docs
-            self._in_window = sum(len(c) for _, c in docs)
+            self._in_window = {t: sum(len(c) for _, c in q) for t, q in docs.items()}
         return self._applied_ids
 
     def forget_applied(self) -> None:
         self._applied_ids = None
 
-    async def mark_applied(self, event_ids: Sequence[str]) -> None:
-        """Record a batch's event ids as one packed document; evict the oldest past the window."""
-        if not event_ids:
+    async def mark_applied(self, by_topic: Mapping[str, Sequence[str]]) -> None:
+        """Record a batch's event ids, one packed document per topic in one insert; evict each
+        topic's oldest documents past its window."""
+        written = [(topic, {**packed_ids(ids), "topic": topic}, ids) for topic, ids in by_topic.items() if ids]
+        if not written:
             return
-        doc = packed_ids(event_ids)
-        doc_id = str(doc["_id"])
-        await self.applied_events.insert_one(doc)
+        await self.applied_events.insert_many([doc for _, doc, _ in written])
         if self._applied_ids is None:
             return
-        self._applied_ids.update(event_ids)
-        self._applied_docs.append((doc_id, list(event_ids)))
-        self._in_window += len(event_ids)
-        while len(self._applied_docs) > 1 and self._in_window - len(self._applied_docs[0][1]) >= self._window:
-            old_id, old = self._applied_docs.popleft()
-            self._in_window -= len(old)
-            self._applied_ids.difference_update(old)
-            await self.applied_events.delete_one({"_id": old_id})
+        for topic, doc, event_ids in written:
+            self._applied_ids.update(event_ids)
+            queue = self._applied_docs.setdefault(topic, deque())
+            queue.append((str(doc["_id"]), list(event_ids)))
+            self._in_window[topic] = self._in_window.get(topic, 0) + len(event_ids)
+            while len(queue) > 1 and self._in_window[topic] - len(queue[0][1]) >= self._window:
+                old_id, old = queue.popleft()
+                self._in_window[topic] -= len(old)
+                self._applied_ids.difference_update(old)
+                await self.applied_events.delete_one({"_id": old_id})
 
     async def load_counters(self, doc_ids: Iterable[str] | None = None) -> dict[str, CounterDoc]:
         """The stored counter documents among ``doc_ids`` (all of them when None)."""

@@ -171,6 +171,24 @@ async def test_applied_ids_are_kept_for_a_window_of_recent_events_in_memory_and_
     assert (await counters(repo, "QN", "all"))["households_visited"] == 24
 
 
+async def test_a_busy_topic_does_not_push_a_quiet_topics_ids_out_of_the_window(ev, repo) -> None:
+    small = ProjectionRepository(repo._db, 1, applied_window=10)
+    projector = Projector(small)
+    visits = backlog(ev, 8)
+    await projector(at_offsets(visits))
+    # Thirty registry events pass before the visits relay republishes one of its last chunk.
+    units = [ev.unit(["QN", f"QN-C{i:02d}"]) for i in range(30)]
+    for lo in range(0, 30, 6):
+        await projector([Consumed(u, "registry.events.v1", 0, lo + i) for i, u in enumerate(units[lo : lo + 6])])
+    assert {v.id for v in visits} <= await small.applied_ids()
+    restarted = Projector(ProjectionRepository(repo._db, 1, applied_window=10))
+    await restarted(at_offsets([visits[3]], start=8))
+    assert (await counters(repo, "QN", "all"))["households_visited"] == 8
+    # The busy topic keeps only its own window: its two newest documents (12 ids).
+    stored = await small.applied_events.find({"topic": "registry.events.v1"}).to_list()
+    assert sorted(d["n"] for d in stored) == [6, 6]
+
+
 async def test_counters_stored_unpacked_by_an_earlier_version_are_read_and_rewritten_packed(ev, repo) -> None:
     await repo.counters.insert_one(
         {"_id": "QN", "depth": 1, "state": {}, "all": {"households_visited": 5}, "days": {}, "wm": {}}
