@@ -76,7 +76,13 @@ class MetaRepository:
 
 
 PER_DOCUMENT_LOOKUPS = 64
-APPLIED_WINDOW = 50_000
+# Per topic. A relay records each chunk (relay_batch_size, 1,000 events by default) once Kafka
+# acknowledged it and has at most two in flight, so after a crash it republishes at most about
+# two chunks, and its start-up sweep publishes nothing but what was not recorded: the copy lands
+# within a few thousand events of that topic. 20,000 keeps a wide margin and, over three topics,
+# about as many ids as the single window of 50,000 (metrics RSS after the bench runs was 149 MB
+# with that, 173 MB in the next run with 50,000 per topic).
+APPLIED_WINDOW = 20_000
 MAX_UPDATES_PER_COMMAND = 50
 
 
