@@ -7,6 +7,7 @@ fill fresh ones while the live projection keeps serving; ``meta`` says which gen
 from __future__ import annotations
 
 import time
+import zlib
 from collections import deque
 from collections.abc import Iterable, Mapping, Sequence
 from dataclasses import dataclass, field
@@ -91,11 +92,14 @@ class CounterDoc:
     """One unit's counters: ``counters`` is ``{"state": {...}, "all": {...}, "days": {day: {...}}}``.
 
     Stored as ``{_id, depth, v, c}`` with ``c`` the counters (and ``wm``) packed into one binary value
-    (orjson). FerretDB v1 turns every value of a document into its own JSON node on each read and
+    (orjson, then zlib at level 1). FerretDB v1 turns every value of a document into its own JSON node on each read and
     rewrite, so an ``$inc`` on a unit with 50 days of ~25 fields cost 11-27 ms; the same document
     rewritten whole with its counters packed costs ~1 ms (60 documents: 0.65-1.6 s vs 57-80 ms,
     measured with bench's FerretDB). ``v`` is the compare-and-set version of every rewrite and
     ``wm`` (inside ``c``) holds, per partition, the highest offset whose events the counters include.
+    FerretDB's cost follows the stored bytes, and the JSON of day after day of the same field names
+    compresses ~4x: a rewrite went from 1.0 to 0.4 ms of its CPU and a read from 1.1 to 0.5 ms (67 units
+    of 50 days), for ~80 us of compression per write and ~30 us of decompression per read here.
     """
 
     unit: str
@@ -122,7 +126,8 @@ def unpack(doc: Document) -> dict[str, Any]:
     """
     raw = doc.get("c")
     if raw:
-        content: dict[str, Any] = orjson.loads(raw)
+        # Before 2026-11-28 the value was stored uncompressed; orjson's JSON starts with "{".
+        content: dict[str, Any] = orjson.loads(raw if raw[:1] == b"{" else zlib.decompress(raw))
     else:  # the unpacked layout of earlier versions, rewritten packed on its next change
         content = {k: dict(doc[k]) for k in (STATE_DAY, ALL_DAY, DAYS, MARKS) if isinstance(doc.get(k), dict)}
     for section in (STATE_DAY, ALL_DAY, DAYS, MARKS):
@@ -261,7 +266,8 @@ class ProjectionRepository:
 
     @staticmethod
     def _stored(d: CounterDoc) -> Document:
-        return {"_id": d.unit, "depth": d.depth, "v": d.version + 1, "c": orjson.dumps({**d.counters, MARKS: d.marks})}
+        packed = zlib.compress(orjson.dumps({**d.counters, MARKS: d.marks}), 1)
+        return {"_id": d.unit, "depth": d.depth, "v": d.version + 1, "c": packed}
 
     async def set_state(self, kind: str, key: str, fields: Mapping[str, Any]) -> None:
         col = self.units if kind == "units" else self.campaigns

@@ -6,6 +6,7 @@ from collections.abc import Sequence
 from datetime import date
 from typing import Any
 
+import orjson
 import pytest
 from prometheus_client import REGISTRY
 
@@ -198,4 +199,15 @@ async def test_counters_stored_unpacked_by_an_earlier_version_are_read_and_rewri
     assert stored is not None
     assert "c" in stored
     assert stored["v"] == 1
+    assert (await counters(repo, "QN", "all"))["households_visited"] == 6
+
+
+async def test_counters_packed_uncompressed_by_an_earlier_version_are_read_and_rewritten_compressed(ev, repo) -> None:
+    content = {"state": {}, "all": {"households_visited": 5}, "days": {}, "wm": {}}
+    await repo.counters.insert_one({"_id": "QN", "depth": 1, "v": 3, "c": orjson.dumps(content)})
+    await Projector(repo)(at_offsets([ev.visit("v-new", ev.figures(HALONG, date(2025, 7, 2)))]))
+    stored = await repo.counters.find_one({"_id": "QN"})
+    assert stored is not None
+    assert stored["v"] == 4
+    assert not bytes(stored["c"]).startswith(b"{")
     assert (await counters(repo, "QN", "all"))["households_visited"] == 6
