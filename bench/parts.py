@@ -627,11 +627,16 @@ async def freshness_part(b: Bench) -> None:
             # The lag at the start is 0 and the pipeline fills in its first seconds (the 200 ms
             # linger, a fold, a write): a standing lag is latency, not growth. "Does not grow": no
             # sample after the warm-up, during the load or at its end, is more than one second of
-            # production above the first sample after it.
-            settled = [v for t, v in lags if t >= LAG_WARMUP_SECONDS] or [v for _, v in lags]
+            # production above the first sample after it, and the least-squares trend over those
+            # samples adds up to less than one second of production (a run that only rises at the
+            # end, 26.5k to 52k at 27k events/s, passed the first test alone).
+            timed = [(t, v) for t, v in lags if t >= LAG_WARMUP_SECONDS] or lags
+            settled = [v for _, v in timed]
+            slope = trend(timed)
             res["lag_after_warmup_first_max_end"] = [settled[0], max(settled), settled[-1]]
-            res["lag_stable"] = max(settled) <= settled[0] + rate
-            res["lag_trend_ev_per_s"] = round(trend([(t, v) for t, v in lags if t >= LAG_WARMUP_SECONDS]), 1)
+            res["lag_trend_ev_per_s"] = round(slope, 1)
+            span = timed[-1][0] - timed[0][0]
+            res["lag_stable"] = max(settled) <= settled[0] + rate and slope * span <= rate
         out[key] = res
         # Let the projector catch up before the next phase.
         res["lag_after_grace"] = await _wait_lag_below(b, int(rate), VISIBLE_GRACE_SECONDS)
