@@ -63,22 +63,14 @@ def projector_runner(
     """What ``runtime.add_consumer("projector", EVENT_TOPICS, projector, per_event=False,
     dedup=False)`` builds, with the group chosen by generation so a rebuild can take over."""
     projector = Projector(ProjectionRepository(db, generation), base_topics=base_topics(settings))
-    return ConsumerRunner(
+    return ConsumerRunner.from_settings(
+        settings,
         name=name,
-        bootstrap=settings.kafka_bootstrap,
-        topics=[settings.topic(t) for t in EVENT_TOPICS],
+        topics=EVENT_TOPICS,
         group_id=group_of(settings, generation),
         handler=projector,
         producer=producer,
-        dedup=None,
         per_event=False,
-        max_retries=settings.consumer_retries,
-        backoff_seconds=settings.consumer_backoff_seconds,
-        max_records=settings.consumer_max_records,
-        linger_ms=settings.consumer_linger_ms,
-        linger_bytes=settings.consumer_linger_bytes,
-        fetch_max_bytes=settings.consumer_fetch_max_bytes,
-        partition_fetch_bytes=settings.consumer_partition_fetch_bytes,
         whole_fetch=True,
     )
 

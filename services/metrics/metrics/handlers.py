@@ -65,8 +65,8 @@ class Folded:
     """One fetch, folded: what :meth:`Projector.write` needs, without the decoded events."""
 
     events: Iterable[Consumed]  # re-iterable; the exact path decodes them again
-    fresh: set[str]  # ids of the events folded (first occurrence, not applied before)
-    fresh_by_topic: dict[str, list[str]]  # the same ids per topic, for the per-topic id windows
+    # Per topic, the ids of the events folded (first occurrence, not applied before).
+    fresh_by_topic: dict[str, list[str]]
     sums: BatchSums
     first: dict[str, int]  # per partition key, the batch's lowest and highest offsets
     last: dict[str, int]
@@ -118,9 +118,8 @@ class Projector:
         once, so the next fetch, folded while this one is being written, skips it too.
         """
         applied = await self.repo.applied_ids()
-        folded = Folded(events, set(), {}, BatchSums(), {}, {}, {}, Tally(), {})
-        first, last, fresh, emit = folded.first, folded.last, folded.fresh, folded.sums.emit
-        fresh_of: dict[str, list[str]] = folded.fresh_by_topic
+        folded = Folded(events, {}, BatchSums(), {}, {}, {}, Tally(), {})
+        first, last, fresh_of, emit = folded.first, folded.last, folded.fresh_by_topic, folded.sums.emit
         keys: dict[tuple[str, int], str] = {}
         newest: dict[str, datetime] = {}
         for n, c in enumerate(events, start=1):
@@ -139,7 +138,6 @@ class Projector:
             if env.id in applied:
                 continue
             applied.add(env.id)
-            fresh.add(env.id)
             ids_of_topic = fresh_of.get(c.topic)
             if ids_of_topic is None:
                 ids_of_topic = fresh_of[c.topic] = []
@@ -160,7 +158,7 @@ class Projector:
 
     async def write(self, folded: Folded) -> dict[str, float]:
         """Apply a folded fetch; returns the newest ce_time applied per topic."""
-        if not folded.fresh:
+        if not folded.fresh_by_topic:
             return {}
         await self._apply(folded)
         for (kind, code), fields in folded.states.items():
@@ -224,7 +222,7 @@ class Projector:
         assert self._docs is not None
         last = folded.last
         per_key: dict[str, list[tuple[int, Increment]]] = {}
-        todo = set(folded.fresh)
+        todo = {i for ids in folded.fresh_by_topic.values() for i in ids}
         for c in folded.events:  # decoded again: the same first occurrences the fold took
             if c.envelope.id not in todo:
                 continue

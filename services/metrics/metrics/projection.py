@@ -257,15 +257,11 @@ class BatchSums:
         Counters that net to zero stay, as zeros.
         """
         for (path, when), fields in self.sums.items():
-            day = None if when is None else when.isoformat()
+            days = _days(when)
             for depth, unit in enumerate(path, start=1):
                 counters = counters_of(unit, depth)
-                targets = (
-                    (counters.setdefault(STATE_DAY, {}),)
-                    if day is None
-                    else (counters.setdefault(DAYS, {}).setdefault(day, {}), counters.setdefault(ALL_DAY, {}))
-                )
-                for target in targets:
+                for day in days:
+                    target = section(counters, day)
                     for f, v in fields.items():
                         target[f] = target.get(f, 0) + v
 
@@ -291,13 +287,20 @@ def as_sections(paths: Mapping[str, int]) -> Sections:
     return out
 
 
+def section(counters: dict[str, Any], day: str) -> dict[str, int]:
+    """The fields of ``day`` (an ISO date, ``STATE_DAY`` or ``ALL_DAY``) in a counter document's
+    ``{state, all, days}`` content, created if missing."""
+    if day in (STATE_DAY, ALL_DAY):
+        target: dict[str, int] = counters.setdefault(day, {})
+    else:
+        target = counters.setdefault(DAYS, {}).setdefault(day, {})
+    return target
+
+
 def add_sections(counters: dict[str, Any], deltas: Sections) -> None:
     """Add ``deltas`` into a counter document's ``{state, all, days}`` content, in place."""
     for day, fields in deltas.items():
-        if day in (STATE_DAY, ALL_DAY):
-            target = counters.setdefault(day, {})
-        else:
-            target = counters.setdefault(DAYS, {}).setdefault(day, {})
+        target = section(counters, day)
         for f, v in fields.items():
             total = target.get(f, 0) + v
             if total:

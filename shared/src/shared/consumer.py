@@ -21,6 +21,7 @@ from pymongo.errors import BulkWriteError, ConnectionFailure
 from shared.envelope import Envelope, EnvelopeError, decode
 from shared.kafka import EventProducer
 from shared.logging import bind_context, get_logger, unbind_context
+from shared.settings import ServiceSettings
 from shared.topics import dlq_topic
 
 log = get_logger(__name__)
@@ -225,6 +226,43 @@ class ConsumerRunner:
         self._positions: dict[TopicPartition, int] = {}
         self._last_error = "handler failed"
         self._failures = 0
+
+    @classmethod
+    def from_settings(
+        cls,
+        settings: ServiceSettings,
+        *,
+        name: str,
+        topics: Sequence[str],
+        group_id: str,
+        handler: BatchHandler | FetchHandler,
+        producer: EventProducer,
+        dedup: DedupStore | None = None,
+        per_event: bool = True,
+        whole_fetch: bool = False,
+    ) -> ConsumerRunner:
+        """A runner tuned by the service's ``consumer_*`` settings; ``topics`` are base names.
+
+        A batch handler (``per_event=False``) gets the configured linger, so it sees real batches.
+        """
+        return cls(
+            name=name,
+            bootstrap=settings.kafka_bootstrap,
+            topics=[settings.topic(t) for t in topics],
+            group_id=group_id,
+            handler=handler,
+            producer=producer,
+            dedup=dedup,
+            per_event=per_event,
+            max_retries=settings.consumer_retries,
+            backoff_seconds=settings.consumer_backoff_seconds,
+            max_records=settings.consumer_max_records,
+            linger_ms=0 if per_event else settings.consumer_linger_ms,
+            linger_bytes=settings.consumer_linger_bytes,
+            fetch_max_bytes=settings.consumer_fetch_max_bytes,
+            partition_fetch_bytes=settings.consumer_partition_fetch_bytes,
+            whole_fetch=whole_fetch,
+        )
 
     async def start(self) -> None:
         self._task = asyncio.create_task(self._run(), name=f"consumer-{self.name}")

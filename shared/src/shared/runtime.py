@@ -115,22 +115,15 @@ class Runtime:
         A batch handler (``per_event=False``) gets the configured linger, so it sees real batches.
         """
         group = self.settings.group(f"{self.settings.service_name}.{name}")
-        runner = ConsumerRunner(
+        runner = ConsumerRunner.from_settings(
+            self.settings,
             name=f"{self.settings.service_name}.{name}",
-            bootstrap=self.settings.kafka_bootstrap,
-            topics=[self.settings.topic(t) for t in topics],
+            topics=topics,
             group_id=group,
             handler=handler,
             producer=self.producer,
             dedup=DedupStore(self.db["consumed_events"], group) if dedup else None,
             per_event=per_event,
-            max_retries=self.settings.consumer_retries,
-            backoff_seconds=self.settings.consumer_backoff_seconds,
-            max_records=self.settings.consumer_max_records,
-            linger_ms=0 if per_event else self.settings.consumer_linger_ms,
-            linger_bytes=self.settings.consumer_linger_bytes,
-            fetch_max_bytes=self.settings.consumer_fetch_max_bytes,
-            partition_fetch_bytes=self.settings.consumer_partition_fetch_bytes,
         )
         self.consumers.append(runner)
         return runner
