@@ -3,12 +3,13 @@
 from __future__ import annotations
 
 import asyncio
-from collections.abc import Iterable, Sequence
+from collections.abc import AsyncIterable, Mapping, Sequence
 
 import pytest
+from aiokafka import AIOKafkaConsumer, ConsumerRecord, TopicPartition
 from prometheus_client import REGISTRY
 
-from shared.consumer import Consumed, ConsumerRunner, TypeDispatch
+from shared.consumer import Consumed, ConsumerRunner, Fetch, TypeDispatch
 from shared.contracts import registry as ev
 from shared.envelope import Envelope, make_event
 from shared.infra import FerretDB, KafkaBroker
@@ -190,9 +191,9 @@ class Folder:
         self.folds = 0
         self.forgets = 0
 
-    async def fold(self, events: Iterable[Consumed]) -> list[str]:
+    async def fold(self, events: AsyncIterable[Consumed]) -> list[str]:
         self.folds += 1
-        return [c.envelope.data["code"] for c in events]
+        return [c.envelope.data["code"] async for c in events]
 
     async def write(self, folded: list[str]) -> dict[str, float]:
         if "BAD" in folded:
@@ -288,3 +289,61 @@ async def test_a_database_outage_makes_events_wait_and_never_dead_letters_them(
         "consumer_events_dead_lettered_total", {"consumer": runner.name, "topic": settings.topic(REGISTRY_TOPIC)}
     )
     assert not dead
+
+
+async def test_a_streamed_fetch_keeps_no_record_and_reads_them_again_from_kafka(make_settings) -> None:
+    """The projector's fetches: the first pass takes records from the consumer in chunks and drops
+    them; a second pass (a failed write, a redelivery) replays the same offsets from Kafka."""
+    settings = make_settings(ConsumerSettings)
+    topic = settings.topic(REGISTRY_TOPIC)
+    producer = EventProducer(settings.kafka_bootstrap, client_id="test")
+    try:
+        await producer.send_raw(topic, b"{not json", key=b"K3", headers=[("ce_type", b"garbage")])
+    finally:
+        await producer.stop()
+    await publish(settings, [unit_event(f"K{i}") for i in range(40)])
+    runner = ConsumerRunner(
+        name="stream",
+        bootstrap=settings.kafka_bootstrap,
+        topics=[topic],
+        group_id=settings.group("stream"),
+        handler=Folder(),
+        producer=EventProducer(settings.kafka_bootstrap, client_id="unused"),
+        per_event=False,
+        max_records=30,
+    )
+    consumer = AIOKafkaConsumer(
+        topic,
+        bootstrap_servers=settings.kafka_bootstrap,
+        group_id=settings.group("stream"),
+        auto_offset_reset="earliest",
+        enable_auto_commit=False,
+    )
+    await consumer.start()
+    try:
+        first: dict[TopicPartition, list[ConsumerRecord[bytes, bytes]]] = {}
+        while not first:
+            first = {tp: rs for tp, rs in (await consumer.getmany(timeout_ms=500, max_records=5)).items() if rs}
+        more_calls: list[int] = []
+
+        async def more(n: int) -> Mapping[TopicPartition, list[ConsumerRecord[bytes, bytes]]]:
+            more_calls.append(n)
+            got: Mapping[TopicPartition, list[ConsumerRecord[bytes, bytes]]] = await consumer.getmany(
+                timeout_ms=200, max_records=n
+            )
+            return got
+
+        fetch = Fetch(first, more=more, limit=30, replay=runner._replay)
+        seen = [(c.partition, c.offset, c.envelope.data["code"]) async for c in fetch]
+        again = [(c.partition, c.offset, c.envelope.data["code"]) async for c in fetch]
+        raw = [(r.partition, r.offset) async for r in fetch.records()]
+    finally:
+        await consumer.stop()
+    assert more_calls  # the fetch was read in more than one getmany
+    assert sum(fetch.counts.values()) == 30  # stopped at the limit
+    assert len(seen) + len(fetch.undecodable) == 30
+    assert sorted(again) == sorted(seen)  # the same events, read again from the broker
+    assert sorted(raw) == sorted((p, o) for p, o, _ in seen)  # decodable records only
+    for tp, (lo, hi) in fetch.spans.items():
+        assert all(lo <= o <= hi for p, o, _ in seen if p == tp.partition)
+    assert fetch._kept is None  # nothing held between passes

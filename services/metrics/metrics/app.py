@@ -28,19 +28,20 @@ class MetricsSettings(ServiceSettings):
     port: int = 8004
     gauge_refresh_seconds: float = 5.0
     # A projector fetch costs one write per counter document it touches, whatever its size, so a
-    # backlog (a rebuild, a restart) is drained in large fetches. Folding keeps only the raw
-    # records, but two fetches are in flight (one folded while the other is written), and their
-    # parsed records are most of the projector's memory: draining 200k events, peak RSS was
-    # 159-174 MB at 5,000 (ratio to the bare consumer 0.38) and 196-201 MB at 10,000 (0.46).
-    consumer_max_records: int = 10_000
+    # backlog (a rebuild, a restart) is drained in large fetches. Fetches keep no records (see
+    # shared.consumer.Fetch), so their size no longer shows in memory: draining 200k events peaked
+    # at 122-128 MB at 10,000 and 121-122 MB at 20,000, at 28-30k and 32-33k events/s. When each
+    # fetch held its records, 10,000 had peaked at 166 MB and 5,000 at 143 MB (28k events/s).
+    consumer_max_records: int = 20_000
     # Under a steady stream a fetch should be cut by the linger (200 ms), not by size: every fetch
     # rewrites each unit it touches, so 1 MiB fetches (~1,000 events) at 16,000 events/s meant
     # ~16 rewrites of every unit per second and the projector fell behind (freshness p50 0.7 s).
     consumer_linger_bytes: int = 8 * 1024 * 1024
-    # Raw fetch buffers were the other large part of the projector's memory. Draining 200k events
+    # Raw fetch buffers are the other large part of the projector's memory. Draining 200k events
     # (one topic, 6 partitions), 32/4 MiB fetches peaked at 188-199 MB and 8/2 MiB at 164-174 MB,
     # at the same throughput (27-32k events/s either way); 4/1 MiB peaked at 128 MB but drained at
-    # 20-22k events/s. The linger above stays at most this size, so a backlog is answered at once.
+    # 20-22k events/s (both measured while fetches still held their records). The linger above
+    # stays at most this size, so a backlog is answered at once.
     consumer_fetch_max_bytes: int = 8 * 1024 * 1024
     consumer_partition_fetch_bytes: int = 2 * 1024 * 1024
     # How often the live side checks whether a rebuild (maybe in another process) switched generation.

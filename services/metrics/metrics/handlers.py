@@ -20,7 +20,7 @@ from __future__ import annotations
 
 import asyncio
 from collections import Counter as Tally
-from collections.abc import Iterable, Mapping, Sequence
+from collections.abc import AsyncIterable, AsyncIterator, Iterable, Mapping, Sequence
 from dataclasses import dataclass
 from datetime import datetime
 from typing import Any
@@ -64,7 +64,7 @@ def watermark_key(topic: str, partition: int) -> str:
 class Folded:
     """One fetch, folded: what :meth:`Projector.write` needs, without the decoded events."""
 
-    events: Iterable[Consumed]  # re-iterable; the exact path decodes them again
+    events: AsyncIterable[Consumed]  # re-iterable; the exact path reads and decodes them again
     # Per topic, the ids of the events folded (first occurrence, not applied before).
     fresh_by_topic: dict[str, list[str]]
     sums: BatchSums
@@ -73,6 +73,20 @@ class Folded:
     states: dict[tuple[str, str], dict[str, object]]
     per_topic: Tally[str]
     newest: dict[str, float]
+
+
+class Listed:
+    """Events already decoded, as the re-iterable the fold takes (tests, one-off batches)."""
+
+    def __init__(self, events: Iterable[Consumed]) -> None:
+        self._events = list(events)
+
+    def __aiter__(self) -> AsyncIterator[Consumed]:
+        return self._each()
+
+    async def _each(self) -> AsyncIterator[Consumed]:
+        for c in self._events:
+            yield c
 
 
 class Touched:
@@ -104,13 +118,13 @@ class Projector:
 
     async def __call__(self, events: Sequence[Consumed]) -> None:
         """Fold and write one batch (what the runner does in two overlapping steps)."""
-        await self.write(await self.fold(events))
+        await self.write(await self.fold(Listed(events)))
 
     def forget(self) -> None:
         self._docs = None
         self.repo.forget_applied()
 
-    async def fold(self, events: Iterable[Consumed]) -> Folded:
+    async def fold(self, events: AsyncIterable[Consumed]) -> Folded:
         """One pass over the events, decoding each once and keeping only their sums.
 
         An event counts as fresh unless its id was applied before or already seen in this
@@ -122,7 +136,9 @@ class Projector:
         first, last, fresh_of, emit = folded.first, folded.last, folded.fresh_by_topic, folded.sums.emit
         keys: dict[tuple[str, int], str] = {}
         newest: dict[str, datetime] = {}
-        for n, c in enumerate(events, start=1):
+        n = 0
+        async for c in events:
+            n += 1
             if n % YIELD_EVERY == 0:
                 # A 10,000-event fetch is ~0.2 s of CPU; let API requests in between.
                 await asyncio.sleep(0)
@@ -192,7 +208,7 @@ class Projector:
             if untouched and round_ == 0:
                 folded.sums.add_into(touched)
             else:
-                deltas, depth = self._exact(folded)
+                deltas, depth = await self._exact(folded)
                 for unit, sections in deltas.items():
                     add_sections(touched(unit, depth[unit]), sections)
             if not touched.docs:
@@ -217,13 +233,13 @@ class Projector:
             docs.update(await self.repo.load_counters([d.unit for d in batch]))
         raise RuntimeError("counter versions kept moving; another projector is writing")
 
-    def _exact(self, folded: Folded) -> tuple[dict[str, Sections], dict[str, int]]:
+    async def _exact(self, folded: Folded) -> tuple[dict[str, Sections], dict[str, int]]:
         """Per document, the net deltas of exactly the events after its watermark of their partition."""
         assert self._docs is not None
         last = folded.last
         per_key: dict[str, list[tuple[int, Increment]]] = {}
         todo = {i for ids in folded.fresh_by_topic.values() for i in ids}
-        for c in folded.events:  # decoded again: the same first occurrences the fold took
+        async for c in folded.events:  # read and decoded again: the same first occurrences the fold took
             if c.envelope.id not in todo:
                 continue
             todo.discard(c.envelope.id)

@@ -8,7 +8,7 @@ from __future__ import annotations
 
 import asyncio
 import contextlib
-from collections.abc import Awaitable, Callable, Iterable, Iterator, Mapping, Sequence
+from collections.abc import AsyncIterable, AsyncIterator, Awaitable, Callable, Mapping, Sequence
 from dataclasses import dataclass
 from typing import Any, Protocol, runtime_checkable
 
@@ -62,29 +62,115 @@ class BatchHandler(Protocol):
 EventHandler = Callable[[Any, Envelope], Awaitable[None]]
 
 
+Records = list[ConsumerRecord[bytes, bytes]]
+# What one getmany returns, and what a replay yields: records per partition, in offset order.
+Chunk = Mapping[TopicPartition, Records]
+# The first pass of a streamed fetch takes its records from the consumer this many at a time.
+CHUNK_RECORDS = 1000
+# A replay that gets no record for this long gives up (the runner then restarts the consumer).
+REPLAY_STALL_SECONDS = 30.0
+
+
 class Fetch:
     """The records of one Kafka fetch (all partitions), decoded afresh on every pass.
 
-    Iterating yields each decodable record as a :class:`Consumed` and drops it again, so a fetch of
-    thousands of events never has them all decoded and alive at once (measured on the projector:
-    holding 5,000 decoded events made decoding ~2x slower than decoding them one by one, and
-    peak RSS ~180 MB). Records that fail to decode are remembered with why, for the DLQ.
+    Iterating (``async for``) yields each decodable record as a :class:`Consumed` and drops it
+    again. A fetch made with ``more`` and ``replay`` keeps none of its records: the first pass takes
+    them from the running consumer ``CHUNK_RECORDS`` at a time (``more``) up to ``limit``, and any
+    later pass reads the same offsets again from Kafka (``replay``). Later passes are rare: a
+    write that failed, or a redelivery whose offsets a counter document already covers.
+
+    Why: the runner keeps two fetches in flight (one folded while the other is written). When each
+    held its records, those were most of the projector's memory while draining a backlog: ~2.1 KB
+    per record (1.3 KB of it the CloudEvents headers), ~40 MB for two fetches of 10,000. Decoding
+    held events was also slower than decoding them one by one (see the projector's fold).
+
+    A fetch made from a list (one record, tests) keeps it. Records that fail to decode are kept,
+    with why, for the DLQ.
     """
 
-    def __init__(self, records: Sequence[ConsumerRecord[bytes, bytes]]) -> None:
-        self.records = list(records)
-        self.undecodable: dict[int, str] = {}
+    def __init__(
+        self,
+        first: Chunk | Sequence[ConsumerRecord[bytes, bytes]],
+        *,
+        more: Callable[[int], Awaitable[Chunk]] | None = None,
+        limit: int = 0,
+        replay: Callable[[Mapping[TopicPartition, tuple[int, int]]], AsyncIterator[Chunk]] | None = None,
+    ) -> None:
+        if not isinstance(first, Mapping):
+            by_tp: dict[TopicPartition, Records] = {}
+            for r in first:
+                by_tp.setdefault(TopicPartition(r.topic, r.partition), []).append(r)
+            first = by_tp
+        self._head: Chunk | None = first
+        self._kept: list[Chunk] | None = None if replay is not None else [first]
+        self._more = more
+        self._limit = limit
+        self._replay = replay
+        # Per partition: the first and last offsets of the fetch, and how many records it has.
+        self.spans: dict[TopicPartition, tuple[int, int]] = {}
+        self.counts: dict[TopicPartition, int] = {}
+        self.undecodable: dict[tuple[str, int, int], tuple[ConsumerRecord[bytes, bytes], str]] = {}
 
-    def __iter__(self) -> Iterator[Consumed]:
-        for i, r in enumerate(self.records):
-            if i in self.undecodable:
+    @property
+    def topic(self) -> str:
+        """The topic of the first record (for labels and logs)."""
+        topic: str = next(iter(self.spans)).topic
+        return topic
+
+    def _note(self, chunk: Chunk) -> None:
+        for tp, records in chunk.items():
+            if not records:
                 continue
-            try:
-                env = decode(r.key, r.value, list(r.headers))
-            except EnvelopeError as exc:
-                self.undecodable[i] = f"undecodable: {exc}"
-                continue
-            yield Consumed(env, r.topic, r.partition, r.offset)
+            span = self.spans.get(tp)
+            self.spans[tp] = (span[0] if span else records[0].offset, records[-1].offset)
+            self.counts[tp] = self.counts.get(tp, 0) + len(records)
+
+    async def chunks(self) -> AsyncIterator[Chunk]:
+        """Every record of the fetch, a chunk at a time (undecodable ones included)."""
+        if self._head is not None:  # the first pass
+            chunk, self._head = self._head, None
+            size = 0
+            while chunk:
+                self._note(chunk)
+                size += sum(len(records) for records in chunk.values())
+                yield chunk
+                if self._more is None or size >= self._limit:
+                    break
+                got = await self._more(min(CHUNK_RECORDS, self._limit - size))
+                chunk = {tp: records for tp, records in got.items() if records}
+        elif self._kept is not None:
+            for chunk in self._kept:
+                yield chunk
+        elif self._replay is not None and self.spans:
+            async for chunk in self._replay(self.spans):
+                yield chunk
+
+    async def records(self) -> AsyncIterator[ConsumerRecord[bytes, bytes]]:
+        """The decodable records of the fetch (after a first pass has found the others)."""
+        bad = self.undecodable
+        async for chunk in self.chunks():
+            for records in chunk.values():
+                for r in records:
+                    if not bad or (r.topic, r.partition, r.offset) not in bad:
+                        yield r
+
+    def __aiter__(self) -> AsyncIterator[Consumed]:
+        return self._decoded()
+
+    async def _decoded(self) -> AsyncIterator[Consumed]:
+        bad = self.undecodable
+        async for chunk in self.chunks():
+            for records in chunk.values():
+                for r in records:
+                    if bad and (r.topic, r.partition, r.offset) in bad:
+                        continue
+                    try:
+                        env = decode(r.key, r.value, list(r.headers))
+                    except EnvelopeError as exc:
+                        bad[(r.topic, r.partition, r.offset)] = (r, f"undecodable: {exc}")
+                        continue
+                    yield Consumed(env, r.topic, r.partition, r.offset)
 
 
 @runtime_checkable
@@ -92,13 +178,13 @@ class FetchHandler(Protocol):
     """A handler that takes a whole fetch in two steps (the metrics projector).
 
     ``fold`` does the CPU work in one pass over events decoded one at a time (the events are
-    re-iterable: iterating again decodes again) and ``write`` does the I/O; the runner folds fetch
+    re-iterable: iterating again reads and decodes again) and ``write`` does the I/O; the runner folds fetch
     N+1 while fetch N is being written, and writes and commits strictly in order. ``write``
     returns the newest ce_time it applied per topic. ``forget`` drops whatever the handler keeps
     in memory after a failed write, so the next fold starts again from the database.
     """
 
-    async def fold(self, events: Iterable[Consumed]) -> Any: ...
+    async def fold(self, events: AsyncIterable[Consumed]) -> Any: ...
 
     async def write(self, folded: Any) -> Mapping[str, float]: ...
 
@@ -313,22 +399,11 @@ class ConsumerRunner:
             pending: asyncio.Task[bool] | None = None
             try:
                 while True:
+                    if self._whole_fetch:
+                        pending = await self._next_fetch(pending)
+                        continue
                     batches = await self._consumer.getmany(timeout_ms=200, max_records=self._max_records)
                     batches = {tp: records for tp, records in batches.items() if records}
-                    if self._whole_fetch:
-                        fetch = Fetch([r for records in batches.values() for r in records])
-                        folded = await self._fetch_handler.fold(fetch) if batches else None
-                        if pending is not None:
-                            clean = await pending
-                            pending = None
-                            if not clean and batches:
-                                # The previous fetch fell back to one event at a time: fold this
-                                # one again from what the database now says.
-                                self._fetch_handler.forget()
-                                folded = await self._fetch_handler.fold(fetch)
-                        if batches:
-                            pending = asyncio.create_task(self._write_fetch(fetch, folded, batches))
-                        continue
                     for tp, records in batches.items():
                         await self._process(tp, records)
                         await self._consumer.commit({tp: records[-1].offset + 1})
@@ -348,21 +423,79 @@ class ConsumerRunner:
                     await self._consumer.stop()
                 await asyncio.sleep(1.0)
 
+    async def _next_fetch(self, pending: asyncio.Task[bool] | None) -> asyncio.Task[bool] | None:
+        """Fold the next fetch while the previous one is written; start writing it; return that task."""
+        consumer = self._consumer
+        assert consumer is not None
+        first = await consumer.getmany(timeout_ms=200, max_records=min(CHUNK_RECORDS, self._max_records))
+        first = {tp: records for tp, records in first.items() if records}
+
+        async def more(n: int) -> Chunk:
+            got: Chunk = await consumer.getmany(timeout_ms=0, max_records=n)
+            return got
+
+        fetch = Fetch(first, more=more, limit=self._max_records, replay=self._replay) if first else None
+        handler = self._fetch_handler
+        folded = await handler.fold(fetch) if fetch is not None else None
+        if pending is not None:
+            clean = await pending
+            if not clean and fetch is not None:
+                # The previous fetch fell back to one event at a time: fold this one again from
+                # what the database now says.
+                handler.forget()
+                folded = await handler.fold(fetch)
+        if fetch is None:
+            return None
+        return asyncio.create_task(self._write_fetch(fetch, folded))
+
+    async def _replay(self, spans: Mapping[TopicPartition, tuple[int, int]]) -> AsyncIterator[Chunk]:
+        """The records at ``spans`` (first and last offset per partition), read again from Kafka.
+
+        A consumer of its own, outside the group, so the running one keeps its position.
+        """
+        log.info("fetch_replay", consumer=self.name, records=sum(last - first + 1 for first, last in spans.values()))
+        consumer = AIOKafkaConsumer(
+            bootstrap_servers=self._bootstrap,
+            group_id=None,
+            enable_auto_commit=False,
+            max_partition_fetch_bytes=self._partition_fetch_bytes,
+            fetch_max_bytes=self._fetch_max_bytes,
+        )
+        await consumer.start()
+        try:
+            consumer.assign(list(spans))
+            for tp, (first, _) in spans.items():
+                consumer.seek(tp, first)
+            todo = dict(spans)
+            last_progress = asyncio.get_running_loop().time()
+            while todo:
+                got = await consumer.getmany(*todo, timeout_ms=500, max_records=CHUNK_RECORDS)
+                chunk = {tp: [r for r in records if r.offset <= todo[tp][1]] for tp, records in got.items()}
+                chunk = {tp: records for tp, records in chunk.items() if records}
+                if chunk:
+                    last_progress = asyncio.get_running_loop().time()
+                    yield chunk
+                for tp in list(todo):
+                    if await consumer.position(tp) > todo[tp][1]:
+                        del todo[tp]
+                if todo and asyncio.get_running_loop().time() - last_progress > REPLAY_STALL_SECONDS:
+                    raise RuntimeError(f"replaying a fetch: no record for {REPLAY_STALL_SECONDS:.0f} s")
+        finally:
+            await consumer.stop()
+
     @property
     def _fetch_handler(self) -> FetchHandler:
         assert isinstance(self._handler, FetchHandler)
         return self._handler
 
-    async def _write_fetch(
-        self, fetch: Fetch, folded: Any, batches: Mapping[TopicPartition, list[ConsumerRecord[bytes, bytes]]]
-    ) -> bool:
+    async def _write_fetch(self, fetch: Fetch, folded: Any) -> bool:
         """Write a folded fetch (retrying), dead-letter what cannot be applied, then commit.
 
         Returns False when the fetch had to fall back to one event at a time.
         """
         assert self._consumer is not None
         handler = self._fetch_handler
-        topic = fetch.records[0].topic
+        topic = fetch.topic
         failures = self._failures
         newest = await self._attempt_write(folded, topic)
         # After any failed attempt the handler forgot its memory, and the next fetch was folded
@@ -372,9 +505,7 @@ class ConsumerRunner:
             # Isolate the event that keeps failing: each alone, dead-lettered if it still fails.
             newest = {}
             handler.forget()
-            for i, record in enumerate(fetch.records):
-                if i in fetch.undecodable:
-                    continue
+            async for record in fetch.records():
                 single = Fetch([record])
                 got = await self._attempt_write(await handler.fold(single), record.topic)
                 if got is None:
@@ -384,14 +515,14 @@ class ConsumerRunner:
                 else:
                     for t, ts in got.items():
                         newest[t] = max(newest.get(t, 0.0), ts)
-        for i, error in fetch.undecodable.items():
-            await self._dead_letter(fetch.records[i], error)
+        for record, error in fetch.undecodable.values():
+            await self._dead_letter(record, error)
         for t, ts in newest.items():
             self.last_event_time[t] = max(self.last_event_time.get(t, 0.0), ts)
-        await self._consumer.commit({tp: records[-1].offset + 1 for tp, records in batches.items()})
-        for tp, records in batches.items():
-            self._positions[tp] = records[-1].offset + 1
-            CONSUMED.labels(self.name, tp.topic).inc(len(records))
+        await self._consumer.commit({tp: last + 1 for tp, (_, last) in fetch.spans.items()})
+        for tp, (_, last) in fetch.spans.items():
+            self._positions[tp] = last + 1
+            CONSUMED.labels(self.name, tp.topic).inc(fetch.counts[tp])
         self._update_lag()
         return clean
 
