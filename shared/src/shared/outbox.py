@@ -352,6 +352,11 @@ async def _read_ahead(items: AsyncGenerator[T, None]) -> AsyncGenerator[T, None]
             except StopAsyncIteration:
                 return
             nxt = asyncio.ensure_future(anext(items))
+            # Let the next read send its request before the caller's CPU-bound work on this item:
+            # otherwise it only starts when that work is done, and the database and we take turns.
+            # Measured on the relay sweep: the next getMore started ~25 ms (the whole chunk's
+            # processing) later without this, and 20,000 events took 2.6-2.9 s instead of 2.3 s.
+            await asyncio.sleep(0)
             yield item
     finally:
         if not nxt.done():
