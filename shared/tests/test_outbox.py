@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import zlib
 from typing import Any
 
 import orjson
@@ -100,7 +101,7 @@ async def test_relay_trims_a_long_published_outbox_but_never_a_writers_newer_eve
     from shared.envelope import make_event
     from shared.kafka import EventProducer
     from shared.mongo import connect
-    from shared.outbox import OutboxRelay, entry_id, outbox_fields, outbox_update
+    from shared.outbox import OutboxRelay, entry_id, entry_record, outbox_fields, outbox_update
 
     settings = make_settings(SampleSettings)
     ensure_topics_sync(kafka.bootstrap, prefix=settings.topic_prefix)
@@ -143,7 +144,8 @@ async def test_relay_trims_a_long_published_outbox_but_never_a_writers_newer_eve
         relay._published -= as_if_published
         kept = await col.find_one({"_id": "QN"})
         assert kept is not None
-        assert [orjson.loads(e.partition("\n")[2])["name"] for e in kept["outbox"]] == [f"v{i}" for i in range(10, 21)]
+        names = [orjson.loads(entry_record(e)[1][2])["name"] for e in kept["outbox"]]
+        assert names == [f"v{i}" for i in range(10, 21)]
         assert await relay.drain_once({"units": {"QN"}}) == 11
         done = await col.find_one({"_id": "QN"})
         assert done is not None
@@ -162,7 +164,7 @@ async def test_a_backlog_swept_in_chunks_reaches_kafka_once_each_in_order(make_s
     from shared.envelope import make_event
     from shared.kafka import EventProducer
     from shared.mongo import connect
-    from shared.outbox import OutboxRelay, outbox_fields, published_ids
+    from shared.outbox import OutboxRelay, outbox_entry, outbox_fields, published_ids
 
     settings = make_settings(SampleSettings)
     ensure_topics_sync(kafka.bootstrap, prefix=settings.topic_prefix)
@@ -181,15 +183,19 @@ async def test_a_backlog_swept_in_chunks_reaches_kafka_once_each_in_order(make_s
         events = [unit(code, f"{code} v{j}") for j in range(1 + i % 4)]
         await db["units"].insert_one({"_id": code, **outbox_fields(events)})
     # Outboxes in the earlier entry forms still drain: nested entries with the payload as a document
-    # (before 2026-11) or as JSON text (before 2026-11-28).
+    # (before 2026-11) or as JSON text (before 2026-11-28), and uncompressed strings (2026-11-28).
     legacy = [unit("QN-OLD", f"QN-OLD v{j}") for j in range(2)]
     await db["units"].insert_one({"_id": "QN-OLD", "outbox": [e.to_document() for e in legacy], "rev": 1})
     texts = [unit("QN-TXT", f"QN-TXT v{j}") for j in range(2)]
     as_text = [{**e.to_document(), "data": e.value().decode()} for e in texts]
     await db["units"].insert_one({"_id": "QN-TXT", "outbox": as_text, "rev": 1})
+    strings = [unit("QN-STR", f"QN-STR v{j}") for j in range(2)]
+    as_strings = [zlib.decompress(outbox_entry(e)).decode() for e in strings]
+    await db["units"].insert_one({"_id": "QN-STR", "outbox": as_strings, "rev": 1})
     expected = {code: [f"{code} v{j}" for j in range(1 + i % 4)] for i, code in enumerate(codes)}
     expected["QN-OLD"] = ["QN-OLD v0", "QN-OLD v1"]
     expected["QN-TXT"] = ["QN-TXT v0", "QN-TXT v1"]
+    expected["QN-STR"] = ["QN-STR v0", "QN-STR v1"]
     total = sum(len(v) for v in expected.values())
 
     unreachable = EventProducer("127.0.0.1:1", client_id="outbox-test-down")

@@ -68,7 +68,7 @@ class Envelope:
         return orjson.dumps(self.data)
 
     def to_document(self) -> dict[str, Any]:
-        """The envelope as a Mongo document, payload nested (an outbox keeps it as text: ``outbox_entry``)."""
+        """The envelope as a Mongo document, payload nested (an outbox keeps it compressed: ``outbox_entry``)."""
         return {
             "id": self.id,
             "type": self.type,
