@@ -235,6 +235,12 @@ async def test_every_indicator_is_exact_after_duplicates_late_events_corrections
         assert samples[("bridge_campaign_actual", target_labels)] == 9.0
         assert samples[("bridge_campaign_progress_ratio", target_labels)] == pytest.approx(0.09)
         assert samples[("bridge_projector_events_applied_total", (("topic", "visits.events.v1"),))] >= 8
+        # A poller can ask for named series only (what the bench does while a drain is measured).
+        only = gauge_samples(
+            (await client.get("/metrics", params={"name[]": "bridge_projector_events_applied_total"})).text
+        )
+        assert {name for name, _ in only} == {"bridge_projector_events_applied_total"}
+        assert only == {k: v for k, v in samples.items() if k[0] == "bridge_projector_events_applied_total"}
 
 
 async def test_units_are_scoped_to_the_callers_subtree(make_settings, ev, send) -> None:

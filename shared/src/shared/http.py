@@ -18,7 +18,7 @@ import orjson
 from fastapi import APIRouter, Depends, FastAPI, Request
 from fastapi.exceptions import RequestValidationError
 from fastapi.responses import JSONResponse, Response
-from prometheus_client import CONTENT_TYPE_LATEST, Counter, Histogram, generate_latest
+from prometheus_client import CONTENT_TYPE_LATEST, REGISTRY, Counter, Histogram, generate_latest
 from pymongo.errors import DuplicateKeyError, PyMongoError
 from starlette.exceptions import HTTPException as StarletteHTTPException
 from starlette.types import ASGIApp, Message, Receive, Scope, Send
@@ -294,8 +294,13 @@ def _health_router(service: str, checks: Callable[[], dict[str, ReadinessCheck]]
         return Response(orjson.dumps(body), status_code=200 if ready else 503, media_type="application/json")
 
     @router.get("/metrics", summary="Prometheus metrics", include_in_schema=False)
-    async def metrics() -> Response:
-        return Response(generate_latest(), media_type=CONTENT_TYPE_LATEST)
+    async def metrics(request: Request) -> Response:
+        # ``?name[]=...`` limits the exposition to those series (as prometheus_client's own
+        # handlers do): a poller that follows one counter should not pay for every indicator
+        # gauge. A full metrics-service scrape is ~1,800 lines and 17 ms of its CPU.
+        names = request.query_params.getlist("name[]")
+        registry = REGISTRY.restricted_registry(names) if names else REGISTRY
+        return Response(generate_latest(registry), media_type=CONTENT_TYPE_LATEST)
 
     return router
 
