@@ -347,3 +347,53 @@ async def test_a_streamed_fetch_keeps_no_record_and_reads_them_again_from_kafka(
     for tp, (lo, hi) in fetch.spans.items():
         assert all(lo <= o <= hi for p, o, _ in seen if p == tp.partition)
     assert fetch._kept is None  # nothing held between passes
+
+
+class Sizes(Folder):
+    """Records how many events each fetch held."""
+
+    def __init__(self) -> None:
+        super().__init__()
+        self.sizes: list[int] = []
+
+    async def write(self, folded: list[str]) -> dict[str, float]:
+        self.sizes.append(len(folded))
+        return await super().write(folded)
+
+
+@pytest.mark.parametrize("top_up_ms", [0, 500])
+async def test_a_fetch_behind_the_log_end_waits_for_more_records_up_to_its_cap(make_settings, top_up_ms: int) -> None:
+    settings = make_settings(ConsumerSettings)
+    await publish(settings, [unit_event(f"T{i}") for i in range(1500)])
+    sizes = Sizes()
+    producer = EventProducer(settings.kafka_bootstrap, client_id="test")
+    runner = ConsumerRunner(
+        name="topup",
+        bootstrap=settings.kafka_bootstrap,
+        topics=[settings.topic(REGISTRY_TOPIC)],
+        group_id=settings.group("topup"),
+        handler=sizes,
+        producer=producer,
+        per_event=False,
+        whole_fetch=True,
+        max_records=1200,
+        # Each broker answer carries ~50 records of a partition: a fetch that took only what was
+        # buffered would close long before the cap.
+        partition_fetch_bytes=16 * 1024,
+        fetch_max_bytes=64 * 1024,
+        top_up_ms=top_up_ms,
+    )
+    try:
+        await runner.start()
+
+        async def drained() -> bool:
+            return len(sizes.written) == 1500
+
+        await wait_until(drained, timeout=60)
+    finally:
+        await runner.stop()
+        await producer.stop()
+    if top_up_ms:
+        assert sizes.sizes[0] == 1200  # filled to the cap from answer after answer
+    else:
+        assert sizes.sizes[0] < 1200

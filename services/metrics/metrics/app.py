@@ -44,6 +44,12 @@ class MetricsSettings(ServiceSettings):
     # stays at most this size, so a backlog is answered at once.
     consumer_fetch_max_bytes: int = 8 * 1024 * 1024
     consumer_partition_fetch_bytes: int = 2 * 1024 * 1024
+    # A fetch of 8 MiB holds ~10,000 events. Draining 200k events, fetches closed when the buffer
+    # ran dry had 8-11k events (23 fetches); waiting up to 50 ms for the next response filled most
+    # to the 20,000 cap (14 fetches), and the writes per fetch took 1.6 s in all instead of 2.8 s.
+    # It waits only when the broker's answers showed more records waiting (a backlog), so a
+    # caught-up projector does not add it to every fetch's latency.
+    consumer_fetch_top_up_ms: int = 50
     # How often the live side checks whether a rebuild (maybe in another process) switched generation.
     generation_poll_seconds: float = 2.0
     rebuild_poll_seconds: float = 0.5

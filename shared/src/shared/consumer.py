@@ -173,6 +173,16 @@ class Fetch:
                     yield Consumed(env, r.topic, r.partition, r.offset)
 
 
+async def _behind(consumer: AIOKafkaConsumer) -> bool:
+    """Whether the broker holds records not read yet, by the high watermarks its answers carried
+    (a partition not answered yet counts as behind)."""
+    for tp in consumer.assignment():
+        high = consumer.highwater(tp)
+        if high is None or high > await consumer.position(tp):
+            return True
+    return False
+
+
 @runtime_checkable
 class FetchHandler(Protocol):
     """A handler that takes a whole fetch in two steps (the metrics projector).
@@ -283,6 +293,7 @@ class ConsumerRunner:
         fetch_max_bytes: int = 32 * 1024 * 1024,
         partition_fetch_bytes: int = 4 * 1024 * 1024,
         whole_fetch: bool = False,
+        top_up_ms: int = 0,
     ) -> None:
         self.name = name
         self._bootstrap = bootstrap
@@ -303,6 +314,7 @@ class ConsumerRunner:
         # A handler that orders by partition itself (the metrics projector) can take every
         # partition of a fetch at once: its writes then cover all of them in one pass.
         self._whole_fetch = whole_fetch and not per_event
+        self._top_up_ms = top_up_ms
         if self._whole_fetch and not isinstance(handler, FetchHandler):
             raise TypeError("whole_fetch needs a FetchHandler (fold/write/forget)")
         self._consumer: AIOKafkaConsumer | None = None
@@ -348,6 +360,7 @@ class ConsumerRunner:
             fetch_max_bytes=settings.consumer_fetch_max_bytes,
             partition_fetch_bytes=settings.consumer_partition_fetch_bytes,
             whole_fetch=whole_fetch,
+            top_up_ms=settings.consumer_fetch_top_up_ms,
         )
 
     async def start(self) -> None:
@@ -432,6 +445,11 @@ class ConsumerRunner:
 
         async def more(n: int) -> Chunk:
             got: Chunk = await consumer.getmany(timeout_ms=0, max_records=n)
+            if self._top_up_ms and not any(got.values()) and await _behind(consumer):
+                # A backlog: the next response is a few ms away. Waiting for it makes one large
+                # fetch instead of two, each costing a write per document it touches. A consumer
+                # that is caught up closes the fetch at once, so a steady stream waits for nothing.
+                got = await consumer.getmany(timeout_ms=self._top_up_ms, max_records=n)
             return got
 
         fetch = Fetch(first, more=more, limit=self._max_records, replay=self._replay) if first else None

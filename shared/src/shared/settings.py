@@ -50,6 +50,9 @@ class ServiceSettings(BaseSettings):
     # bound the raw bytes a consumer buffers; what one getmany parses is bounded by max_records.
     consumer_fetch_max_bytes: int = 32 * 1024 * 1024
     consumer_partition_fetch_bytes: int = 4 * 1024 * 1024
+    # Whole-fetch consumers (the projector) behind the log end wait this long for more records
+    # before closing a fetch whose buffered records ran out; 0 closes it at once.
+    consumer_fetch_top_up_ms: int = 0
     consumer_retries: int = 3
     consumer_backoff_seconds: float = 0.2
     create_topics: bool = True
