@@ -27,7 +27,7 @@ from pathlib import Path
 from typing import IO, Any
 
 import httpx
-from aiokafka import AIOKafkaConsumer, TopicPartition
+from aiokafka import AIOKafkaConsumer, AIOKafkaProducer, TopicPartition
 from aiokafka.admin import AIOKafkaAdminClient
 from aiokafka.partitioner import DefaultPartitioner
 
@@ -723,11 +723,65 @@ async def _run_load_feeding(
     # would otherwise stall the generator and the probes that time the service.
     gc.collect()
     gc.freeze()
+    sender = BatchSender(b.kafka.bootstrap, b.topic_of(b.prefix))
+    await sender.start()
     try:
-        return await _feed(b, rate, seconds, probes_per_s, paths, share, sink, mix)
+        return await _feed(b, rate, seconds, probes_per_s, paths, share, sink, mix, sender)
     finally:
+        await sender.stop()
         mix.clear()
         gc.unfreeze()
+
+
+class BatchSender:
+    """The load generator's producer: records appended straight to per-partition batches
+    (aiokafka's batch API), partitioned by key as the producer's own partitioner would.
+
+    Measured at 60,000 events: ~11 us of CPU an event against ~19 us through ``send()``. At the
+    80% rate (~30,000 events/s) the generator alone took more than one of the two cores it shares
+    with what it measures.
+    """
+
+    def __init__(self, bootstrap: str, topic_of: dict[str, str]) -> None:
+        self._producer = AIOKafkaProducer(
+            bootstrap_servers=bootstrap,
+            client_id="bench-load",
+            acks="all",
+            enable_idempotence=True,
+            linger_ms=5,
+            max_batch_size=256 * 1024,
+        )
+        self._topic_of = topic_of
+        self._partitioner = DefaultPartitioner()
+        self._partitions: dict[str, list[int]] = {}
+
+    async def start(self) -> None:
+        await self._producer.start()
+        for topic in self._topic_of.values():
+            self._partitions[topic] = sorted(await self._producer.partitions_for(topic))
+
+    async def stop(self) -> None:
+        await self._producer.stop()
+
+    async def send(self, records: Sequence[Record]) -> None:
+        """Send ``records`` (per key in order) and wait for every acknowledgement."""
+        producer = self._producer
+        batches: dict[tuple[str, int], Any] = {}
+        acks = []
+        for topic, key, value, headers in records:
+            real = self._topic_of[topic]
+            partitions = self._partitions[real]
+            where = (real, self._partitioner(key, partitions, partitions))
+            batch = batches.get(where)
+            if batch is None:
+                batch = batches[where] = producer.create_batch()
+            if batch.append(key=key, value=value, timestamp=None, headers=headers) is None:
+                acks.append(await producer.send_batch(batch, where[0], partition=where[1]))
+                batch = batches[where] = producer.create_batch()
+                batch.append(key=key, value=value, timestamp=None, headers=headers)
+        for (topic, partition), batch in batches.items():
+            acks.append(await producer.send_batch(batch, topic, partition=partition))
+        await asyncio.gather(*acks)
 
 
 async def _feed(
@@ -739,6 +793,7 @@ async def _feed(
     share: float,
     sink: list[Probe],
     mix: list[Record],
+    sender: BatchSender,
 ) -> tuple[list[tuple[float, int]], float]:
     total = len(mix)
     rng = random.Random(int(share * 100))
@@ -747,7 +802,6 @@ async def _feed(
     seq = b.probe_seq
     lags: list[tuple[float, int]] = []
     lag_every = LAG_SAMPLE_SECONDS if share >= 0.8 else 0.0
-    topic_of = b.topic_of(b.prefix)
     group = b.prefix + PROJECTOR_GROUP
     topics = [b.prefix + t for t in EVENT_TOPICS]
     lag_task: asyncio.Task[None] | None = None
@@ -783,7 +837,7 @@ async def _feed(
             for p in stamps:
                 p.published = t_pub
             sink.extend(stamps)
-            await (await b.producer.queue(topic_of, batch))
+            await sender.send(batch)
         if lag_every and elapsed >= next_lag and (lag_task is None or lag_task.done()):
             lag_task = asyncio.create_task(sample_lag(elapsed))
             next_lag += lag_every
