@@ -103,7 +103,7 @@ class Fetch:
                 by_tp.setdefault(TopicPartition(r.topic, r.partition), []).append(r)
             first = by_tp
         self._head: Chunk | None = first
-        self._kept: list[Chunk] | None = None if replay is not None else [first]
+        self._kept: Chunk | None = None if replay is not None else first
         self._more = more
         self._limit = limit
         self._replay = replay
@@ -140,14 +140,13 @@ class Fetch:
                 got = await self._more(min(CHUNK_RECORDS, self._limit - size))
                 chunk = {tp: records for tp, records in got.items() if records}
         elif self._kept is not None:
-            for chunk in self._kept:
-                yield chunk
+            yield self._kept
         elif self._replay is not None and self.spans:
             async for chunk in self._replay(self.spans):
                 yield chunk
 
     async def records(self) -> AsyncIterator[ConsumerRecord[bytes, bytes]]:
-        """The decodable records of the fetch (after a first pass has found the others)."""
+        """The records of the fetch, less those a pass has found undecodable."""
         bad = self.undecodable
         async for chunk in self.chunks():
             for records in chunk.values():
@@ -159,18 +158,13 @@ class Fetch:
         return self._decoded()
 
     async def _decoded(self) -> AsyncIterator[Consumed]:
-        bad = self.undecodable
-        async for chunk in self.chunks():
-            for records in chunk.values():
-                for r in records:
-                    if bad and (r.topic, r.partition, r.offset) in bad:
-                        continue
-                    try:
-                        env = decode(r.key, r.value, list(r.headers))
-                    except EnvelopeError as exc:
-                        bad[(r.topic, r.partition, r.offset)] = (r, f"undecodable: {exc}")
-                        continue
-                    yield Consumed(env, r.topic, r.partition, r.offset)
+        async for r in self.records():
+            try:
+                env = decode(r.key, r.value, list(r.headers))
+            except EnvelopeError as exc:
+                self.undecodable[(r.topic, r.partition, r.offset)] = (r, f"undecodable: {exc}")
+                continue
+            yield Consumed(env, r.topic, r.partition, r.offset)
 
 
 async def _behind(consumer: AIOKafkaConsumer) -> bool:

@@ -69,17 +69,18 @@ def outbox_entry(event: Envelope) -> bytes:
     return zlib.compress(orjson.dumps(head) + b"\n" + event.value(), 1)
 
 
-def _split(entry: bytes) -> tuple[list[Any], bytes]:
-    head, _, data = zlib.decompress(entry).partition(b"\n")
+def _parts(entry: bytes | str) -> tuple[list[Any], bytes]:
+    """The head and payload of an entry: compressed, or the same text uncompressed (as written for
+    a while on 2026-11-28)."""
+    raw = zlib.decompress(entry) if isinstance(entry, bytes) else entry.encode()
+    head, _, data = raw.partition(b"\n")
     return orjson.loads(head), data
 
 
 def entry_id(entry: bytes | str | dict[str, Any]) -> str:
     """The ``ce_id`` of an outbox entry (compressed, or in one of the earlier forms)."""
-    if isinstance(entry, bytes):
-        return str(_split(entry)[0][0])
-    if isinstance(entry, str):
-        return str(orjson.loads(entry.partition("\n")[0])[0])
+    if isinstance(entry, bytes | str):
+        return str(_parts(entry)[0][0])
     return str(entry["id"])
 
 
@@ -99,13 +100,9 @@ def outbox_update(update: dict[str, Any], events: Sequence[Envelope]) -> dict[st
 
 def entry_record(entry: bytes | str | dict[str, Any]) -> tuple[str, Record]:
     """The ``ce_id`` and Kafka message of an outbox entry, its payload bytes as stored."""
-    if isinstance(entry, bytes):
-        (event_id, topic, key, headers), data = _split(entry)
+    if isinstance(entry, bytes | str):
+        (event_id, topic, key, headers), data = _parts(entry)
         return event_id, (topic, key.encode(), data, [(k, v.encode()) for k, v in headers])
-    if isinstance(entry, str):  # the same text uncompressed, as written for a while on 2026-11-28
-        head, _, text = entry.partition("\n")
-        event_id, topic, key, headers = orjson.loads(head)
-        return event_id, (topic, key.encode(), text.encode(), [(k, v.encode()) for k, v in headers])
     # Nested entries written before 2026-11-28; before 2026-11 their payload was a nested document.
     value = entry["data"].encode() if isinstance(entry["data"], str) else orjson.dumps(entry["data"])
     # The envelope only supplies topic and headers, so its payload is left empty.
