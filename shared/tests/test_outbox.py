@@ -2,10 +2,9 @@
 
 from __future__ import annotations
 
-import zlib
+from datetime import UTC, datetime
 from typing import Any
 
-import orjson
 import pytest
 
 from shared.infra import FerretDB, KafkaBroker
@@ -94,108 +93,138 @@ async def test_events_of_one_aggregate_keep_their_order(make_settings, kafka: Ka
     await client.close()
 
 
-async def test_relay_trims_a_long_published_outbox_but_never_a_writers_newer_events(
-    make_settings, kafka: KafkaBroker
-) -> None:
+def unit_event(code: str, name: str) -> Any:
     from shared.contracts import registry as ev
     from shared.envelope import make_event
+
+    payload = ev.UnitUpdated(
+        code=code, name=name, kind="commune", parent_code="QN", path=["QN", code], previous_path=["QN", code]
+    )
+    return make_event(ev.UNIT_UPDATED, payload, source="/t", key=code)
+
+
+async def test_published_entries_leave_the_outbox_but_a_writers_newer_events_stay(
+    make_settings, kafka: KafkaBroker
+) -> None:
     from shared.kafka import EventProducer
     from shared.mongo import connect
-    from shared.outbox import OutboxRelay, entry_id, entry_record, outbox_fields, outbox_update
+    from shared.outbox import OutboxRelay, outbox_fields, outbox_update
 
     settings = make_settings(SampleSettings)
     ensure_topics_sync(kafka.bootstrap, prefix=settings.topic_prefix)
-
-    def unit(name: str) -> Any:
-        payload = ev.UnitUpdated(
-            code="QN", name=name, kind="province", parent_code=None, path=["QN"], previous_path=["QN"]
-        )
-        return make_event(ev.UNIT_UPDATED, payload, source="/t", key="QN")
-
-    client = connect(settings.mongo_url)
-    producer = EventProducer(settings.kafka_bootstrap, client_id="trim-test")
     topic_of = {"registry.events.v1": settings.topic("registry.events.v1")}
+    client = connect(settings.mongo_url)
     col = client[settings.mongo_db]["units"]
-    relay = OutboxRelay(client[settings.mongo_db], ["units"], producer, service="t", topic_of=topic_of, trim_after=8)
+    producer = EventProducer(settings.kafka_bootstrap, client_id="remove-test")
+    relay = OutboxRelay(client[settings.mongo_db], ["units"], producer, service="t", topic_of=topic_of)
     try:
-        await col.insert_one({"_id": "QN", **outbox_fields([unit(f"v{i}") for i in range(10)])})
-        # A writer reads the document (rev 1) before the relay runs...
-        stale = await col.find_one({"_id": "QN"})
-        assert stale is not None
-        assert await relay.drain_once({"units": {"QN"}}) == 10
-        trimmed = await col.find_one({"_id": "QN"})
-        assert trimmed is not None
-        assert trimmed["outbox"] == []
-        assert trimmed["rev"] == 1  # the trim does not move rev...
-        # ...so the writer's compare-and-set still matches and its event is kept and published.
-        res = await col.update_one(
-            {"_id": "QN", "rev": stale["rev"]}, outbox_update({"$set": {"name": "v10"}}, [unit("v10")])
-        )
-        assert res.modified_count == 1
-        # A document that moved on after the relay read it is not trimmed: the newer event survives.
-        for i in range(11, 20):
-            await col.update_one({"_id": "QN"}, outbox_update({"$set": {"name": f"v{i}"}}, [unit(f"v{i}")]))
-        read = await col.find_one({"_id": "QN"})
+        await col.insert_one({"_id": "QN-HL", "name": "Phường Hạ Long", **outbox_fields([unit_event("QN-HL", "v0")])})
+        for i in range(1, 5):
+            await col.update_one({"_id": "QN-HL"}, outbox_update({}, [unit_event("QN-HL", f"v{i}")]))
+        read = await col.find_one({"_id": "QN-HL"})
         assert read is not None
-        await col.update_one({"_id": "QN"}, outbox_update({}, [unit("v20")]))
-        as_if_published = {entry_id(e) for e in read["outbox"]}
-        relay._published |= as_if_published
-        await relay._trim("units", [read])
-        relay._published -= as_if_published
-        kept = await col.find_one({"_id": "QN"})
+        assert [e["data"]["name"] for e in read["outbox"]] == [f"v{i}" for i in range(5)]
+        # The entries are plain subdocuments an ordinary query can read.
+        assert await col.count_documents({"outbox.type": "org.youthunion.registry.unit.updated.v1"}) == 1
+        # A writer appends after the relay read the document: only what was published leaves.
+        original = relay._pending_chunks
+
+        async def read_then_write(*args: Any) -> Any:
+            async for chunk in original(*args):
+                await col.update_one({"_id": "QN-HL"}, outbox_update({}, [unit_event("QN-HL", "v5")]))
+                yield chunk
+
+        relay._pending_chunks = read_then_write  # type: ignore[method-assign]
+        relay.notify("units", ["QN-HL"])
+        assert await relay.drain_once(relay._hints, relay._written) == 5
+        kept = await col.find_one({"_id": "QN-HL"})
         assert kept is not None
-        names = [orjson.loads(entry_record(e)[1][2])["name"] for e in kept["outbox"]]
-        assert names == [f"v{i}" for i in range(10, 21)]
-        assert await relay.drain_once({"units": {"QN"}}) == 11
-        done = await col.find_one({"_id": "QN"})
-        assert done is not None
-        assert done["outbox"] == []
-        got = await collect_events(
-            kafka.bootstrap, [settings.topic("registry.events.v1")], count=21, timeout=30, settle=1.0
-        )
+        assert [e["data"]["name"] for e in kept["outbox"]] == ["v5"]
+        assert kept["rev"] == 6
+        relay._pending_chunks = original  # type: ignore[method-assign]
+        relay.notify("units", ["QN-HL"])
+        assert await relay.drain_once(relay._hints, relay._written) == 1
+        assert (await col.find_one({"_id": "QN-HL"}) or {}).get("outbox") == []
+        got = await collect_events(kafka.bootstrap, list(topic_of.values()), count=6, timeout=30, settle=1.0)
     finally:
         await producer.stop()
         await client.close()
-    assert [e.envelope.data["name"] for e in got] == [f"v{i}" for i in range(21)]
+    assert [e.envelope.data["name"] for e in got] == [f"v{i}" for i in range(6)]
 
 
-async def test_a_backlog_swept_in_chunks_reaches_kafka_once_each_in_order(make_settings, kafka: KafkaBroker) -> None:
-    from shared.contracts import registry as ev
-    from shared.envelope import make_event
+async def test_outboxes_of_every_earlier_form_are_migrated_once_and_drained(make_settings, kafka: KafkaBroker) -> None:
+    import zlib
+
+    import orjson
+
     from shared.kafka import EventProducer
+    from shared.migrations import MIGRATIONS, PLAIN_OUTBOX, migrate_outboxes
     from shared.mongo import connect
-    from shared.outbox import OutboxRelay, outbox_entry, outbox_fields, published_ids
+    from shared.outbox import OutboxRelay, outbox_fields
 
     settings = make_settings(SampleSettings)
     ensure_topics_sync(kafka.bootstrap, prefix=settings.topic_prefix)
     topic_of = {"registry.events.v1": settings.topic("registry.events.v1")}
+    client = connect(settings.mongo_url)
+    db = client[settings.mongo_db]
 
-    def unit(code: str, name: str) -> Any:
-        payload = ev.UnitUpdated(
-            code=code, name=name, kind="commune", parent_code="QN", path=["QN", code], previous_path=["QN", code]
-        )
-        return make_event(ev.UNIT_UPDATED, payload, source="/t", key=code)
+    def compressed(e: Any) -> bytes:
+        head = [e.id, e.topic, e.key, [[k, v.decode()] for k, v in e.headers()]]
+        return zlib.compress(orjson.dumps(head) + b"\n" + e.value(), 1)
 
+    nested = [unit_event("QN-OLD", f"Xã Cô Tô v{j}") for j in range(2)]
+    texts = [unit_event("QN-TXT", f"Đặc khu Vân Đồn v{j}") for j in range(2)]
+    packed = [unit_event("QN-ZIP", f"Phường Hạ Long v{j}") for j in range(3)]
+    string = unit_event("QN-STR", "Phường Móng Cái")
+    await db["units"].insert_many(
+        [
+            {"_id": "QN-OLD", "outbox": [e.to_document() for e in nested], "rev": 1},
+            {"_id": "QN-TXT", "outbox": [{**e.to_document(), "data": e.value().decode()} for e in texts], "rev": 1},
+            {"_id": "QN-STR", "outbox": [zlib.decompress(compressed(string)).decode()], "rev": 1},
+            {"_id": "QN-ZIP", "outbox": [compressed(e) for e in packed], "rev": 1},
+            {"_id": "QN-NEW", **outbox_fields([unit_event("QN-NEW", "Phường Cẩm Phả")])},
+        ]
+    )
+    # The old relay had recorded the first packed event as published.
+    await db["outbox_published"].insert_one({"_id": "0001", "n": 1, "ids": packed[0].id})
+    await migrate_outboxes(db, ["units"])
+    zipped = await db["units"].find_one({"_id": "QN-ZIP"})
+    assert zipped is not None
+    assert [e["data"]["name"] for e in zipped["outbox"]] == ["Phường Hạ Long v1", "Phường Hạ Long v2"]
+    assert all(isinstance(e, dict) and e["topic"] == "registry.events.v1" for e in zipped["outbox"])
+    assert "outbox_published" not in await db.list_collection_names()
+    assert await db[MIGRATIONS].find_one({"_id": PLAIN_OUTBOX}) is not None
+    producer = EventProducer(settings.kafka_bootstrap, client_id="migrate-test")
+    try:
+        relay = OutboxRelay(db, ["units"], producer, service="t", topic_of=topic_of)
+        assert await relay.drain_once({}) == 2 + 2 + 1 + 2 + 1
+        got = await collect_events(kafka.bootstrap, list(topic_of.values()), count=8, timeout=30, settle=1.0)
+    finally:
+        await producer.stop()
+        await client.close()
+    by_id = {e.envelope.id: e for e in got}
+    for original in [*nested, *texts, string, *packed[1:]]:
+        assert by_id[original.id].envelope.data == original.data
+        # Nested entries kept ce_time as a BSON date: milliseconds, as the old relay sent it too.
+        assert abs(by_id[original.id].envelope.time - original.time).total_seconds() < 0.001
+    assert packed[0].id not in by_id
+
+
+async def test_a_backlog_swept_in_chunks_reaches_kafka_once_each_in_order(make_settings, kafka: KafkaBroker) -> None:
+    from shared.kafka import EventProducer
+    from shared.mongo import connect
+    from shared.outbox import OutboxRelay, outbox_fields, pending_events
+
+    settings = make_settings(SampleSettings)
+    ensure_topics_sync(kafka.bootstrap, prefix=settings.topic_prefix)
+    topic_of = {"registry.events.v1": settings.topic("registry.events.v1")}
     codes = [f"QN-C{i:02d}" for i in range(12)]
     client = connect(settings.mongo_url)
     db = client[settings.mongo_db]
     for i, code in enumerate(codes):
-        events = [unit(code, f"{code} v{j}") for j in range(1 + i % 4)]
+        events = [unit_event(code, f"{code} v{j}") for j in range(1 + i % 4)]
         await db["units"].insert_one({"_id": code, **outbox_fields(events)})
-    # Outboxes in the earlier entry forms still drain: nested entries with the payload as a document
-    # (before 2026-11) or as JSON text (before 2026-11-28), and uncompressed strings (2026-11-28).
-    legacy = [unit("QN-OLD", f"QN-OLD v{j}") for j in range(2)]
-    await db["units"].insert_one({"_id": "QN-OLD", "outbox": [e.to_document() for e in legacy], "rev": 1})
-    texts = [unit("QN-TXT", f"QN-TXT v{j}") for j in range(2)]
-    as_text = [{**e.to_document(), "data": e.value().decode()} for e in texts]
-    await db["units"].insert_one({"_id": "QN-TXT", "outbox": as_text, "rev": 1})
-    strings = [unit("QN-STR", f"QN-STR v{j}") for j in range(2)]
-    as_strings = [zlib.decompress(outbox_entry(e)).decode() for e in strings]
-    await db["units"].insert_one({"_id": "QN-STR", "outbox": as_strings, "rev": 1})
     expected = {code: [f"{code} v{j}" for j in range(1 + i % 4)] for i, code in enumerate(codes)}
-    expected["QN-OLD"] = ["QN-OLD v0", "QN-OLD v1"]
-    expected["QN-TXT"] = ["QN-TXT v0", "QN-TXT v1"]
-    expected["QN-STR"] = ["QN-STR v0", "QN-STR v1"]
     total = sum(len(v) for v in expected.values())
 
     unreachable = EventProducer("127.0.0.1:1", client_id="outbox-test-down")
@@ -204,12 +233,12 @@ async def test_a_backlog_swept_in_chunks_reaches_kafka_once_each_in_order(make_s
     try:
         with pytest.raises(ConnectionError):
             await relay.drain_once({})
-        assert await published_ids(db) == set()  # nothing recorded that Kafka did not take
+        assert await pending_events(db, ["units"]) == total  # nothing removed that Kafka did not take
         relay = OutboxRelay(db, ["units"], producer, service="t", topic_of=topic_of, batch_size=3)
         assert await relay.drain_once({}) == total  # a fresh relay sweeps first, in chunks of ~3 events
         relay.notify()
         assert await relay.drain_once({}) == 0
-        assert len(await published_ids(db)) == total
+        assert await pending_events(db, ["units"]) == 0
         got = await collect_events(kafka.bootstrap, list(topic_of.values()), count=total, timeout=30, settle=1.0)
     finally:
         await unreachable.stop()
@@ -225,11 +254,9 @@ async def test_a_backlog_swept_in_chunks_reaches_kafka_once_each_in_order(make_s
 async def test_a_relay_stopped_mid_sweep_leaves_the_rest_to_the_next_one(make_settings, kafka: KafkaBroker) -> None:
     import asyncio
 
-    from shared.contracts import registry as ev
-    from shared.envelope import make_event
     from shared.kafka import EventProducer
     from shared.mongo import connect
-    from shared.outbox import OutboxRelay, outbox_fields, published_ids
+    from shared.outbox import OutboxRelay, outbox_fields, pending_events
 
     settings = make_settings(SampleSettings)
     ensure_topics_sync(kafka.bootstrap, prefix=settings.topic_prefix)
@@ -237,13 +264,7 @@ async def test_a_relay_stopped_mid_sweep_leaves_the_rest_to_the_next_one(make_se
     client = connect(settings.mongo_url)
     db = client[settings.mongo_db]
     codes = [f"QN-C{i:04d}" for i in range(3000)]
-    docs = []
-    for code in codes:
-        payload = ev.UnitUpdated(
-            code=code, name=code, kind="commune", parent_code="QN", path=["QN"], previous_path=["QN"]
-        )
-        docs.append({"_id": code, **outbox_fields([make_event(ev.UNIT_UPDATED, payload, source="/t", key=code)])})
-    await db["units"].insert_many(docs)
+    await db["units"].insert_many([{"_id": code, **outbox_fields([unit_event(code, code)])} for code in codes])
     producer = EventProducer(settings.kafka_bootstrap, client_id="outbox-test")
     try:
         first = OutboxRelay(db, ["units"], producer, service="t", topic_of=topic_of, batch_size=100)
@@ -254,18 +275,74 @@ async def test_a_relay_stopped_mid_sweep_leaves_the_rest_to_the_next_one(make_se
         assert first.published < len(codes)
         second = OutboxRelay(db, ["units"], producer, service="t", topic_of=topic_of, batch_size=100)
         await second.start()
-        while len(await published_ids(db)) < len(codes):  # noqa: ASYNC110
+        while await pending_events(db, ["units"]) > 0:  # noqa: ASYNC110
             await asyncio.sleep(0.1)
         await second.stop()
-        # The second relay skips what the first recorded. Stopping can cut in after a chunk was
-        # recorded but before it was counted (one chunk), or between publishing and recording
-        # (the chunk being recorded and the one queued behind it): those come again, same ce_id.
-        assert len(codes) - 100 <= first.published + second.published <= len(codes) + 2 * 100
+        # The second relay never sees what the first removed. Stopping can cut in between
+        # Kafka's acknowledgement and the removal (the chunk being removed and the one queued
+        # behind it): those come again, same ce_id.
+        assert len(codes) <= first.published + second.published <= len(codes) + 2 * 100
         got = await collect_events(kafka.bootstrap, list(topic_of.values()), count=len(codes), timeout=60)
     finally:
         await producer.stop()
         await client.close()
     assert {e.envelope.key for e in got} == set(codes)
+
+
+async def test_two_relays_on_one_database_and_a_dead_peers_leftovers(make_settings, kafka: KafkaBroker) -> None:
+    import asyncio
+
+    from shared.kafka import EventProducer
+    from shared.mongo import connect
+    from shared.outbox import RELAYS, OutboxRelay, outbox_fields, outbox_update, pending_events
+
+    settings = make_settings(SampleSettings)
+    ensure_topics_sync(kafka.bootstrap, prefix=settings.topic_prefix)
+    topic_of = {"registry.events.v1": settings.topic("registry.events.v1")}
+    clients = [connect(settings.mongo_url), connect(settings.mongo_url)]
+    dbs = [c[settings.mongo_db] for c in clients]
+    producer = EventProducer(settings.kafka_bootstrap, client_id="two-relays")
+    fast = {"heartbeat_seconds": 0.2, "stale_after_seconds": 1.0, "poll_seconds": 0.1}
+    relays = [OutboxRelay(db, ["units"], producer, service="t", topic_of=topic_of, **fast) for db in dbs]  # type: ignore[arg-type]
+    try:
+        for relay in relays:
+            await relay.start()
+        # Writes alternate between the replicas; each wakes only its own relay.
+        codes = [f"QN-R{i:03d}" for i in range(200)]
+        for i, code in enumerate(codes):
+            db, relay = dbs[i % 2], relays[i % 2]
+            await db["units"].insert_one({"_id": code, **outbox_fields([unit_event(code, "v0")])})
+            relay.notify("units", [code])
+            # The other replica changes the same aggregate at once.
+            await dbs[(i + 1) % 2]["units"].update_one({"_id": code}, outbox_update({}, [unit_event(code, "v1")]))
+            relays[(i + 1) % 2].notify("units", [code])
+        # A third replica wrote and died before its relay ran: its heartbeat goes stale.
+        now_stale = {"service": "t", "beat_at": datetime(2026, 1, 1, tzinfo=UTC)}
+        await dbs[0][RELAYS].insert_one({"_id": "t-dead", **now_stale})
+        await dbs[0]["units"].insert_one({"_id": "QN-ORPHAN", **outbox_fields([unit_event("QN-ORPHAN", "v0")])})
+        for _ in range(200):
+            if await pending_events(dbs[0], ["units"]) == 0:
+                break
+            await asyncio.sleep(0.1)
+        assert await pending_events(dbs[0], ["units"]) == 0
+        assert await dbs[0][RELAYS].find_one({"_id": "t-dead"}) is None  # claimed once, by one survivor
+        got = await collect_events(kafka.bootstrap, list(topic_of.values()), count=401, timeout=60, settle=2.0)
+    finally:
+        for relay in relays:
+            await relay.stop()
+        await producer.stop()
+        for c in clients:
+            await c.close()
+    first_copy: dict[str, list[str]] = {}
+    seen: set[str] = set()
+    for e in got:
+        if e.envelope.id in seen:
+            continue  # a copy both relays sent; consumers drop it by ce_id
+        seen.add(e.envelope.id)
+        first_copy.setdefault(e.envelope.key, []).append(e.envelope.data["name"])
+    assert len(seen) == 401
+    assert all(first_copy[code] == ["v0", "v1"] for code in codes)
+    assert first_copy["QN-ORPHAN"] == ["v0"]
 
 
 async def test_inserted_documents_handed_to_the_relay_are_published_without_reading_them_back(

@@ -40,7 +40,7 @@ def build_app(settings: RegistrySettings | None = None) -> FastAPI:
     async def lifespan(app: FastAPI) -> AsyncIterator[None]:
         runtime = Runtime(settings, outbox_collections=COLLECTIONS, indexes=INDEXES)
         app.state.runtime = runtime
-        app.state.registry = RegistryService(Repository(runtime.db, runtime.notify_relay, runtime.read_db))
+        app.state.registry = RegistryService(Repository(runtime.db, runtime.notify_relay))
         await runtime.start()
         try:
             yield

@@ -36,24 +36,22 @@ class Repository:
         self,
         db: AsyncDatabase[Document],
         notify: Callable[[str, list[Any]], None],
-        reads: AsyncDatabase[Document] | None = None,
     ) -> None:
         self._db = db
         self._notify = notify
-        self._reads = reads if reads is not None else db  # finds; writes stay on ``db``
 
     async def get(self, collection: str, key: str) -> Document | None:
-        return await self._reads[collection].find_one({"_id": key}, {"outbox": 0})
+        return await self._db[collection].find_one({"_id": key}, {"outbox": 0})
 
     async def find_all(self, collection: str, query: dict[str, Any]) -> list[Document]:
-        return await self._reads[collection].find(query, {"outbox": 0}).sort("_id", 1).to_list()
+        return await self._db[collection].find(query, {"outbox": 0}).sort("_id", 1).to_list()
 
     async def root_unit(self) -> Document | None:
-        return await self._reads[UNITS].find_one({"parent_code": None}, {"outbox": 0})
+        return await self._db[UNITS].find_one({"parent_code": None}, {"outbox": 0})
 
     async def active_member_ids(self, team_code: str) -> list[str]:
         docs = (
-            await self._reads[MEMBERSHIPS].find({"team_code": team_code, "active": True}, {"volunteer_id": 1}).to_list()
+            await self._db[MEMBERSHIPS].find({"team_code": team_code, "active": True}, {"volunteer_id": 1}).to_list()
         )
         return [d["volunteer_id"] for d in docs]
 
@@ -67,7 +65,7 @@ class Repository:
             existing = query.get("_id")
             cond = dict(existing) if isinstance(existing, dict) else {} if existing is None else {"$in": [existing]}
             query["_id"] = {**cond, "$gt": last}
-        docs = await self._reads[collection].find(query, {"outbox": 0}).sort("_id", 1).limit(limit + 1).to_list()
+        docs = await self._db[collection].find(query, {"outbox": 0}).sort("_id", 1).limit(limit + 1).to_list()
         return docs[:limit], next_cursor(docs, limit)
 
     async def insert(self, collection: str, doc: Document, events: Sequence[Envelope]) -> bool:

@@ -36,8 +36,8 @@ def build_app(settings: TrainingSettings | None = None) -> FastAPI:
     async def lifespan(app: FastAPI) -> AsyncIterator[None]:
         # Every training event lives in its course's document, so one outbox collection keeps per-course order.
         runtime = Runtime(settings, outbox_collections=[COURSES], indexes=INDEXES)
-        view = RegistryView(runtime.db, reads=runtime.read_db)
-        service = TrainingService(TrainingRepository(runtime.db, runtime.read_db), view, runtime.notify_relay)
+        view = RegistryView(runtime.db)
+        service = TrainingService(TrainingRepository(runtime.db), view, runtime.notify_relay)
         runtime.add_consumer("registry-view", [REGISTRY_TOPIC], registry_handlers(view, service), per_event=False)
         app.state.runtime = runtime
         app.state.training = service

@@ -45,16 +45,11 @@ CHILD_FLAGS: dict[str, tuple[str, dict[str, Any]]] = {
 
 
 class TrainingRepository:
-    def __init__(self, db: AsyncDatabase[Document], reads: AsyncDatabase[Document] | None = None) -> None:
-        """``db`` for writes; ``reads`` (a pooled client, see ServiceSettings) for finds."""
+    def __init__(self, db: AsyncDatabase[Document]) -> None:
         self._db = db
         self._courses = db[COURSES]
         self._participants = db[PARTICIPANTS]
         self._sessions = db[SESSIONS]
-        self._reads = reads if reads is not None else db
-        self._read_courses = self._reads[COURSES]
-        self._read_participants = self._reads[PARTICIPANTS]
-        self._read_sessions = self._reads[SESSIONS]
 
     # --- courses -----------------------------------------------------------------------------------
 
@@ -62,7 +57,7 @@ class TrainingRepository:
         return await insert_once(self._courses, {**doc, **outbox_fields(events)}, {"client_ref": doc["client_ref"]})
 
     async def get_course(self, code: str) -> Document | None:
-        return await self._read_courses.find_one({"_id": code}, {"outbox": 0})
+        return await self._courses.find_one({"_id": code}, {"outbox": 0})
 
     async def update_course(
         self, code: str, expected: dict[str, Any], update: dict[str, Any], events: Sequence[Envelope]
@@ -72,11 +67,11 @@ class TrainingRepository:
         return res.matched_count == 1
 
     async def pending_courses(self, query: dict[str, Any]) -> list[Document]:
-        return await self._read_courses.find({"status": "pending", **query}, {"outbox": 0}).to_list()
+        return await self._courses.find({"status": "pending", **query}, {"outbox": 0}).to_list()
 
     async def list_courses(self, query: dict[str, Any], cursor: str | None, limit: int) -> list[Document]:
         return (
-            await self._read_courses.find({**query, **after_filter(cursor)}, {"outbox": 0})
+            await self._courses.find({**query, **after_filter(cursor)}, {"outbox": 0})
             .sort("_id", ASCENDING)
             .limit(limit + 1)
             .to_list()
@@ -88,17 +83,17 @@ class TrainingRepository:
         return await insert_once(self._participants, doc, {"client_ref": doc["client_ref"]})
 
     async def get_participant(self, participant_id: str) -> Document | None:
-        return await self._read_participants.find_one({"_id": participant_id})
+        return await self._participants.find_one({"_id": participant_id})
 
     async def counted_participant_ids(self, course_code: str, ids: Sequence[str]) -> set[str]:
         # One _id lookup each: FerretDB reads the whole collection for an ``$in`` (every participant
         # of every course), and a roster names at most a few hundred.
-        found = [await self._read_participants.find_one({"_id": i}, {"course_code": 1, "counted": 1}) for i in set(ids)]
+        found = [await self._participants.find_one({"_id": i}, {"course_code": 1, "counted": 1}) for i in set(ids)]
         return {d["_id"] for d in found if d is not None and d.get("course_code") == course_code and d.get("counted")}
 
     async def list_participants(self, course_code: str, cursor: str | None, limit: int) -> list[Document]:
         return (
-            await self._read_participants.find({"course_code": course_code, "counted": True, **after_filter(cursor)})
+            await self._participants.find({"course_code": course_code, "counted": True, **after_filter(cursor)})
             .sort("_id", ASCENDING)
             .limit(limit + 1)
             .to_list()
@@ -108,11 +103,11 @@ class TrainingRepository:
         return await insert_once(self._sessions, doc, {"client_ref": doc["client_ref"]})
 
     async def get_session(self, session_id: str) -> Document | None:
-        return await self._read_sessions.find_one({"_id": session_id})
+        return await self._sessions.find_one({"_id": session_id})
 
     async def list_sessions(self, course_code: str, cursor: str | None, limit: int) -> list[Document]:
         return (
-            await self._read_sessions.find({"course_code": course_code, "counted": True, **after_filter(cursor)})
+            await self._sessions.find({"course_code": course_code, "counted": True, **after_filter(cursor)})
             .sort("_id", ASCENDING)
             .limit(limit + 1)
             .to_list()
@@ -120,7 +115,7 @@ class TrainingRepository:
 
     async def get_child(self, kind: str, child_id: str) -> Document | None:
         collection, _ = CHILD_FLAGS[kind]
-        return await self._reads[collection].find_one({"_id": child_id})
+        return await self._db[collection].find_one({"_id": child_id})
 
     async def mark_child_applied(self, kind: str, child_id: str) -> None:
         collection, flag = CHILD_FLAGS[kind]

@@ -35,12 +35,15 @@ class Visits:
     async def registry_sends(self, *events: Envelope) -> None:
         """Publish registry contract events and wait until the read model has applied them all."""
         await self.producer.send_all({REGISTRY_TOPIC: self.settings.topic(REGISTRY_TOPIC)}, list(events))
-        group = self.settings.group("visits.registry-view")
-        ids = [f"{group}:{e.id}" for e in events]
-        col = self.runtime.db["consumed_events"]
+        runner = next(c for c in self.runtime.consumers if c.name == "visits.registry-view")
+        assert runner.processed is not None
 
         async def applied() -> bool:
-            return await col.count_documents({"_id": {"$in": ids}}) == len(ids)
+            assert runner.processed is not None
+            where = await runner.processed.positions(e.id for e in events)
+            return len(where) == len(events) and all(
+                (runner.committed(tp) or 0) > offset for tp, offset in where.values()
+            )
 
         await wait_until(applied, timeout=60)
 

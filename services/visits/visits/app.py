@@ -49,21 +49,21 @@ def build_app(settings: VisitsSettings | None = None) -> FastAPI:
     async def lifespan(app: FastAPI) -> AsyncIterator[None]:
         runtime = Runtime(cfg, outbox_collections=[VISITS, OUTREACH], indexes=INDEXES)
         cache = ReadModelCache(cfg.read_model_cache_seconds)
-        reader = RegistryReader(runtime.read_db, cache)
+        reader = RegistryReader(runtime.db, cache)
         pending = PendingIndex(runtime.db[PENDING])
         visits = VisitService(
-            RecordRepository(runtime.db[VISITS], runtime.read_db[VISITS]),
+            RecordRepository(runtime.db[VISITS]),
             pending,
             reader,
             lambda ids, written: runtime.notify_relay(VISITS, ids, written),
         )
         outreach = OutreachService(
-            RecordRepository(runtime.db[OUTREACH], runtime.read_db[OUTREACH]),
+            RecordRepository(runtime.db[OUTREACH]),
             pending,
             reader,
             lambda ids, written: runtime.notify_relay(OUTREACH, ids, written),
         )
-        view = RegistryView(runtime.db, reads=runtime.read_db, cache=cache)
+        view = RegistryView(runtime.db, cache=cache)
         handler = registry_handlers(view, visits.on_registry_change, outreach.on_registry_change)
         runtime.add_consumer("registry-view", [REGISTRY_TOPIC], handler, per_event=False)
         app.state.runtime = runtime

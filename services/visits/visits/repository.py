@@ -49,9 +49,8 @@ class RecordRepository:
     every lookup on the request path is an ``_id`` equality: FerretDB v1 on SQLite pushes down only
     those, and scans the whole collection for any other filter (``$in`` included)."""
 
-    def __init__(self, col: AsyncCollection[Document], reads: AsyncCollection[Document] | None = None) -> None:
+    def __init__(self, col: AsyncCollection[Document]) -> None:
         self._col = col
-        self._reads = reads if reads is not None else col  # finds; writes stay on ``col``
         self._inserts = InsertBatcher(col)  # concurrent intakes share one insert command
 
     async def insert_once(self, doc: Document) -> tuple[Document, bool]:
@@ -71,11 +70,11 @@ class RecordRepository:
         return set()
 
     async def get(self, record_id: str) -> Document | None:
-        return await self._reads.find_one({"_id": record_id})
+        return await self._col.find_one({"_id": record_id})
 
     async def page(self, query: Document, limit: int, cursor: str | None) -> tuple[list[Document], str | None]:
         docs = (
-            await self._reads.find({**query, **after_filter(cursor)}).sort("_id", ASCENDING).limit(limit + 1).to_list()
+            await self._col.find({**query, **after_filter(cursor)}).sort("_id", ASCENDING).limit(limit + 1).to_list()
         )
         return docs[:limit], next_cursor(docs, limit)
 

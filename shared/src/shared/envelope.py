@@ -57,7 +57,7 @@ class Envelope:
             ("ce_id", self.id.encode()),
             ("ce_source", self.source.encode()),
             ("ce_type", self.type.encode()),
-            ("ce_time", self.time.astimezone(UTC).isoformat().replace("+00:00", "Z").encode()),
+            ("ce_time", ce_time(self.time).encode()),
             ("content-type", CONTENT_TYPE.encode()),
         ]
         if self.subject:
@@ -93,6 +93,16 @@ class Envelope:
             time=t,
             data=doc["data"],
         )
+
+
+def ce_time(t: datetime) -> str:
+    """A timestamp as the ``ce_time`` attribute carries it: UTC, ``Z``-suffixed, microseconds kept."""
+    return t.astimezone(UTC).isoformat().replace("+00:00", "Z")
+
+
+def parse_ce_time(text: str) -> datetime:
+    """The timestamp of a ``ce_time`` text (ValueError when it is not one)."""
+    return datetime.fromisoformat(text.replace("Z", "+00:00"))
 
 
 def make_event(event_type: str, payload: BaseModel, *, source: str, key: str, subject: str | None = None) -> Envelope:
@@ -132,7 +142,7 @@ def decode(key: bytes | None, value: bytes | None, headers: Sequence[tuple[str, 
     if model is None:
         raise EnvelopeError(f"unknown event type {event_type}")
     try:
-        time = datetime.fromisoformat(h["ce_time"].replace("Z", "+00:00"))
+        time = parse_ce_time(h["ce_time"])
     except ValueError as exc:
         raise EnvelopeError(f"bad ce_time {h['ce_time']!r}") from exc
     if time.tzinfo is None:

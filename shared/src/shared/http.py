@@ -222,7 +222,7 @@ class IdempotencyMiddleware:
         body_hash = hashlib.sha256(body).hexdigest()
         app: FastAPI = scope["app"]
         col = app.state.runtime.db["idempotency_keys"]
-        stored = await app.state.runtime.read_db["idempotency_keys"].find_one({"_id": doc_id})
+        stored = await app.state.runtime.db["idempotency_keys"].find_one({"_id": doc_id})
         if stored is not None:
             if stored["body_hash"] != body_hash:
                 resp: Response = JSONResponse(

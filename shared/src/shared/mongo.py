@@ -7,8 +7,6 @@ no transactions, ``$group`` with ``$sum`` only.
 from __future__ import annotations
 
 import asyncio
-import time
-import uuid
 from collections.abc import Mapping, Sequence
 from typing import Any
 
@@ -30,21 +28,6 @@ MONGO_LATENCY = Histogram(
     buckets=(0.001, 0.0025, 0.005, 0.01, 0.025, 0.05, 0.1, 0.25, 0.5, 1.0, 2.5, 5.0),
 )
 _WRITE_FILTERS = {"update": "updates", "delete": "deletes"}
-
-
-def packed_ids(ids: Sequence[str]) -> Document:
-    """One document recording many event ids in one value, its ``_id`` sorting in the order written.
-
-    FerretDB handles every value of a document on its own: 5,000 one-id documents cost ~0.24 s to
-    insert, one packed document ~0.02 s.
-    """
-    return {"_id": f"{time.time_ns():020d}-{uuid.uuid4().hex[:8]}", "n": len(ids), "ids": "\n".join(ids)}
-
-
-def unpacked_ids(doc: Mapping[str, Any]) -> list[str]:
-    """The ids a :func:`packed_ids` document records (earlier versions stored one, as the ``_id``)."""
-    packed = doc.get("ids")
-    return [i for i in packed.split("\n") if i] if isinstance(packed, str) else [str(doc["_id"])]
 
 
 def _shape(command: Mapping[str, Any]) -> str:
@@ -91,14 +74,13 @@ class CommandTimer(monitoring.CommandListener):
 
 
 def connect(
-    url: str, *, timeout_ms: int = 3000, max_pool_size: int = 1, slow_ms: float = 0
+    url: str, *, timeout_ms: int = 3000, max_pool_size: int = 16, slow_ms: float = 0
 ) -> AsyncMongoClient[Document]:
     """A tz-aware client (dates come back as aware UTC datetimes) with short failure timeouts.
 
-    ``max_pool_size`` defaults to 1 on purpose: FerretDB v1 runs an update as a read followed by a
-    separate write, so two connections updating one document concurrently lose updates (measured:
-    300 concurrent ``$inc`` gave 10). One connection per process serialises our writes and keeps
-    every single-document update atomic. On real MongoDB the pool can be raised safely.
+    Any pool size is safe: single-document updates are atomic across connections on MongoDB and on
+    the FerretDB we build (``deploy/ferretdb/serialise-writes.patch``, proven by
+    ``shared/tests/test_ferretdb_build.py``).
     """
     return AsyncMongoClient(
         url,
@@ -128,6 +110,23 @@ async def ensure_indexes(db: AsyncDatabase[Document], indexes: Mapping[str, Sequ
 
 
 DUPLICATE_KEY = 11000
+
+
+async def insert_ignoring_duplicates(col: AsyncCollection[Document], docs: Sequence[Document]) -> int:
+    """``insert_many(ordered=False)`` where documents whose ``_id`` exists already are fine.
+
+    Returns how many were new. Any other write error is raised.
+    """
+    if not docs:
+        return 0
+    try:
+        await col.insert_many(list(docs), ordered=False)
+    except BulkWriteError as exc:
+        errors = exc.details.get("writeErrors", [])
+        if any(e.get("code") != DUPLICATE_KEY for e in errors) or exc.details.get("writeConcernErrors"):
+            raise
+        return len(docs) - len(errors)
+    return len(docs)
 
 
 class InsertBatcher:

@@ -15,10 +15,11 @@ from typing import Any
 from pymongo import IndexModel
 
 from shared.auth import Authenticator
-from shared.consumer import BatchHandler, ConsumerRunner, DedupStore
+from shared.consumer import BatchHandler, ConsumerRunner, ProcessedEvents
 from shared.http import ReadinessCheck
 from shared.kafka import EventProducer
 from shared.logging import get_logger
+from shared.migrations import migrate_outboxes
 from shared.mongo import connect, ensure_indexes, ping
 from shared.outbox import OutboxRelay
 from shared.settings import ServiceSettings
@@ -73,23 +74,18 @@ class Runtime:
             settings.mongo_url, max_pool_size=settings.mongo_max_pool_size, slow_ms=settings.mongo_slow_ms
         )
         self.db = self.client[settings.mongo_db]
-        # Reads only (find); every write stays on ``db`` (see ServiceSettings.mongo_read_pool_size).
-        self.read_client = connect(
-            settings.mongo_url, max_pool_size=settings.mongo_read_pool_size, slow_ms=settings.mongo_slow_ms
-        )
-        self.read_db = self.read_client[settings.mongo_db]
         self.producer = EventProducer(settings.kafka_bootstrap, client_id=settings.service_name)
         self.authenticator = Authenticator(
             algorithm=settings.jwt_algorithm, secret=settings.jwt_secret, public_key=settings.jwt_public_key
         )
         self.topic_of = {t: settings.topic(t) for t in EVENT_TOPICS}
         self._indexes = dict(indexes or {})
+        self._outbox_collections = list(outbox_collections)
         self.relay = (
             OutboxRelay(
                 self.db,
                 outbox_collections,
                 self.producer,
-                reads=self.read_db,
                 service=settings.service_name,
                 topic_of=self.topic_of,
                 poll_seconds=settings.relay_poll_seconds,
@@ -122,7 +118,7 @@ class Runtime:
             group_id=group,
             handler=handler,
             producer=self.producer,
-            dedup=DedupStore(self.db["consumed_events"], group) if dedup else None,
+            dedup=ProcessedEvents(self.db["processed_events"], group) if dedup else None,
             per_event=per_event,
         )
         self.consumers.append(runner)
@@ -141,6 +137,7 @@ class Runtime:
         if self.settings.create_topics:
             self._background.append(asyncio.create_task(self._create_topics()))
         if self.relay:
+            await migrate_outboxes(self.db, self._outbox_collections)
             await self.relay.start()
         for c in self.consumers:
             await c.start()
@@ -171,7 +168,6 @@ class Runtime:
             await _bounded(_settle(t), t.get_name())
         await _bounded(self.producer.stop(), "producer")
         await _bounded(self.client.close(), "mongo client")
-        await _bounded(self.read_client.close(), "mongo read client")
 
     def readiness_checks(self) -> dict[str, ReadinessCheck]:
         return {"mongo": lambda: ping(self.client), "kafka": self.producer.ping}

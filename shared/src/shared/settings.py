@@ -19,11 +19,7 @@ class ServiceSettings(BaseSettings):
     kafka_bootstrap: str = "127.0.0.1:9092"
     mongo_url: str = "mongodb://127.0.0.1:27017/"
     mongo_db: str = "bridge"
-    # 1 keeps single-document updates atomic on FerretDB v1 (see shared.mongo.connect).
-    mongo_max_pool_size: int = 1
-    # Finds go through a second client with this many connections: reads cannot lose updates, and
-    # FerretDB answers them in parallel (measured: 1,264 finds/s on one connection, 2,105 on two).
-    mongo_read_pool_size: int = 4
+    mongo_max_pool_size: int = 16
     # Commands slower than this are logged with their filter's field names; 0 turns the log off.
     mongo_slow_ms: float = 250
     # Prepended to every topic name; tests use it to isolate runs on one broker.

@@ -16,7 +16,7 @@ from pymongo.asynchronous.database import AsyncDatabase
 
 from shared.auth import issue_token
 from shared.envelope import Envelope, decode
-from shared.outbox import PENDING, entry_id, published_ids
+from shared.outbox import pending_events
 from shared.settings import DEV_JWT_SECRET
 
 
@@ -101,10 +101,5 @@ async def wait_until(check: Callable[[], Awaitable[bool]], *, timeout: float = 2
 
 
 async def unpublished_events(db: AsyncDatabase[dict[str, Any]], collections: Sequence[str]) -> int:
-    """How many outbox events in ``collections`` the relay has not recorded as published."""
-    published = await published_ids(db)
-    count = 0
-    for name in collections:
-        async for d in db[name].find(PENDING, {"outbox": 1}):
-            count += sum(entry_id(e) not in published for e in d.get("outbox", []))
-    return count
+    """How many outbox events in ``collections`` the relay has not published and removed yet."""
+    return await pending_events(db, collections)
