@@ -67,9 +67,7 @@ def build_app(settings: MetricsSettings | None = None) -> FastAPI:
     async def lifespan(app: FastAPI) -> AsyncIterator[None]:
         runtime = Runtime(settings)
         app.state.runtime = runtime
-        # Reads (API, gauges) go through the read pool: on the single write connection they queued
-        # behind the projector's rewrites (~60-100 ms each fetch), which showed in freshness p99.
-        service = MetricsService(MetricsStore(runtime.read_db))
+        service = MetricsService(MetricsStore(runtime.db))
         live = LiveProjection(settings, runtime.db, runtime.producer, poll_seconds=settings.generation_poll_seconds)
         rebuilder = Rebuilder(settings, runtime.db, runtime.producer, poll_seconds=settings.rebuild_poll_seconds)
         control = RebuildControl(rebuilder, live)

@@ -15,8 +15,8 @@ from dataclasses import dataclass, field
 from prometheus_client.core import REGISTRY, GaugeMetricFamily
 from prometheus_client.registry import Collector
 
-from metrics.projection import CATALOGUE
-from metrics.repository import all_time_rows, rows_in_range
+from metrics.projection import CATALOGUE, STATE_DAY
+from metrics.repository import path_of, subtree_of
 from metrics.service import MetricsService, add_up
 from shared.logging import get_logger
 
@@ -72,24 +72,30 @@ REGISTRY.register(COLLECTOR)
 
 
 async def take_snapshot(service: MetricsService) -> Snapshot:
-    # One read of all counter documents (one per unit) per refresh, whatever the number of targets.
+    # One read of the tree and of all counter rows per refresh, rolled up along today's tree.
     repo = await service.projection()
-    docs = await repo.all_counters()
+    tree = await repo.tree()
+    rows = await repo.all_counters()
     snap = Snapshot()
-    for unit, doc in sorted(docs.items()):
-        level = LEVELS.get(int(doc.get("depth") or 0))
+    depth = {code: len(path_of(tree, code)) for code in tree}
+    for unit in sorted(tree):
+        level = LEVELS.get(depth[unit])
         if level is None:
             continue
-        totals = add_up(all_time_rows(doc))
+        below = set(subtree_of(tree, unit))
+        totals = add_up(r for r in rows if r["unit"] in below)
         for name, spec in CATALOGUE.items():
             for key, value in totals.of(spec).items():
                 snap.indicators.append(((name, key, unit, level), float(value)))
     for campaign in await repo.all_campaigns():
         for t in campaign.get("targets", []):
             labels = (str(campaign["_id"]), t["indicator"], t["unit_code"])
-            target_doc = docs.get(t["unit_code"])
-            rows = rows_in_range(target_doc, campaign["starts_on"], campaign["ends_on"]) if target_doc else []
-            actual = add_up(rows).of(CATALOGUE[t["indicator"]])["total"]
+            below = set(subtree_of(tree, t["unit_code"]))
+            starts, ends = campaign["starts_on"], campaign["ends_on"]
+            in_window = (
+                r for r in rows if r["unit"] in below and (r["day"] == STATE_DAY or starts <= r["day"] <= ends)
+            )
+            actual = add_up(in_window).of(CATALOGUE[t["indicator"]])["total"]
             snap.targets.append((labels, float(t["value"])))
             snap.actuals.append((labels, float(actual)))
             if t["value"]:

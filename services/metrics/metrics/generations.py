@@ -29,7 +29,7 @@ from pymongo.asynchronous.database import AsyncDatabase
 
 from metrics.handlers import Projector
 from metrics.repository import MetaRepository, ProjectionRepository
-from shared.consumer import ConsumerRunner
+from shared.consumer import ConsumerRunner, ProcessedEvents
 from shared.errors import Conflict
 from shared.kafka import EventProducer
 from shared.logging import get_logger
@@ -62,12 +62,14 @@ def projector_runner(
 ) -> ConsumerRunner:
     """What ``runtime.add_consumer("projector", EVENT_TOPICS, projector, per_event=False,
     dedup=False)`` builds, with the group chosen by generation so a rebuild can take over."""
-    projector = Projector(ProjectionRepository(db, generation), base_topics=base_topics(settings))
+    repo = ProjectionRepository(db, generation)
+    group = group_of(settings, generation)
+    projector = Projector(repo, ProcessedEvents(repo.processed_events, group), base_topics=base_topics(settings))
     return ConsumerRunner.from_settings(
         settings,
         name=name,
         topics=EVENT_TOPICS,
-        group_id=group_of(settings, generation),
+        group_id=group,
         handler=projector,
         producer=producer,
         per_event=False,
@@ -123,6 +125,7 @@ class LiveProjection:
     async def sync(self) -> None:
         """Follow ``meta.active``: on a change, hand the projection over to the new generation."""
         async with self._lock:
+            await self._meta.migrate_layout()
             active = await self._meta.active_generation()
             if active == self.generation:
                 return

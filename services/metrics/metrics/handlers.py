@@ -1,19 +1,16 @@
-"""The projector: folds whole Kafka fetches of every event topic into pre-aggregated counters.
+"""The projector: folds whole Kafka fetches of every event topic into plain counter documents.
 
-Exactly-once effect without transactions, in one writer per partition:
-1. events whose ce_id is in ``applied_events`` (or repeated inside the batch) are dropped;
-2. each counter document (one per unit) keeps a watermark per partition: the highest offset whose
-   events it includes. A document takes only the increments of events after its watermark, so a
-   batch redelivered after a crash between the Mongo write and the offset commit changes nothing
-   it already changed, even if Kafka cuts the batches differently;
-3. every rewrite of a document is conditional on the version we read, so a zombie projector that
-   raced us makes our write miss (we re-read and redo exactly) instead of double-counting.
-
-Two ways to plan a batch, with the same result: when no document has seen any of the batch's
-offsets (the normal case) the events are summed first and added into the unit documents once
-(:class:`BatchSums`); otherwise each event's increments are checked against each watermark.
-The projector keeps every counter document in memory (one per unit: a few MB at province scale),
-read once at start, so a batch costs one rewrite per touched unit and no reads.
+Exactly-once effect without transactions, with any number of replicas sharing the partitions:
+1. a copy of an event at another offset (a relay republishing it) is dropped by the ids of
+   :class:`shared.consumer.ProcessedEvents`, stored per partition before the counters change;
+2. each counter document (one per unit and day) keeps a watermark per partition, ``wm.<key>``:
+   the highest offset whose events it includes. Every ``$inc`` is conditional on the watermarks
+   of the partitions it adds events from, and raises them in the same atomic update. In the normal
+   case the fetch is new to the document (``wm.k < first``) and one update does it; otherwise the
+   update misses, the document's watermarks are read, and exactly the events after them are added,
+   conditional on the watermarks read. So a batch redelivered however Kafka cuts it, or applied by
+   a replica that lost the partition meanwhile, changes nothing twice.
+The projector keeps nothing but caches: a rebalance or a failed write drops them.
 """
 
 from __future__ import annotations
@@ -21,26 +18,15 @@ from __future__ import annotations
 import asyncio
 from collections import Counter as Tally
 from collections.abc import AsyncIterable, AsyncIterator, Iterable, Mapping, Sequence
-from dataclasses import dataclass
+from dataclasses import dataclass, field
 from datetime import datetime
-from typing import Any
 
+from aiokafka import TopicPartition
 from prometheus_client import Counter, Gauge
 
-from metrics.projection import (
-    BatchSums,
-    Increment,
-    Sections,
-    add_sections,
-    as_sections,
-    fold,
-    fold_into,
-    plan_updates,
-    prune,
-    state_changes,
-)
-from metrics.repository import CounterDoc, ProjectionRepository
-from shared.consumer import Consumed
+from metrics.projection import CounterSums, Sums, fold_into, increments, nonzero, state_changes
+from metrics.repository import ProjectionRepository, marks_filter
+from shared.consumer import Consumed, ProcessedEvents
 from shared.logging import get_logger
 
 log = get_logger(__name__)
@@ -65,14 +51,15 @@ class Folded:
     """One fetch, folded: what :meth:`Projector.write` needs, without the decoded events."""
 
     events: AsyncIterable[Consumed]  # re-iterable; the exact path reads and decodes them again
-    # Per topic, the ids of the events folded (first occurrence, not applied before).
-    fresh_by_topic: dict[str, list[str]]
-    sums: BatchSums
-    first: dict[str, int]  # per partition key, the batch's lowest and highest offsets
-    last: dict[str, int]
-    states: dict[tuple[str, str], dict[str, object]]
-    per_topic: Tally[str]
-    newest: dict[str, float]
+    # Per partition, ``(ce_id, offset)`` of the events folded (first copies), in offset order.
+    fresh: dict[TopicPartition, list[tuple[str, int]]] = field(default_factory=dict)
+    # Per watermark key, the sums of that partition's events.
+    sums: dict[str, CounterSums] = field(default_factory=dict)
+    first: dict[str, int] = field(default_factory=dict)  # per watermark key, the fetch's lowest and highest offsets
+    last: dict[str, int] = field(default_factory=dict)
+    states: dict[tuple[str, str], tuple[dict[str, object], tuple[str, int]]] = field(default_factory=dict)
+    per_topic: Tally[str] = field(default_factory=Tally)
+    newest: dict[str, float] = field(default_factory=dict)
 
 
 class Listed:
@@ -89,52 +76,30 @@ class Listed:
             yield c
 
 
-class Touched:
-    """The counter documents a fetch changes, taken from memory (or new) on first use."""
-
-    def __init__(self, docs: Mapping[str, CounterDoc]) -> None:
-        self._known = docs
-        self.docs: dict[str, CounterDoc] = {}
-
-    def __call__(self, unit: str, depth: int) -> dict[str, Any]:
-        doc = self.docs.get(unit)
-        if doc is None:
-            doc = self.docs[unit] = self._known.get(unit) or CounterDoc(unit, depth, 0)
-        return doc.counters
-
-
 class Projector:
     """A :class:`shared.consumer.FetchHandler` writing one generation's projection."""
 
-    def __init__(self, repo: ProjectionRepository, *, base_topics: Mapping[str, str] | None = None) -> None:
+    def __init__(
+        self, repo: ProjectionRepository, processed: ProcessedEvents, *, base_topics: Mapping[str, str] | None = None
+    ) -> None:
         self.repo = repo
+        self.processed = processed
         # Real (possibly prefixed) topic name -> catalogue name, for metric labels.
         self._base = dict(base_topics or {})
         self._newest: dict[str, float] = {}
-        # Every counter document as this projector last read or wrote it (None: not loaded yet).
-        # It is the only writer of its partitions; a stale entry (another projector wrote
-        # meanwhile) makes the conditional rewrite miss, and the miss re-reads.
-        self._docs: dict[str, CounterDoc] | None = None
 
     async def __call__(self, events: Sequence[Consumed]) -> None:
         """Fold and write one batch (what the runner does in two overlapping steps)."""
         await self.write(await self.fold(Listed(events)))
 
     def forget(self) -> None:
-        self._docs = None
-        self.repo.forget_applied()
+        self.processed.forget()
 
     async def fold(self, events: AsyncIterable[Consumed]) -> Folded:
-        """One pass over the events, decoding each once and keeping only their sums.
-
-        An event counts as fresh unless its id was applied before or already seen in this
-        fetch (a relay republish repeats a ce_id at a later offset); its id is remembered at
-        once, so the next fetch, folded while this one is being written, skips it too.
-        """
-        applied = await self.repo.applied_ids()
-        folded = Folded(events, {}, BatchSums(), {}, {}, {}, Tally(), {})
-        first, last, fresh_of, emit = folded.first, folded.last, folded.fresh_by_topic, folded.sums.emit
-        keys: dict[tuple[str, int], str] = {}
+        """One pass over the events, decoding each once and keeping only their sums."""
+        folded = Folded(events)
+        first, last, fresh, sums = folded.first, folded.last, folded.fresh, folded.sums
+        keys: dict[tuple[str, int], tuple[str, TopicPartition]] = {}
         newest: dict[str, datetime] = {}
         n = 0
         async for c in events:
@@ -142,29 +107,33 @@ class Projector:
             if n % YIELD_EVERY == 0:
                 # A 10,000-event fetch is ~0.2 s of CPU; let API requests in between.
                 await asyncio.sleep(0)
-            key = keys.get((c.topic, c.partition))
-            if key is None:
-                key = keys[(c.topic, c.partition)] = watermark_key(c.topic, c.partition)
-            lo = first.get(key)
-            if lo is None or c.offset < lo:
+            known = keys.get((c.topic, c.partition))
+            if known is None:
+                known = keys[(c.topic, c.partition)] = (
+                    watermark_key(c.topic, c.partition),
+                    TopicPartition(c.topic, c.partition),
+                )
+            key, tp = known
+            if c.offset < first.get(key, c.offset + 1):
                 first[key] = c.offset
             if c.offset > last.get(key, -1):
                 last[key] = c.offset
-            env = c.envelope
-            if env.id in applied:
+            if not await self.processed.fresh(c):
                 continue
-            applied.add(env.id)
-            ids_of_topic = fresh_of.get(c.topic)
-            if ids_of_topic is None:
-                ids_of_topic = fresh_of[c.topic] = []
-            ids_of_topic.append(env.id)
+            env = c.envelope
+            fresh.setdefault(tp, []).append((env.id, c.offset))
+            target = sums.get(key)
+            if target is None:
+                target = sums[key] = CounterSums()
             payload = env.payload()
-            fold_into(payload, emit)
+            fold_into(payload, target.emit)
             change = state_changes(payload)
             if change is not None:
                 # Later events of the fetch win, so each unit or campaign costs one write.
                 kind, code, fields = change
-                folded.states.setdefault((kind, code), {}).update(fields)
+                merged = folded.states.get((kind, code), ({}, (key, c.offset)))[0]
+                merged.update(fields)
+                folded.states[(kind, code)] = (merged, (key, c.offset))
             folded.per_topic[c.topic] += 1
             seen = newest.get(c.topic)
             if seen is None or env.time > seen:
@@ -174,14 +143,14 @@ class Projector:
 
     async def write(self, folded: Folded) -> dict[str, float]:
         """Apply a folded fetch; returns the newest ce_time applied per topic."""
-        if not folded.fresh_by_topic:
+        if not folded.fresh:
             return {}
-        await self._apply(folded)
-        for (kind, code), fields in folded.states.items():
-            await self.repo.set_state(kind, code, fields)
-        MONGO_WRITES.inc(len(folded.states))
-        await self.repo.mark_applied(folded.fresh_by_topic)
+        await self.processed.record_ids(folded.fresh)
         MONGO_WRITES.inc()
+        await self._add_counts(folded)
+        for (kind, code), (fields, position) in folded.states.items():
+            await self.repo.set_state(kind, code, fields, position)
+        MONGO_WRITES.inc(len(folded.states))
         for topic, n in folded.per_topic.items():
             label = self._base.get(topic, topic)
             EVENTS_APPLIED.labels(label).inc(n)
@@ -190,71 +159,40 @@ class Projector:
             LAST_EVENT.labels(label).set(self._newest[label])
         return folded.newest
 
-    async def _apply(self, folded: Folded) -> None:
-        """One conditional rewrite per touched counter document, covering every partition of the batch."""
-        try:
-            await self._rewrite(folded)
-        except BaseException:
-            self._docs = None  # memory may be ahead of Mongo now: read again next time
-            raise
-
-    async def _rewrite(self, folded: Folded) -> None:
-        if self._docs is None:
-            self._docs = await self.repo.load_counters()
-        docs, first, last = self._docs, folded.first, folded.last
-        untouched = all(d.marks.get(k, -1) < first[k] for d in docs.values() for k in first)
-        for round_ in range(MAX_CONDITIONAL_ROUNDS):
-            touched = Touched(docs)
-            if untouched and round_ == 0:
-                folded.sums.add_into(touched)
-            else:
-                deltas, depth = await self._exact(folded)
-                for unit, sections in deltas.items():
-                    add_sections(touched(unit, depth[unit]), sections)
-            if not touched.docs:
-                return
-            batch = list(touched.docs.values())
-            for doc in batch:
-                for k, offset in last.items():
-                    doc.marks[k] = max(doc.marks.get(k, -1), offset)
-            written = await self.repo.save_counters(batch)
-            MONGO_WRITES.inc(len(batch))
-            if written == len(batch):
-                for doc in batch:
-                    doc.version += 1
-                    doc.stored = True
-                    docs[doc.unit] = doc
-                return
-            log.warning("projector_version_moved", missed=len(batch) - written)
-            # Our in-memory copies of these now hold unwritten deltas; take Mongo's word for all of
-            # them (the ones we did write come back with their new watermarks) and plan exactly.
-            for doc in batch:
-                docs.pop(doc.unit, None)
-            docs.update(await self.repo.load_counters([d.unit for d in batch]))
-        raise RuntimeError("counter versions kept moving; another projector is writing")
-
-    async def _exact(self, folded: Folded) -> tuple[dict[str, Sections], dict[str, int]]:
-        """Per document, the net deltas of exactly the events after its watermark of their partition."""
-        assert self._docs is not None
-        last = folded.last
-        per_key: dict[str, list[tuple[int, Increment]]] = {}
-        todo = {i for ids in folded.fresh_by_topic.values() for i in ids}
-        async for c in folded.events:  # read and decoded again: the same first occurrences the fold took
-            if c.envelope.id not in todo:
-                continue
-            todo.discard(c.envelope.id)
-            increments = fold(c.envelope.payload())
-            if increments:
-                key = watermark_key(c.topic, c.partition)
-                per_key.setdefault(key, []).extend((c.offset, i) for i in increments)
-        paths: dict[str, dict[str, int]] = {}
-        depth: dict[str, int] = {}
-        for key, pairs in per_key.items():
-            for _, inc in pairs:
-                depth[inc.doc_id] = inc.depth
-            marks = {d: (self._docs[d].marks.get(key) if d in self._docs else None) for d in depth}
-            for doc, fields in plan_updates(pairs, marks, last[key]).items():
-                target = paths.setdefault(doc, {})
+    async def _add_counts(self, folded: Folded) -> None:
+        changes: Sums = {}
+        keys_of: dict[str, list[str]] = {}
+        for key, sums in folded.sums.items():
+            for doc_id, fields in sums.docs.items():
+                keys_of.setdefault(doc_id, []).append(key)
+                target = changes.setdefault(doc_id, {})
                 for f, v in fields.items():
                     target[f] = target.get(f, 0) + v
-        return prune({doc: as_sections(p) for doc, p in paths.items()}), depth
+        guards = {d: {f"wm.{k}": {"$not": {"$gte": folded.first[k]}} for k in keys} for d, keys in keys_of.items()}
+        missed = await self.repo.add_counts(changes, guards, folded.last)
+        MONGO_WRITES.inc(len(changes))
+        for _ in range(MAX_CONDITIONAL_ROUNDS):
+            if not missed:
+                return
+            # Some documents have seen part of this fetch: add exactly what they lack.
+            log.info("projector_exact_path", documents=len(missed))
+            marks = await self.repo.marks(missed)
+            exact = await self._exact(folded, missed, marks)
+            guards = {d: marks_filter({k: marks.get(d, {}).get(k) for k in keys_of[d]}) for d in missed}
+            todo = {d: nonzero(exact.get(d, {})) for d in missed}
+            missed = await self.repo.add_counts(todo, guards, folded.last)
+            MONGO_WRITES.inc(len(todo))
+        raise RuntimeError("counter watermarks kept moving; another projector is writing the same partitions")
+
+    async def _exact(self, folded: Folded, docs: set[str], marks: Mapping[str, Mapping[str, int]]) -> Sums:
+        """Per document in ``docs``, the sums of the fetch's fresh events after its watermarks."""
+        fresh = {(tp.topic, tp.partition, offset) for tp, pairs in folded.fresh.items() for _, offset in pairs}
+        out = CounterSums()
+        async for c in folded.events:  # read and decoded again
+            if (c.topic, c.partition, c.offset) not in fresh:
+                continue
+            key = watermark_key(c.topic, c.partition)
+            for doc_id, fields in increments(c.envelope.payload()).items():
+                if doc_id in docs and c.offset > marks.get(doc_id, {}).get(key, -1):
+                    out.add({doc_id: fields})
+        return out.docs

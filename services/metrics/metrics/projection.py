@@ -1,17 +1,20 @@
 """The indicator catalogue and the pure rules that turn events into counter increments.
 
-Nothing here touches Mongo or Kafka: :func:`fold` maps one event to the increments it causes and
-:func:`plan_updates` decides, from per-document watermarks, which of a batch's increments a
-document still lacks. Both are unit-tested without infrastructure.
+Nothing here touches Mongo or Kafka: :func:`fold_into` reports what one event changes and
+:class:`CounterSums` adds such changes up per counter document. Unit-tested without infrastructure.
+
+Counters are kept per **unit where the thing happened** (the last code of the event's unit path)
+and per day: one plain document ``{_id: "<unit>|<day>", unit, day, <field>: n, ..., wm: {...}}``,
+``day`` an ISO date or ``state`` for current-state indicators. A unit's figure is the sum over the
+units *now* in its subtree, taken when read, so a unit moved or merged elsewhere takes its whole
+history with it, and a replay gives the same documents whatever path the events carried.
 """
 
 from __future__ import annotations
 
-from collections import defaultdict
 from collections.abc import Callable, Iterable, Mapping, Sequence
 from dataclasses import dataclass
 from datetime import date
-from typing import Any
 
 from pydantic import BaseModel
 
@@ -21,14 +24,7 @@ from shared.contracts import visits as vis
 from shared.contracts.common import Audience, Channel, TeamKind
 from shared.contracts.common import Change as Transition
 
-# One counter document per unit: ``days.<ISO date>.<field>`` for dated indicators, ``state.<field>``
-# for current-state ones, and ``all.<field>`` repeating every dated increment so all-time figures
-# need no day walk. A batch then touches one document per unit it concerns, however many days it
-# spans, and the collection stays as small as the organisation tree; both matter on FerretDB, where
-# each write costs a document read and rewrite. A year of days is ~365 x 25 fields, a few hundred KB.
 STATE_DAY = "state"
-ALL_DAY = "all"
-DAYS = "days"
 
 
 @dataclass(frozen=True)
@@ -71,36 +67,11 @@ CATALOGUE: dict[str, IndicatorSpec] = {
 }
 
 
-def counter_path(day: str, field: str) -> str:
-    """Where a counter of ``day`` (an ISO date, ``STATE_DAY`` or ``ALL_DAY``) lives in its unit's document."""
-    return f"{day}.{field}" if day in (STATE_DAY, ALL_DAY) else f"{DAYS}.{day}.{field}"
-
-
-@dataclass(frozen=True)
-class Increment:
-    """Add ``delta`` to counter ``field`` of ``unit`` on ``day``."""
-
-    unit: str
-    depth: int  # 1 for the province root, 2 for its communes, ...
-    day: str
-    field: str
-    delta: int
-
-    @property
-    def doc_id(self) -> str:
-        return self.unit
-
-    @property
-    def path(self) -> str:
-        return counter_path(self.day, self.field)
-
-
 Change = tuple[str, int]
 """``(counter field, delta)``: split indicators name their key's field and their total's."""
 
 # ``emit(unit_path, day, changes)``: what one event does to the counters of one unit path and
-# day (None for current-state indicators). The exact path expands each call into
-# :class:`Increment`s; the fast path only sums calls (see :class:`BatchSums`).
+# day (None for current-state indicators).
 Emit = Callable[[Sequence[str], date | None, Sequence[Change]], None]
 
 
@@ -203,137 +174,55 @@ FIELDS: dict[tuple[str, str], tuple[str, ...]] = {
 }
 
 
-def _days(when: date | None) -> tuple[str, ...]:
-    return (STATE_DAY,) if when is None else (when.isoformat(), ALL_DAY)
+def counter_id(unit: str, day: str) -> str:
+    """The ``_id`` of the counter document of ``unit`` on ``day`` (ISO date or ``STATE_DAY``)."""
+    return f"{unit}|{day}"
 
 
-def fold(payload: BaseModel) -> list[Increment]:
-    """The counter increments one event causes (empty for events that move no indicator)."""
-    out: list[Increment] = []
-
-    def emit(path: Sequence[str], when: date | None, changes: Sequence[Change]) -> None:
-        days = _days(when)
-        for f, delta in changes:
-            if delta == 0:
-                continue
-            for depth, unit in enumerate(path, start=1):
-                for day in days:
-                    out.append(Increment(unit, depth, day, f, delta))
-
-    fold_into(payload, emit)
-    return out
+Sums = dict[str, dict[str, int]]
+"""``{counter document id: {field: delta}}``."""
 
 
-Sections = dict[str, dict[str, int]]
-"""``{day: {field: delta}}`` of one counter document, ``day`` an ISO date, ``STATE_DAY`` or ``ALL_DAY``."""
+class CounterSums:
+    """Indicator changes added up per counter document (an ``Emit`` target).
 
-
-class BatchSums:
-    """The fast path: a batch's indicator changes summed before they are spread over units and days.
-
-    Used when no counter document has seen any of the batch's offsets (the normal case; a
-    redelivery takes the exact, per-event path). Summing first keeps the per-event cost to a
-    few dict additions: a batch of visits to ~60 units over ~50 days repeats the same
-    (path, day, indicator) keys thousands of times.
+    A fetch of visits to ~60 units over ~50 days repeats the same (unit, day, field) keys thousands
+    of times, so the per-event cost is a few dict additions.
     """
 
     def __init__(self) -> None:
-        self.sums: dict[tuple[tuple[str, ...], date | None], dict[str, int]] = {}
+        self.docs: Sums = {}
 
     def emit(self, path: Sequence[str], when: date | None, changes: Sequence[Change]) -> None:
-        where = (tuple(path), when)
-        fields = self.sums.get(where)
+        if not path:
+            return
+        doc_id = counter_id(path[-1], STATE_DAY if when is None else when.isoformat())
+        fields = self.docs.get(doc_id)
         if fields is None:
-            fields = self.sums[where] = {}
+            fields = self.docs[doc_id] = {}
         for f, delta in changes:
             if delta:
                 fields[f] = fields.get(f, 0) + delta
 
-    def add_into(self, counters_of: Callable[[str, int], dict[str, Any]]) -> None:
-        """Add the sums into the ``{state, all, days}`` content ``counters_of(unit, depth)`` gives.
-
-        One pass straight into the documents (no intermediate deltas): this is the projector's
-        per-fetch cost, about (unit paths x days in the fetch x depth x fields) additions.
-        Counters that net to zero stay, as zeros.
-        """
-        for (path, when), fields in self.sums.items():
-            days = _days(when)
-            for depth, unit in enumerate(path, start=1):
-                counters = counters_of(unit, depth)
-                for day in days:
-                    target = section(counters, day)
-                    for f, v in fields.items():
-                        target[f] = target.get(f, 0) + v
+    def add(self, other: Sums, only: Iterable[str] | None = None) -> None:
+        """Add ``other``'s sums in (of the documents in ``only``, when given)."""
+        for doc_id, fields in other.items():
+            if only is not None and doc_id not in only:
+                continue
+            target = self.docs.setdefault(doc_id, {})
+            for f, v in fields.items():
+                target[f] = target.get(f, 0) + v
 
 
-def prune(docs: Mapping[str, Sections]) -> dict[str, Sections]:
-    """Drop fields, days and documents whose changes net to zero."""
-    out: dict[str, Sections] = {}
-    for doc, days in docs.items():
-        kept = {day: {f: v for f, v in fields.items() if v} for day, fields in days.items()}
-        kept = {day: fields for day, fields in kept.items() if fields}
-        if kept:
-            out[doc] = kept
-    return out
+def increments(payload: BaseModel) -> Sums:
+    """Per counter document, what one event adds (empty for events that move no indicator)."""
+    sums = CounterSums()
+    fold_into(payload, sums.emit)
+    return sums.docs
 
 
-def as_sections(paths: Mapping[str, int]) -> Sections:
-    """``{counter path: delta}`` (as :func:`net` gives) regrouped as ``{day: {field: delta}}``."""
-    out: Sections = {}
-    for path, delta in paths.items():
-        head, _, field = path.rpartition(".")
-        day = head.removeprefix(f"{DAYS}.")
-        out.setdefault(day, {})[field] = delta
-    return out
-
-
-def section(counters: dict[str, Any], day: str) -> dict[str, int]:
-    """The fields of ``day`` (an ISO date, ``STATE_DAY`` or ``ALL_DAY``) in a counter document's
-    ``{state, all, days}`` content, created if missing."""
-    if day in (STATE_DAY, ALL_DAY):
-        target: dict[str, int] = counters.setdefault(day, {})
-    else:
-        target = counters.setdefault(DAYS, {}).setdefault(day, {})
-    return target
-
-
-def add_sections(counters: dict[str, Any], deltas: Sections) -> None:
-    """Add ``deltas`` into a counter document's ``{state, all, days}`` content, in place."""
-    for day, fields in deltas.items():
-        target = section(counters, day)
-        for f, v in fields.items():
-            total = target.get(f, 0) + v
-            if total:
-                target[f] = total
-            else:
-                target.pop(f, None)
-
-
-def net(increments: Iterable[Increment]) -> dict[str, dict[str, int]]:
-    """Sum increments per document and counter path, dropping paths that net to zero."""
-    totals: dict[str, dict[str, int]] = defaultdict(lambda: defaultdict(int))
-    for inc in increments:
-        totals[inc.doc_id][inc.path] += inc.delta
-    return {d: {f: v for f, v in fs.items() if v} for d, fs in totals.items() if any(fs.values())}
-
-
-def plan_updates(
-    increments: Sequence[tuple[int, Increment]], watermarks: Mapping[str, int | None], batch_max: int
-) -> dict[str, dict[str, int]]:
-    """Per document, the net deltas of the increments it has not absorbed yet.
-
-    ``increments`` pairs each increment with the offset of its event; ``watermarks`` holds, per
-    document, the highest offset of this partition already applied to it (None: never). A document
-    already at ``batch_max`` or beyond needs nothing; otherwise it takes exactly the increments of
-    events after its watermark. That is what makes a redelivered batch harmless, however it is cut.
-    """
-    pending: list[Increment] = []
-    for offset, inc in increments:
-        wm = watermarks.get(inc.doc_id)
-        if wm is not None and (wm >= batch_max or offset <= wm):
-            continue
-        pending.append(inc)
-    return net(pending)
+def nonzero(fields: Mapping[str, int]) -> dict[str, int]:
+    return {f: v for f, v in fields.items() if v}
 
 
 def state_changes(payload: BaseModel) -> tuple[str, str, dict[str, object]] | None:

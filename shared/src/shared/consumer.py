@@ -8,19 +8,21 @@ from __future__ import annotations
 
 import asyncio
 import contextlib
-from collections.abc import AsyncIterable, AsyncIterator, Awaitable, Callable, Mapping, Sequence
+from collections.abc import AsyncIterable, AsyncIterator, Awaitable, Callable, Iterable, Mapping, Sequence
 from dataclasses import dataclass
+from datetime import UTC, datetime
 from typing import Any, Protocol, runtime_checkable
 
-from aiokafka import AIOKafkaConsumer, ConsumerRecord, TopicPartition
+from aiokafka import AIOKafkaConsumer, ConsumerRebalanceListener, ConsumerRecord, TopicPartition
 from prometheus_client import Counter, Gauge
 from pydantic import BaseModel
 from pymongo.asynchronous.collection import AsyncCollection
-from pymongo.errors import BulkWriteError, ConnectionFailure
+from pymongo.errors import ConnectionFailure
 
 from shared.envelope import Envelope, EnvelopeError, decode
 from shared.kafka import EventProducer
 from shared.logging import bind_context, get_logger, unbind_context
+from shared.mongo import insert_ignoring_duplicates
 from shared.settings import ServiceSettings
 from shared.topics import dlq_topic
 
@@ -213,50 +215,115 @@ class TypeDispatch:
             await handler(payload, c.envelope)
 
 
-class DedupStore:
-    """Remembers processed event ids per consumer group.
+class ProcessedEvents:
+    """The ids of events a consumer group has applied, per partition, kept in the database.
 
-    Ids are persisted in one Mongo collection and answered from memory: FerretDB v1 scans the whole
-    collection for an ``$in`` query, so asking the database per batch grew with every event ever
-    consumed. The set is loaded once at start and capped at ``capacity`` recent ids; duplicates come
-    from an outbox relay republishing right after a crash, well inside that window.
+    Each id is stored with the offset of its first copy. A copy at another offset is a relay
+    republishing it (same ``ce_id``, same key, so the same partition, later offset) and is a
+    duplicate; the same id at the same offset is a redelivery of that very record, which the
+    handler's own guards (watermarks, per-key offsets) absorb. That is why :meth:`record` may run
+    before the effects: a crash between the two redelivers records that are then not mistaken for
+    duplicates.
+
+    Stored as plain documents, one per recorded batch of a partition:
+    ``{_id, group, topic, partition, first, last, ids: [...], offsets: [...], at}``. Each partition
+    keeps its newest ``window`` ids; older documents are deleted. Republished copies land right
+    after a relay's crash, within its in-flight chunk (``relay_batch_size``), far inside the window.
+    Memory holds the ids of the partitions this process has read, as a cache: it is dropped when
+    partitions are revoked (another replica may record them meanwhile) and after a failed write.
     """
 
-    def __init__(self, collection: AsyncCollection[dict[str, Any]], group: str, capacity: int = 200_000) -> None:
+    def __init__(self, collection: AsyncCollection[dict[str, Any]], group: str, *, window: int = 20_000) -> None:
         self._col = collection
         self._group = group
-        self._capacity = capacity
-        self._ids: dict[str, None] = {}  # insertion-ordered, so the oldest ids are evicted first
-        self._loaded = False
+        self._window = window
+        # Per partition: first offset by id, and the stored documents oldest first with their sizes.
+        self._first: dict[TopicPartition, dict[str, int]] = {}
+        self._docs: dict[TopicPartition, list[tuple[str, int]]] = {}
 
-    def _id(self, event_id: str) -> str:
-        return f"{self._group}:{event_id}"
+    async def _load(self, tp: TopicPartition) -> dict[str, int]:
+        first: dict[str, int] = {}
+        docs: list[tuple[str, int]] = []
+        query = {"group": self._group, "topic": tp.topic, "partition": tp.partition}
+        async for d in self._col.find(query).sort("first", 1):
+            for event_id, offset in zip(d["ids"], d["offsets"], strict=True):
+                first.setdefault(event_id, offset)
+            docs.append((d["_id"], len(d["ids"])))
+        self._first[tp], self._docs[tp] = first, docs
+        return first
 
-    async def _load(self) -> None:
-        prefix = f"{self._group}:"
-        cut = len(prefix)
-        async for doc in self._col.find({}, {"_id": 1}):
-            if doc["_id"].startswith(prefix):
-                self._remember(doc["_id"][cut:])
-        self._loaded = True
+    async def fresh(self, c: Consumed) -> bool:
+        """False when ``c`` is a copy, at another offset, of an event already seen on its partition."""
+        tp = TopicPartition(c.topic, c.partition)
+        first = self._first.get(tp)
+        if first is None:
+            first = await self._load(tp)
+        seen = first.setdefault(c.envelope.id, c.offset)
+        return seen == c.offset
 
-    def _remember(self, event_id: str) -> None:
-        self._ids[event_id] = None
-        if len(self._ids) > self._capacity:
-            del self._ids[next(iter(self._ids))]
+    async def record(self, events: Sequence[Consumed]) -> None:
+        """Store the ids of ``events`` (first copies) per partition; prune past the window."""
+        by_tp: dict[TopicPartition, list[tuple[str, int]]] = {}
+        for c in events:
+            by_tp.setdefault(TopicPartition(c.topic, c.partition), []).append((c.envelope.id, c.offset))
+        await self.record_ids(by_tp)
 
-    async def seen(self, event_ids: Sequence[str]) -> set[str]:
-        if not self._loaded:
-            await self._load()
-        return {e for e in event_ids if e in self._ids}
+    async def record_ids(self, by_tp: Mapping[TopicPartition, Sequence[tuple[str, int]]]) -> None:
+        """:meth:`record` for ``(ce_id, offset)`` pairs per partition, in offset order."""
+        docs = []
+        for tp, pairs in by_tp.items():
+            if not pairs:
+                continue
+            lo, hi = pairs[0][1], pairs[-1][1]
+            docs.append(
+                {
+                    "_id": f"{self._group}|{tp.topic}|{tp.partition}|{lo:020d}-{hi:020d}",
+                    "group": self._group,
+                    "topic": tp.topic,
+                    "partition": tp.partition,
+                    "first": lo,
+                    "last": hi,
+                    "ids": [event_id for event_id, _ in pairs],
+                    "offsets": [offset for _, offset in pairs],
+                    "at": datetime.now(UTC),
+                }
+            )
+        await insert_ignoring_duplicates(self._col, docs)  # the same cut redelivered is stored already
+        for doc in docs:
+            stored = self._docs.get(TopicPartition(doc["topic"], doc["partition"]))
+            if stored is None:
+                continue
+            stored.append((doc["_id"], len(doc["ids"])))
+            while len(stored) > 1 and sum(n for _, n in stored[1:]) >= self._window:
+                await self._col.delete_one({"_id": stored.pop(0)[0]})
 
-    async def mark(self, event_ids: Sequence[str]) -> None:
-        if not event_ids:
-            return
-        with contextlib.suppress(BulkWriteError):  # already marked by an earlier, interrupted run
-            await self._col.insert_many([{"_id": self._id(e)} for e in event_ids], ordered=False)
-        for e in event_ids:
-            self._remember(e)
+    async def positions(self, event_ids: Iterable[str]) -> dict[str, tuple[TopicPartition, int]]:
+        """Where the first copies of these events were recorded (those not recorded are left out)."""
+        wanted = set(event_ids)
+        found: dict[str, tuple[TopicPartition, int]] = {}
+        async for d in self._col.find({"group": self._group}):
+            for event_id, offset in zip(d["ids"], d["offsets"], strict=True):
+                if event_id in wanted:
+                    found.setdefault(event_id, (TopicPartition(d["topic"], d["partition"]), offset))
+        return found
+
+    def forget(self, partitions: Iterable[TopicPartition] | None = None) -> None:
+        """Drop the cache of ``partitions`` (all when None); they are read again when next needed."""
+        for tp in list(self._first) if partitions is None else partitions:
+            self._first.pop(tp, None)
+            self._docs.pop(tp, None)
+
+
+class _Rebalance(ConsumerRebalanceListener):  # type: ignore[misc]
+    def __init__(self, runner: ConsumerRunner) -> None:
+        self._runner = runner
+
+    async def on_partitions_revoked(self, revoked: Iterable[TopicPartition]) -> None:
+        self._runner.revoked(revoked)
+        log.info("partitions_revoked", consumer=self._runner.name, partitions=len(list(revoked)))
+
+    async def on_partitions_assigned(self, assigned: Iterable[TopicPartition]) -> None:
+        log.info("partitions_assigned", consumer=self._runner.name, partitions=len(list(assigned)))
 
 
 class ConsumerRunner:
@@ -276,7 +343,7 @@ class ConsumerRunner:
         group_id: str,
         handler: BatchHandler | FetchHandler,
         producer: EventProducer,
-        dedup: DedupStore | None = None,
+        dedup: ProcessedEvents | None = None,
         per_event: bool = True,
         max_retries: int = 3,
         backoff_seconds: float = 0.2,
@@ -295,7 +362,7 @@ class ConsumerRunner:
         self._group = group_id
         self._handler = handler
         self._producer = producer
-        self._dedup = dedup
+        self.processed = dedup
         self._per_event = per_event
         self._retries = max_retries
         self._backoff = backoff_seconds
@@ -329,7 +396,7 @@ class ConsumerRunner:
         group_id: str,
         handler: BatchHandler | FetchHandler,
         producer: EventProducer,
-        dedup: DedupStore | None = None,
+        dedup: ProcessedEvents | None = None,
         per_event: bool = True,
         whole_fetch: bool = False,
     ) -> ConsumerRunner:
@@ -367,6 +434,17 @@ class ConsumerRunner:
                 await self._task
             self._task = None
 
+    def committed(self, tp: TopicPartition) -> int | None:
+        """The next offset of ``tp`` this runner committed (None: none yet, or not its partition)."""
+        return self._positions.get(tp)
+
+    def revoked(self, partitions: Iterable[TopicPartition]) -> None:
+        """Partitions went to another member: what memory holds about them may go stale there."""
+        if self.processed:
+            self.processed.forget(partitions)
+        if self._whole_fetch:
+            self._fetch_handler.forget()
+
     @property
     def running(self) -> bool:
         return self._task is not None and not self._task.done()
@@ -375,7 +453,6 @@ class ConsumerRunner:
         delay = 0.5
         while True:
             consumer = AIOKafkaConsumer(
-                *self._topics,
                 bootstrap_servers=self._bootstrap,
                 group_id=self._group,
                 enable_auto_commit=False,
@@ -390,6 +467,7 @@ class ConsumerRunner:
             )
             try:
                 await consumer.start()
+                consumer.subscribe(self._topics, listener=_Rebalance(self))
                 return consumer
             except Exception as exc:
                 log.warning("consumer_connect_retry", consumer=self.name, error=str(exc))
@@ -611,21 +689,20 @@ class ConsumerRunner:
                 await self._dead_letter(r, f"undecodable: {exc}")
                 continue
             good.append(Consumed(env, r.topic, r.partition, r.offset))
-        if self._dedup and good:
-            seen = await self._dedup.seen([c.envelope.id for c in good])
-            if seen:
-                DUPLICATES.labels(self.name, tp.topic).inc(sum(c.envelope.id in seen for c in good))
-                good = [c for c in good if c.envelope.id not in seen]
-            # The same event twice inside one batch (a republished outbox entry) is also a duplicate.
-            unique: dict[str, Consumed] = {}
-            for c in good:
-                unique.setdefault(c.envelope.id, c)
-            good = list(unique.values())
+        if self.processed and good:
+            fresh = [c for c in good if await self.processed.fresh(c)]
+            if len(fresh) < len(good):
+                DUPLICATES.labels(self.name, tp.topic).inc(len(good) - len(fresh))
+            good = fresh
         return good
 
     async def _handle_decoded(self, good: list[Consumed]) -> None:
         if not good:
             return
+        if self.processed:
+            # Before the effects: a crash in between redelivers records at the offsets stored here,
+            # which ProcessedEvents does not take for duplicates (see its docstring).
+            await self.processed.record(good)
         if self._per_event:
             for c in good:
                 await self._handle_with_retries([c])
@@ -634,10 +711,6 @@ class ConsumerRunner:
             if not ok:
                 for c in good:
                     await self._handle_with_retries([c])
-        if self._dedup:
-            # One write per batch, after every event is handled or dead-lettered: a crash before it
-            # redelivers the batch, which the handlers' idempotent writes absorb.
-            await self._dedup.mark([c.envelope.id for c in good])
         for c in good:
             self.last_event_time[c.topic] = max(self.last_event_time.get(c.topic, 0.0), c.envelope.time.timestamp())
 
