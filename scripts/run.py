@@ -22,7 +22,7 @@ import sys
 import threading
 import time
 from collections import deque
-from collections.abc import Iterator, Sequence
+from collections.abc import Callable, Iterator, Sequence
 from dataclasses import dataclass, field
 from datetime import timedelta
 from pathlib import Path
@@ -32,7 +32,16 @@ from typing import IO, Any
 import httpx
 
 from shared.auth import issue_token
-from shared.infra import FERRETDB_VERSION, KAFKA_VERSION, FerretDB, KafkaBroker, pid_alive, port_open
+from shared.infra import (
+    FERRETDB_VERSION,
+    KAFKA_VERSION,
+    FerretDB,
+    KafkaBroker,
+    inspect_pidfile,
+    pid_alive,
+    port_open,
+    process_is,
+)
 from shared.settings import DEV_JWT_SECRET
 from shared.topics import ensure_topics_sync, load_topics
 
@@ -193,54 +202,308 @@ class ServiceProcess:
         self._log.close()
 
 
+def describe_exit(returncode: int) -> str:
+    """``"signal 9, SIGKILL"`` or ``"code 1"`` for a Popen return code."""
+    if returncode < 0:
+        try:
+            return f"signal {-returncode}, {signal.Signals(-returncode).name}"
+        except ValueError:
+            return f"signal {-returncode}"
+    return f"code {returncode}"
+
+
+def _pid_in(pidfile: Path) -> int | None:
+    try:
+        return int(pidfile.read_text().strip())
+    except (OSError, ValueError):
+        return None
+
+
+def _live_pid_in(pidfile: Path, name: str) -> int | None:
+    """The pid in ``pidfile`` if it is a live ``name`` process (the file is left alone either way)."""
+    pid = _pid_in(pidfile)
+    return pid if pid is not None and pid_alive(pid) and process_is(pid, name) else None
+
+
+@dataclass
+class InfraProcess:
+    """Kafka or FerretDB as the runner watches it."""
+
+    name: str
+    server: KafkaBroker | FerretDB
+    pidfile: Path
+    pid: int
+    # Started by this runner, so stopped with it; otherwise `make infra-up` started it and it stays up.
+    owned: bool
+    attempts: int = 0  # restarts since it last stayed up for the supervisor's stable_after
+    up_since: float = field(default_factory=time.monotonic)
+    down_since: float | None = None
+    next_try: float = 0.0
+    given_up: bool = False
+
+    @property
+    def address(self) -> str:
+        return f"127.0.0.1:{self.server.port}"
+
+    def exit_reason(self) -> str | None:
+        """None while it runs; else how it ended (with its exit status when it is this runner's child)."""
+        proc = self.server.proc
+        if proc is not None and proc.pid == self.pid:
+            # poll() reaps the child: a killed broker never lingers as this runner's zombie.
+            code = proc.poll()
+            return None if code is None else describe_exit(code)
+        if pid_alive(self.pid) and process_is(self.pid, self.name):
+            return None
+        return f"pid {self.pid} is gone"
+
+
+class InfraSupervisor:
+    """Restarts a crashed Kafka or FerretDB with the same data dir and ports, within limits.
+
+    Every ``interval`` seconds each process is checked. A dead one is restarted after a backoff
+    (``backoff[attempt]``); after ``max_restarts`` attempts without ``stable_after`` seconds of
+    uptime in between it is left down and ``recovery`` (the command that brings it back) is printed.
+    A pid file removed while the process died means ``make infra-down`` stopped it: no restart.
+    A pid file that names another live process means someone restarted it: that one is watched.
+    """
+
+    def __init__(
+        self,
+        infra: Sequence[InfraProcess],
+        *,
+        notice: Callable[[str], None],
+        recovery: str,
+        after_restart: Callable[[InfraProcess], None] | None = None,
+        interval: float = 1.0,
+        backoff: Sequence[float] = (0.0, 1.0, 2.0, 4.0, 8.0),
+        max_restarts: int = 5,
+        stable_after: float = 60.0,
+    ) -> None:
+        self.infra = list(infra)
+        self.notice = notice
+        self.recovery = recovery
+        self.after_restart = after_restart
+        self.interval = interval
+        self.backoff = tuple(backoff)
+        self.max_restarts = max_restarts
+        self.stable_after = stable_after
+        self._stop = threading.Event()
+        self._thread: threading.Thread | None = None
+
+    def start(self) -> None:
+        self._stop.clear()
+        self._thread = threading.Thread(target=self._run, name="infra-supervisor", daemon=True)
+        self._thread.start()
+
+    def stop(self) -> None:
+        """Stop watching; a restart in progress is cancelled (and its process stopped)."""
+        self._stop.set()
+        if self._thread is not None:
+            self._thread.join()
+            self._thread = None
+
+    def _run(self) -> None:
+        while not self._stop.wait(self.interval):
+            self.check_once()
+
+    def check_once(self) -> None:
+        for proc in self.infra:
+            if self._stop.is_set():
+                return
+            try:
+                self._check(proc)
+            except Exception as exc:  # a bug here must not end the watch over the other process
+                self.notice(f"supervising {proc.name} failed: {exc!r}")
+
+    def _delay(self, attempts: int) -> float:
+        return self.backoff[min(attempts, len(self.backoff) - 1)] if self.backoff else 0.0
+
+    def _adopt_if_replaced(self, proc: InfraProcess) -> bool:
+        pid = _live_pid_in(proc.pidfile, proc.name)
+        if pid is None or pid == proc.pid:
+            return False
+        proc.server.stop()  # closes our log handle of the old process; the new one is not ours
+        proc.pid, proc.owned, proc.attempts, proc.given_up = pid, False, 0, False
+        proc.down_since, proc.up_since = None, time.monotonic()
+        self.notice(f"{proc.name} is back (pid {pid}, started outside `make run`); watching it")
+        return True
+
+    def _check(self, proc: InfraProcess) -> None:
+        now = time.monotonic()
+        if proc.given_up:
+            self._adopt_if_replaced(proc)
+            return
+        if proc.down_since is None:
+            reason = proc.exit_reason()
+            if reason is None:
+                if proc.attempts and now - proc.up_since >= self.stable_after:
+                    proc.attempts = 0
+                return
+            if _pid_in(proc.pidfile) is None:
+                proc.given_up = True
+                proc.server.stop()
+                self.notice(
+                    f"{proc.name} exited ({reason}) and its pid file is gone (`make infra-down`?); "
+                    f"not restarting it. Start it again with: {self.recovery}"
+                )
+                return
+            if self._adopt_if_replaced(proc):
+                return
+            proc.down_since = now
+            delay = self._delay(proc.attempts)
+            proc.next_try = now + delay
+            when = "restarting" if delay <= 0 else f"restarting in {delay:g}s"
+            self.notice(f"{proc.name} exited ({reason}); {when}")
+        if now < proc.next_try or self._adopt_if_replaced(proc):
+            return
+        self._restart(proc)
+
+    def _restart(self, proc: InfraProcess) -> None:
+        if proc.attempts >= self.max_restarts:
+            proc.given_up = True
+            restarts = "1 restart" if proc.attempts == 1 else f"{proc.attempts} restarts"
+            self.notice(
+                f"{proc.name} went down again after {restarts}; not restarting it again. "
+                f"Recover it with: {self.recovery}"
+            )
+            return
+        proc.attempts += 1
+        proc.server.stop()
+        failure: str | None = None
+        if port_open(proc.server.port):
+            failure = f"port {proc.server.port} is taken by another program"
+        else:
+            try:
+                proc.server.start(cancel=self._stop)
+            except (RuntimeError, TimeoutError, OSError, subprocess.CalledProcessError) as exc:
+                proc.server.stop()
+                failure = str(exc)
+        if self._stop.is_set():
+            return
+        now = time.monotonic()
+        if failure is not None or proc.server.proc is None:
+            delay = self._delay(proc.attempts)
+            proc.next_try = now + delay
+            self.notice(f"restarting {proc.name} failed: {failure}; next try in {delay:g}s")
+            return
+        proc.pid = proc.server.proc.pid
+        proc.pidfile.write_text(str(proc.pid))
+        proc.down_since, proc.up_since = None, now
+        self.notice(f"{proc.name} restarted (pid {proc.pid}) on {proc.address}, data {proc.server.data_dir}")
+        if self.after_restart is not None:
+            try:
+                self.after_restart(proc)
+            except Exception as exc:
+                self.notice(f"after restarting {proc.name}: {exc!r}")
+
+
 class System:
     """Kafka + FerretDB + the services, started and stopped in order. Use as a context manager."""
 
     def __init__(self, cfg: RunConfig | None = None) -> None:
         self.cfg = cfg or RunConfig()
-        self.kafka: KafkaBroker | None = None  # only brokers this runner started (and will stop)
-        self.ferretdb: FerretDB | None = None
+        self.infra: dict[str, InfraProcess] = {}
         self.bootstrap = f"127.0.0.1:{self.cfg.kafka_port}"
         self.mongo_url = f"mongodb://127.0.0.1:{self.cfg.mongo_port}/"
         self.services: dict[str, ServiceProcess] = {}
         self.reused: list[str] = []
+        self.notices: deque[str] = deque(maxlen=200)
+        self.supervisor: InfraSupervisor | None = None
 
     # --- infrastructure --------------------------------------------------------------------------
 
-    def _reusable(self, name: str, port: int) -> bool:
-        """True if ``make infra-up`` already runs this server on our data dir; else fail on a busy port."""
-        pidfile = self.cfg.data_dir / f"{name}.pid"
-        if pidfile.exists() and pid_alive(int(pidfile.read_text())):
+    def notice(self, text: str) -> None:
+        """A runner line on the console (kept in ``notices`` too, for tests)."""
+        self.notices.append(text)
+        with _print_lock:
+            print(f"run: {text}", flush=True)
+
+    def _reusable(self, name: str, port: int) -> int | None:
+        """The pid if ``make infra-up`` already runs this server on our data dir; else fail on a busy port.
+
+        A pid file whose process is gone or a zombie is stale: it is removed and the server started afresh.
+        """
+        pid, stale = inspect_pidfile(self.cfg.data_dir / f"{name}.pid", name)
+        if pid is not None:
             self.reused.append(name)
-            return True
+            return pid
+        if stale:
+            self.notice(f"{name}.pid named {stale}; starting a fresh {name}")
         if port_open(port):
             raise RuntimeError(f"port {port} for {name} is taken by another program; stop it or pick another port")
-        return False
+        return None
+
+    def recovery_command(self) -> str:
+        """The command that brings this run's Kafka and FerretDB back (``make infra-up`` for the defaults)."""
+        env = []
+        if self.cfg.data_dir.resolve() != (REPO / ".data").resolve():
+            env.append(f"DATA_DIR={self.cfg.data_dir}")
+        if self.cfg.kafka_port != 9092:
+            env.append(f"KAFKA_PORT={self.cfg.kafka_port}")
+        if self.cfg.controller_port != self.cfg.kafka_port + 1:
+            env.append(f"KAFKA_CONTROLLER_PORT={self.cfg.controller_port}")
+        if self.cfg.mongo_port != 27017:
+            env.append(f"MONGO_PORT={self.cfg.mongo_port}")
+        make = "make infra-up" if Path.cwd().resolve() == REPO else f"make -C {REPO} infra-up"
+        return " ".join([*env, make])
 
     def start_infra(self) -> None:
         self.cfg.data_dir.mkdir(parents=True, exist_ok=True)
-        if not self._reusable("kafka", self.cfg.kafka_port):
-            broker = KafkaBroker(
-                self.cfg.data_dir / "kafka", port=self.cfg.kafka_port, controller_port=self.cfg.controller_port
-            )
-            self.kafka = broker.start()
-            assert broker.proc is not None
-            # The pid file lets `make infra-down` / `make clean-data` stop it even if this runner is killed.
-            (self.cfg.data_dir / "kafka.pid").write_text(str(broker.proc.pid))
-        if not self._reusable("ferretdb", self.cfg.mongo_port):
-            db = FerretDB(self.cfg.data_dir / "ferretdb", port=self.cfg.mongo_port)
-            self.ferretdb = db.start()
-            assert db.proc is not None
-            (self.cfg.data_dir / "ferretdb.pid").write_text(str(db.proc.pid))
+        servers: tuple[tuple[str, KafkaBroker | FerretDB], ...] = (
+            (
+                "kafka",
+                KafkaBroker(
+                    self.cfg.data_dir / "kafka", port=self.cfg.kafka_port, controller_port=self.cfg.controller_port
+                ),
+            ),
+            ("ferretdb", FerretDB(self.cfg.data_dir / "ferretdb", port=self.cfg.mongo_port)),
+        )
+        for name, server in servers:
+            pidfile = self.cfg.data_dir / f"{name}.pid"
+            pid = self._reusable(name, server.port)
+            if pid is None:
+                try:
+                    server.start()
+                except BaseException:
+                    server.stop()  # a broker that timed out must not outlive the failed start
+                    raise
+                assert server.proc is not None
+                pid = server.proc.pid
+                # The pid file lets `make infra-down` / `make clean-data` stop it even if this runner is killed.
+                pidfile.write_text(str(pid))
+            self.infra[name] = InfraProcess(name, server, pidfile, pid, owned=name not in self.reused)
         ensure_topics_sync(self.bootstrap, self.cfg.topic_prefix)
+        self.supervisor = InfraSupervisor(
+            list(self.infra.values()),
+            notice=self.notice,
+            recovery=self.recovery_command(),
+            after_restart=self._after_restart,
+        )
+        self.supervisor.start()
+
+    def _after_restart(self, proc: InfraProcess) -> None:
+        if proc.name == "kafka":
+            ensure_topics_sync(self.bootstrap, self.cfg.topic_prefix)
 
     def stop_infra(self) -> None:
-        for name, server in (("ferretdb", self.ferretdb), ("kafka", self.kafka)):
-            if server is not None:
-                server.stop()
-                with contextlib.suppress(FileNotFoundError):
-                    (self.cfg.data_dir / f"{name}.pid").unlink()
-        self.kafka = self.ferretdb = None
+        # The supervisor goes first, or it would restart what is being stopped.
+        if self.supervisor is not None:
+            self.supervisor.stop()
+            self.supervisor = None
+        for name in ("ferretdb", "kafka"):
+            proc = self.infra.get(name)
+            if proc is None:
+                continue
+            if proc.owned:
+                proc.server.stop()
+                if _pid_in(proc.pidfile) == proc.pid:
+                    proc.pidfile.unlink(missing_ok=True)
+            else:
+                # `make infra-up`'s process (or our restart of it) outlives this runner; only our log handle goes.
+                if proc.server.log is not None:
+                    proc.server.log.close()
+                    proc.server.log = None
+        self.infra.clear()
 
     # --- services --------------------------------------------------------------------------------
 

@@ -8,6 +8,7 @@ Binaries are installed by ``scripts/setup.sh`` into a per-user cache (see ``scri
 from __future__ import annotations
 
 import asyncio
+import contextlib
 import os
 import shutil
 import signal
@@ -25,7 +26,7 @@ KAFKA_VERSION = os.environ.get("KAFKA_VERSION", "4.1.1")
 FERRETDB_VERSION = os.environ.get("FERRETDB_VERSION", "v1.24.2")
 CACHE = Path(os.environ.get("XDG_CACHE_HOME", str(Path.home() / ".cache"))) / "digital-bridge"
 KAFKA_LIB = Path(os.environ.get("KAFKA_HOME", str(CACHE / f"kafka-{KAFKA_VERSION}"))) / "lib"
-FERRETDB_BUILD = os.environ.get("FERRETDB_BUILD", f"{FERRETDB_VERSION}-idindex1-notrack1")
+FERRETDB_BUILD = os.environ.get("FERRETDB_BUILD", f"{FERRETDB_VERSION}-idindex1-notrack1-atomic1")
 FERRETDB_BIN = Path(os.environ.get("FERRETDB_BIN", str(CACHE / f"ferretdb-{FERRETDB_BUILD}")))
 
 _LOG4J = """status=warn
@@ -162,7 +163,8 @@ class KafkaBroker:
             )
         return props
 
-    def start(self, timeout: float = 90.0) -> KafkaBroker:
+    def start(self, timeout: float = 90.0, cancel: threading.Event | None = None) -> KafkaBroker:
+        """Start the broker and wait until it answers; ``cancel`` aborts the wait (and stops it)."""
         if not KAFKA_LIB.is_dir():
             raise RuntimeError(f"Kafka jars not found in {KAFKA_LIB}: run `make setup`")
         props = self._configure()
@@ -184,6 +186,9 @@ class KafkaBroker:
         while time.monotonic() < deadline:
             if self.proc.poll() is not None:
                 raise RuntimeError(f"Kafka exited early; see {self.data_dir / 'kafka.log'}")
+            if cancel is not None and cancel.is_set():
+                self.stop()
+                raise RuntimeError("Kafka start cancelled")
             if port_open(self.port) and _kafka_answers(self.bootstrap):
                 return self
             time.sleep(0.3)
@@ -210,7 +215,8 @@ class FerretDB:
     def url(self) -> str:
         return f"mongodb://127.0.0.1:{self.port}/"
 
-    def start(self, timeout: float = 30.0) -> FerretDB:
+    def start(self, timeout: float = 30.0, cancel: threading.Event | None = None) -> FerretDB:
+        """Start the database and wait until it answers; ``cancel`` aborts the wait (and stops it)."""
         if not FERRETDB_BIN.exists():
             raise RuntimeError(f"FerretDB not found at {FERRETDB_BIN}: run `make setup`")
         data = self.data_dir / "sqlite"
@@ -240,6 +246,9 @@ class FerretDB:
         while time.monotonic() < deadline:
             if self.proc.poll() is not None:
                 raise RuntimeError(f"FerretDB exited early; see {self.data_dir / 'ferretdb.log'}")
+            if cancel is not None and cancel.is_set():
+                self.stop()
+                raise RuntimeError("FerretDB start cancelled")
             if port_open(self.port) and _mongo_answers(self.url):
                 return self
             time.sleep(0.1)
@@ -267,16 +276,88 @@ def _terminate(proc: subprocess.Popen[bytes] | None, grace: float = 15.0) -> Non
 # --- the `make infra-up` / `make infra-down` entry point -------------------------------------------
 
 
-def pid_alive(pid: int) -> bool:
-    """True when a process with this pid exists."""
+_HAVE_PROC = Path("/proc/self/stat").exists()
+_STALE_WHY = {"alive": "is another program now", "zombie": "has exited (a zombie)", "gone": "has exited"}
+
+
+def process_state(pid: int) -> str:
+    """``"alive"``, ``"zombie"`` (exited, not yet reaped by its parent) or ``"gone"``."""
+    if pid <= 0:
+        return "gone"
+    if _HAVE_PROC:
+        try:
+            stat = Path(f"/proc/{pid}/stat").read_text()
+        except OSError:
+            return "gone"
+        # The state letter follows the command name, which is in parentheses and may hold spaces.
+        state = stat[stat.rfind(")") + 2 : stat.rfind(")") + 3]
+        return "zombie" if state in ("Z", "X") else "alive"
+    try:
+        # Without /proc a zombie is only visible to its parent: reap it if it is our child.
+        if os.waitpid(pid, os.WNOHANG)[0] == pid:
+            return "gone"
+    except ChildProcessError:
+        pass
     try:
         os.kill(pid, 0)
+    except ProcessLookupError:
+        return "gone"
+    except PermissionError:
+        return "alive"
+    return "alive"
+
+
+def pid_alive(pid: int) -> bool:
+    """True when a process with this pid runs; a zombie (killed but not reaped) counts as dead."""
+    return process_state(pid) == "alive"
+
+
+def process_is(pid: int, name: str) -> bool:
+    """True unless ``/proc`` shows that ``pid`` runs some other program than ``kafka``/``ferretdb``.
+
+    A pid file can outlive its process long enough for the pid to be given to another program.
+    """
+    try:
+        args = Path(f"/proc/{pid}/cmdline").read_bytes().split(b"\0")
     except OSError:
-        return False
+        return True
+    if name == "kafka":
+        return b"kafka.Kafka" in args
+    if name == "ferretdb":
+        return bool(args) and Path(os.fsdecode(args[0])).name.startswith("ferretdb")
     return True
 
 
-def _up(root: Path) -> None:
+def inspect_pidfile(pidfile: Path, name: str) -> tuple[int | None, str | None]:
+    """``(pid, None)`` when ``pidfile`` names a live ``name`` process; otherwise ``(None, why)``.
+
+    A stale pid file (its process gone, a zombie, or another program by now) is removed and ``why``
+    says what it was; ``(None, None)`` means there was no pid file.
+    """
+    try:
+        text = pidfile.read_text().strip()
+    except FileNotFoundError:
+        return None, None
+    try:
+        pid = int(text)
+    except ValueError:
+        why = f"no pid ({text[:20]!r})"
+    else:
+        state = process_state(pid)
+        if state == "alive" and process_is(pid, name):
+            return pid, None
+        why = f"pid {pid}, which {_STALE_WHY[state]}"
+    pidfile.unlink(missing_ok=True)
+    return None, why
+
+
+def _answers(svc: KafkaBroker | FerretDB) -> bool:
+    if isinstance(svc, KafkaBroker):
+        return port_open(svc.port) and _kafka_answers(svc.bootstrap)
+    return port_open(svc.port) and _mongo_answers(svc.url)
+
+
+def _up(root: Path) -> int:
     from shared.topics import ensure_topics_sync
 
     kafka_port = int(os.environ.get("KAFKA_PORT", "9092"))
@@ -285,44 +366,86 @@ def _up(root: Path) -> None:
     root.mkdir(parents=True, exist_ok=True)
     kafka = KafkaBroker(root / "kafka", port=kafka_port, controller_port=controller_port)
     ferret = FerretDB(root / "ferretdb", port=mongo_port)
-    for name, svc in (("kafka", kafka), ("ferretdb", ferret)):
+    servers: tuple[tuple[str, KafkaBroker | FerretDB], ...] = (("kafka", kafka), ("ferretdb", ferret))
+    reused: dict[str, int] = {}
+    for name, svc in servers:
         pidfile = root / f"{name}.pid"
-        if pidfile.exists() and pid_alive(int(pidfile.read_text())):
-            print(f"infra: {name} already running (pid {pidfile.read_text().strip()})")
+        pid, stale = inspect_pidfile(pidfile, name)
+        if pid is not None:
+            print(f"infra: {name} already running (pid {pid}); reusing it")
+            reused[name] = pid
             continue
-        svc.start()
+        if stale:
+            print(f"infra: {pidfile} named {stale}; removed it, starting a fresh {name}")
+        if port_open(svc.port):
+            print(
+                f"infra: port {svc.port} for {name} is taken by a program this data dir has no pid file for; "
+                "stop it or pick other ports (KAFKA_PORT, KAFKA_CONTROLLER_PORT, MONGO_PORT)",
+                file=sys.stderr,
+            )
+            return 1
+        try:
+            svc.start()
+        except (RuntimeError, TimeoutError, OSError, subprocess.CalledProcessError) as exc:
+            svc.stop()
+            print(f"infra: {name} did not start: {exc}", file=sys.stderr)
+            return 1
         assert svc.proc is not None
         pidfile.write_text(str(svc.proc.pid))
+        print(f"infra: started {name} (pid {svc.proc.pid})")
         # The child lives on in its own session after this command exits.
         svc.proc = None
-    ensure_topics_sync(kafka.bootstrap)
+    for name, svc in servers:
+        if name not in reused:
+            continue
+        # A reused process may still be starting up: give it a moment before calling it stuck.
+        deadline = time.monotonic() + 30
+        while not _answers(svc):
+            if not pid_alive(reused[name]) or time.monotonic() > deadline:
+                print(
+                    f"infra: {name} (pid {reused[name]}) does not answer on port {svc.port}; "
+                    "`make infra-down && make infra-up` restarts it",
+                    file=sys.stderr,
+                )
+                return 1
+            time.sleep(0.5)
+    try:
+        ensure_topics_sync(kafka.bootstrap)
+    except Exception as exc:
+        print(f"infra: creating the topics on {kafka.bootstrap} failed: {exc!r}", file=sys.stderr)
+        return 1
     print(f"infra: Kafka    {kafka.bootstrap}  (Apache Kafka {KAFKA_VERSION}, data {root / 'kafka'})")
     print(f"infra: FerretDB {ferret.url}  (FerretDB {FERRETDB_VERSION}, data {root / 'ferretdb'})")
+    return 0
 
 
 def _down(root: Path) -> None:
     for name in ("ferretdb", "kafka"):
         pidfile = root / f"{name}.pid"
-        if not pidfile.exists():
+        pid, stale = inspect_pidfile(pidfile, name)
+        if pid is None:
+            if stale:
+                print(f"infra: {name} was not running ({pidfile} named {stale}); removed the pid file")
             continue
-        pid = int(pidfile.read_text())
-        if pid_alive(pid):
+        # The pid file goes first: `make run`'s supervisor reads its absence as "stopped on purpose".
+        pidfile.unlink(missing_ok=True)
+        with contextlib.suppress(ProcessLookupError):
             os.killpg(pid, signal.SIGTERM)
-            for _ in range(150):
-                if not pid_alive(pid):
-                    break
-                time.sleep(0.1)
-            else:
+        for _ in range(150):
+            if not pid_alive(pid):
+                break
+            time.sleep(0.1)
+        else:
+            with contextlib.suppress(ProcessLookupError):
                 os.killpg(pid, signal.SIGKILL)
-            print(f"infra: stopped {name} (pid {pid})")
-        pidfile.unlink()
+        print(f"infra: stopped {name} (pid {pid})")
 
 
 def main(argv: list[str]) -> int:
     root = Path(os.environ.get("DATA_DIR", ".data"))
     cmd = argv[1] if len(argv) > 1 else "up"
     if cmd == "up":
-        _up(root)
+        return _up(root)
     elif cmd == "down":
         _down(root)
     elif cmd == "clean":
