@@ -15,6 +15,7 @@ import asyncio
 import json
 import sys
 import time
+from collections.abc import Awaitable, Callable, Mapping, Sequence
 from dataclasses import dataclass, field
 from datetime import timedelta
 from pathlib import Path
@@ -110,7 +111,7 @@ async def wait_for_metrics(
 
 
 async def run_demo(
-    urls: dict[str, str],
+    urls: Mapping[str, str | Sequence[str]],
     token: str,
     *,
     seed: int = 7,
@@ -119,6 +120,7 @@ async def run_demo(
     concurrency: int = 16,
     show_progress: bool = True,
     metrics_timeout: float = 60.0,
+    checkpoint: Callable[[str], Awaitable[None]] | None = None,
 ) -> DemoResult:
     plan = build_plan(seed, scale, tag=tag)
     truth = tally(plan)
@@ -128,7 +130,7 @@ async def run_demo(
     try:
         metrics = api.clients["metrics"]
         baseline = await fetch_summary(metrics)
-        await Replay(plan, api).run()
+        await Replay(plan, api, checkpoint).run()
         progress.set_phase("waiting for the metrics to catch up")
         truth_flat = flatten(truth.summary())
         # Current-state and dated figures of earlier replays (another --tag) stay in the totals.

@@ -90,6 +90,9 @@ class RunConfig:
     color: bool = False
     python: str = sys.executable
     extra_env: dict[str, str] = field(default_factory=dict)
+    # Ports of further replicas per service (the first listens on ``ports``); they share its
+    # database and consumer groups, as replicas behind a load balancer would.
+    replica_ports: dict[str, list[int]] = field(default_factory=dict)
 
     @property
     def controller_port(self) -> int:
@@ -142,12 +145,15 @@ def render_log_line(service: str, raw: str, *, verbose: bool = False) -> str | N
 class ServiceProcess:
     """One service as a child process, its output copied to ``<log_dir>/<name>.log`` (and the console)."""
 
-    def __init__(self, spec: ServiceSpec, port: int, env: dict[str, str], cfg: RunConfig) -> None:
+    def __init__(
+        self, spec: ServiceSpec, port: int, env: dict[str, str], cfg: RunConfig, *, instance: str | None = None
+    ) -> None:
         self.spec = spec
+        self.instance = instance or spec.name  # "visits", or "visits-2" for a further replica
         self.port = port
         self.cfg = cfg
         self.url = f"http://{cfg.host}:{port}"
-        self.log_path = cfg.log_dir / f"{spec.name}.log"
+        self.log_path = cfg.log_dir / f"{self.instance}.log"
         self.tail: deque[str] = deque(maxlen=40)
         self._log: IO[str] = self.log_path.open("a", encoding="utf-8")
         self.proc = subprocess.Popen(
@@ -163,13 +169,13 @@ class ServiceProcess:
             # Own process group: Ctrl-C reaches only the runner, which stops services before infra.
             start_new_session=True,
         )
-        self._reader = threading.Thread(target=self._pump, name=f"log-{spec.name}", daemon=True)
+        self._reader = threading.Thread(target=self._pump, name=f"log-{self.instance}", daemon=True)
         self._reader.start()
 
     def _pump(self) -> None:
         assert self.proc.stdout is not None
-        width = max(len(s.name) for s in SERVICES)
-        prefix = f"{self.spec.name:<{width}} | "
+        width = max(len(s.name) for s in SERVICES) + (2 if self.cfg.replica_ports else 0)
+        prefix = f"{self.instance:<{width}} | "
         if self.cfg.color:
             prefix = f"\x1b[{_COLORS.get(self.spec.name, '0')}m{prefix}\x1b[0m"
         for raw in self.proc.stdout:
@@ -185,6 +191,14 @@ class ServiceProcess:
 
     def alive(self) -> bool:
         return self.proc.poll() is None
+
+    def kill(self) -> None:
+        """SIGKILL, as a crash would: no shutdown hook runs."""
+        with contextlib.suppress(ProcessLookupError):
+            os.killpg(self.proc.pid, signal.SIGKILL)
+        self.proc.wait()
+        self._reader.join(timeout=2)
+        self._log.close()
 
     def terminate(self) -> None:
         if self.alive():
@@ -507,7 +521,7 @@ class System:
 
     # --- services --------------------------------------------------------------------------------
 
-    def service_env(self, spec: ServiceSpec) -> dict[str, str]:
+    def service_env(self, spec: ServiceSpec, port: int | None = None) -> dict[str, str]:
         p = spec.env_prefix
         env = {k: v for k, v in os.environ.items() if not k.startswith(tuple(s.env_prefix for s in SERVICES))}
         env.update(
@@ -516,7 +530,7 @@ class System:
                 f"{p}KAFKA_BOOTSTRAP": self.bootstrap,
                 f"{p}MONGO_URL": self.mongo_url,
                 f"{p}HOST": self.cfg.host,
-                f"{p}PORT": str(self.cfg.ports[spec.name]),
+                f"{p}PORT": str(port or self.cfg.ports[spec.name]),
                 f"{p}TOPIC_PREFIX": self.cfg.topic_prefix,
                 f"{p}CONSUMER_GROUP_PREFIX": (
                     self.cfg.topic_prefix if self.cfg.consumer_group_prefix is None else self.cfg.consumer_group_prefix
@@ -536,12 +550,23 @@ class System:
             raise RuntimeError("no service has an app.py yet under services/<name>/<name>/")
         self.cfg.log_dir.mkdir(parents=True, exist_ok=True)
         for name in names:
-            port = self.cfg.ports[name]
-            if port_open(port, self.cfg.host):
-                raise RuntimeError(f"port {port} for {name} is in use (is another `make run` running?)")
+            for port in (self.cfg.ports[name], *self.cfg.replica_ports.get(name, ())):
+                if port_open(port, self.cfg.host):
+                    raise RuntimeError(f"port {port} for {name} is in use (is another `make run` running?)")
         for name in names:
-            spec = SPEC_BY_NAME[name]
-            self.services[name] = ServiceProcess(spec, self.cfg.ports[name], self.service_env(spec), self.cfg)
+            self.start_replica(name, 1)
+            for i in range(len(self.cfg.replica_ports.get(name, ()))):
+                self.start_replica(name, i + 2)
+
+    def start_replica(self, name: str, number: int) -> ServiceProcess:
+        """Start replica ``number`` (1 is the one on ``ports``) of a service; its instance name is
+        the service's, or ``<service>-<number>`` for further replicas."""
+        spec = SPEC_BY_NAME[name]
+        port = self.cfg.ports[name] if number == 1 else self.cfg.replica_ports[name][number - 2]
+        instance = name if number == 1 else f"{name}-{number}"
+        svc = ServiceProcess(spec, port, self.service_env(spec, port), self.cfg, instance=instance)
+        self.services[instance] = svc
+        return svc
 
     def wait_ready(self, timeout: float = 120.0) -> None:
         """Block until every service's ``/readyz`` is 200; fail early if one exits."""
@@ -596,7 +621,15 @@ class System:
         self.stop()
 
     def urls(self) -> dict[str, str]:
-        return {name: svc.url for name, svc in self.services.items()}
+        """The first replica of each service."""
+        return {svc.spec.name: svc.url for svc in self.services.values() if svc.instance == svc.spec.name}
+
+    def replica_urls(self) -> dict[str, list[str]]:
+        """Every replica of each service, the first first."""
+        out: dict[str, list[str]] = {}
+        for svc in self.services.values():
+            out.setdefault(svc.spec.name, []).append(svc.url)
+        return out
 
     def admin_token(self, hours: float = 12) -> str:
         return issue_token(
@@ -670,6 +703,12 @@ def _parse(argv: Sequence[str] | None) -> RunConfig:
     )
     p.add_argument("--topic-prefix", default=os.environ.get("TOPIC_PREFIX", ""))
     p.add_argument("--services", default="", help="comma-separated subset (default: every service with an app.py)")
+    p.add_argument(
+        "--replicas",
+        type=int,
+        default=int(os.environ.get("REPLICAS", "1")),
+        help="processes per service; replica N listens on the first's port + 100*(N-1)",
+    )
     p.add_argument("--verbose", action="store_true", help="also echo every HTTP access log line")
     p.add_argument("--quiet", action="store_true", help="write service logs only to files")
     a = p.parse_args(argv)
@@ -679,6 +718,7 @@ def _parse(argv: Sequence[str] | None) -> RunConfig:
         kafka_port=a.kafka_port,
         mongo_port=a.mongo_port,
         ports=ports,
+        replica_ports={name: [port + 100 * i for i in range(1, a.replicas)] for name, port in ports.items()},
         services=[s for s in a.services.split(",") if s] or None,
         topic_prefix=a.topic_prefix,
         echo_logs=not a.quiet,

@@ -8,10 +8,11 @@ after the campaign (one batch twice), then corrections and voids. Bounded concur
 from __future__ import annotations
 
 import asyncio
+import itertools
 import sys
 import time
 from collections import defaultdict
-from collections.abc import Awaitable, Callable, Iterable, Sequence
+from collections.abc import Awaitable, Callable, Iterable, Mapping, Sequence
 from dataclasses import dataclass, field
 from typing import Any, TypeVar
 
@@ -81,20 +82,30 @@ class Stats:
 class Api:
     """httpx clients for the four services, a concurrency limit and retries on transient failures."""
 
-    def __init__(self, urls: dict[str, str], token: str, concurrency: int, progress: Progress) -> None:
+    def __init__(
+        self, urls: Mapping[str, str | Sequence[str]], token: str, concurrency: int, progress: Progress
+    ) -> None:
         limits = httpx.Limits(max_connections=concurrency, max_keepalive_connections=concurrency)
         headers = {"Authorization": f"Bearer {token}"}
-        self.clients = {
-            name: httpx.AsyncClient(base_url=url, headers=headers, timeout=60.0, limits=limits)
-            for name, url in urls.items()
+        # Several URLs of one service are its replicas: requests go round-robin, and one that
+        # cannot reach a replica (killed, restarting) is sent again to the next.
+        self.replicas = {
+            name: [
+                httpx.AsyncClient(base_url=url, headers=headers, timeout=60.0, limits=limits)
+                for url in ([given] if isinstance(given, str) else given)
+            ]
+            for name, given in urls.items()
         }
+        self.clients = {name: replicas[0] for name, replicas in self.replicas.items()}
+        self._turn = itertools.count()
         self.gate = asyncio.Semaphore(concurrency)
         self.progress = progress
         self.stats = Stats()
 
     async def close(self) -> None:
-        for c in self.clients.values():
-            await c.aclose()
+        for replicas in self.replicas.values():
+            for c in replicas:
+                await c.aclose()
 
     async def call(
         self,
@@ -111,8 +122,10 @@ class Api:
         delay = 0.2
         for attempt in range(8):
             try:
+                replicas = self.replicas[service]
+                client = replicas[next(self._turn) % len(replicas)]
                 async with self.gate:
-                    resp = await self.clients[service].request(method, path, json=body, headers=headers, params=params)
+                    resp = await client.request(method, path, json=body, headers=headers, params=params)
             except httpx.TransportError as exc:
                 if attempt == 7:
                     raise DemoError(f"{service} {method} {path}: {exc!r}") from exc
@@ -159,9 +172,12 @@ def estimate_requests(plan: Plan) -> int:
 class Replay:
     """One replay of a plan. ``run()`` returns when every record has been sent and accepted."""
 
-    def __init__(self, plan: Plan, api: Api) -> None:
+    def __init__(self, plan: Plan, api: Api, checkpoint: Callable[[str], Awaitable[None]] | None = None) -> None:
         self.plan = plan
         self.api = api
+        # Called between phases with the phase just finished ("registry", "week 3", ...): tests
+        # kill and restart replicas there, while consumers are still working off that phase.
+        self._checkpoint = checkpoint
         self.volunteer_ids: dict[int, str] = {}
         self.visit_ids: dict[str, str] = {}
         self.post_ids: dict[str, str] = {}
@@ -354,9 +370,14 @@ class Replay:
 
     # --- the campaign -------------------------------------------------------------------------------
 
+    async def _reached(self, phase: str) -> None:
+        if self._checkpoint is not None:
+            await self._checkpoint(phase)
+
     async def run(self) -> None:
         p = self.plan
         await self.registry()
+        await self._reached("registry")
         normal = [v for v in p.visits if not v.typhoon and not v.single]
         late = [v for v in p.visits if v.typhoon]
         for week in range(WEEKS):
@@ -376,6 +397,7 @@ class Replay:
                 self._leave(v.key) for v in p.volunteers if v.leaves_on is not None and p.week_of(v.leaves_on) == week
             ]
             await asyncio.gather(*jobs)
+            await self._reached(f"week {week + 1}")
         self.api.progress.set_phase("late uploads from the typhoon week")
         await asyncio.gather(
             *(self._visit_batch(g, k in p.duplicate_visit_batches) for k, g in self._visit_batches(late))

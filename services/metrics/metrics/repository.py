@@ -76,9 +76,14 @@ class MetaRepository:
         if not old and await self._col.find_one({"_id": "active"}) is None:
             await insert_ignoring_duplicates(self._col, [{"_id": "layout", "version": LAYOUT_VERSION}])
             return
-        marked = await self._col.update_one(
-            {"_id": "layout", "version": {"$ne": LAYOUT_VERSION}}, {"$set": {"version": LAYOUT_VERSION}}, upsert=True
-        )
+        try:
+            marked = await self._col.update_one(
+                {"_id": "layout", "version": {"$ne": LAYOUT_VERSION}},
+                {"$set": {"version": LAYOUT_VERSION}},
+                upsert=True,
+            )
+        except DuplicateKeyError:  # another replica marked it first and migrates
+            return
         if marked.modified_count or marked.upserted_id is not None:
             generation = await self.allocate_generation()
             await self.activate(generation)

@@ -319,8 +319,9 @@ class _Rebalance(ConsumerRebalanceListener):  # type: ignore[misc]
         self._runner = runner
 
     async def on_partitions_revoked(self, revoked: Iterable[TopicPartition]) -> None:
-        self._runner.revoked(revoked)
-        log.info("partitions_revoked", consumer=self._runner.name, partitions=len(list(revoked)))
+        partitions = list(revoked)
+        self._runner.revoked(partitions)
+        log.info("partitions_revoked", consumer=self._runner.name, partitions=len(partitions))
 
     async def on_partitions_assigned(self, assigned: Iterable[TopicPartition]) -> None:
         log.info("partitions_assigned", consumer=self._runner.name, partitions=len(list(assigned)))

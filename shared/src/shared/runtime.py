@@ -90,6 +90,8 @@ class Runtime:
                 topic_of=self.topic_of,
                 poll_seconds=settings.relay_poll_seconds,
                 batch_size=settings.relay_batch_size,
+                heartbeat_seconds=settings.relay_heartbeat_seconds,
+                stale_after_seconds=settings.relay_stale_after_seconds,
             )
             if outbox_collections
             else None

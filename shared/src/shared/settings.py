@@ -35,6 +35,10 @@ class ServiceSettings(BaseSettings):
     # Writes wake the relay in-process; this is only its idle wait and the first retry delay after a failure.
     relay_poll_seconds: float = 2.0
     relay_batch_size: int = 1000
+    # Relays beat a heartbeat this often; one silent for ``relay_stale_after_seconds`` is taken for
+    # dead, and a survivor sweeps for the events its process wrote but did not publish.
+    relay_heartbeat_seconds: float = 2.0
+    relay_stale_after_seconds: float = 10.0
     consumer_max_records: int = 2000
     # Batch consumers (projector, registry read model) let the broker hold a fetch up to this long
     # while less than 1 MiB is waiting, so a trickle of events is applied in batches: one write per
