@@ -185,13 +185,13 @@ def new_dashboard(uid: str, title: str, description: str, tags: list[str]) -> da
 
 
 def indicator(name: str, *, level: str = "province", key: str = "total") -> str:
-    return f'bridge_indicator{{indicator="{name}", key="{key}", level="{level}"}}'
+    return f'max without (instance) (bridge_indicator{{indicator="{name}", key="{key}", level="{level}"}})'
 
 
 # --- 1. campaign overview ---------------------------------------------------------------------------
 def campaign_overview() -> dashboard.Dashboard:
     campaign = 'campaign="$campaign"'
-    progress = f"bridge_campaign_progress_ratio{{{campaign}}}"
+    progress = f"max without (instance) (bridge_campaign_progress_ratio{{{campaign}}})"
     team_kinds = "permanent|mobile|literacy|campaign"
     return (
         new_dashboard(
@@ -233,8 +233,8 @@ def campaign_overview() -> dashboard.Dashboard:
             .datasource(DATASOURCE)
             .targets(
                 [
-                    query(f"bridge_campaign_target{{{campaign}}}", ref="A", table_format=True),
-                    query(f"bridge_campaign_actual{{{campaign}}}", ref="B", table_format=True),
+                    query(f"max without (instance) (bridge_campaign_target{{{campaign}}})", ref="A", table_format=True),
+                    query(f"max without (instance) (bridge_campaign_actual{{{campaign}}})", ref="B", table_format=True),
                     query(progress, ref="C", table_format=True),
                 ]
             )
@@ -256,8 +256,16 @@ def campaign_overview() -> dashboard.Dashboard:
             series(
                 "Actual vs target over time",
                 [
-                    query(f"bridge_campaign_actual{{{campaign}}}", "{{indicator}} · {{unit}} actual", "A"),
-                    query(f"bridge_campaign_target{{{campaign}}}", "{{indicator}} · {{unit}} target", "B"),
+                    query(
+                        f"max without (instance) (bridge_campaign_actual{{{campaign}}})",
+                        "{{indicator}} · {{unit}} actual",
+                        "A",
+                    ),
+                    query(
+                        f"max without (instance) (bridge_campaign_target{{{campaign}}})",
+                        "{{indicator}} · {{unit}} target",
+                        "B",
+                    ),
                 ],
             )
         )
@@ -265,7 +273,12 @@ def campaign_overview() -> dashboard.Dashboard:
         .with_panel(
             stat_panel(
                 "Indicators (province, whole period)",
-                [query('sum by (indicator) (bridge_indicator{key="total", level="province"})', "{{indicator}}")],
+                [
+                    query(
+                        'sum by (indicator) (max without (instance) (bridge_indicator{key="total", level="province"}))',
+                        "{{indicator}}",
+                    )
+                ],
                 width=24,
             ).orientation(VizOrientation.VERTICAL)
         )
@@ -274,7 +287,8 @@ def campaign_overview() -> dashboard.Dashboard:
                 "Active teams by kind",
                 [
                     query(
-                        f'sum by (key) (bridge_indicator{{indicator="teams", key=~"{team_kinds}", level="province"}})',
+                        f"sum by (key) (max without (instance) "
+                        f'(bridge_indicator{{indicator="teams", key=~"{team_kinds}", level="province"}}))',
                         "{{key}}",
                     )
                 ],
@@ -293,7 +307,7 @@ def campaign_overview() -> dashboard.Dashboard:
         .with_panel(
             matrix_table(
                 "Indicators by commune",
-                'sum by (unit, indicator) (bridge_indicator{key="total", level="commune"})',
+                'sum by (unit, indicator) (max without (instance) (bridge_indicator{key="total", level="commune"}))',
                 rows="unit",
                 columns="indicator",
                 description="Each commune's figure includes its whole subtree.",
@@ -306,7 +320,8 @@ def campaign_overview() -> dashboard.Dashboard:
             .targets(
                 [
                     query(
-                        'sum by (unit, indicator, key) (bridge_indicator{key!="total", level="commune"})',
+                        "sum by (unit, indicator, key) (max without (instance) "
+                        '(bridge_indicator{key!="total", level="commune"}))',
                         table_format=True,
                     )
                 ]
@@ -325,7 +340,9 @@ def field_work() -> dashboard.Dashboard:
     def by_commune(name: str, key: str = "total") -> str:
         return f"sum by (unit) ({indicator(name, level='commune', key=key)})"
 
-    applications = 'bridge_indicator{indicator="online_applications", key=~"l3|l4", level="%s"}'
+    applications = (
+        'max without (instance) (bridge_indicator{indicator="online_applications", key=~"l3|l4", level="%s"})'
+    )
     return (
         new_dashboard(
             "bridge-field-work",
@@ -375,7 +392,8 @@ def field_work() -> dashboard.Dashboard:
                 "Outreach posts by channel (province)",
                 [
                     query(
-                        'sum by (key) (bridge_indicator{indicator="outreach_posts", key!="total", level="province"})',
+                        "sum by (key) (max without (instance) "
+                        '(bridge_indicator{indicator="outreach_posts", key!="total", level="province"}))',
                         "{{key}}",
                     )
                 ],
@@ -388,7 +406,10 @@ def field_work() -> dashboard.Dashboard:
 # --- 3. training ------------------------------------------------------------------------------------
 def training() -> dashboard.Dashboard:
     def by_audience(name: str, level: str = "province") -> str:
-        return f'sum by (key) (bridge_indicator{{indicator="{name}", key!="total", level="{level}"}})'
+        return (
+            "sum by (key) (max without (instance) "
+            f'(bridge_indicator{{indicator="{name}", key!="total", level="{level}"}}))'
+        )
 
     completion_rate = f"sum({indicator('course_completions')}) / clamp_min(sum({indicator('course_participants')}), 1)"
     return (
@@ -420,7 +441,7 @@ def training() -> dashboard.Dashboard:
         .with_panel(
             matrix_table(
                 "Courses by commune and audience",
-                'sum by (unit, key) (bridge_indicator{indicator="courses", level="commune"})',
+                'sum by (unit, key) (max without (instance) (bridge_indicator{indicator="courses", level="commune"}))',
                 rows="unit",
                 columns="key",
                 width=12,
@@ -429,7 +450,8 @@ def training() -> dashboard.Dashboard:
         .with_panel(
             matrix_table(
                 "Participants by commune and audience",
-                'sum by (unit, key) (bridge_indicator{indicator="course_participants", level="commune"})',
+                "sum by (unit, key) (max without (instance) "
+                '(bridge_indicator{indicator="course_participants", level="commune"}))',
                 rows="unit",
                 columns="key",
                 width=12,
@@ -477,7 +499,7 @@ def system_health() -> dashboard.Dashboard:
         .with_panel(
             stat_panel(
                 "Outbox documents pending",
-                [query("sum(outbox_pending_documents) or vector(0)", "pending")],
+                [query("sum(max without (instance) (outbox_pending_documents)) or vector(0)", "pending")],
                 thresholds=steps((None, "green"), (100, "orange"), (1000, "red")),
             )
         )
@@ -572,7 +594,10 @@ def system_health() -> dashboard.Dashboard:
         )
         .with_row(dashboard.Row("Outbox relays"))
         .with_panel(
-            series("Outbox pending documents", [query("sum by (service) (outbox_pending_documents)", "{{service}}")])
+            series(
+                "Outbox pending documents",
+                [query("sum by (service) (max without (instance) (outbox_pending_documents))", "{{service}}")],
+            )
         )
         .with_panel(
             series(

@@ -2,7 +2,8 @@
 
 ``docker-compose config`` (Debian's docker-compose 1.29, installed by scripts/setup.sh) validates the
 file the way Compose will read it; the rest asserts what the deployment promises: pinned images,
-real MongoDB as a replica set, the same topic catalogue as ``make run``, and hardened service images.
+real MongoDB as a replica set, two replicas of each service on host ports that cannot clash, Prometheus
+scraping every replica, the same topic catalogue as ``make run``, and hardened service images.
 """
 
 from __future__ import annotations
@@ -27,6 +28,7 @@ SERVICES = {
     "training": ("TRAINING", 8003),
     "metrics": ("METRICS", 8004),
 }
+REPLICAS = 2
 
 
 @pytest.fixture(scope="module")
@@ -101,13 +103,75 @@ def test_services_are_built_per_service_and_wired_to_kafka_and_real_mongodb(reso
         assert deps["kafka-init"]["condition"] == "service_completed_successfully"
 
 
-def test_prometheus_scrapes_every_service_compose_starts(resolved: dict[str, Any]) -> None:
+def replicas_of(svc: dict[str, Any]) -> int:
+    """How many containers Compose starts: ``deploy.replicas`` (or the older ``scale``), else one."""
+    replicas = svc.get("deploy", {}).get("replicas")
+    scale = svc.get("scale")
+    assert replicas is None or scale is None, "docker-compose 1.29 rejects a service with both"
+    return int(replicas if replicas is not None else scale if scale is not None else 1)
+
+
+def host_ports(mapping: str | dict[str, Any]) -> tuple[range, int, str]:
+    """(host ports, container port, protocol) of one ``ports`` entry, short or long syntax."""
+    if isinstance(mapping, dict):
+        published, target, proto = str(mapping.get("published", "")), int(mapping["target"]), mapping.get("protocol")
+    else:
+        spec, _, proto = mapping.partition("/")
+        # [host_ip:][published:]target; the container side of these services is one port, never a range.
+        *front, target_text = spec.rsplit(":", 2)
+        published, target = (front[-1] if front else ""), int(target_text)
+    if not published:
+        return range(0), target, proto or "tcp"
+    first, _, last = published.partition("-")
+    return range(int(first), int(last or first) + 1), target, proto or "tcp"
+
+
+def test_host_port_parsing_reads_ranges_and_both_syntaxes() -> None:
+    assert host_ports("18011-18012:8001") == (range(18011, 18013), 8001, "tcp")
+    assert host_ports("127.0.0.1:9094:9094/udp") == (range(9094, 9095), 9094, "udp")
+    assert host_ports("8002") == (range(0), 8002, "tcp")
+    assert host_ports({"published": "18021-18022", "target": 8002}) == (range(18021, 18023), 8002, "tcp")
+
+
+def test_each_service_runs_two_replicas(resolved: dict[str, Any]) -> None:
+    for name in SERVICES:
+        svc = resolved["services"][name]
+        assert replicas_of(svc) == REPLICAS, name
+        # Docker names each container; a fixed name (or one fixed host port) stops the second replica.
+        assert "container_name" not in svc, name
+
+
+def test_every_replica_gets_its_own_host_port_and_no_two_mappings_collide(resolved: dict[str, Any]) -> None:
+    owner: dict[tuple[int, str], str] = {}
+    for name, svc in resolved["services"].items():
+        replicas = replicas_of(svc)
+        for mapping in svc.get("ports", []):
+            ports, target, proto = host_ports(mapping)
+            if name in SERVICES:
+                assert target == SERVICES[name][1], f"{name} publishes {target}, not its service port"
+            # The engine gives each container one free port of a range, so a range as long as the
+            # replica count (onto one container port) lets every replica start; an empty range is ephemeral.
+            assert not ports or len(ports) >= replicas, f"{name}: {len(ports)} host port(s) for {replicas} replicas"
+            for port in ports:
+                assert (port, proto) not in owner, f"host port {port} of {name} is also {owner[(port, proto)]}'s"
+                owner[(port, proto)] = name
+    for name in SERVICES:
+        assert name in owner.values(), f"{name} is not reachable from the host"
+
+
+def test_prometheus_discovers_every_replica_of_every_service(resolved: dict[str, Any]) -> None:
     prom = resolved["services"]["prometheus"]
     mounts = [str(v) if isinstance(v, str) else f"{v.get('source')}:{v.get('target')}" for v in prom["volumes"]]
     assert any("deploy/prometheus/prometheus.yml" in m for m in mounts)
     config = yaml.safe_load((REPO / "deploy/prometheus/prometheus.yml").read_text())
-    targets = {t for job in config["scrape_configs"] for sc in job["static_configs"] for t in sc["targets"]}
-    assert targets == {f"{name}:{port}" for name, (_, port) in SERVICES.items()}
+    jobs = {job["job_name"]: job for job in config["scrape_configs"]}
+    assert set(jobs) == set(SERVICES), "one job per service, named after it (the dashboards group by job)"
+    for name, (_, port) in SERVICES.items():
+        job = jobs[name]
+        # A static ``name:port`` target resolves to one replica per scrape; DNS A records list them all.
+        assert "static_configs" not in job, f"{name}: a static target would scrape one replica"
+        discovered = [(sd.get("type", "SRV"), n, sd.get("port")) for sd in job["dns_sd_configs"] for n in sd["names"]]
+        assert discovered == [("A", name, port)], f"{name}: {discovered}"
 
 
 def test_grafana_is_provisioned_from_the_repository(resolved: dict[str, Any]) -> None:

@@ -291,7 +291,9 @@ class ProcessedEvents:
         await insert_ignoring_duplicates(self._col, docs)  # the same cut redelivered is stored already
         for doc in docs:
             stored = self._docs.get(TopicPartition(doc["topic"], doc["partition"]))
-            if stored is None:
+            # A redelivered batch cut the same way is tracked already: counting it twice would
+            # prune ids that are still inside the window.
+            if stored is None or any(doc_id == doc["_id"] for doc_id, _ in stored):
                 continue
             stored.append((doc["_id"], len(doc["ids"])))
             while len(stored) > 1 and sum(n for _, n in stored[1:]) >= self._window:
@@ -441,6 +443,13 @@ class ConsumerRunner:
 
     def revoked(self, partitions: Iterable[TopicPartition]) -> None:
         """Partitions went to another member: what memory holds about them may go stale there."""
+        partitions = list(partitions)
+        for tp in partitions:
+            # The new owner reports this partition's lag; a stale copy here would be summed twice.
+            self._positions.pop(tp, None)
+            self.lag.pop(f"{tp.topic}:{tp.partition}", None)
+            with contextlib.suppress(KeyError):
+                LAG.remove(self.name, tp.topic, str(tp.partition))
         if self.processed:
             self.processed.forget(partitions)
         if self._whole_fetch:

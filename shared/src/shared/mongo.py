@@ -132,9 +132,9 @@ async def insert_ignoring_duplicates(col: AsyncCollection[Document], docs: Seque
 class InsertBatcher:
     """Sends the single-document inserts that arrive together as one unordered ``insert_many``.
 
-    Requests on one process share one write connection (see :func:`connect`), so under load they
-    queue for it anyway; while one command is on the wire, the inserts that arrive meanwhile wait
-    and then go as the next command. An idle process sends each insert at once. Each document is
+    While one command is on the wire, the inserts that arrive meanwhile wait and then go as the
+    next command; an idle process sends each insert at once. FerretDB writes one SQLite
+    transaction per command, so under load fewer, larger commands cost it less. Each document is
     still written atomically on its own, and each caller gets its own outcome: ``None``, or the
     :class:`DuplicateKeyError` / :class:`WriteError` of its document, or the command's error.
     One command per batch instead of per insert costs FerretDB one SQLite transaction instead of
