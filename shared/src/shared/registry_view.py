@@ -2,7 +2,9 @@
 
 Visits and training validate references (unit, team, membership, skills) against this model in
 their own database, so they keep working when the registry service is down and never call it.
-Every event sets the full current state of its key, so replays and redeliveries are harmless.
+Every event sets the full current state of its key, and every document records the Kafka offset
+of the event that set it, so replays, redeliveries and a replica that lost its partitions mid-batch
+never put back an older state.
 """
 
 from __future__ import annotations
@@ -10,10 +12,13 @@ from __future__ import annotations
 import asyncio
 import time
 from collections.abc import Awaitable, Callable, Iterable, Sequence
+from dataclasses import dataclass, field
+from functools import partial
 from typing import Any
 
 from pymongo import IndexModel
 from pymongo.asynchronous.database import AsyncDatabase
+from pymongo.errors import DuplicateKeyError
 
 from shared.consumer import Consumed
 from shared.contracts import registry as ev
@@ -22,6 +27,9 @@ UNITS = "rm_units"
 TEAMS = "rm_teams"
 VOLUNTEERS = "rm_volunteers"
 MEMBERSHIPS = "rm_memberships"
+# On a team document: per volunteer id (see ``_field``), the offset of the membership event that
+# last changed ``members``.
+MEMBER_OFFSETS = "member_offsets"
 
 INDEXES: dict[str, list[IndexModel]] = {
     MEMBERSHIPS: [IndexModel("team_code"), IndexModel("volunteer_id")],
@@ -125,12 +133,10 @@ class RegistryView:
     def __init__(
         self,
         db: AsyncDatabase[dict[str, Any]],
-        reads: AsyncDatabase[dict[str, Any]] | None = None,
         *,
         cache: ReadModelCache | None = None,
     ) -> None:
         self._db = db
-        self._reads = reads if reads is not None else db  # the queries below; writes stay on ``db``
         self._listeners: list[ChangeListener] = []
         self.cache = cache  # forgotten per applied batch; the queries below do not use it
 
@@ -145,51 +151,56 @@ class RegistryView:
     # --- queries -----------------------------------------------------------------------------------
 
     async def unit_path(self, code: str) -> list[str] | None:
-        doc = await self._reads[UNITS].find_one({"_id": code}, {"path": 1})
+        doc = await self._db[UNITS].find_one({"_id": code}, {"path": 1})
         return list(doc["path"]) if doc else None
 
     async def team(self, code: str) -> dict[str, Any] | None:
         """``{"code", "kind", "unit_code", "unit_path", "active"}`` or None if never seen."""
-        doc = await self._reads[TEAMS].find_one({"_id": code})
+        doc = await self._db[TEAMS].find_one({"_id": code})
         # A membership event can arrive before its team's event (different keys, so no ordering
         # between them); such a stub only holds members and does not make the team known.
         if doc is None or "kind" not in doc:
             return None
         doc["code"] = doc.pop("_id")
+        for bookkeeping in ("partition", "offset", MEMBER_OFFSETS):
+            doc.pop(bookkeeping, None)
         return doc
 
     async def active_members(self, team_code: str, volunteer_ids: Sequence[str]) -> set[str]:
         """Those of ``volunteer_ids`` who are current members of the team and have not left."""
-        team = await self._reads[TEAMS].find_one({"_id": team_code}, {"members": 1})
+        team = await self._db[TEAMS].find_one({"_id": team_code}, {"members": 1})
         current = set(team.get("members", [])) if team else set()
         return {v for v in set(volunteer_ids) & current if await self._volunteer_active(v)}
 
     async def team_has_skill(self, team_code: str, skill: str) -> bool:
         """True if any current member of the team (who has not left) has ``skill``."""
-        team = await self._reads[TEAMS].find_one({"_id": team_code}, {"members": 1})
+        team = await self._db[TEAMS].find_one({"_id": team_code}, {"members": 1})
         for volunteer_id in team.get("members", []) if team else []:
-            doc = await self._reads[VOLUNTEERS].find_one({"_id": volunteer_id})
+            doc = await self._db[VOLUNTEERS].find_one({"_id": volunteer_id})
             if doc and doc.get("active") and skill in doc.get("skills", []):
                 return True
         return False
 
     async def _volunteer_active(self, volunteer_id: str) -> bool:
-        doc = await self._reads[VOLUNTEERS].find_one({"_id": volunteer_id}, {"active": 1})
+        doc = await self._db[VOLUNTEERS].find_one({"_id": volunteer_id}, {"active": 1})
         return bool(doc and doc.get("active"))
 
     # --- event handling ----------------------------------------------------------------------------
 
     async def apply(self, events: Sequence[Consumed]) -> None:
-        """A :class:`shared.consumer.BatchHandler`: one write per document the batch touches.
+        """A :class:`shared.consumer.BatchHandler`: at most one write per document the batch touches.
 
-        Every event sets the full current state of its document, so folding a batch in order and
-        writing each document's final fields once equals applying the events one by one, and a
-        redelivered batch rewrites the same values. Listeners hear once per changed key, after the
-        writes. This matters on FerretDB, where each write costs a document read and rewrite: a
-        roster import of thousands of memberships becomes one write per team.
+        Every event sets the full current state of its key, and a batch holds one partition's events
+        in offset order, so folding it and writing each document's final fields once equals applying
+        the events one by one. Each document records the offset of the event
+        that set it and a write applies only over an older one: a redelivered batch, or a replica
+        still finishing a batch of partitions it has lost, never puts back an older state. Team
+        member lists change by atomic ``$addToSet``/``$pullAll`` guarded the same way, because
+        memberships of one team come from many partitions, so from several replicas at once.
+        Listeners hear once per key, after the writes.
         """
-        sets: dict[tuple[str, str], dict[str, Any]] = {}
-        moves: dict[str, list[tuple[str, bool]]] = {}
+        sets: dict[tuple[str, str], _Write] = {}
+        moves: dict[tuple[str, bool], dict[str, int]] = {}  # (team, started) -> {volunteer: offset}
         changed: dict[tuple[str, str], None] = {}
         for c in events:
             fold = _FOLDS.get(c.envelope.type)
@@ -197,29 +208,117 @@ class RegistryView:
                 continue  # producers may add types this view does not use
             payload = c.envelope.payload()
             for collection, key, fields in fold(payload):
-                sets.setdefault((collection, key), {}).update(fields)
+                write = sets.setdefault((collection, key), _Write())
+                write.fields.update(fields)
+                write.partition, write.offset = c.partition, c.offset
             if isinstance(payload, ev.MembershipStarted | ev.MembershipEnded):
                 started = isinstance(payload, ev.MembershipStarted)
-                moves.setdefault(payload.team_code, []).append((payload.volunteer_id, started))
+                moves.get((payload.team_code, not started), {}).pop(payload.volunteer_id, None)
+                moves.setdefault((payload.team_code, started), {})[payload.volunteer_id] = c.offset
             changed[_change_of(payload)] = None
         try:
-            for team_code, team_moves in moves.items():
-                # The team document keeps its current member ids so that checks are primary-key lookups:
-                # FerretDB v1 only pushes an exact {"_id": ...} filter down to SQLite; anything else scans.
-                team = await self._db[TEAMS].find_one({"_id": team_code}, {"members": 1})
-                members = list(team.get("members", [])) if team else []
-                for volunteer_id, started in team_moves:
-                    if started and volunteer_id not in members:
-                        members.append(volunteer_id)
-                    elif not started and volunteer_id in members:
-                        members.remove(volunteer_id)
-                sets.setdefault((TEAMS, team_code), {})["members"] = members
-            for (collection, key), fields in sets.items():
-                await self._db[collection].update_one({"_id": key}, {"$set": fields}, upsert=True)
+            # Members first: if the process dies before the membership document is written, the
+            # redelivery finds that document older and writes it; the member change is then a no-op.
+            teams: dict[str, list[tuple[bool, dict[str, int]]]] = {}
+            for (team_code, started), offsets in moves.items():
+                teams.setdefault(team_code, []).append((started, offsets))
+            await _in_chunks([partial(self._move_members, code, team_moves) for code, team_moves in teams.items()])
+            await _in_chunks([partial(self._set_if_newer, col, key, write) for (col, key), write in sets.items()])
         finally:
             if self.cache is not None:
                 self.cache.forget(changed)  # also after a failed write: some documents may have changed
         await self._changed(list(changed))
+
+    async def _set_if_newer(self, collection: str, key: str, write: _Write) -> None:
+        col = self._db[collection]
+        fields = {**write.fields, "partition": write.partition, "offset": write.offset}
+        for _ in range(_ATTEMPTS):
+            try:
+                # Not $lt: a document without an offset (a team stub, or one written before offsets
+                # were kept) must match too. When nothing matches, the upsert's insert hits the
+                # existing _id.
+                flt = {"_id": key, "offset": {"$not": {"$gte": write.offset}}}
+                await col.update_one(flt, {"$set": fields}, upsert=True)
+                return
+            except DuplicateKeyError:
+                doc = await col.find_one({"_id": key}, {"offset": 1})
+                if doc is not None and _applied(doc.get("offset"), write.offset):
+                    return  # already holds this event or a later one
+                # Otherwise another writer created the document between our filter and our insert
+                # (a membership's team stub): the next attempt finds and updates it.
+        raise RuntimeError(f"{collection} {key}: conditional write kept colliding")
+
+    async def _move_members(self, team_code: str, team_moves: list[tuple[bool, dict[str, int]]]) -> None:
+        """Add (``started``) or remove the volunteers of ``team_moves`` from the team's ``members``.
+
+        The team document keeps its current member ids so that checks are primary-key lookups:
+        FerretDB v1 only pushes an ``_id`` filter down to SQLite; anything else scans. Next to them
+        it keeps, per volunteer, the offset of the membership event that last changed the list, and
+        a change applies in the same atomic update as its check: reading the membership document
+        first would leave a window in which a newer replica ends the membership and a stale one then
+        adds the member back.
+        """
+        col = self._db[TEAMS]
+        for started, offsets in team_moves:
+            pending = dict(offsets)
+            if not pending:
+                continue  # every volunteer's last event in the batch was the opposite move
+            for _ in range(_ATTEMPTS):
+                flt: dict[str, Any] = {"_id": team_code}
+                flt |= {f"{MEMBER_OFFSETS}.{_field(v)}": {"$not": {"$gte": o}} for v, o in pending.items()}
+                ids = list(pending)
+                change: dict[str, Any] = (
+                    {"$addToSet": {"members": {"$each": ids}}} if started else {"$pullAll": {"members": ids}}
+                )
+                change["$set"] = {f"{MEMBER_OFFSETS}.{_field(v)}": o for v, o in pending.items()}
+                try:
+                    await col.update_one(flt, change, upsert=True)
+                    break
+                except DuplicateKeyError:
+                    # Some volunteer's change is already applied (a redelivery), or another writer
+                    # created the team document meanwhile: retry with only what is still older.
+                    doc = await col.find_one({"_id": team_code}, {MEMBER_OFFSETS: 1})
+                    seen = (doc or {}).get(MEMBER_OFFSETS) or {}
+                    pending = {v: o for v, o in pending.items() if not _applied(seen.get(_field(v)), o)}
+                    if not pending:
+                        break
+            else:
+                raise RuntimeError(f"team {team_code}: member change kept colliding")
+
+
+@dataclass
+class _Write:
+    """A document's fields folded from a batch and the position of the last event that set them."""
+
+    fields: dict[str, Any] = field(default_factory=dict)
+    partition: int = 0
+    offset: int = -1
+
+
+# A conditional write that fails because its document appeared meanwhile is tried again; only a
+# concurrent creation of the same document can make it fail, so a few tries always suffice.
+_ATTEMPTS = 4
+# Concurrent single-document writes per step of a batch (the client's pool queues the rest).
+_CHUNK = 50
+
+
+def _applied(stored: Any, offset: int) -> bool:
+    """True if a document that records ``stored`` already holds the event at ``offset``."""
+    return isinstance(stored, int) and stored >= offset
+
+
+def _field(volunteer_id: str) -> str:
+    """``volunteer_id`` as a field name: FerretDB rejects names with "." or a leading "$"."""
+    return volunteer_id.replace("%", "%25").replace(".", "%2E").replace("$", "%24")
+
+
+async def _in_chunks(writes: Sequence[Callable[[], Awaitable[None]]]) -> None:
+    for i in range(0, len(writes), _CHUNK):
+        # Every write of a chunk finishes before an error is raised, so none is left running.
+        outcomes = await asyncio.gather(*(w() for w in writes[i : i + _CHUNK]), return_exceptions=True)
+        for outcome in outcomes:
+            if isinstance(outcome, BaseException):
+                raise outcome
 
 
 Fold = Callable[[Any], list[tuple[str, str, dict[str, Any]]]]
