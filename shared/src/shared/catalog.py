@@ -107,6 +107,27 @@ EVENT_DOCS: dict[str, EventDoc] = {
         "`previous_path` the old one: move whatever you total per unit from the old ancestors to the new.",
         _UNIT_KEY,
     ),
+    reg.UNIT_MERGED: _doc(
+        "Unit merged",
+        "A unit was merged into `successor_code` (the 2025 pattern: communes merged into one). Its teams, "
+        "volunteers, child units and campaign targets were moved to the successor by earlier events; from "
+        "now on records that name its code belong to the successor. Count its history under the successor: "
+        "treat it as a child of `successor_code`.",
+        _UNIT_KEY,
+    ),
+    reg.UNIT_SPLIT: _doc(
+        "Unit split",
+        "A unit was split into `successors`; `teams` says which successor took each of its teams (each "
+        "also has its own `team.updated`). The unit is closed: it takes no new records, and its history "
+        "stays under its own code and parent.",
+        _UNIT_KEY,
+    ),
+    reg.UNIT_CLOSED: _doc(
+        "Unit closed",
+        "A unit takes no new records. Its history stays under its own code and parent; records that name "
+        "it are refused with a 409 problem.",
+        _UNIT_KEY,
+    ),
     reg.TEAM_CREATED: _doc(
         "Team created",
         "A volunteer team was founded at a unit. `kind` tells a permanent team at a public-administration "
@@ -303,9 +324,9 @@ _VOLUNTEER_BODY = {
     "birth_year": 2003,
 }
 _TARGETS = [
-    {"indicator": "households_visited", "unit_code": "QN-HALONG", "value": 1200},
-    {"indicator": "vneid_installs", "unit_code": "QN-HALONG", "value": 800},
-    {"indicator": "courses", "unit_code": "QN-VANDON", "value": 6},
+    {"indicator": "households_visited", "unit_code": "QN-HALONG", "value": 1200, "merged_from": ["QN-CAMPHA"]},
+    {"indicator": "vneid_installs", "unit_code": "QN-HALONG", "value": 800, "merged_from": []},
+    {"indicator": "courses", "unit_code": "QN-VANDON", "value": 6, "merged_from": []},
 ]
 
 EXAMPLES: dict[str, dict[str, Any]] = {
@@ -323,6 +344,24 @@ EXAMPLES: dict[str, dict[str, Any]] = {
         "parent_code": "QN",
         "path": _VANDON,
         "previous_path": ["QN", "QN-CAMPHA", "QN-VANDON"],
+    },
+    reg.UNIT_MERGED: {
+        "code": "QN-CAMPHA",
+        "successor_code": "QN-HALONG",
+        "successor_path": _HALONG,
+        "merged_on": "2025-07-01",
+    },
+    reg.UNIT_SPLIT: {
+        "code": "QN-VANDON",
+        "successors": ["QN-VANDON-B", "QN-VANDON-N"],
+        "teams": [{"team_code": _TEAM, "unit_code": "QN-VANDON-B"}],
+        "split_on": "2025-07-01",
+    },
+    reg.UNIT_CLOSED: {
+        "code": "QN-VANDON",
+        "path": _VANDON,
+        "reason": "Sáp nhập vào đặc khu mới",
+        "closed_on": "2025-07-01",
     },
     reg.TEAM_CREATED: _TEAM_BODY,
     reg.TEAM_UPDATED: {
@@ -355,7 +394,7 @@ EXAMPLES: dict[str, dict[str, Any]] = {
     },
     reg.CAMPAIGN_TARGETS_SET: {
         "code": _CAMPAIGN,
-        "targets": [*_TARGETS, {"indicator": "outreach_posts", "unit_code": "QN", "value": 2000}],
+        "targets": [*_TARGETS, {"indicator": "outreach_posts", "unit_code": "QN", "value": 2000, "merged_from": []}],
     },
     vis.VISIT_RECORDED: {
         "visit_id": _VISIT,

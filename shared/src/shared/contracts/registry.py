@@ -23,6 +23,9 @@ VOLUNTEER_UPDATED = PREFIX + "volunteer.updated.v1"
 VOLUNTEER_LEFT = PREFIX + "volunteer.left.v1"
 MEMBERSHIP_STARTED = PREFIX + "membership.started.v1"
 MEMBERSHIP_ENDED = PREFIX + "membership.ended.v1"
+UNIT_MERGED = PREFIX + "unit.merged.v1"
+UNIT_SPLIT = PREFIX + "unit.split.v1"
+UNIT_CLOSED = PREFIX + "unit.closed.v1"
 CAMPAIGN_CREATED = PREFIX + "campaign.created.v1"
 CAMPAIGN_TARGETS_SET = PREFIX + "campaign.targets_set.v1"
 
@@ -46,6 +49,45 @@ class UnitUpdated(Contract):
     parent_code: str | None
     path: UnitPath
     previous_path: UnitPath
+
+
+class UnitMerged(Contract):
+    """A unit was merged into ``successor_code``.
+
+    Its teams, volunteers, child units and campaign targets moved to the successor before this
+    event; from now on its code resolves to the successor, and its history counts under it.
+    """
+
+    code: str
+    successor_code: str
+    successor_path: UnitPath
+    merged_on: date
+
+
+class TeamAssignment(Contract):
+    team_code: str
+    unit_code: str
+
+
+class UnitSplit(Contract):
+    """A unit was split into ``successors``; ``teams`` says where each of its teams went.
+
+    The unit itself is closed: no new records, its history stays under its own code and parent.
+    """
+
+    code: str
+    successors: list[str] = Field(min_length=1)
+    teams: list[TeamAssignment]
+    split_on: date
+
+
+class UnitClosed(Contract):
+    """A unit takes no new records; its history stays where it is."""
+
+    code: str
+    path: UnitPath
+    reason: str = Field(description="Why, in the words of whoever closed it.")
+    closed_on: date
 
 
 class TeamCreated(Contract):
@@ -122,6 +164,10 @@ class Target(Contract):
     indicator: Indicator
     unit_code: str
     value: int = Field(ge=0)
+    merged_from: list[str] = Field(
+        default_factory=list,
+        description="Units merged into ``unit_code`` whose targets for this indicator were added into ``value``.",
+    )
 
 
 class CampaignCreated(Contract):
@@ -142,6 +188,9 @@ class CampaignTargetsSet(Contract):
 EVENTS: dict[str, type[Contract]] = {
     UNIT_CREATED: UnitCreated,
     UNIT_UPDATED: UnitUpdated,
+    UNIT_MERGED: UnitMerged,
+    UNIT_SPLIT: UnitSplit,
+    UNIT_CLOSED: UnitClosed,
     TEAM_CREATED: TeamCreated,
     TEAM_UPDATED: TeamUpdated,
     TEAM_DEACTIVATED: TeamDeactivated,
