@@ -236,6 +236,19 @@ def state_changes(payload: BaseModel) -> tuple[str, str, dict[str, object]] | No
                 "path": list(payload.path),
             }
             return ("units", payload.code, fields)
+        case reg.UnitMerged():
+            # Below its successor from now on, so the successor's subtree counts its whole history.
+            merged: dict[str, object] = {
+                "status": "merged",
+                "merged_into": payload.successor_code,
+                "parent_code": payload.successor_code,
+                "path": [*payload.successor_path, payload.code],
+            }
+            return ("units", payload.code, merged)
+        case reg.UnitSplit():
+            return ("units", payload.code, {"status": "closed", "successors": list(payload.successors)})
+        case reg.UnitClosed():
+            return ("units", payload.code, {"status": "closed"})
         case reg.CampaignCreated():
             return (
                 "campaigns",

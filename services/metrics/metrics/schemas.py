@@ -4,7 +4,7 @@ from __future__ import annotations
 
 from datetime import date, datetime
 from enum import StrEnum
-from typing import Any
+from typing import Any, Literal
 
 from pydantic import BaseModel, ConfigDict, Field
 
@@ -21,6 +21,15 @@ class Scope(BaseModel):
     from_: date | None = Field(default=None, serialization_alias="from")
     to: date | None = None
     campaign: str | None = None
+    unit_status: Literal["active", "merged", "closed"] = Field(
+        default="active",
+        description="A merged or closed unit's figures stay readable by its code: its own history (and what "
+        "is still below it).",
+    )
+    merged_into: str | None = Field(
+        default=None, description="The successor of a merged unit, whose figures include it."
+    )
+    successors: list[str] = Field(default_factory=list, description="The units a split unit was divided into.")
 
 
 class TeamsFigures(BaseModel):
@@ -93,6 +102,9 @@ class TargetProgress(BaseModel):
     actual: int
     percent: float | None = Field(description="actual / target * 100; null when the target is 0.")
     projected: float = Field(description="Actual extrapolated to the whole window at the current pace.")
+    merged_from: list[str] = Field(
+        default_factory=list, description="Units merged into this one whose targets were added into ``target``."
+    )
 
 
 class CampaignProgress(BaseModel):

@@ -157,9 +157,18 @@ class MetricsService:
             lo = first.isoformat() if first else FIRST_DAY
             hi = last.isoformat() if last else LAST_DAY
             docs = await repo.counters_in_range(code, lo, hi)
+        unit_doc = await repo.unit(code) or {}
         body = {
             "as_of": datetime.now(UTC),
-            "scope": {"unit": code, "from_": first, "to": last, "campaign": campaign},
+            "scope": {
+                "unit": code,
+                "from_": first,
+                "to": last,
+                "campaign": campaign,
+                "unit_status": unit_doc.get("status", "active"),
+                "merged_into": unit_doc.get("merged_into"),
+                "successors": unit_doc.get("successors", []),
+            },
             **figures(add_up(docs)),
         }
         return Summary.model_validate(body)
@@ -202,6 +211,7 @@ class MetricsService:
                     actual=actual,
                     percent=round(actual / value * 100, 1) if value else None,
                     projected=projected(actual, spec, elapsed, total),
+                    merged_from=target.get("merged_from", []),
                 )
             )
         return CampaignProgress(
