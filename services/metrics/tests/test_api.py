@@ -160,7 +160,8 @@ async def test_every_indicator_is_exact_after_duplicates_late_events_corrections
         await send(settings, scenario(ev))
         body = await eventually(client, "/v1/summary", PROVINCE_ALL_TIME)
         assert indicators(body) == PROVINCE_ALL_TIME
-        assert body["scope"] == {"unit": "QN", "from": None, "to": None, "campaign": None}
+        active = {"unit_status": "active", "merged_into": None, "successors": []}
+        assert body["scope"] == {"unit": "QN", "from": None, "to": None, "campaign": None, **active}
 
         ranged = await client.get("/v1/summary?unit=QN-HALONG&from=2025-07-01&to=2025-07-04", headers=ADMIN)
         assert ranged.status_code == 200
@@ -173,7 +174,13 @@ async def test_every_indicator_is_exact_after_duplicates_late_events_corrections
         assert school["teams"]["literacy"] == 1
 
         campaign = (await client.get("/v1/summary?campaign=PEAK90", headers=ADMIN)).json()
-        assert campaign["scope"] == {"unit": "QN", "from": "2025-07-01", "to": "2025-09-28", "campaign": "PEAK90"}
+        assert campaign["scope"] == {
+            "unit": "QN",
+            "from": "2025-07-01",
+            "to": "2025-09-28",
+            "campaign": "PEAK90",
+            **active,
+        }
         assert campaign["households_visited"] == 3  # the late visit of 30 June is outside the window
 
         series = await client.get(

@@ -1,213 +1,482 @@
-"""The projector against the real FerretDB: redelivery, duplicates, zombies and write volume."""
+"""The projector against the real FerretDB: redelivery however it is cut, republished copies,
+replicas and zombies sharing partitions, unit and campaign state, the processed-ids window, the
+plain-query contract of the counter documents, and write volume."""
 
 from __future__ import annotations
 
-from collections.abc import Sequence
+import asyncio
+import itertools
+from collections.abc import AsyncIterator, Iterable, Sequence
 from datetime import date
-from typing import Any
 
-import orjson
 import pytest
 from prometheus_client import REGISTRY
+from pymongo.asynchronous.database import AsyncDatabase
 
-from metrics.handlers import Projector
-from metrics.repository import ProjectionRepository, unpack
-from shared.consumer import Consumed
-from shared.envelope import Envelope
+from metrics.handlers import Listed, Projector, watermark_key
+from metrics.projection import CounterSums, counter_id, increments, nonzero
+from metrics.repository import Document, ProjectionRepository
+from shared.consumer import Consumed, ProcessedEvents
+from shared.contracts import registry as reg
+from shared.envelope import Envelope, make_event
+from shared.infra import FerretDB
 from shared.mongo import connect
+from shared.topics import REGISTRY_TOPIC, VISITS_TOPIC
 
 pytestmark = [pytest.mark.mongo]
 
+PROVINCE = ["QN"]
 HALONG = ["QN", "QN-HALONG"]
 VANDON = ["QN", "QN-VANDON"]
-TOPIC = "visits.events.v1"
+SCHOOL = ["QN", "QN-HALONG", "QN-HALONG-THPT"]
+GROUP = "metrics.projector"
+END = 1_000_000  # a cut past the end of any stream here
+
+Counters = dict[str, dict[str, int]]
 
 
 @pytest.fixture
-async def repo(ferretdb, run_id):
+async def db(ferretdb: FerretDB, run_id: str) -> AsyncIterator[AsyncDatabase[Document]]:
     client = connect(ferretdb.url)
-    repository = ProjectionRepository(client[f"metrics_proj_{run_id}"], 1)
-    await repository.ensure_indexes()
-    yield repository
-    await client.drop_database(f"metrics_proj_{run_id}")
+    name = f"metrics_proj_{run_id}"
+    yield client[name]
+    await client.drop_database(name)
     await client.close()
 
 
-def at_offsets(events: Sequence[Envelope], start: int = 0, partition: int = 0) -> list[Consumed]:
-    return [Consumed(e, TOPIC, partition, start + i) for i, e in enumerate(events)]
+@pytest.fixture
+async def repo(db: AsyncDatabase[Document]) -> ProjectionRepository:
+    repository = ProjectionRepository(db, 1)
+    await repository.ensure_indexes()
+    return repository
 
 
-async def counters(repo: ProjectionRepository, unit: str, day: str) -> dict[str, Any]:
-    doc = await repo.counters.find_one({"_id": unit})
-    if doc is None:
-        return {}
-    content = unpack(doc)
-    section = content.get(day) if day in ("all", "state") else content["days"].get(day)
-    return dict(section or {})
+def projector_on(repo: ProjectionRepository, *, window: int = 20_000) -> Projector:
+    """A projector as a (re)started process builds it: nothing in memory."""
+    return Projector(repo, ProcessedEvents(repo.processed_events, GROUP, window=window))
+
+
+def at_offsets(
+    events: Sequence[Envelope], start: int = 0, partition: int = 0, topic: str = VISITS_TOPIC
+) -> list[Consumed]:
+    return [Consumed(e, topic, partition, start + i) for i, e in enumerate(events)]
+
+
+def backlog(ev, n: int, prefix: str = "v") -> list[Envelope]:
+    """Visits to three units over five days, with a correction every 10th and, every 11th, the
+    visit republished by a relay three events later (same ce_id, later offset)."""
+    out: list[Envelope] = []
+    due: list[tuple[int, Envelope]] = []
+    paths = (HALONG, VANDON, SCHOOL)
+    for i in range(n):
+        figures = ev.figures(paths[i % 3], date(2025, 7, 1 + i % 5), people=1 + i % 4, vneid=i % 2)
+        visit = ev.visit(f"{prefix}{i}", figures)
+        out.append(visit)
+        if i % 10 == 5:
+            out.append(ev.visit_corrected(f"{prefix}{i}", figures, ev.figures(VANDON, date(2025, 7, 9), people=7)))
+        if i % 11 == 0:
+            due.append((len(out) + 3, visit))
+        while due and due[0][0] <= len(out):
+            out.append(due.pop(0)[1])
+    return out + [v for _, v in due]
+
+
+def expected(events: Iterable[Consumed | Envelope]) -> Counters:
+    """What the events add up to, per counter document, each ce_id once."""
+    unique = {e.id: e for e in (c.envelope if isinstance(c, Consumed) else c for c in events)}
+    sums = CounterSums()
+    for e in unique.values():
+        sums.add(increments(e.payload()))
+    return {d: nonzero(fs) for d, fs in sums.docs.items() if nonzero(fs)}
+
+
+async def stored(repo: ProjectionRepository) -> Counters:
+    """Every counter document's non-zero fields by ``_id``, watermarks left out."""
+    out: Counters = {}
+    for row in await repo.all_counters():
+        fields = nonzero(row["c"])
+        if fields:
+            out[counter_id(row["unit"], row["day"])] = fields
+    return out
+
+
+async def all_time(repo: ProjectionRepository, unit: str, field: str) -> int:
+    return sum(r["c"].get(field, 0) for r in await repo.counters_all_time(unit))
+
+
+async def processed_pairs(repo: ProjectionRepository, partition: int = 0) -> list[tuple[str, int]]:
+    docs = await repo.processed_events.find({"partition": partition}).sort("first", 1).to_list()
+    return [(i, o) for d in docs for i, o in zip(d["ids"], d["offsets"], strict=True)]
 
 
 def writes() -> float:
     return REGISTRY.get_sample_value("bridge_projector_mongo_writes_total") or 0.0
 
 
-def backlog(ev, n: int) -> list[Envelope]:
-    out = []
-    for i in range(n):
-        path = HALONG if i % 3 else VANDON
-        out.append(ev.visit(f"v{i}", ev.figures(path, date(2025, 7, 1 + i % 5), people=2, vneid=i % 2)))
-    return out
+def unit_moved(path: Sequence[str], previous: Sequence[str]) -> Envelope:
+    payload = reg.UnitUpdated(
+        code=path[-1],
+        name="Trường THPT Hòn Gai",
+        kind="school",
+        parent_code=path[-2],
+        path=list(path),
+        previous_path=list(previous),
+    )
+    return make_event(reg.UNIT_UPDATED, payload, source="/registry", key=path[-1])
 
 
-async def test_redelivery_after_a_crash_before_the_commit_changes_nothing_however_batches_are_cut(ev, repo) -> None:
+def registry_events(events: Sequence[Envelope], start: int = 0) -> list[Consumed]:
+    return at_offsets(events, start, topic=REGISTRY_TOPIC)
+
+
+def batches(stream: Sequence[Consumed], cuts: Sequence[int]) -> list[Sequence[Consumed]]:
+    return [stream[lo:hi] for lo, hi in itertools.pairwise(cuts)]
+
+
+# --- redelivery after a crash -------------------------------------------------------------------
+
+
+@pytest.mark.parametrize(
+    ("applied", "redelivered", "ids_lost"),
+    [
+        # Everything written, nothing committed, and even the processed ids gone: the watermarks
+        # alone keep the second pass, cut otherwise, from adding anything.
+        ([0, 45, 90, END], [0, 7, 55, 56, END], True),
+        # Written up to 90, committed up to 45: Kafka resumes at 45 (the first redelivered cut).
+        ([0, 45, 90], [45, 46, 100, END], False),
+        ([0, 13, 29, 64], [13, 64, 65, END], False),
+    ],
+)
+async def test_redelivery_after_a_crash_before_the_commit_changes_nothing_however_batches_are_cut(
+    ev, repo, applied, redelivered, ids_lost
+) -> None:
     stream = at_offsets(backlog(ev, 120))
-    projector = Projector(repo)
-    for lo in range(0, 120, 40):
-        await projector(stream[lo : lo + 40])
-    expected = await counters(repo, "QN", "all")
-    assert expected["people_supported"] == 240
-    assert expected["households_visited"] == 120
-    # The crash hit after the counters were written but before applied ids and offsets were: Kafka
-    # redelivers from an old commit and cuts the batches differently this time.
-    await repo.applied_events.delete_many({})
-    for lo, hi in ((0, 7), (7, 55), (55, 56), (56, 120)):
-        await projector(stream[lo:hi])
-    assert await counters(repo, "QN", "all") == expected
-    assert (await counters(repo, "QN-VANDON", "all"))["households_visited"] == 40
-    assert (await counters(repo, "QN-HALONG", "2025-07-01"))["households_visited"] == 16
+    assert len(stream) > 130
+    crashed = projector_on(repo)
+    for batch in batches(stream, applied):
+        await crashed(batch)
+    if ids_lost:
+        await repo.processed_events.delete_many({})
+    restarted = projector_on(repo)
+    for batch in batches(stream, redelivered):
+        await restarted(batch)
+    want = expected(stream)
+    assert await stored(repo) == want
+    assert sum(fields.get("households_visited", 0) for fields in want.values()) == 120  # not vacuous
+
+
+@pytest.mark.parametrize("redelivered", [[30, 60, END], [30, 31, 75, END]], ids=["same cut", "other cuts"])
+async def test_ids_recorded_by_a_batch_whose_counters_were_never_written_do_not_hide_its_redelivery(
+    ev, repo, redelivered
+) -> None:
+    stream = at_offsets(backlog(ev, 80))
+    crashed = projector_on(repo)
+    await crashed(stream[:30])
+    # The next batch got as far as storing its ids (they go first); the process died before
+    # any counter changed, so offset 30 is where Kafka resumes.
+    folded = await crashed.fold(Listed(stream[30:60]))
+    await crashed.processed.record_ids(folded.fresh)
+    stored_ids = {i for i, _ in await processed_pairs(repo)}
+    assert {c.envelope.id for c in stream[30:60]} <= stored_ids
+    assert await stored(repo) == expected(stream[:30])
+
+    restarted = projector_on(repo)
+    for batch in batches(stream, redelivered):
+        await restarted(batch)
+    assert await stored(repo) == expected(stream)
+    # Each id is stored at the offset of its first copy only.
+    pairs = await processed_pairs(repo)
+    first_offsets: dict[str, int] = {}
+    for c in stream:
+        first_offsets.setdefault(c.envelope.id, c.offset)
+    assert set(pairs) == set(first_offsets.items())
+
+
+# --- republished copies ---------------------------------------------------------------------------
 
 
 async def test_same_event_republished_at_a_later_offset_counts_once(ev, repo) -> None:
     visit = ev.visit("v-dup", ev.figures(HALONG, date(2025, 7, 2), people=5))
-    projector = Projector(repo)
-    # Inside one batch, and again in a later batch.
-    await projector(at_offsets([visit, visit]))
-    await projector(at_offsets([visit], start=2))
-    assert (await counters(repo, "QN-HALONG", "2025-07-02"))["people_supported"] == 5
+    projector = projector_on(repo)
+    await projector(at_offsets([visit, visit]))  # a copy in the same batch
+    await projector(at_offsets([visit], start=2))  # and in a later batch
+    doc = counter_id("QN-HALONG", "2025-07-02")
+    assert (await stored(repo))[doc]["people_supported"] == 5
+
+    # A restarted process knows nothing in memory: the copy is recognised from the database.
+    other = ev.visit("v-new", ev.figures(HALONG, date(2025, 7, 2), people=3))
+    restarted = projector_on(repo)
+    await restarted(at_offsets([visit, other], start=3))
+    assert (await stored(repo))[doc]["people_supported"] == 8
+    # Redelivered at its own offset it is the same record, not a copy; the watermarks absorb it.
+    await projector_on(repo)(at_offsets([visit]))
+    assert (await stored(repo))[doc]["people_supported"] == 8
+    assert [o for i, o in await processed_pairs(repo) if i == visit.id] == [0]
 
 
-async def test_zombie_projector_that_read_stale_watermarks_does_not_double_count(ev, repo) -> None:
-    stream = at_offsets(backlog(ev, 30))
-    live, zombie = Projector(repo), Projector(ProjectionRepository(repo._db, 1))
-    zombie_repo = zombie.repo
-    original = zombie_repo.load_counters
-    rounds = 0
+# --- replicas and zombies ---------------------------------------------------------------------------
 
-    async def stale_read(doc_ids=None):
-        nonlocal rounds
-        rounds += 1
-        docs = await original(doc_ids)
-        if rounds == 1:
-            await live(stream)  # the live projector applies the batch right after the zombie read
-        return docs
 
-    zombie_repo.load_counters = stale_read  # type: ignore[method-assign]
-    await zombie(stream)
-    assert rounds >= 2  # its conditional writes missed, so it re-read
-    assert (await counters(repo, "QN", "all"))["people_supported"] == 60
+def fetches(p0: Sequence[Consumed], p1: Sequence[Consumed], cuts0: list[int], cuts1: list[int]) -> list[list[Consumed]]:
+    """Whole fetches of two partitions, each partition cut at its own offsets (empty ones left out)."""
+    parts0, parts1 = batches(p0, cuts0), batches(p1, cuts1)
+    both = ([*a, *b] for a, b in itertools.zip_longest(parts0, parts1, fillvalue=[]))
+    return [f for f in both if f]
+
+
+async def apply_like_the_runner(projector: Projector, fetch: Sequence[Consumed], failures: list[str]) -> None:
+    """Fold once, write until it succeeds, forgetting the memory after each failure (what
+    ``ConsumerRunner`` does): a replica whose watermarks keep moving gives up a round and retries."""
+    folded = await projector.fold(Listed(fetch))
+    for _ in range(10):
+        try:
+            await projector.write(folded)
+            return
+        except RuntimeError as exc:
+            failures.append(str(exc))
+            projector.forget()
+            await asyncio.sleep(0.01)
+    raise AssertionError(f"a fetch failed 10 times: {failures[-1]}")
+
+
+def spread(ev) -> tuple[list[Consumed], list[Consumed], list[list[int]], list[list[int]]]:
+    """Visits, corrections and republished copies over many documents, cut coarsely."""
+    p0 = at_offsets(backlog(ev, 150, "a"), partition=0)
+    p1 = at_offsets(backlog(ev, 90, "b"), partition=1)
+    return p0, p1, [[*range(0, len(p0), 25)], [0, 7, 50, 51, 120]], [[*range(0, len(p1), 15)], [0, 40, 41]]
+
+
+def contended(ev) -> tuple[list[Consumed], list[Consumed], list[list[int]], list[list[int]]]:
+    """Every event on two documents, cut small: the replicas write the same documents all along."""
+    p0, p1 = (
+        at_offsets([ev.visit(f"{p}{i}", ev.figures(HALONG, date(2025, 7, 1 + i % 2))) for i in range(300)], partition=n)
+        for n, p in enumerate("ab")
+    )
+    return p0, p1, [[*range(0, 301, 5)], [*range(0, 301, 4)]], [[*range(0, 301, 3)], [*range(0, 301, 7)]]
+
+
+@pytest.mark.parametrize("shape", [spread, contended])
+async def test_two_replicas_applying_the_same_stream_concurrently_count_each_event_once(
+    ev, ferretdb: FerretDB, repo, shape
+) -> None:
+    p0, p1, cuts0, cuts1 = shape(ev)
+    # Each replica is its own process: its own client (a pool of connections) and its own memory.
+    clients = [connect(ferretdb.url, max_pool_size=8) for _ in range(2)]
+    failures: list[str] = []
+    try:
+        replicas = [projector_on(ProjectionRepository(c[repo.counters.database.name], 1)) for c in clients]
+
+        async def run(projector: Projector, plan: list[list[Consumed]]) -> None:
+            for fetch in plan:
+                await apply_like_the_runner(projector, fetch, failures)
+
+        plans = [fetches(p0, p1, [*c0, END], [*c1, END]) for c0, c1 in zip(cuts0, cuts1, strict=True)]
+        await asyncio.gather(*(run(p, plan) for p, plan in zip(replicas, plans, strict=True)))
+    finally:
+        for c in clients:
+            await c.close()
+    assert await stored(repo) == expected([*p0, *p1])
+    assert all("watermarks kept moving" in f for f in failures)
+
+
+async def test_a_zombie_that_writes_old_batches_after_the_new_owner_wrote_later_ones_does_not_double_count(
+    ev, ferretdb: FerretDB, repo
+) -> None:
+    stream = at_offsets(backlog(ev, 60))
+    zombie_client = connect(ferretdb.url, max_pool_size=8)
+    try:
+        zombie = projector_on(ProjectionRepository(zombie_client[repo.counters.database.name], 1))
+        # The zombie fetched and folded two batches, then stalled; the partition moved on.
+        stale = [await zombie.fold(Listed(stream[0:30])), await zombie.fold(Listed(stream[30:45]))]
+        owner = projector_on(repo)
+        await owner(stream[0:20])
+        await owner(stream[20:])
+        for folded in stale:
+            await zombie.write(folded)
+    finally:
+        await zombie_client.close()
+    assert await stored(repo) == expected(stream)
+
+
+async def test_a_zombie_whose_watermark_read_is_overtaken_by_the_owner_reads_again_and_adds_nothing_twice(
+    ev, repo
+) -> None:
+    stream = at_offsets(backlog(ev, 60))
+    owner = projector_on(repo)
+    await owner(stream[:20])
+    zombie_repo = ProjectionRepository(repo.counters.database, 1)
+    reads = 0
+    read_marks = zombie_repo.marks
+
+    async def overtaken(doc_ids: Iterable[str]) -> dict[str, dict[str, int]]:
+        nonlocal reads
+        reads += 1
+        marks = await read_marks(doc_ids)
+        if reads == 1:
+            await owner(stream[20:])  # the owner writes right after the zombie read the watermarks
+        return marks
+
+    zombie_repo.marks = overtaken  # type: ignore[method-assign]
+    await projector_on(zombie_repo)(stream[:45])
+    assert reads >= 2  # its conditional writes missed, so it read the watermarks again
+    assert await stored(repo) == expected(stream)
+
+
+async def test_a_fetch_partly_seen_on_one_partition_adds_the_rest_of_it_and_all_of_the_other(ev, repo) -> None:
+    p0 = at_offsets([ev.visit(f"a{i}", ev.figures(HALONG, date(2025, 7, 9), people=2)) for i in range(20)], partition=0)
+    p1 = at_offsets([ev.visit(f"b{i}", ev.figures(HALONG, date(2025, 7, 9), people=3)) for i in range(10)], partition=1)
+    await projector_on(repo)(p0[:12])
+    # Restarted: Kafka resumes partition 0 at an older commit, together with partition 1.
+    await projector_on(repo)([*p0[5:], *p1])
+    doc = counter_id("QN-HALONG", "2025-07-09")
+    assert (await stored(repo))[doc]["people_supported"] == 70
+    marks = await repo.marks([doc])
+    assert marks[doc] == {watermark_key(VISITS_TOPIC, 0): 19, watermark_key(VISITS_TOPIC, 1): 9}
+
+
+# --- unit and campaign state ---------------------------------------------------------------------
+
+
+async def test_units_and_campaigns_keep_their_latest_state_even_when_an_older_event_is_applied_after(ev, repo) -> None:
+    campaign = ev.campaign("C90", date(2025, 7, 1), date(2025, 9, 28), [("courses", "QN", 3)])
+    retargeted = make_event(
+        reg.CAMPAIGN_TARGETS_SET,
+        reg.CampaignTargetsSet(code="C90", targets=[reg.Target(indicator="courses", unit_code="QN-VANDON", value=5)]),
+        source="/registry",
+        key="C90",
+    )
+    older = registry_events([ev.unit(PROVINCE), ev.unit(HALONG), ev.unit(VANDON), ev.unit(SCHOOL), campaign])
+    newer = registry_events([unit_moved(["QN", "QN-VANDON", "QN-HALONG-THPT"], SCHOOL), retargeted], start=5)
+    owner = projector_on(repo)
+    await owner(older)
+    await owner(newer)
+    # A zombie, or a redelivery after a restart, applies the older events once more.
+    await projector_on(repo)(older[3:])
+
+    school = await repo.unit("QN-HALONG-THPT")
+    assert school is not None
+    assert school["name"] == "Trường THPT Hòn Gai"
+    assert school["parent_code"] == "QN-VANDON"
+    assert school["path"] == ["QN", "QN-VANDON", "QN-HALONG-THPT"]
+    assert "wm" not in school
+    stored_campaign = await repo.campaign("C90")
+    assert stored_campaign is not None
+    assert stored_campaign["name"] == "Cao điểm 90 ngày"
+    assert stored_campaign["starts_on"] == "2025-07-01"
+    assert [(t["indicator"], t["unit_code"], t["value"]) for t in stored_campaign["targets"]] == [
+        ("courses", "QN-VANDON", 5)
+    ]
+    root = await repo.root_unit()
+    assert root is not None
+    assert root["_id"] == "QN"
+    assert root["name"] == "Tỉnh Quảng Ninh"
+
+
+async def test_a_unit_moved_to_another_parent_takes_its_whole_history_with_it(ev, repo) -> None:
+    projector = projector_on(repo)
+    await projector(registry_events([ev.unit(p) for p in (PROVINCE, HALONG, VANDON, SCHOOL)]))
+    await projector(at_offsets([ev.visit(f"s{i}", ev.figures(SCHOOL, date(2025, 7, 2), people=4)) for i in range(3)]))
+    await projector(at_offsets([ev.visit("h", ev.figures(HALONG, date(2025, 7, 2), people=1))], start=3))
+    assert await all_time(repo, "QN-HALONG", "people_supported") == 13
+    assert await all_time(repo, "QN-VANDON", "people_supported") == 0
+
+    await projector(registry_events([unit_moved(["QN", "QN-VANDON", "QN-HALONG-THPT"], SCHOOL)], start=4))
+    assert await all_time(repo, "QN-HALONG", "people_supported") == 1
+    assert await all_time(repo, "QN-VANDON", "people_supported") == 12
+    assert await all_time(repo, "QN", "people_supported") == 13
+    in_july = await repo.counters_in_range("QN-VANDON", "2025-07-01", "2025-07-31")
+    assert sum(r["c"].get("people_supported", 0) for r in in_july) == 12
+
+
+# --- the processed-ids window -------------------------------------------------------------------
+
+
+async def test_processed_ids_are_pruned_past_the_window_per_partition(ev, repo) -> None:
+    projector = projector_on(repo, window=10)
+    busy = [ev.visit(f"b{i}", ev.figures(HALONG, date(2025, 7, 1))) for i in range(24)]
+    quiet = [ev.visit(f"q{i}", ev.figures(VANDON, date(2025, 7, 1))) for i in range(6)]
+    for lo in range(0, 24, 8):
+        await projector(at_offsets(busy[lo : lo + 8], start=lo, partition=0))
+        if lo < 6:
+            await projector(at_offsets(quiet[lo : lo + 3], start=lo, partition=1))
+    await projector(at_offsets(quiet[3:], start=3, partition=1))
+
+    # The busy partition keeps its two newest batches: dropping the older of them would leave
+    # fewer than 10 ids. The quiet one keeps all of its 6, however busy the other is.
+    busy_docs = await repo.processed_events.find({"partition": 0}).sort("first", 1).to_list()
+    assert [len(d["ids"]) for d in busy_docs] == [8, 8]
+    assert {i for i, _ in await processed_pairs(repo, 0)} == {e.id for e in busy[8:]}
+    assert {i for i, _ in await processed_pairs(repo, 1)} == {e.id for e in quiet}
+
+    # Copies of recent events are still recognised after a restart, on both partitions.
+    restarted = projector_on(repo, window=10)
+    await restarted(at_offsets([busy[20]], start=24, partition=0))
+    await restarted(at_offsets([quiet[0]], start=6, partition=1))
+    assert await all_time(repo, "QN-HALONG", "households_visited") == 24
+    assert await all_time(repo, "QN-VANDON", "households_visited") == 6
+
+
+async def test_a_batch_redelivered_with_the_same_cut_after_a_restart_does_not_shrink_the_window(ev, repo) -> None:
+    visits = at_offsets([ev.visit(f"w{i}", ev.figures(HALONG, date(2025, 7, 1))) for i in range(16)])
+    await projector_on(repo, window=10)(visits[:8])
+    # Restarted before the commit: the same batch comes again, its ids document is stored already.
+    restarted = projector_on(repo, window=10)
+    await restarted(visits[:8])
+    await restarted(visits[8:])
+    # Dropping the older batch would leave 8 ids, fewer than the window: both stay.
+    docs = await repo.processed_events.find({}).sort("first", 1).to_list()
+    assert [(d["first"], d["last"]) for d in docs] == [(0, 7), (8, 15)]
+    await projector_on(repo, window=10)(at_offsets([visits[6].envelope], start=16))
+    assert await all_time(repo, "QN-HALONG", "households_visited") == 16
+
+
+# --- the documented plain query ----------------------------------------------------------------
+
+
+async def test_plain_query_aggregate_over_the_subtree_units_gives_the_repository_total(ev, repo) -> None:
+    projector = projector_on(repo)
+    await projector(registry_events([ev.unit(p) for p in (PROVINCE, HALONG, VANDON, SCHOOL)]))
+    await projector(at_offsets(backlog(ev, 45)))
+    await projector(at_offsets([ev.visit("tinh", ev.figures(PROVINCE, date(2025, 7, 3), people=11))], start=100))
+    await projector(registry_events([ev.volunteer("V1", HALONG), ev.team("T1", "mobile", SCHOOL)], start=4))
+
+    totals = {}
+    for unit in ("QN", "QN-HALONG", "QN-VANDON", "QN-HALONG-THPT"):
+        units = await repo.subtree(unit)
+        cursor = await repo.counters.aggregate(
+            [{"$match": {"unit": {"$in": units}}}, {"$group": {"_id": None, "p": {"$sum": "$people_supported"}}}]
+        )
+        rows = await cursor.to_list()
+        plain = rows[0]["p"] if rows else 0
+        assert plain == await all_time(repo, unit, "people_supported"), unit
+        totals[unit] = plain
+    assert totals["QN"] == totals["QN-HALONG"] + totals["QN-VANDON"] + 11
+    assert 0 < totals["QN-HALONG-THPT"] < totals["QN-HALONG"]
+
+
+# --- write volume ----------------------------------------------------------------------------------
 
 
 async def test_a_fetch_of_several_partitions_is_one_write_per_document_and_redelivery_is_harmless(ev, repo) -> None:
     p0 = at_offsets([ev.visit(f"a{i}", ev.figures(HALONG, date(2025, 7, 9), people=2)) for i in range(20)], partition=0)
     p1 = at_offsets([ev.visit(f"b{i}", ev.figures(HALONG, date(2025, 7, 9), people=3)) for i in range(10)], partition=1)
-    projector = Projector(repo)
     before = writes()
-    await projector([*p0, *p1])
-    # Two documents (QN, QN-HALONG) written once each + 1 applied-ids insert, not one per partition.
-    assert writes() - before == 3
-    assert (await counters(repo, "QN", "2025-07-09"))["people_supported"] == 70
-    # After a restart (fresh projector, nothing in memory), partition 1 comes again with more events.
+    await projector_on(repo)([*p0, *p1])
+    # One counter document written once, plus one insert of the processed ids of both partitions.
+    assert writes() - before == 2
+    doc = counter_id("QN-HALONG", "2025-07-09")
+    assert (await stored(repo))[doc]["people_supported"] == 70
+    # After a restart, partition 1 comes again with more events.
     more = at_offsets([ev.visit(f"c{i}", ev.figures(HALONG, date(2025, 7, 9), people=1)) for i in range(5)], 10, 1)
-    await Projector(repo)([*p1, *more])
-    assert (await counters(repo, "QN", "2025-07-09"))["people_supported"] == 75
-    assert (await counters(repo, "QN-HALONG", "all"))["people_supported"] == 75
+    await projector_on(repo)([*p1, *more])
+    assert (await stored(repo))[doc]["people_supported"] == 75
 
 
 async def test_mongo_writes_grow_with_counters_touched_not_with_events(ev, repo) -> None:
     same_day = [ev.visit(f"s{i}", ev.figures(HALONG, date(2025, 7, 9), people=1)) for i in range(500)]
     before = writes()
-    await Projector(repo)(at_offsets(same_day))
-    spent = writes() - before
-    # One document per unit (2 units) and 1 insert of applied ids.
-    assert spent == 3
-    assert (await counters(repo, "QN", "2025-07-09"))["people_supported"] == 500
-
-
-async def test_units_and_campaigns_keep_their_latest_state(ev, repo) -> None:
-    projector = Projector(repo)
-    await projector(
-        at_offsets(
-            [
-                ev.unit(["QN"]),
-                ev.unit(HALONG),
-                ev.campaign("C90", date(2025, 7, 1), date(2025, 9, 28), [("courses", "QN", 3)]),
-            ]
-        )
-    )
-    unit = await repo.unit("QN-HALONG")
-    assert unit is not None
-    assert unit["name"] == "Phường Hạ Long"
-    assert unit["path"] == HALONG
-    root = await repo.root_unit()
-    assert root is not None
-    assert root["_id"] == "QN"
-    campaign = await repo.campaign("C90")
-    assert campaign is not None
-    assert campaign["starts_on"] == "2025-07-01"
-    assert campaign["targets"] == [{"indicator": "courses", "unit_code": "QN", "value": 3}]
-
-
-async def test_applied_ids_are_kept_for_a_window_of_recent_events_in_memory_and_in_mongo(ev, repo) -> None:
-    small = ProjectionRepository(repo._db, 1, applied_window=10)
-    projector = Projector(small)
-    visits = backlog(ev, 24)
-    for lo in range(0, 24, 8):
-        await projector(at_offsets(visits[lo : lo + 8], start=lo))
-    remembered = await small.applied_ids()
-    # The two newest fetches (16 ids) stay: dropping the older of them would leave fewer than 10.
-    assert remembered == {v.id for v in visits[8:]}
-    stored = await small.applied_events.find({}).to_list()
-    assert sorted(d["n"] for d in stored) == [8, 8]
-    # A republish of a recent event is still recognised, after a restart too.
-    await Projector(ProjectionRepository(repo._db, 1, applied_window=10))(at_offsets([visits[20]], start=24))
-    assert (await counters(repo, "QN", "all"))["households_visited"] == 24
-
-
-async def test_a_busy_topic_does_not_push_a_quiet_topics_ids_out_of_the_window(ev, repo) -> None:
-    small = ProjectionRepository(repo._db, 1, applied_window=10)
-    projector = Projector(small)
-    visits = backlog(ev, 8)
-    await projector(at_offsets(visits))
-    # Thirty registry events pass before the visits relay republishes one of its last chunk.
-    units = [ev.unit(["QN", f"QN-C{i:02d}"]) for i in range(30)]
-    for lo in range(0, 30, 6):
-        await projector([Consumed(u, "registry.events.v1", 0, lo + i) for i, u in enumerate(units[lo : lo + 6])])
-    assert {v.id for v in visits} <= await small.applied_ids()
-    restarted = Projector(ProjectionRepository(repo._db, 1, applied_window=10))
-    await restarted(at_offsets([visits[3]], start=8))
-    assert (await counters(repo, "QN", "all"))["households_visited"] == 8
-    # The busy topic keeps only its own window: its two newest documents (12 ids).
-    stored = await small.applied_events.find({"topic": "registry.events.v1"}).to_list()
-    assert sorted(d["n"] for d in stored) == [6, 6]
-
-
-async def test_counters_stored_unpacked_by_an_earlier_version_are_read_and_rewritten_packed(ev, repo) -> None:
-    await repo.counters.insert_one(
-        {"_id": "QN", "depth": 1, "state": {}, "all": {"households_visited": 5}, "days": {}, "wm": {}}
-    )
-    await Projector(repo)(at_offsets([ev.visit("v-new", ev.figures(HALONG, date(2025, 7, 2)))]))
-    stored = await repo.counters.find_one({"_id": "QN"})
-    assert stored is not None
-    assert "c" in stored
-    assert stored["v"] == 1
-    assert (await counters(repo, "QN", "all"))["households_visited"] == 6
-
-
-async def test_counters_packed_uncompressed_by_an_earlier_version_are_read_and_rewritten_compressed(ev, repo) -> None:
-    content = {"state": {}, "all": {"households_visited": 5}, "days": {}, "wm": {}}
-    await repo.counters.insert_one({"_id": "QN", "depth": 1, "v": 3, "c": orjson.dumps(content)})
-    await Projector(repo)(at_offsets([ev.visit("v-new", ev.figures(HALONG, date(2025, 7, 2)))]))
-    stored = await repo.counters.find_one({"_id": "QN"})
-    assert stored is not None
-    assert stored["v"] == 4
-    assert not bytes(stored["c"]).startswith(b"{")
-    assert (await counters(repo, "QN", "all"))["households_visited"] == 6
+    await projector_on(repo)(at_offsets(same_day))
+    assert writes() - before == 2
+    assert (await stored(repo)) == {
+        counter_id("QN-HALONG", "2025-07-09"): {"households_visited": 500, "people_supported": 500}
+    }
