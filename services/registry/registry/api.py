@@ -10,10 +10,15 @@ from fastapi import APIRouter, Depends, Path, Query, Request
 from registry.schemas import (
     CampaignIn,
     CampaignOut,
+    CloseIn,
     MemberIn,
     MembershipOut,
+    MergeIn,
+    MergeOut,
     RosterIn,
     RosterOut,
+    SplitIn,
+    SplitOut,
     TargetsIn,
     TeamIn,
     TeamOut,
@@ -21,6 +26,7 @@ from registry.schemas import (
     UnitIn,
     UnitOut,
     UnitPatch,
+    UnitStatus,
     VolunteerIn,
     VolunteerLeave,
     VolunteerOut,
@@ -64,10 +70,25 @@ async def list_units(
     service: Service,
     parent_code: Annotated[str | None, Query(description="Only direct children of this unit.")] = None,
     kind: Annotated[UnitKind | None, Query(description="Only units of this kind.")] = None,
+    status: Annotated[
+        UnitStatus | None, Query(description="Only units in this state (active, merged or closed).")
+    ] = None,
     limit: Limit = 50,
     cursor: Cursor = None,
 ) -> Page[UnitOut]:
-    return await service.list_units(parent_code=parent_code, kind=kind, limit=limit, cursor=cursor)
+    return await service.list_units(parent_code=parent_code, kind=kind, status=status, limit=limit, cursor=cursor)
+
+
+@router.post(
+    "/units:merge",
+    response_model=MergeOut,
+    tags=["units"],
+    summary="Merge units into a surviving or new unit, with their child units, teams, volunteers and targets",
+    description="Re-sending the same request finishes a merge a crash interrupted; after it finished it "
+    "changes nothing. Merged units stay readable under their codes and take no new records.",
+)
+async def merge_units(body: MergeIn, principal: CurrentPrincipal, service: Service) -> MergeOut:
+    return await service.merge_units(principal, body)
 
 
 @router.get("/units/{code}", response_model=UnitOut, tags=["units"], summary="Get a unit")
@@ -83,6 +104,28 @@ async def get_unit(code: UnitCode, principal: CurrentPrincipal, service: Service
 )
 async def update_unit(code: UnitCode, body: UnitPatch, principal: CurrentPrincipal, service: Service) -> UnitOut:
     return await service.update_unit(principal, code, body)
+
+
+@router.post(
+    "/units/{code}:split",
+    response_model=SplitOut,
+    tags=["units"],
+    summary="Split a unit into new units beside it, assigning each of its teams; the unit is closed",
+    description="Child units must be moved first. Re-sending the same request finishes an interrupted "
+    "split; the closed unit keeps its history under its own code.",
+)
+async def split_unit(code: UnitCode, body: SplitIn, principal: CurrentPrincipal, service: Service) -> SplitOut:
+    return await service.split_unit(principal, code, body)
+
+
+@router.post(
+    "/units/{code}:close",
+    response_model=UnitOut,
+    tags=["units"],
+    summary="Close a unit: it takes no new records, its history stays (repeating it changes nothing)",
+)
+async def close_unit(code: UnitCode, body: CloseIn, principal: CurrentPrincipal, service: Service) -> UnitOut:
+    return await service.close_unit(principal, code, body)
 
 
 # --- teams ------------------------------------------------------------------------------------------

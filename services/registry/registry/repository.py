@@ -50,9 +50,7 @@ class Repository:
         return await self._db[UNITS].find_one({"parent_code": None}, {"outbox": 0})
 
     async def active_member_ids(self, team_code: str) -> list[str]:
-        docs = (
-            await self._db[MEMBERSHIPS].find({"team_code": team_code, "active": True}, {"volunteer_id": 1}).to_list()
-        )
+        docs = await self._db[MEMBERSHIPS].find({"team_code": team_code, "active": True}, {"volunteer_id": 1}).to_list()
         return [d["volunteer_id"] for d in docs]
 
     async def page(

@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import unicodedata
 from datetime import date, datetime
+from enum import StrEnum
 from typing import Annotated, Any, ClassVar
 from zoneinfo import ZoneInfo
 
@@ -113,6 +114,12 @@ class UnitPatch(PatchBody):
     parent_code: Code | None = Field(default=None, description="Moving a unit moves its whole subtree.")
 
 
+class UnitStatus(StrEnum):
+    active = "active"
+    merged = "merged"
+    closed = "closed"
+
+
 class UnitOut(BaseModel):
     model_config = ConfigDict(
         json_schema_extra={
@@ -123,7 +130,22 @@ class UnitOut(BaseModel):
                     "kind": "ward",
                     "parent_code": "QN",
                     "path": ["QN", "QN-HALONG"],
-                }
+                    "status": "active",
+                    "successor_code": None,
+                    "successors": [],
+                    "closed_on": None,
+                },
+                {
+                    "code": "QN-HONGGAI",
+                    "name": "Phường Hồng Gai",
+                    "kind": "ward",
+                    "parent_code": "QN",
+                    "path": ["QN", "QN-HONGGAI"],
+                    "status": "merged",
+                    "successor_code": "QN-HALONG",
+                    "successors": [],
+                    "closed_on": "2025-07-01",
+                },
             ]
         }
     )
@@ -133,6 +155,142 @@ class UnitOut(BaseModel):
     kind: UnitKind
     parent_code: str | None
     path: list[str] = Field(description="Unit codes from the province root down to this unit.")
+    status: UnitStatus = Field(
+        default=UnitStatus.active,
+        description="`merged` and `closed` units take no new records; their codes stay readable.",
+    )
+    successor_code: str | None = Field(default=None, description="The unit a merged unit was merged into.")
+    successors: list[str] = Field(default_factory=list, description="The units a split unit was split into.")
+    closed_on: date | None = Field(
+        default=None, description="Local date the unit stopped taking records (merged, split or closed)."
+    )
+
+
+def _no_province(kind: UnitKind) -> UnitKind:
+    if kind is UnitKind.province:
+        raise ValueError("the province is the root; a reorganisation cannot create another one")
+    return kind
+
+
+SuccessorKind = Annotated[UnitKind, AfterValidator(_no_province)]
+ReorgDate = Annotated[
+    date | None, Field(description="Local date (Asia/Ho_Chi_Minh) it takes effect; today if omitted.")
+]
+
+
+class NewUnitIn(Body):
+    name: Name
+    kind: SuccessorKind
+    parent_code: Code
+
+
+class MergeIn(Body):
+    model_config = ConfigDict(
+        json_schema_extra={
+            "examples": [
+                {
+                    "sources": ["QN-HONGGAI", "QN-BACHDANG", "QN-HONGHA"],
+                    "into": "QN-HALONG",
+                    "new_unit": None,
+                    "merged_on": "2025-07-01",
+                },
+                {
+                    "sources": ["QN-VANDON", "QN-COTO"],
+                    "into": "QN-VANDON-MOI",
+                    "new_unit": {"name": "Đặc khu Vân Đồn", "kind": "special_zone", "parent_code": "QN"},
+                    "merged_on": None,
+                },
+            ]
+        }
+    )
+
+    sources: Annotated[list[Code], Field(min_length=1, max_length=50), AfterValidator(_unique)] = Field(
+        description="Units to merge; `into` may be listed too (it is not merged into itself)."
+    )
+    into: Code = Field(description="The surviving unit, or the code of the unit `new_unit` creates.")
+    new_unit: NewUnitIn | None = Field(
+        default=None, description="Required when `into` does not exist yet: the unit to create first."
+    )
+    merged_on: ReorgDate = None
+
+
+class MergeOut(BaseModel):
+    successor: UnitOut
+    merged: list[UnitOut] = Field(description="The merged units, in request order (without `into`).")
+
+
+class SuccessorIn(Body):
+    code: Code
+    name: Name
+    kind: SuccessorKind
+
+
+class TeamAssignmentIn(Body):
+    team_code: Code
+    unit_code: Code = Field(description="One of the new units.")
+
+
+class SplitIn(Body):
+    model_config = ConfigDict(
+        json_schema_extra={
+            "examples": [
+                {
+                    "into": [
+                        {"code": "QN-VANDON-B", "name": "Đặc khu Vân Đồn Bắc", "kind": "special_zone"},
+                        {"code": "QN-VANDON-N", "name": "Đặc khu Vân Đồn Nam", "kind": "special_zone"},
+                    ],
+                    "teams": [
+                        {"team_code": "VD-TT01", "unit_code": "QN-VANDON-B"},
+                        {"team_code": "VD-LD02", "unit_code": "QN-VANDON-N"},
+                    ],
+                    "volunteers_to": "QN-VANDON-B",
+                    "split_on": "2025-07-01",
+                }
+            ]
+        }
+    )
+
+    into: list[SuccessorIn] = Field(
+        min_length=1, max_length=20, description="New units, created under the split unit's parent."
+    )
+    teams: list[TeamAssignmentIn] = Field(
+        default_factory=list, max_length=500, description="Where each active team of the split unit goes."
+    )
+    volunteers_to: Code | None = Field(
+        default=None, description="The new unit that takes the volunteers; required if the unit has any."
+    )
+    split_on: ReorgDate = None
+
+    @model_validator(mode="after")
+    def _consistent(self) -> SplitIn:
+        codes = [u.code for u in self.into]
+        if len(set(codes)) != len(codes):
+            raise ValueError("a new unit is listed twice")
+        teams = [t.team_code for t in self.teams]
+        if len(set(teams)) != len(teams):
+            raise ValueError("a team is assigned twice")
+        strays = sorted({t.unit_code for t in self.teams} - set(codes))
+        if strays:
+            raise ValueError(f"teams are assigned to units that are not new units of this split: {', '.join(strays)}")
+        if self.volunteers_to is not None and self.volunteers_to not in codes:
+            raise ValueError(f"volunteers_to {self.volunteers_to} is not one of the new units")
+        return self
+
+
+class SplitOut(BaseModel):
+    closed: UnitOut
+    successors: list[UnitOut] = Field(description="The new units, in request order.")
+
+
+class CloseIn(Body):
+    model_config = ConfigDict(
+        json_schema_extra={
+            "examples": [{"reason": "Sáp nhập vào đặc khu mới theo Nghị quyết 1679", "closed_on": "2025-07-01"}]
+        }
+    )
+
+    reason: Annotated[str, Field(min_length=1, max_length=500), AfterValidator(_nfc)]
+    closed_on: ReorgDate = None
 
 
 # --- teams ------------------------------------------------------------------------------------------
@@ -344,6 +502,10 @@ class TargetIn(Body):
     indicator: Indicator
     unit_code: Code
     value: int = Field(ge=0)
+    merged_from: Annotated[list[Code], Field(max_length=200), AfterValidator(_unique)] = Field(
+        default_factory=list,
+        description="Units merged into `unit_code` whose targets were added into `value` (kept by a merge).",
+    )
 
 
 def _distinct_targets(targets: list[TargetIn]) -> list[TargetIn]:
@@ -402,6 +564,7 @@ class TargetOut(BaseModel):
     indicator: Indicator
     unit_code: str
     value: int
+    merged_from: list[str] = Field(default_factory=list)
 
 
 class CampaignOut(BaseModel):

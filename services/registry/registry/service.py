@@ -19,11 +19,16 @@ from registry.schemas import (
     MASK,
     CampaignIn,
     CampaignOut,
+    CloseIn,
     MemberIn,
     MembershipOut,
+    MergeIn,
+    MergeOut,
     Period,
     RosterItemIn,
     RosterItemOut,
+    SplitIn,
+    SplitOut,
     TargetIn,
     TargetOut,
     TeamIn,
@@ -32,6 +37,7 @@ from registry.schemas import (
     UnitIn,
     UnitOut,
     UnitPatch,
+    UnitStatus,
     VolunteerIn,
     VolunteerOut,
     VolunteerPatch,
@@ -75,8 +81,45 @@ def _now() -> datetime:
 # --- document -> response ---------------------------------------------------------------------------
 
 
+def unit_status(d: Document) -> UnitStatus:
+    return UnitStatus(d.get("status", UnitStatus.active.value))  # units created before reorganisation have none
+
+
 def unit_out(d: Document) -> UnitOut:
-    return UnitOut(code=d["_id"], name=d["name"], kind=d["kind"], parent_code=d["parent_code"], path=d["path"])
+    closed_on = d.get("merged_on") or d.get("closed_on")
+    return UnitOut(
+        code=d["_id"],
+        name=d["name"],
+        kind=d["kind"],
+        parent_code=d["parent_code"],
+        path=d["path"],
+        status=unit_status(d),
+        successor_code=d.get("successor_code"),
+        successors=d.get("successors", []),
+        closed_on=date.fromisoformat(closed_on) if closed_on else None,
+    )
+
+
+def refuse_if_not_active(unit: Document) -> None:
+    """A merged or closed unit takes no new records; the problem names where they go instead."""
+    status = unit_status(unit)
+    if status is UnitStatus.merged:
+        successor = unit["successor_code"]
+        raise Conflict(
+            f"unit {unit['_id']} was merged into {successor} on {unit['merged_on']}; use {successor}",
+            slug="unit-merged",
+            unit_code=unit["_id"],
+            successor_code=successor,
+        )
+    if status is UnitStatus.closed:
+        successors = unit.get("successors", [])
+        instead = f"; it was split into {', '.join(successors)}" if successors else ""
+        raise Conflict(
+            f"unit {unit['_id']} is closed since {unit['closed_on']}{instead}",
+            slug="unit-closed",
+            unit_code=unit["_id"],
+            successors=successors,
+        )
 
 
 def team_out(d: Document) -> TeamOut:
@@ -131,6 +174,51 @@ def membership_out(d: Document) -> MembershipOut:
         until=periods[-1].until,
         periods=periods,
     )
+
+
+def _new_unit(code: str, name: str, kind: UnitKind, parent: Document | None) -> tuple[Document, Envelope]:
+    parent_code = parent["_id"] if parent else None
+    path = [*parent["path"], code] if parent else [code]
+    doc: Document = {
+        "_id": code,
+        "name": name,
+        "kind": kind.value,
+        "parent_code": parent_code,
+        "path": path,
+        "status": UnitStatus.active.value,
+        "created_at": _now(),
+    }
+    payload = ev.UnitCreated(code=code, name=name, kind=kind, parent_code=parent_code, path=path)
+    return doc, _event(ev.UNIT_CREATED, payload, code)
+
+
+def _same_unit(doc: Document, name: str, kind: UnitKind, parent_code: str | None) -> bool:
+    return (doc["name"], doc["kind"], doc["parent_code"]) == (name, kind.value, parent_code)
+
+
+def _merge_targets(targets: list[Document], merging: set[str], into: str) -> list[Document]:
+    """Each indicator's targets on ``merging`` units added into one target on ``into``.
+
+    ``merged_from`` keeps every unit whose target went in, including those an earlier merge had
+    already added into a source's target.
+    """
+    kept = [{**t, "merged_from": list(t.get("merged_from", []))} for t in targets if t["unit_code"] not in merging]
+    on_into = {t["indicator"]: t for t in kept if t["unit_code"] == into}
+    for t in targets:
+        if t["unit_code"] not in merging:
+            continue
+        target = on_into.get(t["indicator"])
+        if target is None:
+            target = {"indicator": t["indicator"], "unit_code": into, "value": 0, "merged_from": []}
+            on_into[t["indicator"]] = target
+            kept.append(target)
+        target["value"] += t["value"]
+        target["merged_from"] = list(dict.fromkeys([*target["merged_from"], *t.get("merged_from", []), t["unit_code"]]))
+    return kept
+
+
+def _targets_equal(a: Sequence[Document], b: Sequence[Document]) -> bool:
+    return [ev.Target(**t) for t in a] == [ev.Target(**t) for t in b]
 
 
 def campaign_out(d: Document) -> CampaignOut:
@@ -237,26 +325,14 @@ class RegistryService:
             root = await self._repo.root_unit()
             if root is not None:
                 raise Conflict(f"the province {root['_id']} already exists; the tree has one root", slug="root-exists")
-            path = [body.code]
+            parent = None
         else:
             if body.parent_code is None:
                 raise InvalidInput(f"a {body.kind.value} needs a parent_code", field="parent_code")
             parent = await self._referenced_unit(body.parent_code, "parent_code")
             authorize_write(principal, parent["path"], "the parent unit")
-            path = [*parent["path"], body.code]
-        doc = {
-            "_id": body.code,
-            "name": body.name,
-            "kind": body.kind.value,
-            "parent_code": body.parent_code,
-            "path": path,
-            "created_at": _now(),
-        }
-        event = _event(
-            ev.UNIT_CREATED,
-            ev.UnitCreated(code=body.code, name=body.name, kind=body.kind, parent_code=body.parent_code, path=path),
-            body.code,
-        )
+            refuse_if_not_active(parent)
+        doc, event = _new_unit(body.code, body.name, body.kind, parent)
         if not await self._repo.insert(UNITS, doc, [event]):
             raise Conflict(f"unit {body.code} already exists", slug="duplicate-code")
         return unit_out(doc)
@@ -265,19 +341,30 @@ class RegistryService:
         return unit_out(await self._unit_or_404(code))
 
     async def list_units(
-        self, *, parent_code: str | None, kind: UnitKind | None, limit: int, cursor: str | None
+        self,
+        *,
+        parent_code: str | None,
+        kind: UnitKind | None,
+        status: UnitStatus | None,
+        limit: int,
+        cursor: str | None,
     ) -> Page[UnitOut]:
         query: dict[str, Any] = {}
         if parent_code is not None:
             query["parent_code"] = parent_code
         if kind is not None:
             query["kind"] = kind.value
+        if status is UnitStatus.active:
+            query["status"] = {"$nin": [UnitStatus.merged.value, UnitStatus.closed.value]}
+        elif status is not None:
+            query["status"] = status.value
         docs, nxt = await self._repo.page(UNITS, query, limit, cursor)
         return Page[UnitOut](items=[unit_out(d) for d in docs], next_cursor=nxt)
 
     async def update_unit(self, principal: Principal, code: str, patch: UnitPatch) -> UnitOut:
         doc = await self._unit_or_404(code)
         authorize_write(principal, doc["path"], "the unit")
+        refuse_if_not_active(doc)
         changes = patch.changes()
         name: str = changes["name"] if "name" in changes else doc["name"]
         kind = UnitKind(changes["kind"] if "kind" in changes else doc["kind"])
@@ -300,20 +387,40 @@ class RegistryService:
                 )
             if parent_code != doc["parent_code"]:
                 authorize_write(principal, parent["path"], "the new parent unit")
+                refuse_if_not_active(parent)
             path = [*parent["path"], code]
+        updated = await self._set_unit(doc, name=name, kind=kind, parent_code=parent_code, path=path)
+        if moving:
+            await self._move_subtree(code, path)
+        return unit_out(updated)
+
+    async def _set_unit(
+        self, doc: Document, *, name: str, kind: UnitKind, parent_code: str | None, path: list[str]
+    ) -> Document:
+        """Write a unit's name, kind, parent and path with one UnitUpdated; nothing if nothing changed."""
         updated = {"name": name, "kind": kind.value, "parent_code": parent_code, "path": path}
         if any(doc[k] != v for k, v in updated.items()):
             event = _event(
                 ev.UNIT_UPDATED,
                 ev.UnitUpdated(
-                    code=code, name=name, kind=kind, parent_code=parent_code, path=path, previous_path=doc["path"]
+                    code=doc["_id"],
+                    name=name,
+                    kind=kind,
+                    parent_code=parent_code,
+                    path=path,
+                    previous_path=doc["path"],
                 ),
-                code,
+                doc["_id"],
             )
             await self._update(UNITS, doc, {**updated, "updated_at": _now()}, [event])
-        if moving:
-            await self._move_subtree(code, path)
-        return unit_out({**doc, **updated})
+        return {**doc, **updated}
+
+    async def _move_under(self, unit: Document, parent: Document) -> None:
+        """Move ``unit`` with its subtree under ``parent``; repeating it repairs a half-done move."""
+        path = [*parent["path"], unit["_id"]]
+        kind = UnitKind(unit["kind"])
+        await self._set_unit(unit, name=unit["name"], kind=kind, parent_code=parent["_id"], path=path)
+        await self._move_subtree(unit["_id"], path)
 
     async def _move_subtree(self, code: str, path: list[str]) -> None:
         """Bring the paths below ``code`` (units, then their teams and volunteers) in line with ``path``.
@@ -353,6 +460,282 @@ class RegistryService:
                 event = self._volunteer_updated({**vol, "unit_path": vol_path}, vol)
                 await self._update(VOLUNTEERS, vol, {"unit_path": vol_path}, [event])
 
+    # --- reorganisation -----------------------------------------------------------------------------
+    # Like a move, each operation is a sequence of single-document writes with their events. Every
+    # step writes only what is not done yet and the final mark (merged/closed) comes last, so
+    # re-sending the request after a crash finishes the job, and re-sending it afterwards writes nothing.
+
+    async def _move_team(self, team: Document, unit: Document) -> None:
+        changes = {"unit_code": unit["_id"], "unit_path": unit["path"]}
+        event = self._team_updated({**team, **changes}, team)
+        await self._update(TEAMS, team, {**changes, "updated_at": _now()}, [event])
+
+    async def _move_volunteer(self, volunteer: Document, unit: Document) -> None:
+        changes = {"unit_code": unit["_id"], "unit_path": unit["path"]}
+        event = self._volunteer_updated({**volunteer, **changes}, volunteer)
+        await self._update(VOLUNTEERS, volunteer, {**changes, "updated_at": _now()}, [event])
+
+    async def _move_children(self, codes: Sequence[str], into: Document) -> None:
+        """Move the units right below ``codes`` (with their subtrees) under ``into``.
+
+        A path that still runs through one of ``codes`` names the unit below it even after that unit
+        was moved: an interrupted attempt may have left its subtree, teams or volunteers on the old
+        path, and moving it again repairs them. One scan per collection, whatever the number of codes.
+        """
+        below: set[str] = set()
+        for collection, field in ((UNITS, "path"), (TEAMS, "unit_path"), (VOLUNTEERS, "unit_path")):
+            for d in await self._repo.find_all(collection, {field: {"$in": list(codes)}}):
+                path = d[field]
+                below.update(path[i + 1] for i, c in enumerate(path[:-1]) if c in codes)
+        for child_code in sorted(below):
+            child = await self._repo.get(UNITS, child_code)
+            if child is None:
+                continue
+            if child["parent_code"] in codes:
+                await self._move_under(child, into)
+            else:
+                await self._move_subtree(child_code, child["path"])
+
+    async def _merge_sources(self, principal: Principal, codes: list[str], into: str) -> list[Document]:
+        found = {code: await self._repo.get(UNITS, code) for code in codes}
+        missing = [code for code, doc in found.items() if doc is None]
+        if missing:
+            raise InvalidInput(
+                f"sources: units that do not exist: {', '.join(missing)}",
+                slug="unknown-unit",
+                field="sources",
+                units=missing,
+            )
+        sources = [doc for doc in found.values() if doc is not None]
+        for doc in sources:
+            authorize_write(principal, doc["path"], f"unit {doc['_id']}")
+            if doc["parent_code"] is None:
+                raise InvalidInput(
+                    f"sources: {doc['_id']} is the province, the root of the tree; it cannot be merged",
+                    slug="root-unit",
+                    field="sources",
+                )
+            if not (unit_status(doc) is UnitStatus.merged and doc["successor_code"] == into):
+                refuse_if_not_active(doc)
+        return sources
+
+    async def merge_units(self, principal: Principal, body: MergeIn) -> MergeOut:
+        """Merge ``sources`` into ``into``: child units, teams, volunteers and campaign targets go first,
+        then each source is marked merged (a source merged into ``into`` before passes, as a retry)."""
+        require_role(principal, *WRITERS)
+        codes = [code for code in body.sources if code != body.into]
+        if not codes:
+            raise InvalidInput("sources: nothing to merge besides `into` itself", field="sources")
+        sources = await self._merge_sources(principal, codes, body.into)
+
+        def not_below_a_source(path: list[str]) -> None:
+            inside = [code for code in codes if code in path]
+            if inside:
+                raise InvalidInput(
+                    f"into: {body.into} is inside the subtree of {', '.join(inside)}; "
+                    "a unit cannot be merged into its own descendant",
+                    slug="unit-cycle",
+                    field="into",
+                )
+
+        into = await self._repo.get(UNITS, body.into)
+        new = body.new_unit
+        if into is None:
+            if new is None:
+                raise InvalidInput(
+                    f"into: unit {body.into} does not exist; describe it in new_unit to create it",
+                    slug="unknown-unit",
+                    field="new_unit",
+                )
+            parent = await self._referenced_unit(new.parent_code, "new_unit.parent_code")
+            authorize_write(principal, parent["path"], "the new unit's parent")
+            refuse_if_not_active(parent)
+            not_below_a_source(parent["path"])
+            into = await self._insert_unit(*_new_unit(body.into, new.name, new.kind, parent))
+        else:
+            authorize_write(principal, into["path"], "the unit merged into")
+            refuse_if_not_active(into)
+            if new is not None and not _same_unit(into, new.name, new.kind, new.parent_code):
+                raise Conflict(
+                    f"unit {body.into} already exists with another name, kind or parent than new_unit",
+                    slug="duplicate-code",
+                )
+            not_below_a_source(into["path"])
+        day = body.merged_on or local_today()
+        await self._move_children(codes, into)
+        for team in await self._repo.find_all(TEAMS, {"unit_code": {"$in": codes}, "active": True}):
+            await self._move_team(team, into)
+        for volunteer in await self._repo.find_all(VOLUNTEERS, {"unit_code": {"$in": codes}}):
+            await self._move_volunteer(volunteer, into)
+        await self._merge_campaign_targets(set(codes), into["_id"])
+        merged = []
+        for source in sources:
+            doc = await self._unit_or_404(source["_id"])  # re-read: the moves may have raced with a PATCH
+            if unit_status(doc) is UnitStatus.active:
+                event = _event(
+                    ev.UNIT_MERGED,
+                    ev.UnitMerged(
+                        code=doc["_id"], successor_code=into["_id"], successor_path=into["path"], merged_on=day
+                    ),
+                    doc["_id"],
+                )
+                changes = {
+                    "status": UnitStatus.merged.value,
+                    "successor_code": into["_id"],
+                    "merged_on": day.isoformat(),
+                    "updated_at": _now(),
+                }
+                await self._update(UNITS, doc, changes, [event])
+                doc = {**doc, **changes}
+            elif doc.get("successor_code") != into["_id"]:
+                refuse_if_not_active(doc)
+            merged.append(unit_out(doc))
+        return MergeOut(successor=unit_out(into), merged=merged)
+
+    async def _insert_unit(self, doc: Document, event: Envelope) -> Document:
+        """Create a unit for a reorganisation; one with the same name, kind and parent is a retry's."""
+        if await self._repo.insert(UNITS, doc, [event]):
+            return doc
+        existing = await self._repo.get(UNITS, doc["_id"])
+        if existing is None or not _same_unit(existing, doc["name"], UnitKind(doc["kind"]), doc["parent_code"]):
+            raise Conflict(f"unit {doc['_id']} already exists with another name, kind or parent", slug="duplicate-code")
+        return existing
+
+    async def _merge_campaign_targets(self, merging: set[str], into: str) -> None:
+        """One CampaignTargetsSet per campaign that still has targets on a merged unit."""
+        query = {"targets.unit_code": {"$in": sorted(merging)}}
+        for campaign in await self._repo.find_all(CAMPAIGNS, query):
+            if not any(t["unit_code"] in merging for t in campaign["targets"]):
+                continue
+            targets = _merge_targets(campaign["targets"], merging, into)
+            event = _event(
+                ev.CAMPAIGN_TARGETS_SET,
+                ev.CampaignTargetsSet(code=campaign["_id"], targets=[ev.Target(**t) for t in targets]),
+                campaign["_id"],
+            )
+            await self._update(CAMPAIGNS, campaign, {"targets": targets, "updated_at": _now()}, [event])
+
+    async def _active_children(self, code: str) -> list[str]:
+        children = await self._repo.find_all(UNITS, {"parent_code": code})
+        return [u["_id"] for u in children if unit_status(u) is UnitStatus.active]
+
+    async def split_unit(self, principal: Principal, code: str, body: SplitIn) -> SplitOut:
+        """Close ``code`` after creating its successors under its parent and moving its teams (as
+        assigned) and volunteers to them; its history stays under its own code."""
+        source = await self._unit_or_404(code)
+        authorize_write(principal, source["path"], "the unit")
+        if source["parent_code"] is None:
+            raise InvalidInput(f"{code} is the province, the root of the tree; it cannot be split", slug="root-unit")
+        parent = await self._unit_or_404(source["parent_code"])
+        authorize_write(principal, parent["path"], "the parent unit, where the new units are created")
+        codes = [u.code for u in body.into]
+        if code in codes:
+            raise InvalidInput(f"into: {code} cannot be one of its own successors", field="into")
+        if not (unit_status(source) is UnitStatus.closed and source.get("successors") == codes):
+            refuse_if_not_active(source)
+        successors: dict[str, Document | None] = {}
+        for u in body.into:
+            existing = await self._repo.get(UNITS, u.code)
+            if existing is not None:
+                if not _same_unit(existing, u.name, u.kind, parent["_id"]):
+                    raise Conflict(
+                        f"unit {u.code} already exists with another name, kind or parent than in this split",
+                        slug="duplicate-code",
+                    )
+                refuse_if_not_active(existing)
+            successors[u.code] = existing
+        if any(doc is None for doc in successors.values()):
+            refuse_if_not_active(parent)
+        teams = await self._repo.find_all(TEAMS, {"unit_code": code, "active": True})
+        assigned = {a.team_code: a.unit_code for a in body.teams}
+        unassigned = [t["_id"] for t in teams if t["_id"] not in assigned]
+        if unassigned:
+            raise InvalidInput(
+                f"teams: every active team of {code} needs one of the new units; unassigned: {', '.join(unassigned)}",
+                slug="unassigned-teams",
+                field="teams",
+                teams=unassigned,
+            )
+        own = {t["_id"] for t in teams}
+        for team_code, unit_code in assigned.items():
+            if team_code in own:
+                continue
+            team = await self._repo.get(TEAMS, team_code)
+            if team is None or team["unit_code"] != unit_code:  # in its new unit already: an earlier attempt
+                raise InvalidInput(
+                    f"teams: {team_code} is not an active team of {code}", slug="unknown-team", field="teams"
+                )
+        volunteers = await self._repo.find_all(VOLUNTEERS, {"unit_code": code})
+        if volunteers and body.volunteers_to is None:
+            raise InvalidInput(
+                f"volunteers_to: {code} has {len(volunteers)} volunteer(s); name the new unit that takes them",
+                field="volunteers_to",
+            )
+        children = await self._active_children(code)
+        if children:
+            raise Conflict(
+                f"{code} still has child units {', '.join(children)}; move them first",
+                slug="unit-has-children",
+                units=children,
+            )
+        day = body.split_on or local_today()
+        units: dict[str, Document] = {}
+        for u in body.into:
+            units[u.code] = successors[u.code] or await self._insert_unit(*_new_unit(u.code, u.name, u.kind, parent))
+        for team in teams:
+            await self._move_team(team, units[assigned[team["_id"]]])
+        if body.volunteers_to is not None:
+            for volunteer in volunteers:
+                await self._move_volunteer(volunteer, units[body.volunteers_to])
+        if unit_status(source) is UnitStatus.active:
+            payload = ev.UnitSplit(
+                code=code,
+                successors=codes,
+                teams=[ev.TeamAssignment(team_code=a.team_code, unit_code=a.unit_code) for a in body.teams],
+                split_on=day,
+            )
+            changes = {
+                "status": UnitStatus.closed.value,
+                "successors": codes,
+                "closed_on": day.isoformat(),
+                "updated_at": _now(),
+            }
+            await self._update(UNITS, source, changes, [_event(ev.UNIT_SPLIT, payload, code)])
+            source = {**source, **changes}
+        return SplitOut(closed=unit_out(source), successors=[unit_out(units[c]) for c in codes])
+
+    async def close_unit(self, principal: Principal, code: str, body: CloseIn) -> UnitOut:
+        doc = await self._unit_or_404(code)
+        authorize_write(principal, doc["path"], "the unit")
+        if doc["parent_code"] is None:
+            raise InvalidInput(f"{code} is the province, the root of the tree; it cannot be closed", slug="root-unit")
+        if unit_status(doc) is UnitStatus.closed and doc.get("close_reason") == body.reason:
+            return unit_out(doc)
+        refuse_if_not_active(doc)
+        teams = [t["_id"] for t in await self._repo.find_all(TEAMS, {"unit_code": code, "active": True})]
+        children = await self._active_children(code)
+        if teams or children:
+            left = [f"active teams {', '.join(teams)}"] if teams else []
+            left += [f"active child units {', '.join(children)}"] if children else []
+            raise Conflict(
+                f"{code} still has {' and '.join(left)}; move or deactivate them first",
+                slug="unit-not-empty",
+                teams=teams,
+                units=children,
+            )
+        day = body.closed_on or local_today()
+        event = _event(
+            ev.UNIT_CLOSED, ev.UnitClosed(code=code, path=doc["path"], reason=body.reason, closed_on=day), code
+        )
+        changes = {
+            "status": UnitStatus.closed.value,
+            "closed_on": day.isoformat(),
+            "close_reason": body.reason,
+            "updated_at": _now(),
+        }
+        await self._update(UNITS, doc, changes, [event])
+        return unit_out({**doc, **changes})
+
     # --- teams --------------------------------------------------------------------------------------
 
     async def _check_campaign(self, code: str | None) -> None:
@@ -384,6 +767,7 @@ class RegistryService:
         require_role(principal, *WRITERS)
         unit = await self._referenced_unit(body.unit_code, "unit_code")
         authorize_write(principal, unit["path"], "the team's unit")
+        refuse_if_not_active(unit)
         await self._check_campaign(body.campaign_code)
         doc = {
             "_id": body.code,
@@ -445,6 +829,7 @@ class RegistryService:
         if "unit_code" in changes and changes["unit_code"] != doc["unit_code"]:
             unit = await self._referenced_unit(changes["unit_code"], "unit_code")
             authorize_write(principal, unit["path"], "the team's new unit")
+            refuse_if_not_active(unit)
             changes["unit_path"] = unit["path"]
         if "campaign_code" in changes and changes["campaign_code"] != doc.get("campaign_code"):
             await self._check_campaign(changes["campaign_code"])
@@ -490,6 +875,7 @@ class RegistryService:
         require_role(principal, *WRITERS)
         unit = await self._referenced_unit(body.unit_code, "unit_code")
         authorize_write(principal, unit["path"], "the volunteer's unit")
+        refuse_if_not_active(unit)
         doc, event = _new_volunteer(body, unit, str(uuid.uuid4()))
         if not await self._repo.insert(VOLUNTEERS, doc, [event]):
             raise _lost_race(f"volunteer {doc['_id']}")  # a uuid4 collision; practically unreachable
@@ -530,6 +916,7 @@ class RegistryService:
                 row = RosterItemIn.model_validate(raw)
                 unit = await unit_of(row.unit_code)
                 authorize_write(principal, unit["path"], "the volunteer's unit")
+                refuse_if_not_active(unit)
                 volunteer_id = str(uuid.uuid5(ROSTER_NAMESPACE, row.client_ref))
                 joined = []
                 for m in row.teams:
@@ -595,6 +982,7 @@ class RegistryService:
         if "unit_code" in changes and changes["unit_code"] != doc["unit_code"]:
             unit = await self._referenced_unit(changes["unit_code"], "unit_code")
             authorize_write(principal, unit["path"], "the volunteer's new unit")
+            refuse_if_not_active(unit)
             changes["unit_path"] = unit["path"]
         new = {**doc, **changes}
         if all(doc.get(k) == v for k, v in changes.items()):
@@ -700,16 +1088,30 @@ class RegistryService:
         root = await self._repo.root_unit()
         require_scope(principal, [root["_id"] if root else "?"], "campaigns are organisation-wide: the province")
 
-    async def _check_targets(self, targets: Sequence[TargetIn]) -> list[dict[str, Any]]:
+    async def _check_targets(
+        self, targets: Sequence[TargetIn], stored: Sequence[Document] = ()
+    ) -> list[dict[str, Any]]:
+        """Targets as stored; a new target on a merged or closed unit is refused, one kept from ``stored`` is not."""
+        units: dict[str, Document] = {}
         missing = []
-        for code in dict.fromkeys(t.unit_code for t in targets):
-            if await self._repo.get(UNITS, code) is None:
+        for code in dict.fromkeys(c for t in targets for c in (t.unit_code, *t.merged_from)):
+            doc = await self._repo.get(UNITS, code)
+            if doc is None:
                 missing.append(code)
+            else:
+                units[code] = doc
         if missing:
             raise InvalidInput(
                 f"targets name units that do not exist: {', '.join(missing)}", slug="unknown-unit", units=missing
             )
-        return [{"indicator": t.indicator.value, "unit_code": t.unit_code, "value": t.value} for t in targets]
+        kept = {(t["indicator"], t["unit_code"]) for t in stored}
+        for t in targets:
+            if (t.indicator.value, t.unit_code) not in kept:
+                refuse_if_not_active(units[t.unit_code])
+        return [
+            {"indicator": t.indicator.value, "unit_code": t.unit_code, "value": t.value, "merged_from": t.merged_from}
+            for t in targets
+        ]
 
     async def create_campaign(self, principal: Principal, body: CampaignIn) -> CampaignOut:
         await self._authorize_campaign_write(principal)
@@ -751,8 +1153,8 @@ class RegistryService:
     async def set_targets(self, principal: Principal, code: str, targets: Sequence[TargetIn]) -> CampaignOut:
         doc = await self._campaign_or_404(code)
         await self._authorize_campaign_write(principal)
-        stored = await self._check_targets(targets)
-        if stored == doc["targets"]:
+        stored = await self._check_targets(targets, doc["targets"])
+        if _targets_equal(stored, doc["targets"]):
             return campaign_out(doc)
         event = _event(
             ev.CAMPAIGN_TARGETS_SET,

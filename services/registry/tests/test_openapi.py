@@ -11,6 +11,9 @@ ROUTES = {
     ("get", "/v1/units"),
     ("get", "/v1/units/{code}"),
     ("patch", "/v1/units/{code}"),
+    ("post", "/v1/units:merge"),
+    ("post", "/v1/units/{code}:split"),
+    ("post", "/v1/units/{code}:close"),
     ("post", "/v1/teams"),
     ("get", "/v1/teams"),
     ("get", "/v1/teams/{code}"),
@@ -67,7 +70,8 @@ async def test_openapi_documents_every_route_with_summary_examples_and_described
     assert {"unit", "kind", "active"} <= teams
     volunteers = {p["name"] for p in doc["paths"]["/v1/volunteers"]["get"]["parameters"]}
     assert {"unit", "skill", "team"} <= volunteers
-    assert {p["name"] for p in doc["paths"]["/v1/units"]["get"]["parameters"]} >= {"parent_code", "kind"}
+    assert {p["name"] for p in doc["paths"]["/v1/units"]["get"]["parameters"]} >= {"parent_code", "kind", "status"}
+    assert set(schemas["UnitOut"]["properties"]) >= {"status", "successor_code", "successors", "closed_on"}
     assert schemas["VolunteerOut"]["examples"]
     indicator = resolve(schemas["TargetIn"]["properties"]["indicator"])
     assert "households_visited" in indicator["enum"]

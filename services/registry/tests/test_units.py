@@ -28,7 +28,14 @@ async def test_created_units_are_readable_listable_page_by_page_and_each_emits_o
     school = {"code": "QN-HALONG-THPT", "name": "Trường THPT Hòn Gai", "kind": "school", "parent_code": "QN-HALONG"}
     r = await client.post("/v1/units", json=school, headers=ADMIN)
     assert r.status_code == 201
-    assert r.json() == {**school, "path": ["QN", "QN-HALONG", "QN-HALONG-THPT"]}
+    assert r.json() == {
+        **school,
+        "path": ["QN", "QN-HALONG", "QN-HALONG-THPT"],
+        "status": "active",
+        "successor_code": None,
+        "successors": [],
+        "closed_on": None,
+    }
 
     r = await client.get("/v1/units/QN-VANDON", headers=ADMIN)
     assert r.json()["name"] == "Đặc khu Vân Đồn"
