@@ -15,7 +15,16 @@ from shared.contracts.common import Role, Skill, TeamKind, UnitKind
 from shared.envelope import make_event
 from shared.infra import FerretDB
 from shared.mongo import connect
-from shared.registry_view import MEMBERSHIPS, TEAMS, UNITS, VOLUNTEERS, ReadModelCache, RegistryView, _Write
+from shared.registry_view import (
+    MEMBERSHIPS,
+    TEAMS,
+    UNITS,
+    VOLUNTEERS,
+    ReadModelCache,
+    RegistryView,
+    _Write,
+    why_closed,
+)
 
 pytestmark = [pytest.mark.mongo]
 
@@ -322,6 +331,164 @@ async def test_a_crash_between_the_member_change_and_the_membership_write_is_rep
         assert membership is not None
         assert membership["active"] is False
         assert (await db[TEAMS].find_one({"_id": "QN-HL-2"}) or {}).get("members") == []
+    finally:
+        await client.drop_database(name)
+        await client.close()
+
+
+# --- reorganisation: merged, split and closed units ---------------------------------------------------
+
+
+def unit_created(code: str, name: str, path: list[str], kind: UnitKind = UnitKind.commune) -> tuple[str, Any, str]:
+    payload = ev.UnitCreated(
+        code=code, name=name, kind=kind, parent_code=path[-2] if len(path) > 1 else None, path=path
+    )
+    return (ev.UNIT_CREATED, payload, code)
+
+
+def unit_renamed(code: str, name: str, path: list[str]) -> tuple[str, Any, str]:
+    payload = ev.UnitUpdated(
+        code=code, name=name, kind=UnitKind.commune, parent_code=path[-2], path=path, previous_path=path
+    )
+    return (ev.UNIT_UPDATED, payload, code)
+
+
+def merged(code: str, successor: str, successor_path: list[str]) -> tuple[str, Any, str]:
+    payload = ev.UnitMerged(code=code, successor_code=successor, successor_path=successor_path, merged_on=DAY)
+    return (ev.UNIT_MERGED, payload, code)
+
+
+async def test_merge_split_and_close_are_folded_into_the_unit_and_later_updates_keep_them(
+    ferretdb: FerretDB, run_id: str
+) -> None:
+    name = f"reorg_{run_id}"
+    client = connect(ferretdb.url, max_pool_size=4)
+    db = client[name]
+    heard: list[tuple[str, str]] = []
+
+    async def listener(changes: Sequence[tuple[str, str]]) -> None:
+        heard.extend(changes)
+
+    view = RegistryView(db)
+    view.on_change(listener)
+    split = ev.UnitSplit(
+        code="QN-CP",
+        successors=["QN-CP-1", "QN-CP-2"],
+        teams=[ev.TeamAssignment(team_code="CP-MOBILE", unit_code="QN-CP-1")],
+        split_on=DAY,
+    )
+    closed = ev.UnitClosed(
+        code="QN-HL-THCS", path=["QN", "QN-HL", "QN-HL-THCS"], reason="Sáp nhập trường", closed_on=DAY
+    )
+    # One partition's history: the merge and the rename that follows it arrive in one fetch.
+    first = consumed(
+        [
+            unit_created("QN-VD-QL", "Xã Quan Lạn", ["QN", "QN-VD-QL"]),
+            unit_created("QN-VD-ML", "Xã Minh Châu", ["QN", "QN-VD-ML"]),
+            unit_created("QN-CP", "Huyện Cô Tô", ["QN", "QN-CP"]),
+            unit_created("QN-HL-THCS", "Trường THCS Hạ Long", ["QN", "QN-HL", "QN-HL-THCS"], UnitKind.school),
+            merged("QN-VD-ML", "QN-VD-QL", ["QN", "QN-VD-QL"]),
+            unit_renamed("QN-VD-ML", "Xã Minh Châu (cũ)", ["QN", "QN-VD-ML"]),
+            (ev.UNIT_SPLIT, split, "QN-CP"),
+            (ev.UNIT_CLOSED, closed, "QN-HL-THCS"),
+        ]
+    )
+    later = consumed([unit_renamed("QN-CP", "Huyện Cô Tô (đã chia)", ["QN", "QN-CP"])], first=len(first))
+    try:
+        await view.apply(first)
+        await view.apply(later)  # an update in a later batch: its $set leaves how the unit ended
+        await view.apply(first)  # a redelivery of the older batch changes nothing
+
+        ml = await db[UNITS].find_one({"_id": "QN-VD-ML"})
+        assert ml is not None
+        assert (ml["name"], ml["status"], ml["successor_code"], ml["closed_on"]) == (
+            "Xã Minh Châu (cũ)",
+            "merged",
+            "QN-VD-QL",
+            "2026-10-10",
+        )
+        cp = await db[UNITS].find_one({"_id": "QN-CP"})
+        assert cp is not None
+        assert (cp["name"], cp["status"], cp["successors"], cp["closed_on"]) == (
+            "Huyện Cô Tô (đã chia)",
+            "closed",
+            ["QN-CP-1", "QN-CP-2"],
+            "2026-10-10",
+        )
+        school = await db[UNITS].find_one({"_id": "QN-HL-THCS"})
+        assert school is not None
+        assert (school["status"], school["close_reason"], school["successors"]) == ("closed", "Sáp nhập trường", [])
+        assert {("unit", "QN-VD-ML"), ("unit", "QN-CP"), ("unit", "QN-HL-THCS")} <= set(heard)
+
+        unit, resolved_from = await view.resolve_unit("QN-VD-ML")
+        assert unit is not None
+        assert (unit["code"], unit["path"], resolved_from) == ("QN-VD-QL", ["QN", "QN-VD-QL"], "QN-VD-ML")
+        assert not {"_id", "partition", "offset"} & unit.keys()
+        unit, resolved_from = await view.resolve_unit("QN-VD-QL")
+        assert unit is not None
+        assert (unit["code"], resolved_from) == ("QN-VD-QL", None)
+        unit, resolved_from = await view.resolve_unit("QN-CP")
+        assert unit is not None
+        assert (unit["status"], resolved_from) == ("closed", None)
+        assert why_closed(unit) == "unit QN-CP was split on 2026-10-10 into QN-CP-1, QN-CP-2; record for one of those"
+        school_unit = (await view.resolve_unit("QN-HL-THCS")).unit
+        assert school_unit is not None
+        assert why_closed(school_unit) == (
+            "unit QN-HL-THCS was closed on 2026-10-10: Sáp nhập trường; it takes no new records"
+        )
+        assert await view.resolve_unit("QN-KHONG-CO") == (None, None)
+    finally:
+        await client.drop_database(name)
+        await client.close()
+
+
+async def test_resolution_follows_a_chain_of_merges_and_stops_at_an_unknown_successor_or_a_cycle(
+    ferretdb: FerretDB, run_id: str
+) -> None:
+    name = f"chain_{run_id}"
+    client = connect(ferretdb.url, max_pool_size=4)
+    view = RegistryView(client[name])
+    # Xã Vạn Yên was merged into Xã Đài Xuyên, which was later merged into Đặc khu Vân Đồn.
+    chain = consumed(
+        [
+            unit_created("QN-VD", "Đặc khu Vân Đồn", VAN_DON, UnitKind.special_zone),
+            unit_created("QN-DX", "Xã Đài Xuyên", ["QN", "QN-DX"]),
+            unit_created("QN-VY", "Xã Vạn Yên", ["QN", "QN-VY"]),
+            merged("QN-VY", "QN-DX", ["QN", "QN-DX"]),
+            merged("QN-DX", "QN-VD", VAN_DON),
+            # A successor this replica has not heard of yet (its key is on another partition).
+            unit_created("QN-BL", "Xã Bình Liêu", ["QN", "QN-BL"]),
+            merged("QN-BL", "QN-BL-MOI", ["QN", "QN-BL-MOI"]),
+            # A registry error: two units merged into each other.
+            unit_created("QN-A", "Xã Hải Hà", ["QN", "QN-A"]),
+            unit_created("QN-B", "Xã Quảng Hà", ["QN", "QN-B"]),
+            merged("QN-A", "QN-B", ["QN", "QN-B"]),
+            merged("QN-B", "QN-A", ["QN", "QN-A"]),
+        ]
+    )
+    try:
+        await view.apply(chain)
+        unit, resolved_from = await view.resolve_unit("QN-VY")
+        assert unit is not None
+        assert (unit["code"], unit["path"], resolved_from) == ("QN-VD", VAN_DON, "QN-VY")
+
+        unit, resolved_from = await view.resolve_unit("QN-BL")
+        assert unit is not None
+        assert (unit["code"], unit["status"], unit["successor_code"], resolved_from) == (
+            "QN-BL",
+            "merged",
+            "QN-BL-MOI",
+            None,
+        )
+
+        unit, _ = await asyncio.wait_for(view.resolve_unit("QN-A"), timeout=5)
+        assert unit is not None
+        assert unit["status"] == "merged"  # unresolvable: the caller decides, nothing raised
+
+        await view.apply(consumed([unit_created("QN-BL-MOI", "Xã Bình Liêu mới", ["QN", "QN-BL-MOI"])], partition=1))
+        unit, resolved_from = await view.resolve_unit("QN-BL")
+        assert unit is not None
+        assert (unit["code"], resolved_from) == ("QN-BL-MOI", "QN-BL")
     finally:
         await client.drop_database(name)
         await client.close()

@@ -65,6 +65,7 @@ def course_out(d: Document) -> CourseOut:
         team_code=d["team_code"],
         unit_code=d["unit_code"],
         unit_path=d.get("unit_path"),
+        resolved_from=d.get("resolved_from"),
         audience=d["audience"],
         mode=d["mode"],
         topics=d["topics"],
@@ -123,7 +124,13 @@ def _created(response: Response, created: bool) -> None:
     status_code=201,
     response_model=CourseOut,
     summary="Schedule a course (idempotent by client_ref: a retry answers 200 with the stored course)",
-    responses={200: {"model": CourseOut, "description": "Already recorded under this client_ref"}},
+    responses={
+        200: {"model": CourseOut, "description": "Already recorded under this client_ref"},
+        409: {
+            "description": "Problem `unit-closed`: the unit was closed or split and takes no new courses "
+            "(a merged unit's code is accepted for its successor, see `resolved_from`)"
+        },
+    },
 )
 async def create_course(body: CourseIn, principal: CurrentPrincipal, service: Service, response: Response) -> CourseOut:
     doc, created = await service.create_course(principal, body)

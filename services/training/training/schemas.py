@@ -97,6 +97,11 @@ class CourseOut(BaseModel):
     team_code: str
     unit_code: str
     unit_path: list[str] | None = Field(description="Known once the registry has confirmed the unit.")
+    resolved_from: str | None = Field(
+        default=None,
+        description="The unit code the course named, when that unit had been merged into another: the course "
+        "is scheduled (and counted) in its successor, `unit_code`. Absent when the named unit takes courses itself.",
+    )
     audience: Audience
     mode: Mode
     topics: list[Topic]

@@ -44,7 +44,7 @@ from shared.envelope import Envelope, make_event
 from shared.errors import Conflict, Forbidden, InvalidInput, NotFound, ProblemError, validation_problem
 from shared.logging import get_logger
 from shared.mongo import Document
-from shared.registry_view import RegistryView
+from shared.registry_view import MERGED, RegistryView, why_closed
 from training.repository import COURSES, TrainingRepository
 from training.schemas import (
     BatchItemResult,
@@ -94,10 +94,14 @@ def participants_figure(enrolled: int, largest_head_count: int) -> int:
 class Verdict:
     """Outcome of checking a course's team and unit against the registry read model."""
 
-    outcome: str  # ok | pending | no_teacher | invalid | out_of_scope
+    outcome: str  # ok | pending | no_teacher | invalid | out_of_scope | closed
     detail: str = ""
     slug: str = ""
     unit_path: list[str] | None = None
+    # The unit the course is scheduled in: the named one, or the successor it was merged into (then
+    # ``resolved_from`` is the named code).
+    unit_code: str | None = None
+    resolved_from: str | None = None
 
 
 def _course_ref(c: Document) -> ev.CourseRef:
@@ -188,30 +192,51 @@ class TrainingService:
 
     # --- registry checks ---------------------------------------------------------------------------
 
+    async def _team_covers(self, team: Document, path: list[str]) -> bool:
+        """Is ``path`` in the team's unit subtree? A merged team unit counts as its successor, because
+        the team's move to the successor may not have reached this read model yet."""
+        if team["unit_code"] in path:
+            return True
+        successor, _ = await self._view.resolve_unit(team["unit_code"])
+        return successor is not None and successor["code"] in path
+
     async def _check_refs(self, team_code: str, unit_code: str, creator: Document) -> Verdict:
+        unit, resolved_from = await self._view.resolve_unit(unit_code)
+        why = why_closed(unit) if unit is not None else None
+        if unit is not None and why is not None:
+            if resolved_from:
+                why = f"unit {resolved_from} was merged into {unit['code']}; {why}"
+            return Verdict("closed", why, "unit-closed")
         team = await self._view.team(team_code)
         if team is None or "kind" not in team:  # a membership event alone only tells us the team's members
             return Verdict("pending", f"team {team_code} is not known to the registry yet")
-        path = await self._view.unit_path(unit_code)
-        if path is None:
+        if unit is None:
             return Verdict("pending", f"unit {unit_code} is not known to the registry yet")
+        if unit.get("status") == MERGED:
+            return Verdict(
+                "pending",
+                f"unit {unit['successor_code']}, which unit {unit['code']} was merged into, "
+                "is not known to the registry yet",
+            )
+        path = list(unit["path"])
+        named = f"unit {unit_code}" + (f" (merged into {unit['code']})" if resolved_from else "")
         if not team.get("active", False):
             return Verdict("invalid", f"team {team_code} is not active", "team-inactive")
-        if team["unit_code"] not in path:
+        if not await self._team_covers(team, path):
             return Verdict(
                 "invalid",
-                f"unit {unit_code} is outside team {team_code}'s unit subtree ({team['unit_code']})",
+                f"{named} is outside team {team_code}'s unit subtree ({team['unit_code']})",
                 "unit-outside-team",
             )
         if creator.get("role") == Role.manager.value and creator.get("unit") not in path:
-            return Verdict("out_of_scope", f"unit {unit_code} is outside the creator's scope", "out-of-scope")
+            return Verdict("out_of_scope", f"{named} is outside the creator's scope", "out-of-scope")
         if team["kind"] != TeamKind.literacy.value and not await self._view.team_has_skill(team_code, "teaching"):
             return Verdict(
                 "no_teacher",
                 f"team {team_code} is not a literacy team and no current member has the teaching skill",
                 "team-cannot-teach",
             )
-        return Verdict("ok", unit_path=path)
+        return Verdict("ok", unit_path=path, unit_code=unit["code"], resolved_from=resolved_from)
 
     async def revalidate(self, c: Document) -> None:
         """Re-check a pending course; promote it (with CourseScheduled) or reject it."""
@@ -221,30 +246,34 @@ class TrainingService:
             if c.get("problem") != v.detail:
                 await self._repo.update_course(code, {"status": "pending"}, {"$set": {"problem": v.detail}}, [])
             return
-        if v.outcome in ("invalid", "out_of_scope"):
+        if v.outcome in ("invalid", "out_of_scope", "closed"):
             await self._repo.update_course(
                 code, {"status": "pending"}, {"$set": {"status": "rejected", "problem": v.detail}}, []
             )
             log.info("course_rejected", course=code, reason=v.detail)
             return
-        scheduled = {**c, "status": "scheduled", "unit_path": v.unit_path, "problem": None}
+        changes = {
+            "status": "scheduled",
+            "unit_code": v.unit_code or c["unit_code"],
+            "resolved_from": v.resolved_from,
+            "unit_path": v.unit_path,
+            "problem": None,
+        }
         if await self._repo.update_course(
-            code,
-            {"status": "pending"},
-            {"$set": {"status": "scheduled", "unit_path": v.unit_path, "problem": None}},
-            [_scheduled_event(scheduled)],
+            code, {"status": "pending"}, {"$set": changes}, [_scheduled_event({**c, **changes})]
         ):
             self._notify(COURSES, [code])
 
     async def on_registry_change(self, changes: Sequence[tuple[str, str]]) -> None:
         """RegistryView listener: re-check the pending courses a batch of changes may unblock."""
         teams = {key.split("/", 1)[0] for kind, key in changes if kind in ("team", "membership")}
-        units = {key for kind, key in changes if kind == "unit"}
+        # Any unit: a course naming a merged unit waits on its successor, which is another key.
+        units = any(kind == "unit" for kind, _ in changes)
         anyone = any(kind == "volunteer" for kind, _ in changes)  # a teacher may have joined
         if not (teams or units or anyone):
             return
         for c in await self._repo.pending_courses({}):
-            if anyone or c["team_code"] in teams or c["unit_code"] in units:
+            if anyone or units or c["team_code"] in teams:
                 await self.revalidate(c)
 
     # --- courses -----------------------------------------------------------------------------------
@@ -263,6 +292,8 @@ class TrainingService:
         v = await self._check_refs(body.team_code, body.unit_code, creator)
         if v.outcome == "out_of_scope":
             raise Forbidden(v.detail, slug=v.slug)
+        if v.outcome == "closed":
+            raise Conflict(v.detail, slug=v.slug, title="The unit takes no new records")
         if v.outcome in ("invalid", "no_teacher"):
             raise InvalidInput(v.detail, slug=v.slug)
         doc: Document = {
@@ -270,7 +301,9 @@ class TrainingService:
             "client_ref": body.client_ref,
             "title": body.title,
             "team_code": body.team_code,
-            "unit_code": body.unit_code,
+            # A pending course keeps the code it named until the registry decides it.
+            "unit_code": v.unit_code or body.unit_code,
+            "resolved_from": v.resolved_from,
             "unit_path": v.unit_path,
             "audience": body.audience.value,
             "mode": body.mode.value,

@@ -55,6 +55,38 @@ def membership_ended(team_code: str, vid: str) -> Envelope:
     return make_event(ev.MEMBERSHIP_ENDED, payload, source="/registry", key=f"{team_code}/{vid}")
 
 
+def team_moved(code: str, unit_path: list[str], previous_unit_path: list[str], kind: str = "mobile") -> Envelope:
+    """The registry moving a team to another unit (as it does before merging the team's unit)."""
+    payload = ev.TeamUpdated(
+        code=code,
+        name=f"Đội {code}",
+        kind=kind,
+        unit_code=unit_path[-1],
+        unit_path=unit_path,
+        active=True,
+        previous_kind=kind,
+        previous_unit_path=previous_unit_path,
+    )
+    return make_event(ev.TEAM_UPDATED, payload, source="/registry", key=code)
+
+
+def unit_merged(code: str, successor_path: list[str]) -> Envelope:
+    payload = ev.UnitMerged(
+        code=code, successor_code=successor_path[-1], successor_path=successor_path, merged_on=date(2025, 7, 1)
+    )
+    return make_event(ev.UNIT_MERGED, payload, source="/registry", key=code)
+
+
+def unit_split(code: str, successors: list[str]) -> Envelope:
+    payload = ev.UnitSplit(code=code, successors=successors, teams=[], split_on=date(2025, 7, 1))
+    return make_event(ev.UNIT_SPLIT, payload, source="/registry", key=code)
+
+
+def unit_closed(code: str, path: list[str], reason: str) -> Envelope:
+    payload = ev.UnitClosed(code=code, path=path, reason=reason, closed_on=date(2025, 7, 1))
+    return make_event(ev.UNIT_CLOSED, payload, source="/registry", key=code)
+
+
 def province_tree() -> list[Envelope]:
     """Quảng Ninh: Đặc khu Vân Đồn (with Xã Quan Lạn below it) and Phường Hạ Long; three teams."""
     return [

@@ -11,6 +11,7 @@ import pytest
 from pydantic import ValidationError
 
 from shared.auth import Principal, Role
+from shared.registry_view import ResolvedUnit
 from visits.repository import RegistryFacts
 from visits.schemas import VisitIn, local_today
 from visits.service import Refs, judge
@@ -20,13 +21,17 @@ from .factories import HL, QL, VD, visit_body
 ADMIN = Principal(sub="admin", role=Role.admin)
 
 
+def known(code: str, path: list[str], **how_it_ended: Any) -> ResolvedUnit:
+    return ResolvedUnit({"code": code, "path": path, **how_it_ended}, None)
+
+
 def facts() -> RegistryFacts:
     return RegistryFacts(
         teams={
             "VD-MOBILE": {"_id": "VD-MOBILE", "unit_code": "QN-VD", "unit_path": VD, "active": True},
             "VD-OLD": {"_id": "VD-OLD", "unit_code": "QN-VD", "unit_path": VD, "active": False},
         },
-        units={"QN-VD-QL": QL, "QN-HL": HL},
+        units={"QN-VD-QL": known("QN-VD-QL", QL), "QN-HL": known("QN-HL", HL)},
         memberships={
             ("VD-MOBILE", "vol-huong"): True,
             ("VD-MOBILE", "vol-ended"): False,
@@ -134,3 +139,41 @@ def test_scope_decides_for_managers_and_field_users() -> None:
     assert judge(refs(who=member), facts()).outcome == "accepted"
     # A manager cannot be placed until the unit is known: hold it rather than guess.
     assert judge(refs(team="VD-NEW", unit="QN-NEW", who=hl_manager), facts()).outcome == "pending"
+
+
+def test_a_merged_code_is_judged_as_its_successor_even_before_the_team_moved_there() -> None:
+    # Xã Cẩm La was merged into Phường Hạ Long; the team's move has not reached this read model yet.
+    reorganised = facts()
+    reorganised.teams["CL-MOBILE"] = {"_id": "CL-MOBILE", "unit_code": "QN-CL", "unit_path": ["QN", "QN-CL"]}
+    reorganised.units["QN-CL"] = ResolvedUnit({"code": "QN-HL", "path": HL}, "QN-CL")
+    verdict = judge(refs(team="CL-MOBILE", unit="QN-CL"), reorganised)
+    assert (verdict.outcome, verdict.unit_code, verdict.unit_path, verdict.resolved_from) == (
+        "accepted",
+        "QN-HL",
+        HL,
+        "QN-CL",
+    )
+    # The team now at Phường Hạ Long covers the old code too.
+    reorganised.teams["CL-MOBILE"] = {"_id": "CL-MOBILE", "unit_code": "QN-HL", "unit_path": HL}
+    assert judge(refs(team="CL-MOBILE", unit="QN-CL"), reorganised).outcome == "accepted"
+    # ...but not a unit outside it.
+    outside = judge(refs(team="CL-MOBILE", unit="QN-VD-QL"), reorganised)
+    assert outside.problem is not None
+    assert outside.problem.status == 422
+
+
+def test_a_closed_unit_is_refused_and_an_unknown_successor_keeps_the_record_waiting_for_it() -> None:
+    reorganised = facts()
+    reorganised.units["QN-VD-QL"] = known(
+        "QN-VD-QL", QL, status="closed", closed_on="2025-07-01", close_reason="Sáp nhập vào Đặc khu Vân Đồn"
+    )
+    closed = judge(refs(unit="QN-VD-QL"), reorganised)
+    assert closed.outcome == "rejected"
+    assert closed.problem is not None
+    assert (closed.problem.status, closed.problem.slug) == (409, "unit-closed")
+    assert "unit QN-VD-QL was closed on 2025-07-01: Sáp nhập vào Đặc khu Vân Đồn" in closed.problem.detail
+
+    reorganised.units["QN-VD"] = known("QN-VD", VD, status="merged", successor_code="QN-VD-MOI")
+    waiting = judge(refs(), reorganised)
+    assert waiting.outcome == "pending"
+    assert waiting.wait_keys == ["unit:QN-VD-MOI"]

@@ -106,7 +106,13 @@ async def test_a_record_repeated_inside_one_batch_is_a_duplicate_of_the_first(se
     r = await seeded.client.post("/v1/visits:batch", json={"items": [body, body]}, headers=ADMIN)
     first, second = r.json()["items"]
     assert first["status"] == "created"
-    assert second == {"client_ref": body["client_ref"], "status": "duplicate", "id": first["id"], "problem": None}
+    assert second == {
+        "client_ref": body["client_ref"],
+        "status": "duplicate",
+        "id": first["id"],
+        "problem": None,
+        "resolved_from": None,
+    }
     assert await seeded.visits().count_documents({}) == 1
 
 

@@ -55,6 +55,10 @@ INTAKE_RESPONSES: dict[int | str, dict[str, Any]] = {
     200: {"description": "Already received (same `client_ref`): the existing record"},
     201: {"description": "Recorded"},
     202: {"description": "Held as `pending` until the registry read model knows its team, unit or volunteers"},
+    409: {
+        "description": "Problem `unit-closed`: the unit was closed or split and takes no new records "
+        "(a merged unit's code is accepted for its successor, see `resolved_from`)"
+    },
 }
 
 
@@ -68,7 +72,12 @@ def post_out(doc: Document) -> OutreachOut:
 
 def batch_out(results: list[BatchResult]) -> BatchOut:
     return BatchOut(
-        items=[BatchItemOut(client_ref=r.client_ref, status=r.status, id=r.id, problem=r.problem) for r in results]
+        items=[
+            BatchItemOut(
+                client_ref=r.client_ref, status=r.status, id=r.id, problem=r.problem, resolved_from=r.resolved_from
+            )
+            for r in results
+        ]
     )
 
 
@@ -128,7 +137,10 @@ async def get_visit(visit_id: str, principal: CurrentPrincipal, service: Visits)
 
 
 @router.post(
-    "/visits/{visit_id}:correct", summary="Replace a recorded visit with its corrected record", response_model=VisitOut
+    "/visits/{visit_id}:correct",
+    summary="Replace a recorded visit with its corrected record",
+    response_model=VisitOut,
+    responses={409: INTAKE_RESPONSES[409]},
 )
 async def correct_visit(
     visit_id: str, body: VisitCorrectionIn, principal: CurrentPrincipal, service: Visits

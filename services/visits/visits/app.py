@@ -39,6 +39,8 @@ Records arrive late, in batches and sometimes twice: `client_ref` makes every up
 References (team, unit, volunteers) are checked against a local read model of the registry, so the
 service keeps accepting records while the registry is down; records that mention something the
 read model does not know yet are held as `pending` and validated when the registry event arrives.
+A record naming a merged unit's old code is stored under its successor (`resolved_from` says so);
+a closed or split unit takes no new records (problem `unit-closed`, 409).
 """
 
 

@@ -73,9 +73,7 @@ class RecordRepository:
         return await self._col.find_one({"_id": record_id})
 
     async def page(self, query: Document, limit: int, cursor: str | None) -> tuple[list[Document], str | None]:
-        docs = (
-            await self._col.find({**query, **after_filter(cursor)}).sort("_id", ASCENDING).limit(limit + 1).to_list()
-        )
+        docs = await self._col.find({**query, **after_filter(cursor)}).sort("_id", ASCENDING).limit(limit + 1).to_list()
         return docs[:limit], next_cursor(docs, limit)
 
     async def update_if(self, record_id: str, expect: Document, update: Document) -> bool:
@@ -112,6 +110,16 @@ class PendingIndex:
         docs = await self._col.find({"kind": kind}, {"record_id": 1, "keys": 1}).to_list()
         return [d["record_id"] for d in docs if not keys.isdisjoint(d["keys"])]
 
+    async def wait_also(self, kind: str, record_id: str, keys: Sequence[str]) -> bool:
+        """Add ``keys`` to what a pending record waits on (a merged unit's successor, found late).
+
+        True if some key was new.
+        """
+        result = await self._col.update_one(
+            {"_id": f"{kind}:{record_id}"}, {"$addToSet": {"keys": {"$each": list(keys)}}}
+        )
+        return result.modified_count > 0
+
     async def remove(self, kind: str, record_id: str) -> None:
         await self._col.delete_one({"_id": f"{kind}:{record_id}"})
 
@@ -121,7 +129,8 @@ class RegistryFacts:
     """What the local read model knows about the references of some records."""
 
     teams: dict[str, Document] = field(default_factory=dict)
-    units: dict[str, list[str]] = field(default_factory=dict)
+    # Per code a record or a team names: the unit that takes its records now (a merged code's successor).
+    units: dict[str, rm.ResolvedUnit] = field(default_factory=dict)
     memberships: dict[tuple[str, str], bool] = field(default_factory=dict)
     volunteers: dict[str, bool] = field(default_factory=dict)
 
@@ -157,8 +166,13 @@ class RegistryReader:
         # them); the view then holds a stub with only ``members``, which does not make the team known.
         return {k: d for k, d in (await self._by_id(rm.TEAMS, codes)).items() if "kind" in d}
 
-    async def unit_paths(self, codes: Iterable[str]) -> dict[str, list[str]]:
-        return {k: list(d["path"]) for k, d in (await self._by_id(rm.UNITS, codes)).items()}
+    async def units(self, codes: Iterable[str]) -> dict[str, rm.ResolvedUnit]:
+        """Per code, the unit that now takes its records (see :func:`shared.registry_view.follow_successors`)."""
+
+        async def find(code: str) -> Document | None:
+            return (await self._by_id(rm.UNITS, [code])).get(code)
+
+        return {code: await rm.follow_successors(code, find) for code in sorted(set(codes))}
 
     async def memberships(self, pairs: Iterable[tuple[str, str]]) -> dict[tuple[str, str], bool]:
         docs = await self._by_id(rm.MEMBERSHIPS, (f"{team}/{vid}" for team, vid in pairs))

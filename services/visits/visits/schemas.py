@@ -38,6 +38,10 @@ PastDate = Annotated[date, AfterValidator(_not_in_future)]
 VisitStatus = Literal["recorded", "pending", "rejected", "voided"]
 PostStatus = Literal["published", "pending", "rejected", "voided"]
 BatchStatus = Literal["created", "pending", "duplicate", "rejected"]
+RESOLVED_FROM = (
+    "The unit code the record named, when that unit had been merged into another: the record is "
+    "stored (and counted) under its successor, `unit_code`. Absent when the named unit takes records itself."
+)
 
 _PEOPLE_PARTS = ("elderly", "women", "veterans")
 
@@ -157,7 +161,11 @@ class BatchItemOut(BaseModel):
     client_ref: str | None
     status: BatchStatus
     id: str | None = None
-    problem: dict[str, Any] | None = Field(default=None, description="Problem details when rejected.")
+    problem: dict[str, Any] | None = Field(
+        default=None,
+        description="Problem details when rejected (e.g. `unit-closed`, status 409: the unit was closed or split).",
+    )
+    resolved_from: str | None = Field(default=None, description=RESOLVED_FROM)
 
 
 class BatchOut(BaseModel):
@@ -186,6 +194,7 @@ class VisitOut(BaseModel):
     team_code: str
     unit_code: str
     unit_path: list[str] | None = Field(description="Null while the unit is not known to the read model yet.")
+    resolved_from: str | None = Field(default=None, description=RESOLVED_FROM)
     visited_on: date
     setting: Setting
     area: Area
@@ -232,6 +241,7 @@ class OutreachOut(BaseModel):
     status: PostStatus
     unit_code: str
     unit_path: list[str] | None
+    resolved_from: str | None = Field(default=None, description=RESOLVED_FROM)
     team_code: str | None
     channel: Channel
     published_on: date

@@ -11,6 +11,7 @@ from typing import Any, Generic, Literal, TypeVar
 
 from pydantic import BaseModel, TypeAdapter, ValidationError
 
+from shared import registry_view as rm
 from shared.auth import Principal, Role, require_role
 from shared.contracts import visits as ev
 from shared.envelope import Envelope, make_event
@@ -61,6 +62,12 @@ class Verdict:
     unit_path: list[str] | None
     problem: ProblemError | None = None
     waiting_for: list[str] = field(default_factory=list)
+    # The unit a record is stored under: the named one, or the successor it was merged into
+    # (then ``resolved_from`` is the named code).
+    unit_code: str | None = None
+    resolved_from: str | None = None
+    # Registry keys a pending record waits on besides those of its references (a successor unit).
+    wait_keys: list[str] = field(default_factory=list)
 
 
 def record_id(kind: str, client_ref: str) -> str:
@@ -77,9 +84,9 @@ def _member_lookups(r: Refs) -> set[str]:
     return wanted
 
 
-def pending_keys(r: Refs) -> list[str]:
+def pending_keys(r: Refs, verdict: Verdict) -> list[str]:
     """The registry keys (as :class:`RegistryView` reports changes) a pending record waits on."""
-    keys = [f"unit:{r.unit_code}"]
+    keys = [f"unit:{r.unit_code}", *verdict.wait_keys]
     if r.team_code:
         keys.append(f"team:{r.team_code}")
     for vid in sorted(_member_lookups(r)):
@@ -90,15 +97,13 @@ def pending_keys(r: Refs) -> list[str]:
 async def load_facts(reader: RegistryReader, refs: Sequence[Refs]) -> RegistryFacts:
     """Everything ``judge`` needs for ``refs``: one ``_id`` lookup per distinct key."""
     teams = await reader.teams({r.team_code for r in refs if r.team_code})
-    units_needed = set()
-    for r in refs:
-        team = teams.get(r.team_code) if r.team_code else None
-        if team is None or team["unit_code"] != r.unit_code:
-            units_needed.add(r.unit_code)
+    # Every named unit, even a team's own: it may have been merged or closed since the team's event.
+    # The teams' units too: a team of a merged unit may not have been moved in this read model yet.
+    units_needed = {r.unit_code for r in refs} | {t["unit_code"] for t in teams.values()}
     pairs = {(r.team_code, vid) for r in refs if r.team_code for vid in _member_lookups(r)}
     return RegistryFacts(
         teams=teams,
-        units=await reader.unit_paths(units_needed),
+        units=await reader.units(units_needed),
         memberships=await reader.memberships(pairs),
         volunteers=await reader.volunteers({vid for _, vid in pairs}),
     )
@@ -125,28 +130,65 @@ def authorize(p: Principal, team_code: str | None, path: list[str] | None, facts
     return "denied", f"role '{p.role.value}' may not record field activity"
 
 
+def _team_covers(team: Document, path: list[str], facts: RegistryFacts) -> bool:
+    """Is ``path`` the team's unit or below it? The team's unit counts as the unit it was merged into."""
+    if team["unit_code"] in path:
+        return True
+    successor = facts.units.get(team["unit_code"], rm.ResolvedUnit(None, None)).unit
+    return successor is not None and successor["code"] in path
+
+
+def unit_closed(unit: Document, resolved_from: str | None) -> Conflict:
+    """The problem of a record for a closed or split unit (named directly or through a merge)."""
+    why = rm.why_closed(unit) or f"unit {unit['code']} takes no new records"
+    if resolved_from:
+        why = f"unit {resolved_from} was merged into {unit['code']}; {why}"
+    extra: dict[str, Any] = {"unit_code": unit["code"]}
+    if unit.get("successors"):
+        extra["successors"] = list(unit["successors"])
+    return Conflict(why, slug="unit-closed", title="The unit takes no new records", **extra)
+
+
 def judge(refs: Refs, facts: RegistryFacts) -> Verdict:
-    """Accept, hold as pending (a reference is not known yet) or reject a record."""
+    """Accept, hold as pending (a reference is not known yet) or reject a record.
+
+    A merged unit's code is judged as its successor's, where the record is then stored; a closed or
+    split unit refuses new records.
+    """
     waiting: list[str] = []
+    wait_keys: list[str] = []
     wrong: list[tuple[str, str]] = []
+    closed: Conflict | None = None
     team = facts.teams.get(refs.team_code) if refs.team_code else None
     if refs.team_code and team is None:
         waiting.append(f"team {refs.team_code}")
-    path: list[str] | None
-    if team is not None and team["unit_code"] == refs.unit_code:
-        path = list(team["unit_path"])
+    resolution = facts.units.get(refs.unit_code, rm.ResolvedUnit(None, None))
+    unit, resolved_from = resolution.unit, resolution.resolved_from
+    unit_code, path = refs.unit_code, None
+    if unit is None:
+        if team is not None and team["unit_code"] == refs.unit_code:
+            path = list(team["unit_path"])  # the team's event came first; it tells the unit's path
+        else:
+            waiting.append(f"unit {refs.unit_code}")
+    elif unit.get("status") == rm.MERGED:
+        successor = unit.get("successor_code")
+        waiting.append(f"unit {successor}, which unit {unit['code']} was merged into")
+        wait_keys.append(f"unit:{successor}")
     else:
-        path = facts.units.get(refs.unit_code)
-    if path is None:
-        waiting.append(f"unit {refs.unit_code}")
+        unit_code, path = unit["code"], list(unit["path"])
+        if resolved_from:
+            wait_keys.append(f"unit:{unit_code}")
+        if unit.get("status") == rm.CLOSED:
+            closed = unit_closed(unit, resolved_from)
     if team is not None:
         if not team.get("active", True):
             wrong.append(("team_code", f"team {refs.team_code} is not active"))
-        if path is not None and team["unit_code"] not in path:
+        if path is not None and not _team_covers(team, path, facts):
+            named = f"unit {refs.unit_code}" + (f" (merged into {unit_code})" if resolved_from else "")
             wrong.append(
                 (
                     "unit_code",
-                    f"unit {refs.unit_code} is not team {refs.team_code}'s unit ({team['unit_code']}) or below it",
+                    f"{named} is not team {refs.team_code}'s unit ({team['unit_code']}) or below it",
                 )
             )
     for vid in refs.volunteer_ids:
@@ -161,6 +203,8 @@ def judge(refs: Refs, facts: RegistryFacts) -> Verdict:
     access, why = authorize(refs.submitter, refs.team_code, path, facts)
     if access == "denied":
         return Verdict("rejected", path, Forbidden(why, slug="out-of-scope"))
+    if closed is not None:
+        return Verdict("rejected", path, closed)
     if wrong:
         return Verdict(
             "rejected",
@@ -172,8 +216,8 @@ def judge(refs: Refs, facts: RegistryFacts) -> Verdict:
             ),
         )
     if waiting or access == "unknown":
-        return Verdict("pending", path, waiting_for=waiting or ["your membership or unit scope"])
-    return Verdict("accepted", path)
+        return Verdict("pending", path, waiting_for=waiting or ["your membership or unit scope"], wait_keys=wait_keys)
+    return Verdict("accepted", path, unit_code=unit_code, resolved_from=resolved_from)
 
 
 def principal_doc(p: Principal) -> Document:
@@ -212,6 +256,7 @@ class BatchResult:
     status: Literal["created", "pending", "duplicate", "rejected"]
     id: str | None = None
     problem: dict[str, Any] | None = None
+    resolved_from: str | None = None
 
 
 class Intake(Generic[ItemT]):
@@ -266,6 +311,9 @@ class Intake(Generic[ItemT]):
             "_id": record_id(self.kind, client_ref),
             "client_ref": client_ref,
             **self._fields(item),
+            # A pending record keeps the code it named until it is judged again.
+            **({"unit_code": verdict.unit_code} if accepted and verdict.unit_code else {}),
+            "resolved_from": verdict.resolved_from if accepted else None,
             "unit_path": verdict.unit_path,
             "status": self.accepted_status if accepted else "pending",
             "submitted_by": principal_doc(submitter),
@@ -289,7 +337,7 @@ class Intake(Generic[ItemT]):
             raise verdict.problem
         doc = self._new_doc(item, client_ref, principal, verdict)
         if verdict.outcome == "pending":
-            await self.pending.add(self.kind, [doc["_id"]], [pending_keys(refs)])
+            await self.pending.add(self.kind, [doc["_id"]], [pending_keys(refs, verdict)])
         stored, created = await self.records.insert_once(doc)
         if not created:
             if not can_read(principal, stored):
@@ -318,7 +366,7 @@ class Intake(Generic[ItemT]):
             parsed.append((i, item, str(item.client_ref), self._refs(item, principal)))  # type: ignore[attr-defined]
 
         facts = await load_facts(self.reader, [r for *_, r in parsed])
-        to_insert: list[tuple[int, Document, Refs]] = []
+        to_insert: list[tuple[int, Document, list[str]]] = []
         seen: set[str] = set()
         for i, item, ref, r in parsed:
             rid = record_id(self.kind, ref)
@@ -336,10 +384,10 @@ class Intake(Generic[ItemT]):
                 )
                 continue
             seen.add(rid)
-            to_insert.append((i, self._new_doc(item, ref, principal, verdict), r))
+            to_insert.append((i, self._new_doc(item, ref, principal, verdict), pending_keys(r, verdict)))
 
-        held = [(d, r) for _, d, r in to_insert if d["status"] == "pending"]
-        await self.pending.add(self.kind, [d["_id"] for d, _ in held], [pending_keys(r) for _, r in held])
+        held = [(d, keys) for _, d, keys in to_insert if d["status"] == "pending"]
+        await self.pending.add(self.kind, [d["_id"] for d, _ in held], [keys for _, keys in held])
         # Records sent before (a re-sent batch) collide on _id and are reported as duplicates.
         collided = await self.records.insert_new([d for _, d, _ in to_insert])
         fresh_pending = [d for d, _ in held if d["_id"] not in collided]
@@ -349,33 +397,44 @@ class Intake(Generic[ItemT]):
             if rid in collided:
                 results[i] = BatchResult(doc["client_ref"], "duplicate", rid)
             else:
-                status = resolved.get(rid, doc)["status"]
-                outcome: Literal["created", "pending"] = "created" if status == self.accepted_status else "pending"
-                results[i] = BatchResult(doc["client_ref"], outcome, rid)
+                now = resolved.get(rid, doc)
+                outcome: Literal["created", "pending"] = (
+                    "created" if now["status"] == self.accepted_status else "pending"
+                )
+                results[i] = BatchResult(doc["client_ref"], outcome, rid, resolved_from=now.get("resolved_from"))
         self.notify([], [d for _, d, _ in to_insert if d["_id"] not in collided and d["status"] != "pending"])
         return [r for r in results if r is not None]
 
     # --- pending records -------------------------------------------------------------------------
 
-    async def _resolve(self, docs: Sequence[Document]) -> dict[str, Document]:
+    async def _resolve(self, docs: Sequence[Document], *, again: bool = True) -> dict[str, Document]:
         """Re-check pending records; those whose references are now known are recorded or rejected."""
         facts = await load_facts(self.reader, [self._doc_refs(d) for d in docs])
         changed: dict[str, Document] = {}
         emitted: list[str] = []
+        rewaiting: list[str] = []
         for doc in docs:
             verdict = judge(self._doc_refs(doc), facts)
             expect = {"status": "pending", "rev": doc["rev"]}
             if verdict.outcome == "pending":
+                if verdict.wait_keys and await self.pending.wait_also(self.kind, doc["_id"], verdict.wait_keys):
+                    rewaiting.append(doc["_id"])
                 if verdict.unit_path and doc.get("unit_path") != verdict.unit_path:
                     await self.records.update_if(
                         doc["_id"], expect, {"$set": {"unit_path": verdict.unit_path}, "$inc": {"rev": 1}}
                     )
                 continue
             if verdict.outcome == "accepted":
-                new = {**doc, "status": self.accepted_status, "unit_path": verdict.unit_path, "recorded_at": utcnow()}
-                update = outbox_update(
-                    {"$set": {k: new[k] for k in ("status", "unit_path", "recorded_at")}}, self._accepted_events(new)
-                )
+                new = {
+                    **doc,
+                    "status": self.accepted_status,
+                    "unit_code": verdict.unit_code or doc["unit_code"],
+                    "resolved_from": verdict.resolved_from,
+                    "unit_path": verdict.unit_path,
+                    "recorded_at": utcnow(),
+                }
+                fields = ("status", "unit_code", "resolved_from", "unit_path", "recorded_at")
+                update = outbox_update({"$set": {k: new[k] for k in fields}}, self._accepted_events(new))
             else:
                 assert verdict.problem is not None
                 new = {
@@ -392,6 +451,12 @@ class Intake(Generic[ItemT]):
                 await self.pending.remove(self.kind, doc["_id"])
         if emitted:
             self.notify(emitted, [])
+        if rewaiting and again:
+            # A record now waits on a new key (a merged unit's successor), which may have been applied
+            # (by another replica) before the index named it, so no listener looked: look once more.
+            fresh = [d for rid in rewaiting if (d := await self.records.get(rid)) and d["status"] == "pending"]
+            if fresh:
+                changed |= await self._resolve(fresh, again=False)
         return changed
 
     async def on_registry_change(self, changes: Sequence[tuple[str, str]]) -> None:
@@ -545,10 +610,12 @@ class VisitService(Intake[VisitIn]):
                     "not known to this service yet: " + ", ".join(verdict.waiting_for) + "; retry later",
                     slug="reference-not-known",
                 )
-            fields = {**visit_fields(body), "unit_path": verdict.unit_path}
+            fields = {**visit_fields(body), "unit_code": verdict.unit_code, "unit_path": verdict.unit_path}
             if all(doc.get(k) == v for k, v in fields.items()):
-                return doc  # a retried correction changes nothing
+                # A retried correction changes nothing; the answer still says how its unit was resolved.
+                return {**doc, "resolved_from": verdict.resolved_from}
             now = utcnow()
+            fields["resolved_from"] = verdict.resolved_from
             new = {**doc, **fields, "corrected_at": now}
             payload = ev.VisitCorrected(
                 visit_id=visit_id,

@@ -2,9 +2,14 @@
 
 Visits and training validate references (unit, team, membership, skills) against this model in
 their own database, so they keep working when the registry service is down and never call it.
-Every event sets the full current state of its key, and every document records the Kafka offset
-of the event that set it, so replays, redeliveries and a replica that lost its partitions mid-batch
-never put back an older state.
+Every event sets the full current state of its key (or of its part of the key's document), and
+every document records the Kafka offset of the event that set it, so replays, redeliveries and a
+replica that lost its partitions mid-batch never put back an older state.
+
+Reorganisation: a unit document also records how the unit ended, if it did (``status`` "merged"
+with ``successor_code``, or "closed" with ``close_reason`` or the ``successors`` of a split, and
+``closed_on``). :func:`follow_successors` / :meth:`RegistryView.resolve_unit` find the unit that now
+takes a code's records, because offline devices keep sending merged units' old codes.
 """
 
 from __future__ import annotations
@@ -14,7 +19,7 @@ import time
 from collections.abc import Awaitable, Callable, Iterable, Sequence
 from dataclasses import dataclass, field
 from functools import partial
-from typing import Any
+from typing import Any, NamedTuple
 
 from pymongo import IndexModel
 from pymongo.asynchronous.database import AsyncDatabase
@@ -40,6 +45,13 @@ INDEXES: dict[str, list[IndexModel]] = {
 # so a service can re-check the records it had to hold as pending: one look per batch, not per key,
 # because a roster upload changes thousands of keys at once.
 ChangeListener = Callable[[Sequence[tuple[str, str]]], Awaitable[None]]
+
+# ``status`` of a unit document; a unit without one is active.
+MERGED = "merged"
+CLOSED = "closed"
+# A merged unit's successor may itself have been merged since; a longer chain is a registry error
+# (or a cycle), and resolution stops there rather than loop.
+MAX_MERGE_HOPS = 16
 
 # The collection whose document ``_id`` a reported change names; a membership also changes its team's
 # ``members`` list.
@@ -154,6 +166,18 @@ class RegistryView:
         doc = await self._db[UNITS].find_one({"_id": code}, {"path": 1})
         return list(doc["path"]) if doc else None
 
+    async def resolve_unit(self, code: str) -> ResolvedUnit:
+        """The unit that now takes ``code``'s records and, if that is another unit, ``code``.
+
+        See :func:`follow_successors`: never raises, the caller decides what an unknown, closed or
+        unresolvable unit means for its record.
+        """
+
+        async def find(key: str) -> dict[str, Any] | None:
+            return await self._db[UNITS].find_one({"_id": key})
+
+        return await follow_successors(code, find)
+
     async def team(self, code: str) -> dict[str, Any] | None:
         """``{"code", "kind", "unit_code", "unit_path", "active"}`` or None if never seen."""
         doc = await self._db[TEAMS].find_one({"_id": code})
@@ -190,9 +214,10 @@ class RegistryView:
     async def apply(self, events: Sequence[Consumed]) -> None:
         """A :class:`shared.consumer.BatchHandler`: at most one write per document the batch touches.
 
-        Every event sets the full current state of its key, and a batch holds one partition's events
-        in offset order, so folding it and writing each document's final fields once equals applying
-        the events one by one. Each document records the offset of the event
+        Every event sets the full current state of its part of a document (a unit's merge, split or
+        close sets only how it ended, which its later updates leave alone), and a batch holds one
+        partition's events in offset order, so folding it and writing each document's final fields
+        once equals applying the events one by one. Each document records the offset of the event
         that set it and a write applies only over an older one: a redelivered batch, or a replica
         still finishing a batch of partitions it has lost, never puts back an older state. Team
         member lists change by atomic ``$addToSet``/``$pullAll`` guarded the same way, because
@@ -286,6 +311,64 @@ class RegistryView:
                 raise RuntimeError(f"team {team_code}: member change kept colliding")
 
 
+class ResolvedUnit(NamedTuple):
+    """``(unit, resolved_from)`` as :func:`follow_successors` answers."""
+
+    unit: dict[str, Any] | None
+    resolved_from: str | None
+
+
+def unit_document(doc: dict[str, Any]) -> dict[str, Any]:
+    """A read-model unit document as queries answer it: ``code`` instead of ``_id``, no bookkeeping.
+
+    A copy: the given document may be shared (:class:`ReadModelCache`).
+    """
+    out = {k: v for k, v in doc.items() if k not in ("_id", "partition", "offset")}
+    out["code"] = doc["_id"]
+    return out
+
+
+async def follow_successors(code: str, find: Callable[[str], Awaitable[dict[str, Any] | None]]) -> ResolvedUnit:
+    """Follow ``successor_code`` from ``code`` to the unit that now takes its records.
+
+    ``find`` reads a raw unit document by code (from the database or a cache). The answer is
+    ``(unit, resolved_from)``: ``unit`` as :func:`unit_document` gives it, ``resolved_from`` the
+    asked ``code`` when ``unit`` is another unit (``code`` was merged into it), else None.
+    Never raises:
+    - ``(None, None)``: ``code`` is not known (the read model has not seen it yet);
+    - a ``unit`` whose ``status`` is still "merged": its successor is not known yet (another key,
+      so possibly applied later), or the chain is longer than :data:`MAX_MERGE_HOPS` or loops;
+    - a ``unit`` whose ``status`` is "closed" (closed or split): it takes no new records.
+    """
+    doc = await find(code)
+    if doc is None or "path" not in doc:
+        # A unit is known once its path is; a document holding only how the unit ended is not enough.
+        return ResolvedUnit(None, None)
+    seen = {code}
+    while doc.get("status") == MERGED and len(seen) <= MAX_MERGE_HOPS:
+        successor_code = doc.get("successor_code")
+        if not successor_code or successor_code in seen:
+            break
+        successor = await find(successor_code)
+        if successor is None or "path" not in successor:
+            break
+        seen.add(successor_code)
+        doc = successor
+    unit = unit_document(doc)
+    return ResolvedUnit(unit, code if unit["code"] != code else None)
+
+
+def why_closed(unit: dict[str, Any]) -> str | None:
+    """Why ``unit`` (as :func:`follow_successors` answers it) takes no new records; None if it does."""
+    if unit.get("status") != CLOSED:
+        return None
+    on = f" on {unit['closed_on']}" if unit.get("closed_on") else ""
+    if unit.get("successors"):
+        return f"unit {unit['code']} was split{on} into {', '.join(unit['successors'])}; record for one of those"
+    reason = unit.get("close_reason")
+    return f"unit {unit['code']} was closed{on}" + (f": {reason}" if reason else "") + "; it takes no new records"
+
+
 @dataclass
 class _Write:
     """A document's fields folded from a batch and the position of the last event that set them."""
@@ -329,6 +412,42 @@ def _unit(e: ev.UnitCreated | ev.UnitUpdated) -> list[tuple[str, str, dict[str, 
     return [(UNITS, e.code, fields)]
 
 
+def _unit_merged(e: ev.UnitMerged) -> list[tuple[str, str, dict[str, Any]]]:
+    # Only the fields of how the unit ended: a later UnitUpdated ($set of its own fields) keeps them.
+    fields = {
+        "status": MERGED,
+        "successor_code": e.successor_code,
+        "successor_path": list(e.successor_path),
+        "successors": [],
+        "closed_on": e.merged_on.isoformat(),
+        "close_reason": None,
+    }
+    return [(UNITS, e.code, fields)]
+
+
+def _unit_split(e: ev.UnitSplit) -> list[tuple[str, str, dict[str, Any]]]:
+    fields = {
+        "status": CLOSED,
+        "successor_code": None,
+        "successors": list(e.successors),
+        "closed_on": e.split_on.isoformat(),
+        "close_reason": None,
+    }
+    return [(UNITS, e.code, fields)]
+
+
+def _unit_closed(e: ev.UnitClosed) -> list[tuple[str, str, dict[str, Any]]]:
+    fields = {
+        "status": CLOSED,
+        "path": list(e.path),
+        "successor_code": None,
+        "successors": [],
+        "closed_on": e.closed_on.isoformat(),
+        "close_reason": e.reason,
+    }
+    return [(UNITS, e.code, fields)]
+
+
 def _team(e: ev.TeamCreated | ev.TeamUpdated | ev.TeamDeactivated) -> list[tuple[str, str, dict[str, Any]]]:
     active = e.active if isinstance(e, ev.TeamUpdated) else isinstance(e, ev.TeamCreated)
     fields = {"kind": e.kind.value, "unit_code": e.unit_code, "unit_path": list(e.unit_path), "active": active}
@@ -354,7 +473,7 @@ def _membership(e: ev.MembershipStarted | ev.MembershipEnded) -> list[tuple[str,
 
 def _change_of(payload: Any) -> tuple[str, str]:
     """The ``(kind, key)`` a listener hears for an event."""
-    if isinstance(payload, ev.UnitCreated | ev.UnitUpdated):
+    if isinstance(payload, ev.UnitCreated | ev.UnitUpdated | ev.UnitMerged | ev.UnitSplit | ev.UnitClosed):
         return ("unit", payload.code)
     if isinstance(payload, ev.TeamCreated | ev.TeamUpdated | ev.TeamDeactivated):
         return ("team", payload.code)
@@ -366,6 +485,9 @@ def _change_of(payload: Any) -> tuple[str, str]:
 _FOLDS: dict[str, Fold] = {
     ev.UNIT_CREATED: _unit,
     ev.UNIT_UPDATED: _unit,
+    ev.UNIT_MERGED: _unit_merged,
+    ev.UNIT_SPLIT: _unit_split,
+    ev.UNIT_CLOSED: _unit_closed,
     ev.TEAM_CREATED: _team,
     ev.TEAM_UPDATED: _team,
     ev.TEAM_DEACTIVATED: _team,
