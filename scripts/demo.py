@@ -159,6 +159,7 @@ def _stats(api: Api) -> dict[str, Any]:
         "batch_items": s.batch_items,
         "replays_answered_as_duplicate": s.replays_answered_as_duplicate,
         "retried_after_transient_error": s.retried_after_error,
+        "resolved_from_old_codes": s.resolved_from_old_codes,
         "outcomes": dict(sorted(s.outcomes.items())),
     }
 
@@ -182,6 +183,14 @@ def render(result: DemoResult) -> str:
         f"{sum(v.void_reason is not None for v in p.visits) + sum(x.void_reason is not None for x in p.posts)} voids, "
         f"{sum(v.typhoon for v in p.visits)} late typhoon-week records, "
         f"{sum(c.cancel_reason is not None for c in p.courses)} cancelled courses",
+    ]
+    if p.merge is not None:
+        lines.append(
+            f"  after week {p.merge.after_week + 1}, {', '.join(p.merge.sources)} merged into {p.merge.into} "
+            f"(Sáp nhập / merged); {result.stats['resolved_from_old_codes']:,} records sent with the old code "
+            "were stored for the successor"
+        )
+    lines += [
         "",
         f"{'indicator':<38}{'article':>10}{'ground truth':>14}{'metrics':>10}   ",
         "-" * 76,

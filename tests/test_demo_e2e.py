@@ -151,7 +151,7 @@ async def test_demo_replay_matches_summary_campaign_progress_and_prometheus_gaug
 
     async with httpx.AsyncClient(base_url=urls["metrics"], headers=token("admin"), timeout=30) as metrics:
         # A commune's subtree figure, not only the province's.
-        commune = next(t.unit for t in result.plan.teams if t.kind == "mobile")
+        commune = next(result.plan.current_unit(t.unit) for t in result.plan.teams if t.kind == "mobile")
         resp = await metrics.get("/v1/summary", params={"unit": commune})
         assert flatten(resp.json()) == flatten(truth.summary(commune))
 
@@ -166,13 +166,14 @@ async def test_demo_replay_matches_summary_campaign_progress_and_prometheus_gaug
                 campaign.ends_on.isoformat(),
             )
             got = {(t["indicator"], t["unit_code"]): (t["target"], t["actual"]) for t in body["targets"]}
-            want = {(t["indicator"], t["unit_code"]): t["value"] for t in campaign.targets}
+            want = {(t["indicator"], t["unit_code"]): t["value"] for t in result.plan.targets_now(campaign)}
             assert {k: v[0] for k, v in got.items()} == want
             assert {k: v[1] for k, v in got.items()} == actuals[campaign.code]
             assert any(v[1] > 0 for v in got.values())
 
         # 3. Prometheus gauges (refreshed in the background): province and commune series match.
-        top_units = {result.plan.units[0].code} | {u.code for u in result.plan.units if u.parent}
+        merged = set(result.plan.merge.sources) if result.plan.merge else set()
+        top_units = {result.plan.units[0].code} | {u.code for u in result.plan.units if u.parent} - merged
         expected = {
             (unit, name): value
             for unit in top_units
@@ -191,3 +192,13 @@ async def test_demo_replay_matches_summary_campaign_progress_and_prometheus_gaug
         assert 'level="province"' in text
         assert 'level="commune"' in text
         assert gauges[("QN", "households_visited")] == result.reported["households_visited"]
+
+        # 4. The merge in the middle of the campaign: the old code's figures stay readable, marked.
+        assert result.plan.merge is not None
+        source, into = result.plan.merge.sources[0], result.plan.merge.into
+        old = (await metrics.get("/v1/summary", params={"unit": source})).json()
+        assert (old["scope"]["unit_status"], old["scope"]["merged_into"]) == ("merged", into)
+        assert flatten(old) == flatten(truth.summary(source))
+        successor = (await metrics.get("/v1/summary", params={"unit": into})).json()
+        assert flatten(successor) == flatten(truth.summary(into))
+        assert result.stats["resolved_from_old_codes"] > 0

@@ -76,6 +76,7 @@ class Stats:
     retried_after_error: int = 0
     replays_answered_as_duplicate: int = 0
     batch_items: int = 0
+    resolved_from_old_codes: int = 0  # records naming a merged unit, stored for its successor
     outcomes: dict[str, int] = field(default_factory=lambda: defaultdict(int))
 
 
@@ -106,6 +107,17 @@ class Api:
         for replicas in self.replicas.values():
             for c in replicas:
                 await c.aclose()
+
+    async def until_known(self, services: Sequence[str], codes: Sequence[str], into: str, timeout: float = 60) -> None:
+        """Wait until every replica of ``services`` stores records naming ``codes`` for ``into``."""
+        deadline = time.monotonic() + timeout
+        for service in services:
+            for client in self.replicas[service]:
+                for code in codes:
+                    while not await _resolves(client, code, into):
+                        if time.monotonic() > deadline:
+                            raise DemoError(f"{service} at {client.base_url} does not resolve {code} to {into}")
+                        await asyncio.sleep(0.2)
 
     async def call(
         self,
@@ -142,6 +154,14 @@ class Api:
             await asyncio.sleep(delay)
             delay = min(delay * 2, 3.0)
         raise DemoError(f"{service} {method} {path}: still failing after retries")
+
+
+async def _resolves(client: httpx.AsyncClient, code: str, into: str) -> bool:
+    try:
+        resp = await client.get(f"/v1/units/{code}")
+    except httpx.TransportError:
+        return True  # a replica that is down reads the database afresh when it starts
+    return resp.status_code == 200 and resp.json().get("takes_records_as") == into
 
 
 async def gather_all(items: Iterable[T], work: Callable[[T], Awaitable[Any]]) -> list[Any]:
@@ -260,6 +280,7 @@ class Replay:
         for ref, item in zip(refs, items, strict=True):
             self.api.stats.outcomes[f"{what}:{item['status']}"] += 1
             self.api.stats.batch_items += 1
+            self.api.stats.resolved_from_old_codes += bool(item.get("resolved_from"))
             if item["status"] == "rejected":
                 self.rejected.append(f"{what} {ref}: {item.get('problem')}")
             elif item.get("id"):
@@ -397,6 +418,8 @@ class Replay:
                 self._leave(v.key) for v in p.volunteers if v.leaves_on is not None and p.week_of(v.leaves_on) == week
             ]
             await asyncio.gather(*jobs)
+            if p.merge is not None and week == p.merge.after_week:
+                await self._merge()
             await self._reached(f"week {week + 1}")
         self.api.progress.set_phase("late uploads from the typhoon week")
         await asyncio.gather(
@@ -410,6 +433,19 @@ class Replay:
         await asyncio.gather(*(self._void_post(x) for x in p.posts if x.void_reason))
         if self.rejected:
             raise DemoError(f"{len(self.rejected)} records were rejected, e.g. {self.rejected[0]}")
+
+    async def _merge(self) -> None:
+        """The communes merge mid-campaign; their field devices keep sending the old codes."""
+        m = self.plan.merge
+        assert m is not None
+        self.api.progress.set_phase(f"merging {', '.join(m.sources)} into {m.into}")
+        body = {"sources": m.sources, "into": m.into}
+        result = (await self.api.call("registry", "POST", "/v1/units:merge", body)).json()
+        if [u["code"] for u in result["merged"]] != m.sources or result["successor"]["code"] != m.into:
+            raise DemoError(f"merge answered {result}")
+        # Field devices go on sending the old codes at once; wait until every replica of the
+        # services that take records resolves them, as an office would check before announcing it.
+        await self.api.until_known(["visits", "training"], m.sources, m.into)
 
     async def _correct(self, v: Visit) -> None:
         path = f"/v1/visits/{self.visit_ids[v.client_ref]}:correct"

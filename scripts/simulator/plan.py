@@ -238,6 +238,15 @@ class Campaign:
 
 
 @dataclass
+class Merge:
+    """Communes merged mid-campaign, as the 2025 reform did: ``sources`` into ``into``."""
+
+    sources: list[str]
+    into: str
+    after_week: int  # 0-based: the merge is made once this week's records are sent
+
+
+@dataclass
 class Plan:
     seed: int
     scale: float
@@ -252,6 +261,7 @@ class Plan:
     courses: list[Course]
     duplicate_visit_batches: set[tuple[str, int]] = field(default_factory=set)
     duplicate_post_batches: set[tuple[str, int]] = field(default_factory=set)
+    merge: Merge | None = None
 
     @property
     def last_day(self) -> date:
@@ -264,7 +274,38 @@ class Plan:
         return (day - self.day0).days // 7
 
     def path(self, code: str) -> tuple[str, ...]:
+        """The unit's path in the tree as it stands at the end (a merged unit hangs below its successor)."""
+        m = self.merge
+        if m is not None and code in m.sources:
+            return (*self.unit(m.into).path, code)
         return self.unit(code).path
+
+    def current_unit(self, code: str) -> str:
+        """Where a team or volunteer of ``code`` belongs at the end: the successor of a merged unit."""
+        m = self.merge
+        return m.into if m is not None and code in m.sources else code
+
+    def stored_unit(self, code: str, sent_week: int | None) -> str:
+        """The unit a record naming ``code`` is stored for, sent in week ``sent_week`` (None: after the
+        seven weeks): a merged unit's code sent after the merge resolves to its successor."""
+        m = self.merge
+        if m is None or code not in m.sources or (sent_week is not None and sent_week <= m.after_week):
+            return code
+        return m.into
+
+    def targets_now(self, campaign: Campaign) -> list[dict[str, Any]]:
+        """The campaign's targets after the merge: a merged unit's added into its successor's."""
+        m = self.merge
+        if m is None:
+            return campaign.targets
+        out: dict[tuple[str, str], dict[str, Any]] = {}
+        for t in campaign.targets:
+            unit = self.current_unit(t["unit_code"])
+            row = out.setdefault((t["indicator"], unit), {"indicator": t["indicator"], "unit_code": unit, "value": 0})
+            row["value"] += t["value"]
+            if unit != t["unit_code"]:
+                row.setdefault("merged_from", []).append(t["unit_code"])
+        return list(out.values())
 
 
 class _Gen:
@@ -603,9 +644,23 @@ def build_plan(seed: int = 7, scale: float = 1.0, today: date | None = None, tag
         courses.append(c)
 
     plan = Plan(seed, scale, g.today, g.day0, units, campaigns, teams, volunteers, visits, posts, courses)
+    if not tag:
+        # A replay beside an earlier one (--tag) shares its tree, which an earlier replay merged already.
+        plan.merge = _merge(plan)
     _duplicates(plan, rng)
     _targets(plan)
     return plan
+
+
+def _merge(plan: Plan) -> Merge | None:
+    """Two communes with mobile teams and typhoon-week records merge after week 4: their offline
+    devices keep sending the old code, and the typhoon week's records arrive after the merge."""
+    late = {v.unit for v in plan.visits if v.typhoon}
+    mobile = sorted({t.unit for t in plan.teams if t.kind == "mobile"} & late)
+    communes = [c for c in mobile if plan.unit(c).kind == "commune"]
+    if len(communes) < 2:
+        return None
+    return Merge(sources=[communes[1]], into=communes[0], after_week=3)
 
 
 def _duplicates(plan: Plan, rng: random.Random) -> None:

@@ -87,19 +87,23 @@ def flatten(summary: dict[str, Any]) -> dict[str, int]:
 
 
 def tally(plan: Plan) -> Tally:
+    """Facts at the unit each thing is counted for at the end: teams and volunteers of a merged unit
+    at its successor, and records naming it at the successor if they were sent after the merge."""
     facts: list[Fact] = []
     path = plan.path
     for t in plan.teams:
         if not t.deactivate:
-            facts.append(Fact("teams", t.kind, path(t.unit), None, 1))
+            facts.append(Fact("teams", t.kind, path(plan.current_unit(t.unit)), None, 1))
     for v in plan.volunteers:
         if v.leaves_on is None:
-            facts.append(Fact("volunteers", "total", path(v.unit), None, 1))
+            facts.append(Fact("volunteers", "total", path(plan.current_unit(v.unit)), None, 1))
     for visit in plan.visits:
         if visit.void_reason:
             continue  # a voided visit no longer counts
         households, people, services = visit.figures  # a correction replaces the recorded figures
-        p, d = path(visit.unit), visit.visited_on
+        # Late typhoon uploads and corrections are sent after the seven weeks.
+        sent = None if visit.typhoon or visit.correction else plan.week_of(visit.visited_on)
+        p, d = path(plan.stored_unit(visit.unit, sent)), visit.visited_on
         facts += [
             Fact("households_visited", "total", p, d, households),
             Fact("people_supported", "total", p, d, people["total"]),
@@ -109,11 +113,12 @@ def tally(plan: Plan) -> Tally:
         ]
     for post in plan.posts:
         if not post.void_reason:
-            facts.append(Fact("outreach_posts", post.channel, path(post.unit), post.published_on, 1))
+            p = path(plan.stored_unit(post.unit, plan.week_of(post.published_on)))
+            facts.append(Fact("outreach_posts", post.channel, p, post.published_on, 1))
     for c in plan.courses:
         if c.cancel_reason:
             continue  # cancelled courses count nowhere
-        p = path(c.unit)
+        p = path(plan.stored_unit(c.unit, plan.week_of(c.starts_on)))
         facts.append(Fact("courses", c.audience, p, c.starts_on, 1))
         if c.counting == "roster":
             participants: int | None = len(c.participants)
@@ -135,6 +140,6 @@ def campaign_actuals(plan: Plan, facts: Tally) -> dict[str, dict[tuple[str, str]
             (t["indicator"], t["unit_code"]): facts.total(
                 t["indicator"], unit=t["unit_code"], first=c.starts_on, last=c.ends_on
             )
-            for t in c.targets
+            for t in plan.targets_now(c)
         }
     return out

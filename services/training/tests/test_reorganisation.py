@@ -83,6 +83,8 @@ async def test_a_course_in_a_merged_units_old_code_is_scheduled_in_its_successor
     await statuses(training, {"QN-CL": None})
     await training.registry(team_moved("LIT-CL", HL, CL), merged("QN-CL", HL))
     await statuses(training, {"QN-CL": "merged"})
+    known = (await training.client.get("/v1/units/QN-CL", headers=ADMIN)).json()
+    assert (known["status"], known["takes_records_as"], known["path"]) == ("merged", "QN-HL", HL)
 
     tablet = token("field", "QN-CL", teams=["LIT-CL"])
     r = await training.client.post("/v1/courses", json=course("CL-DVC-01", "LIT-CL", "QN-CL"), headers=tablet)

@@ -8,10 +8,12 @@ from typing import Annotated, Any
 from fastapi import APIRouter, Body, Depends, Query, Request, Response
 from pydantic import Discriminator, Tag
 
+from shared.auth import READ_ROLES, require_role
 from shared.contracts.common import Audience, Mode
 from shared.http import CurrentPrincipal
 from shared.mongo import Document
 from shared.pagination import MAX_LIMIT, Page, next_cursor
+from shared.registry_view import KnownUnit
 from training.schemas import (
     BatchOut,
     CancelIn,
@@ -136,6 +138,17 @@ async def create_course(body: CourseIn, principal: CurrentPrincipal, service: Se
     doc, created = await service.create_course(principal, body)
     _created(response, created)
     return course_out(doc)
+
+
+@router.get(
+    "/units/{code}",
+    summary="A unit as training knows it from the registry: whether courses naming it are taken, and for which unit",
+    response_model=KnownUnit,
+    tags=["units"],
+)
+async def known_unit(code: str, principal: CurrentPrincipal, service: Service) -> KnownUnit:
+    require_role(principal, *READ_ROLES)
+    return await service.known_unit(code)
 
 
 @router.get("/courses", response_model=Page[CourseOut], summary="List courses in your scope")

@@ -44,7 +44,7 @@ from shared.envelope import Envelope, make_event
 from shared.errors import Conflict, Forbidden, InvalidInput, NotFound, ProblemError, validation_problem
 from shared.logging import get_logger
 from shared.mongo import Document
-from shared.registry_view import MERGED, RegistryView, why_closed
+from shared.registry_view import MERGED, KnownUnit, RegistryView, why_closed
 from training.repository import COURSES, TrainingRepository
 from training.schemas import (
     BatchItemResult,
@@ -182,6 +182,13 @@ class TrainingService:
                 )
             return
         require_scope(p, _scope_path(c), what=f"course {c['_id']}")
+
+    async def known_unit(self, code: str) -> KnownUnit:
+        """How a course naming ``code`` is judged here now."""
+        known = await self._view.known_unit(code)
+        if known is None:
+            raise NotFound(f"unit {code} is not known to this service (yet)", slug="unit-not-found")
+        return known
 
     async def _course_for(self, p: Principal, code: str, *, write: bool) -> Document:
         c = await self._repo.get_course(code)

@@ -180,3 +180,23 @@ async def test_pending_records_are_judged_by_the_merge_or_closure_that_arrives_l
     (event,) = await visit_events(visits_app, 1)
     assert event.key == merged_id
     assert (event.data["figures"]["unit_code"], event.data["figures"]["unit_path"]) == ("QN-MC-MOI", moi)
+
+
+async def test_an_office_can_ask_how_visits_takes_records_for_a_unit(seeded: Visits) -> None:
+    await reorganise(seeded)
+    merged = (await seeded.client.get("/v1/units/QN-CL", headers=ADMIN)).json()
+    assert merged == {
+        "code": "QN-CL",
+        "takes_records_as": "QN-HL",
+        "status": "merged",
+        "path": HL,
+        "closed_because": None,
+    }
+    closed = (await seeded.client.get("/v1/units/QN-HL-THCS", headers=ADMIN)).json()
+    assert (closed["status"], closed["takes_records_as"]) == ("closed", None)
+    assert CLOSE_REASON in closed["closed_because"]
+    active = (await seeded.client.get("/v1/units/QN-HL", headers=ADMIN)).json()
+    assert (active["status"], active["takes_records_as"], active["path"]) == ("active", "QN-HL", HL)
+    unknown = await seeded.client.get("/v1/units/QN-KHONG-CO", headers=ADMIN)
+    assert unknown.status_code == 404
+    assert unknown.headers["content-type"].startswith("application/problem+json")

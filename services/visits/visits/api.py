@@ -11,6 +11,7 @@ from shared.auth import READ_ROLES, require_role
 from shared.contracts.common import Channel, Setting
 from shared.http import CurrentPrincipal
 from shared.pagination import MAX_LIMIT, Page
+from shared.registry_view import KnownUnit
 from visits.repository import Document
 from visits.schemas import (
     BatchIn,
@@ -79,6 +80,20 @@ def batch_out(results: list[BatchResult]) -> BatchOut:
             for r in results
         ]
     )
+
+
+# --- units as this service knows them -------------------------------------------------------------------
+
+
+@router.get(
+    "/units/{code}",
+    summary="A unit as visits knows it from the registry: whether records naming it are taken, and for which unit",
+    response_model=KnownUnit,
+    tags=["units"],
+)
+async def known_unit(code: str, principal: CurrentPrincipal, service: Visits) -> KnownUnit:
+    require_role(principal, *READ_ROLES)
+    return await service.known_unit(code)
 
 
 # --- visits --------------------------------------------------------------------------------------------

@@ -166,13 +166,15 @@ class RegistryReader:
         # them); the view then holds a stub with only ``members``, which does not make the team known.
         return {k: d for k, d in (await self._by_id(rm.TEAMS, codes)).items() if "kind" in d}
 
+    async def _unit(self, code: str) -> Document | None:
+        return (await self._by_id(rm.UNITS, [code])).get(code)
+
     async def units(self, codes: Iterable[str]) -> dict[str, rm.ResolvedUnit]:
         """Per code, the unit that now takes its records (see :func:`shared.registry_view.follow_successors`)."""
+        return {code: await rm.follow_successors(code, self._unit) for code in sorted(set(codes))}
 
-        async def find(code: str) -> Document | None:
-            return (await self._by_id(rm.UNITS, [code])).get(code)
-
-        return {code: await rm.follow_successors(code, find) for code in sorted(set(codes))}
+    async def known_unit(self, code: str) -> rm.KnownUnit | None:
+        return await rm.known_unit(code, self._unit)
 
     async def memberships(self, pairs: Iterable[tuple[str, str]]) -> dict[tuple[str, str], bool]:
         docs = await self._by_id(rm.MEMBERSHIPS, (f"{team}/{vid}" for team, vid in pairs))

@@ -473,6 +473,13 @@ class Intake(Generic[ItemT]):
 
     # --- reads and voids -------------------------------------------------------------------------
 
+    async def known_unit(self, code: str) -> rm.KnownUnit:
+        """How a record naming ``code`` is judged here now (through the same cache as intake)."""
+        known = await self.reader.known_unit(code)
+        if known is None:
+            raise NotFound(f"unit {code} is not known to this service (yet)", slug="unit-not-found")
+        return known
+
     async def get(self, principal: Principal, record_id: str) -> Document:
         doc = await self.records.get(record_id)
         if doc is None or not can_read(principal, doc):

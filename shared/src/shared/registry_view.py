@@ -19,8 +19,9 @@ import time
 from collections.abc import Awaitable, Callable, Iterable, Sequence
 from dataclasses import dataclass, field
 from functools import partial
-from typing import Any, NamedTuple
+from typing import Any, Literal, NamedTuple
 
+from pydantic import BaseModel, Field
 from pymongo import IndexModel
 from pymongo.asynchronous.database import AsyncDatabase
 from pymongo.errors import DuplicateKeyError
@@ -173,10 +174,14 @@ class RegistryView:
         unresolvable unit means for its record.
         """
 
-        async def find(key: str) -> dict[str, Any] | None:
-            return await self._db[UNITS].find_one({"_id": key})
+        return await follow_successors(code, self._unit_document)
 
-        return await follow_successors(code, find)
+    async def known_unit(self, code: str) -> KnownUnit | None:
+        """See :func:`known_unit`."""
+        return await known_unit(code, self._unit_document)
+
+    async def _unit_document(self, key: str) -> dict[str, Any] | None:
+        return await self._db[UNITS].find_one({"_id": key})
 
     async def team(self, code: str) -> dict[str, Any] | None:
         """``{"code", "kind", "unit_code", "unit_path", "active"}`` or None if never seen."""
@@ -356,6 +361,37 @@ async def follow_successors(code: str, find: Callable[[str], Awaitable[dict[str,
         doc = successor
     unit = unit_document(doc)
     return ResolvedUnit(unit, code if unit["code"] != code else None)
+
+
+class KnownUnit(BaseModel):
+    """A unit as this service knows it from the registry's events (``GET /v1/units/{code}``)."""
+
+    code: str = Field(description="The code asked for.")
+    takes_records_as: str | None = Field(
+        description="The unit a record naming ``code`` is stored for now: the code itself, its successor "
+        "after a merge, or null when the unit is closed or its successor is not known here yet."
+    )
+    status: Literal["active", "merged", "closed"]
+    path: list[str] = Field(description="The path of ``takes_records_as`` (or of ``code``), root first.")
+    closed_because: str | None = None
+
+
+async def known_unit(code: str, find: Callable[[str], Awaitable[dict[str, Any] | None]]) -> KnownUnit | None:
+    """How a record naming ``code`` would be judged here, or None if the unit is not known here yet."""
+    resolved = await follow_successors(code, find)
+    if resolved.unit is None:
+        return None
+    unit = resolved.unit
+    closed = why_closed(unit)
+    status: Literal["active", "merged", "closed"] = "active"
+    if closed:
+        status = "closed"
+    elif resolved.resolved_from or unit.get("status") == MERGED:
+        status = "merged"
+    takes = None if closed or unit.get("status") == MERGED else str(unit["code"])
+    return KnownUnit(
+        code=code, takes_records_as=takes, status=status, path=list(unit.get("path", [])), closed_because=closed
+    )
 
 
 def why_closed(unit: dict[str, Any]) -> str | None:
