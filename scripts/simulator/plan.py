@@ -518,7 +518,7 @@ def build_plan(seed: int = 7, scale: float = 1.0, today: date | None = None, tag
         shift_teams, _spread(g.n(PERMANENT_TEAMS * SHIFTS_PER_PERMANENT_TEAM), len(shift_teams)), strict=True
     ):
         for _ in range(count):
-            people, services = people_and_services(rng.randint(3, 11))
+            people, services = people_and_services(rng.randint(3, 10))
             visits.append(
                 Visit(
                     g.uuid(),
