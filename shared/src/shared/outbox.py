@@ -286,16 +286,15 @@ class OutboxRelay:
     async def _remove(self, name: str, sent: list[tuple[Any, list[dict[str, Any]]]], acks: asyncio.Future[Any]) -> None:
         """Once Kafka acknowledged a chunk, take its entries out of their documents."""
         await acks
+        count = sum(len(entries) for _, entries in sent)
+        OUTBOX_PUBLISHED.labels(self._service).inc(count)
+        self.published += count
         col = self._db[name]
         await asyncio.gather(
             *(col.update_one({"_id": doc_id}, {"$pullAll": {"outbox": entries}}) for doc_id, entries in sent)
         )
-        count = 0
         for _, entries in sent:
-            count += len(entries)
             self._in_flight.difference_update(e["id"] for e in entries)
-        OUTBOX_PUBLISHED.labels(self._service).inc(count)
-        self.published += count
 
     async def _pending_chunks(
         self, hints: dict[str, set[Any]], written: dict[str, dict[Any, dict[str, Any]]], sweep: bool
