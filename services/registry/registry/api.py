@@ -6,7 +6,9 @@ from datetime import date
 from typing import Annotated
 
 from fastapi import APIRouter, Depends, Path, Query, Request
+from starlette.concurrency import run_in_threadpool
 
+from registry.roster_file import ROSTER_FILE_BODY, ROSTER_FILE_DESCRIPTION, read_roster_file, roster_file_type
 from registry.schemas import (
     CampaignIn,
     CampaignOut,
@@ -34,7 +36,7 @@ from registry.schemas import (
 )
 from registry.service import RegistryService
 from shared.contracts.common import Skill, TeamKind, UnitKind
-from shared.http import CurrentPrincipal
+from shared.http import PROBLEM_JSON, CurrentPrincipal
 from shared.pagination import MAX_LIMIT, Page
 
 
@@ -232,6 +234,29 @@ async def end_member(
 )
 async def import_roster(body: RosterIn, principal: CurrentPrincipal, service: Service) -> RosterOut:
     return RosterOut(items=await service.import_roster(principal, body.items))
+
+
+@router.post(
+    "/volunteers:import-file",
+    response_model=RosterOut,
+    tags=["volunteers"],
+    summary="Register volunteers from a roster spreadsheet (XLSX or CSV, up to 500 rows); one result per row",
+    description=ROSTER_FILE_DESCRIPTION,
+    responses={
+        415: {
+            "description": "The body is not an XLSX or CSV file",
+            "content": {PROBLEM_JSON: {"schema": {"$ref": "#/components/schemas/Problem"}}},
+        }
+    },
+    openapi_extra={"requestBody": ROSTER_FILE_BODY},
+)
+async def import_roster_file(request: Request, principal: CurrentPrincipal, service: Service) -> RosterOut:
+    service.authorize_roster_import(principal)
+    media_type = roster_file_type(request.headers.get("content-type"))
+    # Unpacking a workbook is CPU work that grows with the file, so it runs off the event loop.
+    sheet = await run_in_threadpool(read_roster_file, await request.body(), media_type)
+    results = await service.import_roster(principal, [r.item for r in sheet])
+    return RosterOut(items=[res.model_copy(update={"row": r.row}) for r, res in zip(sheet, results, strict=True)])
 
 
 @router.post(

@@ -650,6 +650,11 @@ class RosterIn(Body):
 
 
 class RosterItemOut(BaseModel):
+    row: int | None = Field(
+        default=None,
+        description="The row of the uploaded sheet this result is for, as the spreadsheet numbers it; "
+        "null for JSON imports (their results are in request order).",
+    )
     client_ref: str | None
     status: BatchStatus
     id: str | None = Field(default=None, description="The volunteer id (the same on every re-send).")
@@ -658,4 +663,37 @@ class RosterItemOut(BaseModel):
 
 
 class RosterOut(BaseModel):
-    items: list[RosterItemOut] = Field(description="One result per row, in request order.")
+    model_config = ConfigDict(
+        json_schema_extra={
+            "examples": [
+                {
+                    "items": [
+                        {
+                            "row": 2,
+                            "client_ref": "tinh-doan/roster-2025/0042",
+                            "status": "created",
+                            "id": "0b6c8f4e-3f57-4d39-a7a4-0d1f2d0c9a11",
+                            "teams": ["HL-TT01"],
+                            "problem": None,
+                        },
+                        {
+                            "row": 3,
+                            "client_ref": "tinh-doan/roster-2025/0043",
+                            "status": "rejected",
+                            "id": None,
+                            "teams": [],
+                            "problem": {
+                                "type": "https://digital-bridge.youthunion.vn/problems/validation",
+                                "title": "The request is not valid",
+                                "status": 422,
+                                "detail": "birth_year: Value error, must be between 1930 and 2016",
+                                "errors": [{"field": "birth_year", "message": "...", "type": "value_error"}],
+                            },
+                        },
+                    ]
+                }
+            ]
+        }
+    )
+
+    items: list[RosterItemOut] = Field(description="One result per row, in request (or sheet) order.")

@@ -881,15 +881,21 @@ class RegistryService:
             raise _lost_race(f"volunteer {doc['_id']}")  # a uuid4 collision; practically unreachable
         return volunteer_out(doc, principal)
 
+    def authorize_roster_import(self, principal: Principal) -> None:
+        """Only writers import rosters; checked before an uploaded file is read."""
+        require_role(principal, *WRITERS)
+
     async def import_roster(self, principal: Principal, rows: Sequence[dict[str, Any]]) -> list[RosterItemOut]:
         """Register volunteers with their team memberships, many rows per request.
 
         Each row is checked on its own (a bad row is rejected, the others go ahead). Volunteer ids
         derive from ``client_ref``, so a re-sent row finds its first copy instead of a second person,
-        and memberships a crash left unwritten are written by the re-send. All new volunteers, then
-        all new memberships, go in one insert each: a roster costs two writes, not two per row.
+        and memberships a crash left unwritten are written by the re-send. A row repeating an
+        earlier row's ``client_ref`` in the same request is answered like a re-send. All new
+        volunteers, then all new memberships, go in one insert each: a roster costs two writes, not
+        two per row.
         """
-        require_role(principal, *WRITERS)
+        self.authorize_roster_import(principal)
         units: dict[str, Document] = {}
         teams: dict[str, Document] = {}
 
@@ -908,7 +914,8 @@ class RegistryService:
 
         results: list[RosterItemOut] = []
         volunteers: list[tuple[int, Document, Envelope]] = []
-        memberships: list[tuple[int, Document, Envelope]] = []
+        memberships: dict[str, tuple[Document, Envelope]] = {}  # by _id: a repeated row joins once
+        registered: set[str] = set()
         for i, raw in enumerate(rows):
             ref = raw.get("client_ref")
             results.append(RosterItemOut(client_ref=ref if isinstance(ref, str) else None, status=BatchStatus.created))
@@ -933,17 +940,23 @@ class RegistryService:
             except ProblemError as exc:
                 results[i] = results[i].model_copy(update={"status": BatchStatus.rejected, "problem": exc.to_problem()})
                 continue
-            doc, event = _new_volunteer(row, unit, volunteer_id)
-            volunteers.append((i, doc, event))
-            memberships += [(i, m_doc, m_event) for m_doc, m_event in joined]
-            results[i] = results[i].model_copy(update={"id": volunteer_id, "teams": [m.code for m in row.teams]})
+            update: dict[str, Any] = {"id": volunteer_id, "teams": [m.code for m in row.teams]}
+            if volunteer_id in registered:
+                update["status"] = BatchStatus.duplicate
+            else:
+                registered.add(volunteer_id)
+                doc, event = _new_volunteer(row, unit, volunteer_id)
+                volunteers.append((i, doc, event))
+            for m_doc, m_event in joined:
+                memberships.setdefault(m_doc["_id"], (m_doc, m_event))
+            results[i] = results[i].model_copy(update=update)
         taken = await self._repo.insert_new(VOLUNTEERS, [(d, [e]) for _, d, e in volunteers])
         for i, doc, _ in volunteers:
             if doc["_id"] in taken:
                 results[i] = results[i].model_copy(update={"status": BatchStatus.duplicate})
         # Memberships of re-sent rows too: the first attempt may have stopped between the two inserts.
         # One that exists already (possibly ended since) is left as it is.
-        await self._repo.insert_new(MEMBERSHIPS, [(d, [e]) for _, d, e in memberships])
+        await self._repo.insert_new(MEMBERSHIPS, [(d, [e]) for d, e in memberships.values()])
         return results
 
     async def get_volunteer(self, principal: Principal, volunteer_id: str) -> VolunteerOut:

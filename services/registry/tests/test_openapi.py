@@ -24,6 +24,7 @@ ROUTES = {
     ("delete", "/v1/teams/{code}/members/{volunteer_id}"),
     ("post", "/v1/volunteers"),
     ("post", "/v1/volunteers:import"),
+    ("post", "/v1/volunteers:import-file"),
     ("get", "/v1/volunteers"),
     ("get", "/v1/volunteers/{volunteer_id}"),
     ("patch", "/v1/volunteers/{volunteer_id}"),
@@ -58,8 +59,12 @@ async def test_openapi_documents_every_route_with_summary_examples_and_described
         for code in ("401", "403", "422"):
             assert code in op["responses"], (method, path, code)
         if "requestBody" in op:
-            body = resolve(op["requestBody"]["content"]["application/json"]["schema"])
-            assert body.get("examples"), (method, path)
+            content = op["requestBody"]["content"]
+            if "application/json" in content:
+                assert resolve(content["application/json"]["schema"]).get("examples"), (method, path)
+            else:  # a file upload: each media type has a schema, and one an example
+                assert all(c.get("schema") for c in content.values()), (method, path)
+                assert any(c.get("examples") for c in content.values()), (method, path)
         for param in op.get("parameters", []):
             assert param.get("description"), (method, path, param["name"])
         if method == "get" and not path.endswith("}"):
@@ -75,3 +80,13 @@ async def test_openapi_documents_every_route_with_summary_examples_and_described
     assert schemas["VolunteerOut"]["examples"]
     indicator = resolve(schemas["TargetIn"]["properties"]["indicator"])
     assert "households_visited" in indicator["enum"]
+    roster_file = doc["paths"]["/v1/volunteers:import-file"]["post"]
+    assert set(roster_file["requestBody"]["content"]) == {
+        "application/vnd.openxmlformats-officedocument.spreadsheetml.sheet",
+        "text/csv",
+    }
+    csv_example = roster_file["requestBody"]["content"]["text/csv"]["examples"]["roster"]["value"]
+    assert csv_example.startswith("STT,Mã tham chiếu,Họ và tên,Năm sinh")
+    assert "415" in roster_file["responses"]
+    assert "| `full_name` | Họ và tên" in roster_file["description"]
+    assert "row" in schemas["RosterItemOut"]["properties"]

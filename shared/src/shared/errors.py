@@ -47,6 +47,12 @@ class InvalidInput(ProblemError):
     title = "The request is not valid"
 
 
+class UnsupportedMediaType(ProblemError):
+    status = 415
+    slug = "unsupported-media-type"
+    title = "Unsupported media type"
+
+
 class NotFound(ProblemError):
     status = 404
     slug = "not-found"
