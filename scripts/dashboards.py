@@ -19,7 +19,7 @@ from pathlib import Path
 from typing import Any
 
 from grafana_foundation_sdk.builders import bargauge, dashboard, prometheus, stat, table, timeseries
-from grafana_foundation_sdk.builders.common import ReduceDataOptions, VizLegendOptions
+from grafana_foundation_sdk.builders.common import ReduceDataOptions, TableSortByFieldState, VizLegendOptions
 from grafana_foundation_sdk.cog.encoder import JSONEncoder
 from grafana_foundation_sdk.models.common import (
     BarGaugeDisplayMode,
@@ -192,6 +192,13 @@ def indicator(name: str, *, level: str = "province", key: str = "total") -> str:
 def campaign_overview() -> dashboard.Dashboard:
     campaign = 'campaign="$campaign"'
     progress = f"max without (instance) (bridge_campaign_progress_ratio{{{campaign}}})"
+    # Replicas agree on a status except for a moment after it changes: topk keeps one per target so
+    # the join never sees two and fails.
+    at_risk = (
+        f"sort(max without (instance) (bridge_campaign_projected_ratio{{{campaign}}}) "
+        "* on (campaign, indicator, unit) group_left (status) topk by (campaign, indicator, unit) "
+        f'(1, max without (instance) (bridge_campaign_target_status{{{campaign}, status=~"at_risk|behind"}})))'
+    )
     team_kinds = "permanent|mobile|literacy|campaign"
     return (
         new_dashboard(
@@ -268,6 +275,29 @@ def campaign_overview() -> dashboard.Dashboard:
                     ),
                 ],
             )
+        )
+        .with_panel(
+            table.Panel()
+            .title("Targets at risk / Chỉ tiêu có nguy cơ")
+            .description(
+                "Targets whose figure, projected to the campaign's last day at the pace of the last 7 days, "
+                "stays under the target (at_risk: at least 80% of it), worst first."
+            )
+            .datasource(DATASOURCE)
+            .targets([query(at_risk, table_format=True)])
+            .with_transformation(
+                DataTransformerConfig(
+                    id_val="organize",
+                    options={
+                        "excludeByName": {"Time": True, "__name__": True, "campaign": True, "job": True},
+                        "renameByName": {"Value": "projected ÷ target"},
+                    },
+                )
+            )
+            .override_by_name("projected ÷ target", [DynamicConfigValue(id_val="unit", value="percentunit")])
+            .sort_by([TableSortByFieldState().display_name("projected ÷ target").desc(False)])
+            .height(8)
+            .span(24)
         )
         .with_row(dashboard.Row("Province totals"))
         .with_panel(

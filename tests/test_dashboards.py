@@ -64,6 +64,8 @@ EXPORTED_METRICS = {
     "bridge_campaign_target",
     "bridge_campaign_actual",
     "bridge_campaign_progress_ratio",
+    "bridge_campaign_target_status",
+    "bridge_campaign_projected_ratio",
     "bridge_projector_events_applied_total",
     "bridge_projector_mongo_writes_total",
     "bridge_projection_last_event_timestamp_seconds",
@@ -130,6 +132,7 @@ def test_four_dashboards_cover_campaigns_field_work_training_and_health() -> Non
     }
     text = {doc["uid"]: " ".join(GENERATOR.expressions(doc)) for doc in docs.values()}
     assert "bridge_campaign_progress_ratio" in text["bridge-campaign-overview"]
+    assert "bridge_campaign_target_status" in text["bridge-campaign-overview"]
     assert 'level="commune"' in text["bridge-campaign-overview"]
     for name in ("households_visited", "people_supported", "vneid_installs", "online_applications"):
         assert name in text["bridge-field-work"]
@@ -580,6 +583,15 @@ async def _assert_dashboard_figures(prom: httpx.AsyncClient) -> None:
     assert single('count(bridge_campaign_progress_ratio{campaign="$campaign"} >= 1) or vector(0)') == 1
     actual = values_by(result('bridge_campaign_actual{campaign="$campaign"}'), "indicator")
     assert actual == {"households_visited": HOUSEHOLDS, "people_supported": PEOPLE}
+    # The campaign has ended: households stayed at half the target (behind); people reached theirs (done).
+    at_risk = result(
+        'sort(bridge_campaign_projected_ratio{campaign="$campaign"} * on (campaign, indicator, unit) '
+        "group_left (status) topk by (campaign, indicator, unit) "
+        '(1, bridge_campaign_target_status{campaign="$campaign", status=~"at_risk|behind"}))'
+    )
+    assert [(s["metric"]["indicator"], s["metric"]["status"], float(s["value"][1])) for s in at_risk] == [
+        ("households_visited", "behind", HOUSEHOLDS / 4)
+    ]
     matrix = {
         (s["metric"]["unit"], s["metric"]["indicator"]): float(s["value"][1])
         for s in result('sum by (unit, indicator) (bridge_indicator{key="total", level="commune"})')

@@ -1,23 +1,36 @@
-"""Routes of the metrics API: reads for every role (unit-scoped) and the admin rebuild."""
+"""Routes of the metrics API: reads and report tables for every role (unit-scoped) and the admin rebuild."""
 
 from __future__ import annotations
 
-from datetime import date, datetime
-from typing import Annotated
-from zoneinfo import ZoneInfo
+import asyncio
+from collections.abc import AsyncIterator, Iterator
+from datetime import date
+from typing import Annotated, Any
 
 from fastapi import APIRouter, Depends, Query, Request
+from fastapi.responses import Response, StreamingResponse
 
 from metrics.generations import LiveProjection, RebuildControl, base_topics
-from metrics.schemas import CampaignProgress, Freshness, Interval, RebuildAccepted, RebuildStatus, Summary, Timeseries
-from metrics.service import MetricsService
+from metrics.schemas import (
+    CampaignProgress,
+    CampaignRisk,
+    Freshness,
+    Interval,
+    RebuildAccepted,
+    RebuildStatus,
+    ReportFormat,
+    ReportTable,
+    Summary,
+    Timeseries,
+)
+from metrics.service import MetricsService, local_today
+from metrics.spreadsheets import CSV_MEDIA_TYPE, XLSX_MEDIA_TYPE, csv_chunks, filename, xlsx_bytes
 from shared.auth import Role, require_role
 from shared.contracts.common import Indicator
-from shared.http import CurrentPrincipal
+from shared.http import PROBLEM_RESPONSES, CurrentPrincipal
 from shared.settings import ServiceSettings
 
 router = APIRouter(prefix="/v1", tags=["metrics"])
-LOCAL_TZ = ZoneInfo("Asia/Ho_Chi_Minh")
 
 
 def _service(request: Request) -> MetricsService:
@@ -55,10 +68,44 @@ FromParam = Annotated[
     date | None, Query(alias="from", description="First local date counted.", examples=["2025-07-01"])
 ]
 ToParam = Annotated[date | None, Query(alias="to", description="Last local date counted.", examples=["2025-09-28"])]
+AsOfParam = Annotated[
+    date | None,
+    Query(
+        description="The local date taken as today (reports as of a past day, tests); defaults to today in "
+        "Asia/Ho_Chi_Minh.",
+        examples=["2025-07-16"],
+    ),
+]
 
 
-def local_today() -> date:
-    return datetime.now(LOCAL_TZ).date()
+def problems(described: dict[int, str]) -> dict[int | str, dict[str, Any]]:
+    """Problem responses of a route, each saying what it means there."""
+    return {status: {**PROBLEM_RESPONSES[status], "description": text} for status, text in described.items()}
+
+
+def negotiated(accept: str | None) -> ReportFormat:
+    """The format an Accept header prefers among ours (highest q; JSON when nothing else fits)."""
+    media = {"text/csv": ReportFormat.csv, XLSX_MEDIA_TYPE: ReportFormat.xlsx, "application/json": ReportFormat.json}
+    best, best_q = ReportFormat.json, 0.0
+    for part in (accept or "").split(","):
+        kind, *params = (p.strip() for p in part.split(";"))
+        q = 1.0
+        for param in params:
+            name, _, value = param.partition("=")
+            if name.strip() == "q":
+                try:
+                    q = float(value)
+                except ValueError:
+                    q = 0.0
+        if kind in media and q > best_q:
+            best, best_q = media[kind], q
+    return best
+
+
+async def _streamed(chunks: Iterator[bytes]) -> AsyncIterator[bytes]:
+    # An async iterator: a sync one would hop to a worker thread for every line.
+    for chunk in chunks:
+        yield chunk
 
 
 @router.get("/summary", summary="Every indicator for a unit's subtree", response_model=Summary)
@@ -83,6 +130,88 @@ async def summary(
 )
 async def campaign_progress(code: str, principal: CurrentPrincipal, service: Service) -> CampaignProgress:
     return await service.progress(principal, code, local_today())
+
+
+@router.get(
+    "/campaigns/{code}/risk",
+    summary="Targets at risk: pace, projection at ends_on and status of each target in your scope",
+    response_model=CampaignRisk,
+    responses=problems(
+        {
+            403: "No target of the campaign lies in your unit scope",
+            404: "The campaign is not known",
+            422: "as_of is not a date",
+        }
+    ),
+)
+async def campaign_risk(
+    code: str, principal: CurrentPrincipal, service: Service, as_of: AsOfParam = None
+) -> CampaignRisk:
+    return await service.campaign_risk(principal, code, as_of or local_today())
+
+
+REPORT_CONTENT: dict[str, Any] = {
+    "text/csv": {
+        "schema": {"type": "string"},
+        "example": "\ufeffMã đơn vị / Unit code,Đơn vị / Unit,Hộ gia đình được thăm / Households visited,...\r\n"
+        "QN-HALONG,Phường Hạ Long,42,35,7,...\r\n",
+    },
+    XLSX_MEDIA_TYPE: {"schema": {"type": "string", "format": "binary"}},
+}
+
+
+@router.get(
+    "/reports/table",
+    summary="A unit's report table: child units by indicator, with the previous period and the change",
+    description="Rows are the unit's direct child units as the tree stands now (each with its whole subtree), "
+    "preceded by the unit's own records when it has any, and followed by the totals, which equal "
+    "`/v1/summary` for the unit and period. Each figure has the previous period of equal length and the change "
+    "beside it. `format` (or the Accept header) picks JSON, CSV (UTF-8 with BOM, streamed) or XLSX; the "
+    "period defaults to the campaign's window with `campaign`, else the last full Monday-Sunday week.",
+    response_model=ReportTable,
+    responses={
+        200: {"description": "The table, in the format asked for", "content": REPORT_CONTENT},
+        **problems(
+            {
+                403: "The unit lies outside your unit scope",
+                404: "The unit or the campaign is not known",
+                422: "Bad dates (from after to, only one of them, over 800 days) or an unknown format",
+            }
+        ),
+    },
+)
+async def report_table(
+    request: Request,
+    principal: CurrentPrincipal,
+    service: Service,
+    unit: UnitParam = None,
+    campaign: Annotated[
+        str | None,
+        Query(description="Campaign code: report its window (default unit: the province).", examples=["PEAK90"]),
+    ] = None,
+    first: Annotated[
+        date | None, Query(alias="from", description="First local date of the period.", examples=["2025-07-07"])
+    ] = None,
+    last: Annotated[
+        date | None, Query(alias="to", description="Last local date of the period.", examples=["2025-07-13"])
+    ] = None,
+    fmt: Annotated[
+        ReportFormat | None,
+        Query(alias="format", description="json, csv or xlsx; overrides the Accept header."),
+    ] = None,
+    as_of: AsOfParam = None,
+) -> ReportTable | Response:
+    table = await service.report_table(
+        principal, unit=unit, campaign=campaign, first=first, last=last, today=as_of or local_today()
+    )
+    chosen = fmt or negotiated(request.headers.get("accept"))
+    if chosen is ReportFormat.json:
+        return table
+    disposition = {"Content-Disposition": f'attachment; filename="{filename(table, chosen.value)}"'}
+    if chosen is ReportFormat.csv:
+        return StreamingResponse(_streamed(csv_chunks(table)), media_type=CSV_MEDIA_TYPE, headers=disposition)
+    # openpyxl is CPU work: keep it off the event loop.
+    return Response(await asyncio.to_thread(xlsx_bytes, table), media_type=XLSX_MEDIA_TYPE, headers=disposition)
 
 
 @router.get("/timeseries", summary="One dated indicator per day or week", response_model=Timeseries)

@@ -2,7 +2,8 @@
 
 A scrape only reads the last snapshot; the Mongo reads happen every ``gauge_refresh_seconds`` in
 :class:`GaugeRefresher`. Only the province and its direct children are exported, which bounds the
-number of series however large the organisation tree grows.
+number of series however large the organisation tree grows; campaigns add a few series per target
+(its status is one series labelled with the current status, see :func:`metrics.service.assess`).
 """
 
 from __future__ import annotations
@@ -11,13 +12,14 @@ import asyncio
 import contextlib
 from collections.abc import Iterator
 from dataclasses import dataclass, field
+from datetime import date
 
 from prometheus_client.core import REGISTRY, GaugeMetricFamily
 from prometheus_client.registry import Collector
 
 from metrics.projection import CATALOGUE, STATE_DAY
 from metrics.repository import path_of, subtree_of
-from metrics.service import MetricsService, add_up
+from metrics.service import MetricsService, add_up, assess, local_today
 from shared.logging import get_logger
 
 log = get_logger(__name__)
@@ -31,6 +33,8 @@ class Snapshot:
     targets: list[tuple[tuple[str, str, str], float]] = field(default_factory=list)
     actuals: list[tuple[tuple[str, str, str], float]] = field(default_factory=list)
     ratios: list[tuple[tuple[str, str, str], float]] = field(default_factory=list)
+    statuses: list[tuple[tuple[str, str, str, str], float]] = field(default_factory=list)
+    projected_ratios: list[tuple[tuple[str, str, str], float]] = field(default_factory=list)
 
 
 class IndicatorCollector(Collector):
@@ -58,6 +62,18 @@ class IndicatorCollector(Collector):
                 "Campaign actual divided by target",
                 ["campaign", "indicator", "unit"],
                 snap.ratios,
+            ),
+            (
+                "bridge_campaign_target_status",
+                "1 for the target's current status (done, on_track, at_risk, behind, not_started)",
+                ["campaign", "indicator", "unit", "status"],
+                snap.statuses,
+            ),
+            (
+                "bridge_campaign_projected_ratio",
+                "Campaign figure projected at ends_on at the last 7 days' pace, divided by target",
+                ["campaign", "indicator", "unit"],
+                snap.projected_ratios,
             ),
         )
         for name, doc, labels, samples in families:
@@ -87,19 +103,26 @@ async def take_snapshot(service: MetricsService) -> Snapshot:
         for name, spec in CATALOGUE.items():
             for key, value in totals.of(spec).items():
                 snap.indicators.append(((name, key, unit, level), float(value)))
+    today = local_today()
     for campaign in await repo.all_campaigns():
+        starts, ends = campaign["starts_on"], campaign["ends_on"]
         for t in campaign.get("targets", []):
             labels = (str(campaign["_id"]), t["indicator"], t["unit_code"])
             below = set(subtree_of(tree, t["unit_code"]))
-            starts, ends = campaign["starts_on"], campaign["ends_on"]
-            in_window = (
+            in_window = [
                 r for r in rows if r["unit"] in below and (r["day"] == STATE_DAY or starts <= r["day"] <= ends)
-            )
-            actual = add_up(in_window).of(CATALOGUE[t["indicator"]])["total"]
+            ]
+            spec = CATALOGUE[t["indicator"]]
+            actual = add_up(in_window).of(spec)["total"]
             snap.targets.append((labels, float(t["value"])))
             snap.actuals.append((labels, float(actual)))
             if t["value"]:
                 snap.ratios.append((labels, actual / t["value"]))
+            risk = assess(spec, int(t["value"]), in_window, date.fromisoformat(starts), date.fromisoformat(ends), today)
+            # One series per target: a status that changes replaces its series at the next refresh.
+            snap.statuses.append(((*labels, risk.status.value), 1.0))
+            if risk.projected_ratio is not None:
+                snap.projected_ratios.append((labels, risk.projected_ratio))
     return snap
 
 

@@ -11,7 +11,7 @@ from __future__ import annotations
 import asyncio
 import contextlib
 import time
-from collections.abc import Iterable, Mapping
+from collections.abc import Iterable, Mapping, Sequence
 from datetime import UTC, datetime
 from typing import Any
 
@@ -229,8 +229,11 @@ class ProjectionRepository:
 
     async def counters_in_range(self, unit: str, first: str, last: str) -> list[Document]:
         """``{unit, day, c}`` rows of the unit's subtree with ``first <= day <= last``, plus state rows."""
-        units = await self.subtree(unit)
-        query = {"unit": {"$in": units}, "$or": [{"day": STATE_DAY}, {"day": {"$gte": first, "$lte": last}}]}
+        return await self.counters_of(await self.subtree(unit), first, last)
+
+    async def counters_of(self, units: Sequence[str], first: str, last: str) -> list[Document]:
+        """``{unit, day, c}`` rows of exactly these units with ``first <= day <= last``, plus state rows."""
+        query = {"unit": {"$in": list(units)}, "$or": [{"day": STATE_DAY}, {"day": {"$gte": first, "$lte": last}}]}
         return [counter_row(d) async for d in self.counters.find(query, {MARKS: 0})]
 
     async def counters_all_time(self, unit: str) -> list[Document]:
@@ -267,6 +270,25 @@ def subtree_of(tree: Mapping[str, Mapping[str, Any]], code: str) -> list[str]:
         out.append(c)
         todo.extend(children.get(c, ()))
     return out
+
+
+def row_owners(tree: Mapping[str, Mapping[str, Any]], code: str) -> dict[str, str]:
+    """Every unit of ``code``'s subtree mapped to the row it counts in: the direct child of ``code``
+    it lies under, or ``code`` itself for its own records (one pass over the tree)."""
+    children: dict[str, list[str]] = {}
+    for c, u in tree.items():
+        parent = u.get("parent_code")
+        if parent is not None:
+            children.setdefault(parent, []).append(c)
+    owners = {code: code}
+    todo = [(child, child) for child in children.get(code, ())]
+    while todo:
+        unit, owner = todo.pop()
+        if unit in owners:
+            continue
+        owners[unit] = owner
+        todo.extend((c, owner) for c in children.get(unit, ()))
+    return owners
 
 
 class MetricsStore:

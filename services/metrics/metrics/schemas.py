@@ -207,3 +207,188 @@ class RebuildStatus(BaseModel):
     events_to_replay: int | None = None
     events_replayed: int | None = None
     error: str | None = None
+
+
+# --- the report table ---------------------------------------------------------------------------------
+class ReportFormat(StrEnum):
+    json = "json"
+    csv = "csv"
+    xlsx = "xlsx"
+
+
+class ReportColumn(BaseModel):
+    key: str = Field(description="Flattened summary key: ``households_visited``, ``teams.mobile``, ...")
+    label_vi: str
+    label_en: str
+    dated: bool = Field(description="False for current-state indicators (teams, volunteers): no previous period.")
+
+
+class ReportRow(BaseModel):
+    unit: str
+    name: str = Field(description="The unit's name as stored (NFC); the direct row adds ``(trực tiếp / direct)``.")
+    row: Literal["unit", "direct", "total"] = Field(
+        description="``unit``: a direct child unit with its subtree; ``direct``: the unit's own records; "
+        "``total``: the whole subtree (equal to ``/v1/summary`` of the unit for the period)."
+    )
+    unit_status: Literal["active", "merged", "closed"] = "active"
+    figures: dict[str, int] = Field(description="Every column key over the period.")
+    previous: dict[str, int | None] = Field(
+        description="The same keys over the previous period of equal length; null for current-state indicators."
+    )
+    change: dict[str, int | None] = Field(description="``figures - previous``; null where ``previous`` is.")
+
+
+REPORT_EXAMPLE: dict[str, Any] = {
+    "as_of": "2025-07-14T01:00:00Z",
+    "unit": "QN",
+    "unit_name": "Tỉnh Quảng Ninh",
+    "campaign": None,
+    "from": "2025-07-07",
+    "to": "2025-07-13",
+    "previous_from": "2025-06-30",
+    "previous_to": "2025-07-06",
+    "columns": [
+        {
+            "key": "households_visited",
+            "label_vi": "Hộ gia đình được thăm",
+            "label_en": "Households visited",
+            "dated": True,
+        }
+    ],
+    "rows": [
+        {
+            "unit": "QN-HALONG",
+            "name": "Phường Hạ Long",
+            "row": "unit",
+            "unit_status": "active",
+            "figures": {"households_visited": 42},
+            "previous": {"households_visited": 35},
+            "change": {"households_visited": 7},
+        }
+    ],
+    "totals": {
+        "unit": "QN",
+        "name": "Tổng cộng / Total",
+        "row": "total",
+        "unit_status": "active",
+        "figures": {"households_visited": 42},
+        "previous": {"households_visited": 35},
+        "change": {"households_visited": 7},
+    },
+}
+
+
+class ReportTable(BaseModel):
+    """A unit's report: its direct child units (and its own records) by every indicator, with the
+    previous period of equal length beside each figure."""
+
+    model_config = ConfigDict(json_schema_extra={"examples": [REPORT_EXAMPLE]})
+
+    as_of: datetime
+    unit: str
+    unit_name: str
+    campaign: str | None = None
+    from_: date = Field(serialization_alias="from")
+    to: date
+    previous_from: date
+    previous_to: date
+    columns: list[ReportColumn]
+    rows: list[ReportRow] = Field(
+        description="The direct row first (when the unit has records of its own), then the child units by code."
+    )
+    totals: ReportRow
+
+
+# --- targets at risk ----------------------------------------------------------------------------------
+class RiskStatus(StrEnum):
+    done = "done"
+    on_track = "on_track"
+    at_risk = "at_risk"
+    behind = "behind"
+    not_started = "not_started"
+
+
+class TargetRisk(BaseModel):
+    indicator: Indicator
+    unit_code: str
+    unit_name: str | None
+    target: int
+    actual: int = Field(description="Counted from starts_on to as_of (or ends_on, whichever is first).")
+    days_elapsed: int = Field(description="Days of the window up to and including as_of.")
+    days_left: int = Field(description="Days of the window after as_of.")
+    pace_needed: float | None = Field(
+        description="Per day, to reach the target by ends_on from now; 0 when reached; null when no day is left "
+        "or the indicator counts current state."
+    )
+    pace_last_7_days: float | None = Field(
+        description="Per day over the last 7 local days inside the window; null for current-state indicators."
+    )
+    projected: float = Field(description="At ends_on, at the last-7-days pace (current state: the actual).")
+    projected_ratio: float | None = Field(description="projected / target; null when the target is 0.")
+    status: RiskStatus = Field(
+        description="``done``: actual >= target; ``not_started``: the window has not begun; ``on_track``: "
+        "projected >= target; ``at_risk``: projected >= 80% of target; ``behind`` otherwise."
+    )
+
+
+class UnitAtRisk(BaseModel):
+    unit_code: str
+    unit_name: str | None
+    status: RiskStatus = Field(description="The status of its worst target.")
+    projected_ratio: float = Field(description="The lowest projected / target of its targets at risk.")
+    indicators: list[Indicator] = Field(description="Its targets at risk or behind, worst first.")
+
+
+class CampaignRisk(BaseModel):
+    model_config = ConfigDict(
+        json_schema_extra={
+            "examples": [
+                {
+                    "campaign": "PEAK30",
+                    "name": "Cao điểm 30 ngày",
+                    "starts_on": "2025-07-01",
+                    "ends_on": "2025-07-30",
+                    "as_of": "2025-07-10",
+                    "days_elapsed": 10,
+                    "days_total": 30,
+                    "days_left": 20,
+                    "targets": [
+                        {
+                            "indicator": "courses",
+                            "unit_code": "QN-HALONG",
+                            "unit_name": "Phường Hạ Long",
+                            "target": 30,
+                            "actual": 6,
+                            "days_elapsed": 10,
+                            "days_left": 20,
+                            "pace_needed": 1.2,
+                            "pace_last_7_days": 0.57,
+                            "projected": 17.4,
+                            "projected_ratio": 0.581,
+                            "status": "behind",
+                        }
+                    ],
+                    "units_at_risk": [
+                        {
+                            "unit_code": "QN-HALONG",
+                            "unit_name": "Phường Hạ Long",
+                            "status": "behind",
+                            "projected_ratio": 0.581,
+                            "indicators": ["courses"],
+                        }
+                    ],
+                }
+            ]
+        }
+    )
+
+    campaign: str
+    name: str
+    starts_on: date
+    ends_on: date
+    as_of: date
+    days_elapsed: int
+    days_total: int
+    days_left: int
+    targets: list[TargetRisk]
+    units_at_risk: list[UnitAtRisk] = Field(description="Units with a target at risk or behind, worst ratio first.")

@@ -1,4 +1,4 @@
-"""Reading the projection: summaries, campaign progress, time series and freshness.
+"""Reading the projection: summaries, report tables, campaign progress and risk, time series and freshness.
 
 Every read resolves the active generation first (kept for a second, see ``MetricsStore``), reads
 the unit's one counter document by ``_id`` and sums its days here (FerretDB's aggregation is too
@@ -7,23 +7,33 @@ limited to do it server-side).
 
 from __future__ import annotations
 
+import unicodedata
 from collections import defaultdict
-from collections.abc import Iterable, Mapping
+from collections.abc import Iterable, Mapping, Sequence
 from dataclasses import dataclass
 from datetime import UTC, date, datetime, timedelta
+from fractions import Fraction
 from typing import Any
+from zoneinfo import ZoneInfo
 
 from metrics.projection import CATALOGUE, STATE_DAY, IndicatorSpec
-from metrics.repository import MetricsStore, ProjectionRepository
+from metrics.repository import MetricsStore, ProjectionRepository, path_of, row_owners, subtree_of
 from metrics.schemas import (
     CampaignProgress,
+    CampaignRisk,
     Freshness,
     Interval,
     Point,
+    ReportColumn,
+    ReportRow,
+    ReportTable,
+    RiskStatus,
     Summary,
     TargetProgress,
+    TargetRisk,
     Timeseries,
     TopicFreshness,
+    UnitAtRisk,
 )
 from shared.auth import Principal, Role, require_scope
 from shared.errors import Forbidden, InvalidInput, NotFound
@@ -31,6 +41,13 @@ from shared.errors import Forbidden, InvalidInput, NotFound
 FIRST_DAY = "0000-01-01"
 LAST_DAY = "9999-12-31"
 MAX_SERIES_DAYS = 800
+MAX_REPORT_DAYS = 800
+LOCAL_TZ = ZoneInfo("Asia/Ho_Chi_Minh")
+
+
+def local_today() -> date:
+    """Today's calendar date in Asia/Ho_Chi_Minh, the date every indicator is counted by."""
+    return datetime.now(LOCAL_TZ).date()
 
 
 @dataclass
@@ -104,6 +121,219 @@ def series(
     return points
 
 
+def resolve_unit(
+    tree: Mapping[str, Mapping[str, Any]], principal: Principal, code: str | None, *, prefer_root: bool = False
+) -> str:
+    """The unit a read is about (default: the caller's, or the province for admins), in the caller's scope."""
+    if code is None:
+        roots = sorted(c for c, u in tree.items() if u.get("parent_code") is None)
+        root = roots[0] if roots else None
+        if principal.role is Role.admin or (
+            prefer_root and root is not None and principal.in_scope(path_of(tree, root))
+        ):
+            if root is None:
+                raise NotFound("no units are known yet", slug="unit-not-found")
+            code = root
+        elif principal.unit is None:
+            raise Forbidden("your token names no unit; pass ?unit=", slug="out-of-scope")
+        else:
+            code = principal.unit
+    if code not in tree:
+        raise NotFound(f"unit {code} is not known", slug="unit-not-found")
+    require_scope(principal, path_of(tree, code), "unit")
+    return code
+
+
+def unit_name(tree: Mapping[str, Mapping[str, Any]], code: str) -> str:
+    return unicodedata.normalize("NFC", str(tree.get(code, {}).get("name") or code))
+
+
+# --- the report table ---------------------------------------------------------------------------------
+# Column headers of a report, Vietnamese first: the union's reports are read in Vietnamese.
+COLUMN_LABELS: dict[str, tuple[str, str]] = {
+    "teams.permanent": ("Đội hình thường trực", "Permanent teams"),
+    "teams.mobile": ("Đội hình lưu động", "Mobile teams"),
+    "teams.literacy": ("Tổ công nghệ số cộng đồng", "Digital-literacy teams"),
+    "teams.campaign": ("Đội hình chiến dịch", "Campaign teams"),
+    "teams.total": ("Tổng số đội hình", "Teams, total"),
+    "volunteers": ("Tình nguyện viên", "Volunteers"),
+    "households_visited": ("Hộ gia đình được thăm", "Households visited"),
+    "people_supported": ("Người dân được hỗ trợ", "People supported"),
+    "vneid_installs": ("Lượt cài đặt VNeID", "VNeID installs"),
+    "online_applications.l3": ("Hồ sơ trực tuyến mức độ 3", "Online applications, level 3"),
+    "online_applications.l4": ("Hồ sơ trực tuyến mức độ 4", "Online applications, level 4"),
+    "online_applications.total": ("Tổng hồ sơ trực tuyến", "Online applications, total"),
+    "courses.youth_children": ("Lớp học cho thanh thiếu nhi", "Courses, youth and children"),
+    "courses.elderly_middle_aged": ("Lớp học cho người cao tuổi, trung niên", "Courses, elderly and middle-aged"),
+    "courses.general": ("Lớp học chung", "Courses, general"),
+    "courses.total": ("Tổng số lớp học", "Courses, total"),
+    "course_participants.youth_children": ("Học viên thanh thiếu nhi", "Participants, youth and children"),
+    "course_participants.elderly_middle_aged": (
+        "Học viên cao tuổi, trung niên",
+        "Participants, elderly and middle-aged",
+    ),
+    "course_participants.general": ("Học viên lớp chung", "Participants, general"),
+    "course_participants.total": ("Tổng số học viên", "Participants, total"),
+    "course_completions": ("Học viên hoàn thành", "Course completions"),
+    "outreach_posts.fanpage": ("Tin bài trên fanpage", "Fan-page posts"),
+    "outreach_posts.newspaper": ("Bài báo", "Newspaper articles"),
+    "outreach_posts.visual": ("Sản phẩm trực quan", "Visual posts"),
+    "outreach_posts.total": ("Tổng số tin bài tuyên truyền", "Outreach posts, total"),
+}
+# (flattened key, indicator, split key): the summary's indicators in its own order.
+FLAT_KEYS: tuple[tuple[str, IndicatorSpec, str], ...] = tuple(
+    (f"{name}.{key}" if spec.keys else name, spec, key)
+    for name, spec in CATALOGUE.items()
+    for key in ((*spec.keys, "total") if spec.keys else ("total",))
+)
+REPORT_COLUMNS: tuple[ReportColumn, ...] = tuple(
+    ReportColumn(key=key, label_vi=COLUMN_LABELS[key][0], label_en=COLUMN_LABELS[key][1], dated=spec.dated)
+    for key, spec, _ in FLAT_KEYS
+)
+TOTAL_NAME = "Tổng cộng / Total"
+DIRECT_SUFFIX = " (trực tiếp / direct)"
+
+
+def flat_figures(totals: Totals) -> dict[str, int]:
+    """A summary's indicators flattened: ``households_visited``, ``teams.mobile``, ..."""
+    return {key: totals.of(spec)[split] for key, spec, split in FLAT_KEYS}
+
+
+def last_full_week(today: date) -> tuple[date, date]:
+    """The Monday-Sunday week before the one ``today`` is in."""
+    monday = today - timedelta(days=today.weekday())
+    return monday - timedelta(days=7), monday - timedelta(days=1)
+
+
+def previous_period(first: date, last: date) -> tuple[date, date]:
+    """The period of equal length that ends the day before ``first``."""
+    try:
+        before = first - timedelta(days=1)
+        return before - (last - first), before
+    except OverflowError:
+        raise InvalidInput("the period starts too early to have a previous one") from None
+
+
+def report_row(
+    unit: str,
+    name: str,
+    kind: str,
+    status: str,
+    current: Sequence[Mapping[str, Any]],
+    before: Iterable[Mapping[str, Any]],
+) -> ReportRow:
+    now = flat_figures(add_up(current))
+    then = flat_figures(add_up(before))
+    # Current-state indicators keep no history: their previous value is unknown, not equal to now.
+    previous = {key: then[key] if spec.dated else None for key, spec, _ in FLAT_KEYS}
+    change = {key: None if value is None else now[key] - value for key, value in previous.items()}
+    return ReportRow.model_validate(
+        {
+            "unit": unit,
+            "name": name,
+            "row": kind,
+            "unit_status": status,
+            "figures": now,
+            "previous": previous,
+            "change": change,
+        }
+    )
+
+
+# --- targets at risk ----------------------------------------------------------------------------------
+AT_RISK_SHARE = Fraction(4, 5)
+LAST_DAYS = 7
+
+
+@dataclass(frozen=True)
+class Assessment:
+    """Where one target stands on ``today`` and where it is heading (see :class:`TargetRisk`)."""
+
+    actual: int
+    days_elapsed: int
+    days_left: int
+    pace_needed: float | None
+    pace_last_7_days: float | None
+    projected: float
+    projected_ratio: float | None
+    status: RiskStatus
+
+
+def assess(
+    spec: IndicatorSpec,
+    target: int,
+    docs: Iterable[Mapping[str, Any]],
+    starts_on: date,
+    ends_on: date,
+    today: date,
+) -> Assessment:
+    """Assess a target from the counter rows of its unit's subtree (rows outside the window are ignored).
+
+    Actual counts the window up to ``today``; the projection adds the last 7 days' pace over the days
+    left. Exact fractions decide the status, so 80% of a target is at risk, not behind by a rounding.
+    """
+    elapsed, total = window_days(starts_on, ends_on, today)
+    left = total - elapsed
+    last = min(today, ends_on)
+    week_first = max(starts_on, last - timedelta(days=LAST_DAYS - 1))
+    lo, hi, week_lo = starts_on.isoformat(), last.isoformat(), week_first.isoformat()
+    counted = [d for d in docs if d["day"] == STATE_DAY or lo <= d["day"] <= hi]
+    actual = add_up(counted).of(spec)["total"]
+    pace: Fraction | None = None
+    projection = Fraction(actual)
+    if spec.dated:
+        week_days = (last - week_first).days + 1
+        week = add_up(d for d in counted if d["day"] != STATE_DAY and d["day"] >= week_lo).of(spec)["total"]
+        pace = Fraction(week, week_days) if week_days > 0 else Fraction(0)
+        projection += pace * left
+    if actual >= target:
+        needed: Fraction | None = Fraction(0)
+    else:
+        needed = Fraction(target - actual, left) if left else None
+    if actual >= target:
+        status = RiskStatus.done
+    elif elapsed == 0:
+        status = RiskStatus.not_started
+    elif projection >= target:
+        status = RiskStatus.on_track
+    elif projection >= AT_RISK_SHARE * target:
+        status = RiskStatus.at_risk
+    else:
+        status = RiskStatus.behind
+    return Assessment(
+        actual=actual,
+        days_elapsed=elapsed,
+        days_left=left,
+        pace_needed=None if needed is None else round(float(needed), 2),
+        pace_last_7_days=None if pace is None else round(float(pace), 2),
+        projected=round(float(projection), 1),
+        projected_ratio=round(float(projection / target), 3) if target else None,
+        status=status,
+    )
+
+
+def units_at_risk(targets: Iterable[TargetRisk]) -> list[UnitAtRisk]:
+    """Units with a target at risk or behind, the worst projected / target first."""
+    worst_first = sorted(
+        (t for t in targets if t.status in (RiskStatus.at_risk, RiskStatus.behind) and t.projected_ratio is not None),
+        key=lambda t: (t.projected_ratio, t.unit_code, t.indicator),
+    )
+    out: dict[str, UnitAtRisk] = {}
+    for t in worst_first:
+        if t.unit_code in out:
+            out[t.unit_code].indicators.append(t.indicator)
+        else:
+            assert t.projected_ratio is not None
+            out[t.unit_code] = UnitAtRisk(
+                unit_code=t.unit_code,
+                unit_name=t.unit_name,
+                status=t.status,
+                projected_ratio=t.projected_ratio,
+                indicators=[t.indicator],
+            )
+    return list(out.values())
+
+
 class MetricsService:
     def __init__(self, store: MetricsStore) -> None:
         self._store = store
@@ -116,21 +346,7 @@ class MetricsService:
     async def _unit(
         self, repo: ProjectionRepository, principal: Principal, code: str | None, *, prefer_root: bool = False
     ) -> str:
-        if code is None:
-            root = await repo.root_unit()
-            if principal.role is Role.admin or (prefer_root and root is not None and principal.in_scope(root["path"])):
-                if root is None:
-                    raise NotFound("no units are known yet", slug="unit-not-found")
-                code = str(root["_id"])
-            elif principal.unit is None:
-                raise Forbidden("your token names no unit; pass ?unit=", slug="out-of-scope")
-            else:
-                code = principal.unit
-        unit = await repo.unit(code)
-        if unit is None:
-            raise NotFound(f"unit {code} is not known", slug="unit-not-found")
-        require_scope(principal, unit["path"], "unit")
-        return code
+        return resolve_unit(await repo.tree(), principal, code, prefer_root=prefer_root)
 
     async def summary(
         self,
@@ -223,6 +439,140 @@ class MetricsService:
             days_elapsed=elapsed,
             days_total=total,
             targets=rows,
+        )
+
+    async def report_table(
+        self,
+        principal: Principal,
+        *,
+        unit: str | None,
+        campaign: str | None,
+        first: date | None,
+        last: date | None,
+        today: date,
+    ) -> ReportTable:
+        """The unit's direct children (and its own records) by every indicator, with the previous period.
+
+        One read of the tree and one counters query for the whole subtree over both periods; rows are
+        added up here by the child each unit lies under now.
+        """
+        repo = await self.projection()
+        if campaign is not None:
+            doc = await repo.campaign(campaign)
+            if doc is None:
+                raise NotFound(f"campaign {campaign} is not known", slug="campaign-not-found")
+            first = first or date.fromisoformat(doc["starts_on"])
+            last = last or date.fromisoformat(doc["ends_on"])
+        elif first is None and last is None:
+            first, last = last_full_week(today)
+        if first is None or last is None:
+            raise InvalidInput("give both from and to, or neither for the last full week")
+        if first > last:
+            raise InvalidInput("from must not be after to")
+        if (last - first).days >= MAX_REPORT_DAYS:
+            raise InvalidInput(f"a report spans at most {MAX_REPORT_DAYS} days")
+        previous_first, previous_last = previous_period(first, last)
+        tree = await repo.tree()
+        code = resolve_unit(tree, principal, unit, prefer_root=campaign is not None)
+        owners = row_owners(tree, code)
+        docs = await repo.counters_of(list(owners), previous_first.isoformat(), last.isoformat())
+
+        lo, hi = first.isoformat(), last.isoformat()
+        current: dict[str, list[Mapping[str, Any]]] = defaultdict(list)
+        before: dict[str, list[Mapping[str, Any]]] = defaultdict(list)
+        for doc in docs:
+            in_period = doc["day"] == STATE_DAY or lo <= doc["day"] <= hi
+            (current if in_period else before)[owners[doc["unit"]]].append(doc)
+
+        def status(c: str) -> str:
+            return str(tree[c].get("status", "active"))
+
+        name = unit_name(tree, code)
+        rows = []
+        own = [*current[code], *before[code]]
+        if any(value for doc in own for value in doc["c"].values()):
+            rows.append(report_row(code, name + DIRECT_SUFFIX, "direct", status(code), current[code], before[code]))
+        children = sorted(c for c, u in tree.items() if u.get("parent_code") == code and c != code)
+        for child in children:
+            rows.append(report_row(child, unit_name(tree, child), "unit", status(child), current[child], before[child]))
+        everything_now = [d for docs_of in current.values() for d in docs_of]
+        everything_before = [d for docs_of in before.values() for d in docs_of]
+        return ReportTable.model_validate(
+            {
+                "as_of": datetime.now(UTC),
+                "unit": code,
+                "unit_name": name,
+                "campaign": campaign,
+                "from_": first,
+                "to": last,
+                "previous_from": previous_first,
+                "previous_to": previous_last,
+                "columns": list(REPORT_COLUMNS),
+                "rows": rows,
+                "totals": report_row(code, TOTAL_NAME, "total", status(code), everything_now, everything_before),
+            }
+        )
+
+    async def campaign_risk(self, principal: Principal, code: str, today: date) -> CampaignRisk:
+        """Each target in the caller's scope: its pace, where that pace leads by ends_on, and its status."""
+        repo = await self.projection()
+        campaign = await repo.campaign(code)
+        if campaign is None:
+            raise NotFound(f"campaign {code} is not known", slug="campaign-not-found")
+        starts_on, ends_on = date.fromisoformat(campaign["starts_on"]), date.fromisoformat(campaign["ends_on"])
+        tree = await repo.tree()
+        targets = campaign.get("targets", [])
+        visible = [
+            t
+            for t in targets
+            if principal.role is Role.admin
+            or (t["unit_code"] in tree and principal.in_scope(path_of(tree, t["unit_code"])))
+        ]
+        if targets and not visible:
+            raise Forbidden(f"no target of campaign {code} lies in your unit scope", slug="out-of-scope")
+        below = {t["unit_code"]: set(subtree_of(tree, t["unit_code"])) for t in visible}
+        units = sorted(set().union(*below.values()))
+        last = min(today, ends_on)
+        docs = await repo.counters_of(units, starts_on.isoformat(), last.isoformat()) if units else []
+        rows = []
+        for t in visible:
+            subtree = below[t["unit_code"]]
+            found = assess(
+                CATALOGUE[t["indicator"]],
+                int(t["value"]),
+                [d for d in docs if d["unit"] in subtree],
+                starts_on,
+                ends_on,
+                today,
+            )
+            rows.append(
+                TargetRisk(
+                    indicator=t["indicator"],
+                    unit_code=t["unit_code"],
+                    unit_name=unit_name(tree, t["unit_code"]) if t["unit_code"] in tree else None,
+                    target=int(t["value"]),
+                    actual=found.actual,
+                    days_elapsed=found.days_elapsed,
+                    days_left=found.days_left,
+                    pace_needed=found.pace_needed,
+                    pace_last_7_days=found.pace_last_7_days,
+                    projected=found.projected,
+                    projected_ratio=found.projected_ratio,
+                    status=found.status,
+                )
+            )
+        elapsed, total = window_days(starts_on, ends_on, today)
+        return CampaignRisk(
+            campaign=code,
+            name=campaign.get("name", code),
+            starts_on=starts_on,
+            ends_on=ends_on,
+            as_of=today,
+            days_elapsed=elapsed,
+            days_total=total,
+            days_left=total - elapsed,
+            targets=rows,
+            units_at_risk=units_at_risk(rows),
         )
 
     async def timeseries(

@@ -1,0 +1,148 @@
+"""The report table as CSV and XLSX, for the people who file the union's weekly reports in Excel.
+
+Both carry the same table as the JSON: a unit code and name column, then for every indicator three
+columns (this period, the previous period, the change). CSV is UTF-8 with a byte-order mark (without
+it Excel reads Vietnamese as Windows-1258 mojibake) and is produced row by row; XLSX adds a title
+row and the period as real dates above the header, which is frozen.
+"""
+
+from __future__ import annotations
+
+import csv
+import io
+import re
+from collections.abc import Iterator
+from datetime import date, datetime, time
+
+from openpyxl import Workbook
+from openpyxl.cell import Cell, WriteOnlyCell
+from openpyxl.styles import Alignment, Font
+from openpyxl.utils import get_column_letter
+from openpyxl.worksheet._write_only import WriteOnlyWorksheet
+
+from metrics.schemas import ReportRow, ReportTable
+from metrics.service import LOCAL_TZ
+
+CSV_MEDIA_TYPE = "text/csv; charset=utf-8"
+XLSX_MEDIA_TYPE = "application/vnd.openxmlformats-officedocument.spreadsheetml.sheet"
+BOM = "\ufeff".encode()
+UNIT_HEADERS = ("Mã đơn vị / Unit code", "Đơn vị / Unit")
+PREVIOUS = "kỳ trước / previous"
+CHANGE = "thay đổi / change"
+# The rows above the header in the XLSX: title, period, blank.
+XLSX_HEADER_ROW = 4
+DATE_FORMAT = "DD/MM/YYYY"
+
+
+def header(table: ReportTable) -> list[str]:
+    out = list(UNIT_HEADERS)
+    for column in table.columns:
+        label = f"{column.label_vi} / {column.label_en}"
+        out += [label, f"{label} ({PREVIOUS})", f"{label} ({CHANGE})"]
+    return out
+
+
+def cells(table: ReportTable, row: ReportRow) -> list[str | int | None]:
+    out: list[str | int | None] = [row.unit, row.name]
+    for column in table.columns:
+        out += [row.figures[column.key], row.previous[column.key], row.change[column.key]]
+    return out
+
+
+def every_row(table: ReportTable) -> Iterator[ReportRow]:
+    yield from table.rows
+    yield table.totals
+
+
+def csv_chunks(table: ReportTable) -> Iterator[bytes]:
+    """The CSV one line at a time; unknown previous values are empty cells."""
+    buffer = io.StringIO()
+    writer = csv.writer(buffer, lineterminator="\r\n")
+
+    def line(values: list[str | int | None]) -> bytes:
+        writer.writerow(["" if v is None else v for v in values])
+        text = buffer.getvalue()
+        buffer.seek(0)
+        buffer.truncate()
+        return text.encode()
+
+    yield BOM + line(list(header(table)))
+    for row in every_row(table):
+        yield line(cells(table, row))
+
+
+def _dd_mm_yyyy(day: date) -> str:
+    return day.strftime("%d/%m/%Y")
+
+
+def title(table: ReportTable) -> str:
+    period = f"{_dd_mm_yyyy(table.from_)} - {_dd_mm_yyyy(table.to)}"
+    what = f"Báo cáo chiến dịch / Campaign report {table.campaign}" if table.campaign else "Báo cáo / Report"
+    return f"{what}: {table.unit_name} ({table.unit}), {period}"
+
+
+def _date_cell(sheet: WriteOnlyWorksheet, day: date) -> Cell:
+    # A date cell (Excel keeps dates as day numbers); midnight carries no time zone.
+    cell = WriteOnlyCell(sheet, value=datetime.combine(day, time()))
+    cell.number_format = DATE_FORMAT
+    return cell
+
+
+def xlsx_bytes(table: ReportTable) -> bytes:
+    """The workbook: title row, period row (local dates), a blank row, the frozen header, the rows, totals."""
+    book = Workbook(write_only=True)
+    sheet: WriteOnlyWorksheet = book.create_sheet("Báo cáo")
+    names = header(table)
+    sheet.freeze_panes = f"C{XLSX_HEADER_ROW + 1}"
+    # Write-only sheets have column dimensions at run time (Worksheet._setup); the stubs omit them.
+    widths = sheet.column_dimensions  # type: ignore[attr-defined]
+    widths["A"].width = 18
+    widths["B"].width = 36
+    for index in range(3, len(names) + 1):
+        widths[get_column_letter(index)].width = 16
+
+    bold = Font(bold=True)
+    heading = WriteOnlyCell(sheet, value=title(table))
+    heading.font = Font(bold=True, size=14)
+    sheet.append([heading])
+    generated = table.as_of.astimezone(LOCAL_TZ).replace(tzinfo=None, microsecond=0)
+    stamp = WriteOnlyCell(sheet, value=generated)
+    stamp.number_format = "DD/MM/YYYY HH:MM"
+    sheet.append(
+        [
+            "Từ ngày / From",
+            _date_cell(sheet, table.from_),
+            "Đến ngày / To",
+            _date_cell(sheet, table.to),
+            "Kỳ trước / Previous period",
+            _date_cell(sheet, table.previous_from),
+            _date_cell(sheet, table.previous_to),
+            "Lập lúc / Generated",
+            stamp,
+        ]
+    )
+    sheet.append([])
+    header_cells = []
+    for name in names:
+        cell = WriteOnlyCell(sheet, value=name)
+        cell.font = bold
+        cell.alignment = Alignment(wrap_text=True, vertical="top")
+        header_cells.append(cell)
+    sheet.append(header_cells)
+    for row in table.rows:
+        sheet.append(cells(table, row))
+    totals = []
+    for value in cells(table, table.totals):
+        cell = WriteOnlyCell(sheet, value=value)
+        cell.font = bold
+        totals.append(cell)
+    sheet.append(totals)
+    out = io.BytesIO()
+    book.save(out)
+    return out.getvalue()
+
+
+def filename(table: ReportTable, extension: str) -> str:
+    """``bao-cao_QN_2025-07-07_2025-07-13.csv``: ASCII, so every browser keeps it."""
+    unit = re.sub(r"[^A-Za-z0-9_-]+", "_", table.unit)
+    return f"bao-cao_{unit}_{table.from_.isoformat()}_{table.to.isoformat()}.{extension}"
