@@ -17,7 +17,7 @@ import sys
 import time
 from collections.abc import Awaitable, Callable, Mapping, Sequence
 from dataclasses import dataclass, field
-from datetime import timedelta
+from datetime import date, timedelta
 from pathlib import Path
 from typing import Any
 
@@ -60,6 +60,12 @@ class DemoResult:
     stats: dict[str, Any]
     progress: dict[str, list[dict[str, Any]]] = field(default_factory=dict)
     progress_expected: dict[str, dict[str, int]] = field(default_factory=dict)
+    # The province's report for the last full week: its period, how its totals differ from the
+    # ground truth over that week, and the XLSX as the metrics service made it.
+    report_week: tuple[str, str] | None = None
+    report_differences: dict[str, tuple[int, int | None]] = field(default_factory=dict)
+    report_xlsx: bytes = b""
+    report_filename: str = ""
 
     @property
     def differences(self) -> dict[str, tuple[int, int]]:
@@ -146,10 +152,29 @@ async def run_demo(
                 resp.raise_for_status()
                 result.progress[c.code] = resp.json()["targets"]
                 result.progress_expected[c.code] = {f"{i}@{u}": v for (i, u), v in actuals[c.code].items()}
+            await _weekly_report(metrics, result)
         return result
     finally:
         progress.close()
         await api.close()
+
+
+async def _weekly_report(metrics: httpx.AsyncClient, result: DemoResult) -> None:
+    """The province's report for the last full week, checked against the ground truth, and its XLSX."""
+    root = result.plan.units[0].code
+    resp = await metrics.get("/v1/reports/table", params={"unit": root})
+    resp.raise_for_status()
+    body = resp.json()
+    first, last = body["from"], body["to"]
+    result.report_week = (first, last)
+    want = flatten(result.truth.summary(root, date.fromisoformat(first), date.fromisoformat(last)))
+    got = body["totals"]["figures"]
+    result.report_differences = {k: (v, got.get(k)) for k, v in want.items() if got.get(k) != v}
+    xlsx = await metrics.get("/v1/reports/table", params={"unit": root, "from": first, "to": last, "format": "xlsx"})
+    xlsx.raise_for_status()
+    result.report_xlsx = xlsx.content
+    disposition = xlsx.headers.get("content-disposition", "")
+    result.report_filename = disposition.partition('filename="')[2].rstrip('"') or f"bao-cao_{root}_{first}.xlsx"
 
 
 def _stats(api: Api) -> dict[str, Any]:
@@ -271,11 +296,21 @@ def main(argv: list[str] | None = None) -> int:
             print(f"demo: is `make run` running? tried {urls}", file=sys.stderr)
         return 2
     print(render(result))
+    if result.report_xlsx:
+        path = a.data_dir / "reports" / result.report_filename
+        path.parent.mkdir(parents=True, exist_ok=True)
+        path.write_bytes(result.report_xlsx)
+        assert result.report_week is not None
+        verdict = "matches the ground truth" if not result.report_differences else "DIFFERS from the ground truth"
+        print(
+            f"Báo cáo tuần / weekly report {result.report_week[0]} .. {result.report_week[1]} "
+            f"({verdict}): {path}"
+        )
     if a.out:
         a.out.parent.mkdir(parents=True, exist_ok=True)
         a.out.write_text(json.dumps(to_json(result), indent=2, ensure_ascii=False) + "\n", encoding="utf-8")
         print(f"Wrote {a.out}")
-    return 1 if result.differences or result.progress_differences else 0
+    return 1 if result.differences or result.progress_differences or result.report_differences else 0
 
 
 if __name__ == "__main__":

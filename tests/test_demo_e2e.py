@@ -9,12 +9,14 @@ in its summary, its campaign progress and its Prometheus gauges.
 from __future__ import annotations
 
 import asyncio
+import io
 import time
 from collections.abc import Iterator
 from datetime import date, timedelta
 from pathlib import Path
 
 import httpx
+import openpyxl
 import pytest
 from prometheus_client.parser import text_string_to_metric_families
 
@@ -148,6 +150,15 @@ async def test_demo_replay_matches_summary_campaign_progress_and_prometheus_gaug
     assert result.reported == flatten(truth.summary())
     assert result.reported["households_visited"] > 0
     assert result.reported["course_participants.total"] > 0
+
+    # The province's report for the last full week equals the ground truth over that week, and its
+    # XLSX opens with Vietnamese headers beside the English ones.
+    assert result.report_week is not None
+    assert result.report_differences == {}
+    sheet = openpyxl.load_workbook(io.BytesIO(result.report_xlsx), read_only=True).active
+    header = [c for row in sheet.iter_rows(min_row=4, max_row=4, values_only=True) for c in row]
+    assert header[:2] == ["Mã đơn vị / Unit code", "Đơn vị / Unit"]
+    assert "Hộ gia đình được thăm / Households visited" in header
 
     async with httpx.AsyncClient(base_url=urls["metrics"], headers=token("admin"), timeout=30) as metrics:
         # A commune's subtree figure, not only the province's.
