@@ -297,6 +297,7 @@ _FIGURES: dict[str, Any] = {
         "online_applications_l4": 1,
         "digital_skills_guidance": 3,
     },
+    "area": "urban",
 }
 _COURSE_REF = {
     "course_code": _COURSE,
@@ -305,6 +306,7 @@ _COURSE_REF = {
     "audience": "elderly_middle_aged",
     "starts_on": "2025-07-14",
     "ends_on": "2025-07-25",
+    "mode": "in_person",
 }
 _TEAM_BODY = {
     "code": _TEAM,
@@ -371,8 +373,16 @@ EXAMPLES: dict[str, dict[str, Any]] = {
         "active": True,
         "previous_kind": "permanent",
         "previous_unit_path": _HALONG,
+        "members": 42,
+        "previous_active": True,
     },
-    reg.TEAM_DEACTIVATED: {"code": _TEAM, "kind": "permanent", "unit_code": "QN-HALONG", "unit_path": _HALONG},
+    reg.TEAM_DEACTIVATED: {
+        "code": _TEAM,
+        "kind": "permanent",
+        "unit_code": "QN-HALONG",
+        "unit_path": _HALONG,
+        "members": 42,
+    },
     reg.VOLUNTEER_REGISTERED: _VOLUNTEER_BODY,
     reg.VOLUNTEER_UPDATED: {
         **_VOLUNTEER_BODY,
@@ -381,10 +391,32 @@ EXAMPLES: dict[str, dict[str, Any]] = {
         "skills": ["it", "vneid", "teaching"],
         "active": True,
         "previous_unit_path": _HALONG,
+        "previous_roles": ["union_member", "student"],
+        "previous_skills": ["it", "vneid"],
     },
-    reg.VOLUNTEER_LEFT: {"volunteer_id": _V1, "unit_code": "QN-HALONG", "unit_path": _HALONG},
-    reg.MEMBERSHIP_STARTED: {"team_code": _TEAM, "volunteer_id": _V1, "since": "2025-07-01"},
-    reg.MEMBERSHIP_ENDED: {"team_code": _TEAM, "volunteer_id": _V1, "until": "2025-09-30"},
+    reg.VOLUNTEER_LEFT: {
+        "volunteer_id": _V1,
+        "unit_code": "QN-HALONG",
+        "unit_path": _HALONG,
+        "roles": ["union_member", "student"],
+        "skills": ["it", "vneid"],
+    },
+    reg.MEMBERSHIP_STARTED: {
+        "team_code": _TEAM,
+        "volunteer_id": _V1,
+        "since": "2025-07-01",
+        "team_kind": "permanent",
+        "team_unit_path": _HALONG,
+        "team_active": True,
+    },
+    reg.MEMBERSHIP_ENDED: {
+        "team_code": _TEAM,
+        "volunteer_id": _V1,
+        "until": "2025-09-30",
+        "team_kind": "permanent",
+        "team_unit_path": _HALONG,
+        "team_active": True,
+    },
     reg.CAMPAIGN_CREATED: {
         "code": _CAMPAIGN,
         "name": "Chiến dịch “Bình dân học vụ số” năm 2025",

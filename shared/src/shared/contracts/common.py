@@ -69,6 +69,16 @@ class Indicator(StrEnum):
     course_participants = "course_participants"
     course_completions = "course_completions"
     outreach_posts = "outreach_posts"
+    # Breakdowns the reports quote (see the metrics service's indicator catalogue).
+    people_supported_by_area = "people_supported_by_area"
+    households_by_area = "households_by_area"
+    people_supported_by_group = "people_supported_by_group"
+    vneid_activations = "vneid_activations"
+    courses_by_mode = "courses_by_mode"
+    course_participants_by_mode = "course_participants_by_mode"
+    volunteers_by_role = "volunteers_by_role"
+    volunteers_by_skill = "volunteers_by_skill"
+    team_members = "team_members"
 
 
 class Setting(StrEnum):

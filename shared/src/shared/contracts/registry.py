@@ -113,6 +113,10 @@ class TeamUpdated(Contract):
     active: bool
     previous_kind: TeamKind
     previous_unit_path: UnitPath
+    members: int | None = Field(
+        default=None, ge=0, description="Active members, which move with the team's kind and unit."
+    )
+    previous_active: bool | None = Field(default=None, description="Whether it was active before this change.")
 
 
 class TeamDeactivated(Contract):
@@ -120,6 +124,7 @@ class TeamDeactivated(Contract):
     kind: TeamKind
     unit_code: str
     unit_path: UnitPath
+    members: int | None = Field(default=None, ge=0, description="Active members when it was deactivated.")
 
 
 class VolunteerRegistered(Contract):
@@ -140,24 +145,34 @@ class VolunteerUpdated(Contract):
     birth_year: int
     active: bool
     previous_unit_path: UnitPath
+    previous_roles: list[Role] | None = None
+    previous_skills: list[Skill] | None = None
 
 
 class VolunteerLeft(Contract):
     volunteer_id: str
     unit_code: str
     unit_path: UnitPath
+    roles: list[Role] = Field(default_factory=list)
+    skills: list[Skill] = Field(default_factory=list)
 
 
 class MembershipStarted(Contract):
     team_code: str
     volunteer_id: str
     since: date
+    team_kind: TeamKind | None = Field(default=None, description="The team's kind when the membership started.")
+    team_unit_path: UnitPath | None = Field(default=None, description="The team's unit path then.")
+    team_active: bool | None = Field(default=None, description="Whether the team was active then.")
 
 
 class MembershipEnded(Contract):
     team_code: str
     volunteer_id: str
     until: date
+    team_kind: TeamKind | None = None
+    team_unit_path: UnitPath | None = None
+    team_active: bool | None = None
 
 
 class Target(Contract):

@@ -35,6 +35,7 @@ class CourseRef(Contract):
     audience: Audience
     starts_on: date
     ends_on: date
+    mode: Mode | None = Field(default=None, description="In person or online, as scheduled.")
 
 
 class CourseScheduled(Contract):

@@ -45,6 +45,9 @@ class VisitFigures(Contract):
     households: NonNegative
     people: People
     services: Services
+    area: Area | None = Field(
+        default=None, description="Area type of the visit, so corrections and voids move area figures too."
+    )
 
 
 class VisitRecorded(Contract):
