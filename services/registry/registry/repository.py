@@ -53,6 +53,10 @@ class Repository:
         docs = await self._db[MEMBERSHIPS].find({"team_code": team_code, "active": True}, {"volunteer_id": 1}).to_list()
         return [d["volunteer_id"] for d in docs]
 
+    async def count_active_members(self, team_code: str) -> int:
+        """Current members of a team; a scan on FerretDB, acceptable because team changes are rare."""
+        return await self._db[MEMBERSHIPS].count_documents({"team_code": team_code, "active": True})
+
     async def page(
         self, collection: str, query: dict[str, Any], limit: int, cursor: str | None
     ) -> tuple[list[Document], str | None]:

@@ -260,7 +260,13 @@ def _new_volunteer(body: VolunteerIn, unit: Document, volunteer_id: str) -> tupl
     return doc, _event(ev.VOLUNTEER_REGISTERED, payload, volunteer_id)
 
 
-def _new_membership(team_code: str, volunteer_id: str, since: date) -> tuple[Document, Envelope]:
+def _team_facts(team: Document) -> dict[str, Any]:
+    """The team as a membership event describes it, so members can be counted by team kind and unit."""
+    return {"team_kind": team["kind"], "team_unit_path": team["unit_path"], "team_active": team["active"]}
+
+
+def _new_membership(team: Document, volunteer_id: str, since: date) -> tuple[Document, Envelope]:
+    team_code = team["_id"]
     key = f"{team_code}/{volunteer_id}"
     doc: Document = {
         "_id": key,
@@ -269,7 +275,7 @@ def _new_membership(team_code: str, volunteer_id: str, since: date) -> tuple[Doc
         "active": True,
         "periods": [{"since": since.isoformat(), "until": None}],
     }
-    payload = ev.MembershipStarted(team_code=team_code, volunteer_id=volunteer_id, since=since)
+    payload = ev.MembershipStarted(team_code=team_code, volunteer_id=volunteer_id, since=since, **_team_facts(team))
     return doc, _event(ev.MEMBERSHIP_STARTED, payload, key)
 
 
@@ -451,9 +457,8 @@ class RegistryService:
         for team in await self._repo.find_all(TEAMS, {"unit_path": code}):
             team_path = paths.get(team["unit_code"])
             if team_path is not None and team["unit_path"] != team_path:
-                await self._update(
-                    TEAMS, team, {"unit_path": team_path}, [self._team_updated({**team, "unit_path": team_path}, team)]
-                )
+                event = await self._team_updated({**team, "unit_path": team_path}, team)
+                await self._update(TEAMS, team, {"unit_path": team_path}, [event])
         for vol in await self._repo.find_all(VOLUNTEERS, {"unit_path": code}):
             vol_path = paths.get(vol["unit_code"])
             if vol_path is not None and vol["unit_path"] != vol_path:
@@ -467,7 +472,7 @@ class RegistryService:
 
     async def _move_team(self, team: Document, unit: Document) -> None:
         changes = {"unit_code": unit["_id"], "unit_path": unit["path"]}
-        event = self._team_updated({**team, **changes}, team)
+        event = await self._team_updated({**team, **changes}, team)
         await self._update(TEAMS, team, {**changes, "updated_at": _now()}, [event])
 
     async def _move_volunteer(self, volunteer: Document, unit: Document) -> None:
@@ -744,8 +749,9 @@ class RegistryService:
                 f"campaign_code: campaign {code} does not exist", slug="unknown-campaign", field="campaign_code"
             )
 
-    @staticmethod
-    def _team_updated(new: Document, old: Document) -> Envelope:
+    async def _team_updated(self, new: Document, old: Document) -> Envelope:
+        # Counted just before the write: a consumer moves this many members with the team's kind and unit.
+        members = await self._repo.count_active_members(new["_id"])
         return _event(
             ev.TEAM_UPDATED,
             ev.TeamUpdated(
@@ -759,6 +765,8 @@ class RegistryService:
                 active=new["active"],
                 previous_kind=old["kind"],
                 previous_unit_path=old["unit_path"],
+                members=members,
+                previous_active=old["active"],
             ),
             new["_id"],
         )
@@ -836,7 +844,7 @@ class RegistryService:
         new = {**doc, **changes}
         if all(doc.get(k) == v for k, v in changes.items()):
             return team_out(doc)
-        await self._update(TEAMS, doc, {**changes, "updated_at": _now()}, [self._team_updated(new, doc)])
+        await self._update(TEAMS, doc, {**changes, "updated_at": _now()}, [await self._team_updated(new, doc)])
         return team_out(new)
 
     async def deactivate_team(self, principal: Principal, code: str) -> TeamOut:
@@ -846,7 +854,13 @@ class RegistryService:
             return team_out(doc)  # already closed: repeating the request changes nothing
         event = _event(
             ev.TEAM_DEACTIVATED,
-            ev.TeamDeactivated(code=code, kind=doc["kind"], unit_code=doc["unit_code"], unit_path=doc["unit_path"]),
+            ev.TeamDeactivated(
+                code=code,
+                kind=doc["kind"],
+                unit_code=doc["unit_code"],
+                unit_path=doc["unit_path"],
+                members=await self._repo.count_active_members(code),
+            ),
             code,
         )
         await self._update(TEAMS, doc, {"active": False, "deactivated_at": _now()}, [event])
@@ -867,6 +881,8 @@ class RegistryService:
                 birth_year=new["birth_year"],
                 active=new["active"],
                 previous_unit_path=old["unit_path"],
+                previous_roles=old["roles"],
+                previous_skills=old["skills"],
             ),
             new["_id"],
         )
@@ -931,7 +947,7 @@ class RegistryService:
                     authorize_write(principal, team["unit_path"], "the team's unit")
                     if not team["active"]:
                         raise Conflict(f"team {m.code} is deactivated", slug="team-inactive")
-                    joined.append(_new_membership(m.code, volunteer_id, m.since))
+                    joined.append(_new_membership(team, volunteer_id, m.since))
             except ValidationError as exc:
                 results[i] = results[i].model_copy(
                     update={"status": BatchStatus.rejected, "problem": validation_problem(exc)}
@@ -1010,7 +1026,13 @@ class RegistryService:
             day = left_on or local_today()
             event = _event(
                 ev.VOLUNTEER_LEFT,
-                ev.VolunteerLeft(volunteer_id=volunteer_id, unit_code=doc["unit_code"], unit_path=doc["unit_path"]),
+                ev.VolunteerLeft(
+                    volunteer_id=volunteer_id,
+                    unit_code=doc["unit_code"],
+                    unit_path=doc["unit_path"],
+                    roles=doc["roles"],
+                    skills=doc["skills"],
+                ),
                 volunteer_id,
             )
             changes = {"active": False, "left_on": day.isoformat(), "updated_at": _now()}
@@ -1021,7 +1043,8 @@ class RegistryService:
         left = date.fromisoformat(doc["left_on"])
         for membership in await self._repo.find_all(MEMBERSHIPS, {"volunteer_id": volunteer_id, "active": True}):
             since = date.fromisoformat(membership["periods"][-1]["since"])
-            await self._close_membership(membership, max(left, since))
+            team = await self._team_or_404(membership["team_code"])
+            await self._close_membership(membership, team, max(left, since))
         return volunteer_out(doc, principal)
 
     # --- memberships --------------------------------------------------------------------------------
@@ -1041,7 +1064,7 @@ class RegistryService:
         if not volunteer["active"]:
             raise Conflict(f"volunteer {body.volunteer_id} has left", slug="volunteer-left")
         key = f"{team_code}/{body.volunteer_id}"
-        doc, event = _new_membership(team_code, body.volunteer_id, body.since)
+        doc, event = _new_membership(team, body.volunteer_id, body.since)
         existing = await self._repo.get(MEMBERSHIPS, key)
         if existing is None:
             if not await self._repo.insert(MEMBERSHIPS, doc, [event]):
@@ -1068,12 +1091,14 @@ class RegistryService:
         since = doc["periods"][-1]["since"]
         if day.isoformat() < since:
             raise InvalidInput(f"until is before the membership started ({since})", field="until")
-        return membership_out(await self._close_membership(doc, day))
+        return membership_out(await self._close_membership(doc, team, day))
 
-    async def _close_membership(self, doc: Document, until: date) -> Document:
+    async def _close_membership(self, doc: Document, team: Document, until: date) -> Document:
         event = _event(
             ev.MEMBERSHIP_ENDED,
-            ev.MembershipEnded(team_code=doc["team_code"], volunteer_id=doc["volunteer_id"], until=until),
+            ev.MembershipEnded(
+                team_code=doc["team_code"], volunteer_id=doc["volunteer_id"], until=until, **_team_facts(team)
+            ),
             doc["_id"],
         )
         periods = [*doc["periods"][:-1], {**doc["periods"][-1], "until": until.isoformat()}]

@@ -100,6 +100,11 @@ async def test_merging_three_wards_moves_children_teams_volunteers_and_sums_targ
     client, settings
 ) -> None:
     events, ids = await seed_communes(client)
+    joined = await client.post(
+        "/v1/teams/HG-TT01/members", json={"volunteer_id": ids["honggai"], "since": "2025-06-20"}, headers=ADMIN
+    )
+    assert joined.status_code == 201, joined.text
+    events += 1
 
     r = await client.post("/v1/units:merge", json=MERGE, headers=ADMIN)
     assert r.status_code == 200, r.text
@@ -198,6 +203,9 @@ async def test_merging_three_wards_moves_children_teams_volunteers_and_sums_targ
         ["QN", "QN-HALONG"],
         "QN-HALONG",
     )
+    # Its current member moves with it to Hạ Long; the school's team moves with none.
+    assert (team["members"], team["previous_active"]) == (1, True)
+    assert last[(ev.TEAM_UPDATED, "THPT-01")].envelope.data["members"] == 0
     unit = last[(ev.UNIT_UPDATED, "QN-HG-THPT")].envelope.data
     assert (unit["previous_path"], unit["path"], unit["parent_code"]) == (
         ["QN", "QN-HONGGAI", "QN-HG-THPT"],

@@ -73,7 +73,14 @@ async def test_roster_rows_are_judged_one_by_one_and_a_resend_changes_nothing(cl
     assert types[ev.VOLUNTEER_REGISTERED] == 2
     assert types[ev.MEMBERSHIP_STARTED] == 1
     started = next(e for e in got_events if e.envelope.type == ev.MEMBERSHIP_STARTED)
-    assert started.envelope.data == {"team_code": "HL-TT01", "volunteer_id": ids[0], "since": since}
+    assert started.envelope.data == {
+        "team_code": "HL-TT01",
+        "volunteer_id": ids[0],
+        "since": since,
+        "team_kind": "permanent",
+        "team_unit_path": ["QN", "QN-HALONG"],
+        "team_active": True,
+    }
 
 
 async def test_roster_rows_outside_a_managers_unit_are_rejected(client, settings) -> None:

@@ -191,6 +191,8 @@ async def test_personal_data_is_masked_for_others_and_never_in_an_event(client, 
         "birth_year",
         "active",
         "previous_unit_path",
+        "previous_roles",
+        "previous_skills",
     }
     for e in volunteer_events:
         assert set(e.envelope.data) <= allowed, e.envelope.data

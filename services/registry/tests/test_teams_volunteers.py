@@ -60,6 +60,19 @@ async def test_team_lifecycle_create_list_patch_deactivate_emits_exactly_its_eve
     assert await codes(kind="mobile") == ["BL-LD"]
     assert await codes(campaign_code="PEAK90") == ["VD-TSD"]
 
+    # Three join BL-LD and one of them leaves it again: two current members move with the team.
+    members = []
+    for name in ("Hoàng Văn Tuấn", "Nông Thị Lụa", "Đàm Văn Khánh"):
+        body = volunteer_body("QN-BINHLIEU", full_name=name)
+        members.append((await client.post("/v1/volunteers", json=body, headers=ADMIN)).json()["id"])
+        r = await client.post(
+            "/v1/teams/BL-LD/members", json={"volunteer_id": members[-1], "since": "2025-07-01"}, headers=ADMIN
+        )
+        assert r.status_code == 201, r.text
+    ended = await client.delete(f"/v1/teams/BL-LD/members/{members[2]}", params={"until": "2025-07-10"}, headers=ADMIN)
+    assert ended.status_code == 200
+    events += 7
+
     r = await client.patch("/v1/teams/BL-LD", json={"kind": "literacy", "unit_code": "QN-HALONG"}, headers=ADMIN)
     assert r.status_code == 200
     assert r.json()["unit_path"] == ["QN", "QN-HALONG"]
@@ -69,6 +82,10 @@ async def test_team_lifecycle_create_list_patch_deactivate_emits_exactly_its_eve
     again = await client.post("/v1/teams/BL-LD:deactivate", headers=ADMIN)
     assert again.json()["active"] is False  # repeating it changes nothing and emits nothing
     events += 2
+    # A membership ended after the team was deactivated says so: its member was no longer counted.
+    late = await client.delete(f"/v1/teams/BL-LD/members/{members[1]}", params={"until": "2025-08-01"}, headers=ADMIN)
+    assert late.status_code == 200
+    events += 1
     assert await codes(active="false") == ["BL-LD"]
     assert await codes(active="true") == ["HL-TT01", "VD-TSD"]
     assert (await client.get("/v1/teams/BL-LD", headers=ADMIN)).json()["kind"] == "literacy"
@@ -104,11 +121,30 @@ async def test_team_lifecycle_create_list_patch_deactivate_emits_exactly_its_eve
     assert (updated["kind"], updated["previous_kind"]) == ("literacy", "mobile")
     assert updated["previous_unit_path"] == ["QN", "QN-BINHLIEU"]
     assert updated["unit_path"] == ["QN", "QN-HALONG"]
+    assert (updated["members"], updated["active"], updated["previous_active"]) == (2, True, True)
     assert teams[(ev.TEAM_DEACTIVATED, "BL-LD")].envelope.data == {
         "code": "BL-LD",
         "kind": "literacy",
         "unit_code": "QN-HALONG",
         "unit_path": ["QN", "QN-HALONG"],
+        "members": 2,
+    }
+    # Each membership event carries the team as it was for that write: mobile at Bình Liêu while the
+    # members joined, deactivated at Hạ Long when the late one ended.
+    at_binh_lieu = ("mobile", ["QN", "QN-BINHLIEU"], True)
+    facts = {
+        (e.envelope.type, e.envelope.data["volunteer_id"]): tuple(
+            e.envelope.data[k] for k in ("team_kind", "team_unit_path", "team_active")
+        )
+        for e in got
+        if ".membership." in e.envelope.type
+    }
+    assert facts == {
+        (ev.MEMBERSHIP_STARTED, members[0]): at_binh_lieu,
+        (ev.MEMBERSHIP_STARTED, members[1]): at_binh_lieu,
+        (ev.MEMBERSHIP_STARTED, members[2]): at_binh_lieu,
+        (ev.MEMBERSHIP_ENDED, members[2]): at_binh_lieu,
+        (ev.MEMBERSHIP_ENDED, members[1]): ("literacy", ["QN", "QN-HALONG"], False),
     }
 
 
@@ -160,7 +196,9 @@ async def test_volunteers_register_filter_paginate_update_and_reject_bad_input(c
     assert_problem(await client.get("/v1/volunteers", params={"cursor": "%%%"}, headers=ADMIN), 422)
 
     r = await client.patch(
-        f"/v1/volunteers/{ids[0]}", json={"skills": ["it", "teaching"], "unit_code": "QN-VANDON"}, headers=ADMIN
+        f"/v1/volunteers/{ids[0]}",
+        json={"skills": ["it", "teaching"], "roles": ["union_member", "lecturer"], "unit_code": "QN-VANDON"},
+        headers=ADMIN,
     )
     assert r.status_code == 200
     assert r.json()["skills"] == ["it", "teaching"]
@@ -212,6 +250,9 @@ async def test_volunteers_register_filter_paginate_update_and_reject_bad_input(c
     assert update.envelope.data["previous_unit_path"] == ["QN", "QN-HALONG"]
     assert update.envelope.data["unit_path"] == ["QN", "QN-VANDON"]
     assert update.envelope.data["skills"] == ["it", "teaching"]
+    assert update.envelope.data["previous_skills"] == ["it", "vneid"]
+    assert update.envelope.data["roles"] == ["union_member", "lecturer"]
+    assert update.envelope.data["previous_roles"] == ["union_member", "student"]
 
 
 async def test_memberships_start_end_restart_and_leaving_ends_them_with_history_kept(client, settings) -> None:
@@ -240,6 +281,10 @@ async def test_memberships_start_end_restart_and_leaving_ends_them_with_history_
     assert (await join("HL-LD02", huong, "2025-07-05")).status_code == 201  # several teams at once
     assert (await join("HL-TT01", mai, "2025-07-02")).status_code == 201
     events += 3
+    # The team becomes a mobile team at Vân Đồn; its later membership events describe it so.
+    r = await client.patch("/v1/teams/HL-TT01", json={"kind": "mobile", "unit_code": "QN-VANDON"}, headers=ADMIN)
+    assert r.status_code == 200, r.text
+    events += 1
     assert_problem(await join("HL-TT01", huong, "2025-07-03"), 409, says="already")
     assert_problem(await join("HL-TT01", str(uuid.uuid4()), "2025-07-03"), 422)
     assert_problem(await join("NOPE", huong, "2025-07-03"), 404)
@@ -300,15 +345,27 @@ async def test_memberships_start_end_restart_and_leaving_ends_them_with_history_
         assert_cloudevent(e, e.envelope.type, e.envelope.key)
     # One aggregate's events share a partition, so their order is kept.
     tt01 = [e.envelope.data for e in memberships if e.envelope.key == f"HL-TT01/{huong}"]
+    before = {"team_kind": "permanent", "team_unit_path": ["QN", "QN-HALONG"], "team_active": True}
+    after = {"team_kind": "mobile", "team_unit_path": ["QN", "QN-VANDON"], "team_active": True}
     assert tt01 == [
-        {"team_code": "HL-TT01", "volunteer_id": huong, "since": "2025-07-01"},
-        {"team_code": "HL-TT01", "volunteer_id": huong, "until": "2025-07-20"},
-        {"team_code": "HL-TT01", "volunteer_id": huong, "since": "2025-08-01"},
-        {"team_code": "HL-TT01", "volunteer_id": huong, "until": "2025-08-15"},
+        {"team_code": "HL-TT01", "volunteer_id": huong, "since": "2025-07-01", **before},
+        {"team_code": "HL-TT01", "volunteer_id": huong, "until": "2025-07-20", **after},
+        {"team_code": "HL-TT01", "volunteer_id": huong, "since": "2025-08-01", **after},
+        {"team_code": "HL-TT01", "volunteer_id": huong, "until": "2025-08-15", **after},
     ]
+    # Leaving ended the membership of HL-LD02 too, which stayed a permanent team at Hạ Long.
+    ld02 = [e.envelope.data for e in memberships if e.envelope.key == f"HL-LD02/{huong}"]
+    assert [d.get("until") for d in ld02] == [None, "2025-08-15"]
+    assert all({k: d[k] for k in before} == before for d in ld02)
+    [team_update] = [e.envelope.data for e in got if e.envelope.type == ev.TEAM_UPDATED]
+    assert (team_update["members"], team_update["previous_kind"], team_update["kind"]) == (2, "permanent", "mobile")
+    [deactivated] = [e.envelope.data for e in got if e.envelope.type == ev.TEAM_DEACTIVATED]
+    assert (deactivated["code"], deactivated["members"]) == ("HL-LD02", 0)
     [left_event] = [e for e in got if e.envelope.type == ev.VOLUNTEER_LEFT]
     assert left_event.envelope.data == {
         "volunteer_id": huong,
         "unit_code": "QN-HALONG",
         "unit_path": ["QN", "QN-HALONG"],
+        "roles": ["union_member", "student"],
+        "skills": ["it", "vneid"],
     }

@@ -186,8 +186,10 @@ async def test_moving_a_unit_repaths_its_subtree_teams_and_volunteers_with_one_e
     assert team_event["previous_unit_path"] == ["QN", "QN-TIENYEN", "QN-TIENYEN-THCS"]
     assert team_event["unit_path"] == school["path"]
     assert team_event["previous_kind"] == team_event["kind"] == "permanent"
+    assert (team_event["members"], team_event["previous_active"], team_event["active"]) == (0, True, True)
     vol_event = updates[(ev.VOLUNTEER_UPDATED, volunteer_id)].envelope.data
     assert vol_event["unit_path"] == school["path"]
     assert vol_event["active"] is True
+    assert (vol_event["previous_roles"], vol_event["previous_skills"]) == (vol_event["roles"], vol_event["skills"])
     rename = updates[(ev.UNIT_UPDATED, "QN-VANDON")].envelope.data
     assert rename["path"] == rename["previous_path"] == ["QN", "QN-VANDON"]

@@ -109,6 +109,7 @@ async def test_roster_course_lifecycle_emits_every_event_in_order_on_one_key_and
     for d in data:
         assert d["course"]["unit_path"] == ["QN", "QN-HL"]
         assert d["course"]["audience"] == "elderly_middle_aged"
+        assert d["course"]["mode"] == "in_person"
     # Names are personal data: they stay in the training service.
     assert not any(name in str(d) for d in data for name in names)
 
@@ -152,6 +153,8 @@ async def test_head_count_course_counts_largest_head_count_then_final_count(trai
     assert [change(d) for d in held] == [(0, 30), (30, 38), (38, 38)]
     assert all(d["attendance_kind"] == "head_count" for d in held)
     completed = got[-1].envelope.data
+    # An online course says so on every event, so online courses and their participants can be counted.
+    assert [p.envelope.data["course"]["mode"] for p in got] == ["online"] * 6
     assert change(completed) == (38, 41)
     assert change(completed, "completions") == (0, 35)
 
@@ -288,6 +291,7 @@ async def test_cancelling_a_running_course_zeroes_its_figures_and_closes_it(trai
     assert change(data) == (2, 0)
     assert change(data, "completions") == (1, 0)
     assert data["reason"] == "Bão số 3: lớp học tạm dừng"
+    assert data["course"]["mode"] == "in_person"
 
 
 async def test_same_client_ref_returns_the_existing_course(training) -> None:

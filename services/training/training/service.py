@@ -112,6 +112,7 @@ def _course_ref(c: Document) -> ev.CourseRef:
         audience=c["audience"],
         starts_on=date.fromisoformat(c["starts_on"]),
         ends_on=date.fromisoformat(c["ends_on"]),
+        mode=c["mode"],
     )
 
 

@@ -65,6 +65,7 @@ async def test_a_visit_is_recorded_once_and_a_resend_returns_the_first_copy(seed
             "online_applications_l4": 0,
             "digital_skills_guidance": 0,
         },
+        "area": "island",
     }
     assert "notes" not in data
     assert "Hương" not in event.value().decode()
@@ -98,6 +99,8 @@ async def test_a_batch_sent_twice_creates_each_record_exactly_once(seeded: Visit
     by_id = {e.key: e.data for e in events}
     assert by_id[ids[1]]["figures"]["unit_path"] == QL
     assert by_id[ids[1]]["figures"]["visited_on"] == items[1]["visited_on"]
+    assert by_id[ids[3]]["figures"]["area"] == "urban"
+    assert by_id[ids[1]]["figures"]["area"] == "island"
     assert by_id[ids[3]]["figures"]["households"] == 0
 
 

@@ -46,6 +46,7 @@ def figures(body: dict[str, Any], unit_path: list[str]) -> dict[str, Any]:
         "households": body["households"],
         "people": {"elderly": 0, "women": 0, "veterans": 0, **body["people"]},
         "services": {**services, **body["services"]},
+        "area": body["area"],
     }
 
 
@@ -56,6 +57,7 @@ async def test_correction_and_void_emit_events_with_previous_and_removed_figures
     corrected_body = {
         **body,
         "unit_code": "QN-VD-QL",
+        "area": "border",
         "people": {"total": 5, "elderly": 3, "women": 2, "veterans": 0},
         "services": {"vneid_installed": 4},
         "volunteer_ids": ["vol-huong"],
@@ -90,6 +92,12 @@ async def test_correction_and_void_emit_events_with_previous_and_removed_figures
     assert corrected["figures"] == figures(corrected_body, QL)
     assert corrected["volunteer_ids"] == ["vol-huong"]
     assert voided["figures"] == corrected["figures"]
+    # The area moves with the figures: out of "island", into "border", and out of "border" on the void.
+    assert (corrected["previous"]["area"], corrected["figures"]["area"], voided["figures"]["area"]) == (
+        "island",
+        "border",
+        "border",
+    )
     assert voided["reason"] == "Ghi trùng"
     assert all("notes" not in e.data for e in events)
 

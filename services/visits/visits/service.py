@@ -530,6 +530,7 @@ def visit_figures(doc: Document) -> ev.VisitFigures:
         households=doc["households"],
         people=ev.People(**doc["people"]),
         services=ev.Services(**doc["services"]),
+        area=doc["area"],
     )
 
 
