@@ -188,6 +188,20 @@ def indicator(name: str, *, level: str = "province", key: str = "total") -> str:
     return f'max without (instance) (bridge_indicator{{indicator="{name}", key="{key}", level="{level}"}})'
 
 
+# The breakdowns the reports quote, split by a key (their totals are left out: for groups, roles and
+# skills a total adds overlapping keys up and is no head count).
+BREAKDOWNS = (
+    "people_supported_by_area",
+    "households_by_area",
+    "people_supported_by_group",
+    "courses_by_mode",
+    "course_participants_by_mode",
+    "volunteers_by_role",
+    "volunteers_by_skill",
+    "team_members",
+)
+
+
 # --- 1. campaign overview ---------------------------------------------------------------------------
 def campaign_overview() -> dashboard.Dashboard:
     campaign = 'campaign="$campaign"'
@@ -331,6 +345,28 @@ def campaign_overview() -> dashboard.Dashboard:
                     query(f"sum({indicator('teams')})", "teams", "A"),
                     query(f"sum({indicator('volunteers')})", "volunteers", "B"),
                 ],
+            )
+        )
+        .with_panel(
+            bars(
+                "Breakdowns the reports quote (province) / Số liệu chi tiết toàn tỉnh",
+                [
+                    query(
+                        "sum by (indicator, key) (max without (instance) "
+                        f'(bridge_indicator{{indicator=~"{"|".join(BREAKDOWNS)}", key!="total", level="province"}}))',
+                        "{{indicator}} · {{key}}",
+                        "A",
+                    ),
+                    query(f"sum({indicator('vneid_activations')})", "vneid_activations", "B"),
+                ],
+                width=24,
+            )
+            .height(16)
+            .description(
+                "All time: people supported and households visited by area, people supported by group (one "
+                "person may be in several), VNeID activations, courses and participants by mode. As they stand "
+                "now: active volunteers by role and by skill (one may have several), members of active teams by "
+                "kind."
             )
         )
         .with_row(dashboard.Row("Communes"))

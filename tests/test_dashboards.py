@@ -345,6 +345,19 @@ def scenario() -> list[Envelope]:
             key="vol-1",
         ),
         make_event(
+            registry.MEMBERSHIP_STARTED,
+            registry.MembershipStarted(
+                team_code="DH-LUUDONG-1",
+                volunteer_id="vol-1",
+                since=date(2025, 7, 1),
+                team_kind=TeamKind.mobile,
+                team_unit_path=PATHS[DAM_HA],
+                team_active=True,
+            ),
+            source=reg,
+            key="DH-LUUDONG-1/vol-1",
+        ),
+        make_event(
             registry.CAMPAIGN_CREATED,
             registry.CampaignCreated(
                 code=CAMPAIGN,
@@ -365,6 +378,7 @@ def scenario() -> list[Envelope]:
             households=households,
             people=visits.People(total=people, elderly=1),
             services=visits.Services(vneid_installed=vneid, online_applications_l3=l3, online_applications_l4=l4),
+            area=area,
         )
         payload = visits.VisitRecorded(
             visit_id=visit_id,
@@ -413,6 +427,7 @@ def scenario() -> list[Envelope]:
             audience=audience,
             starts_on=date(2025, 7, 20),
             ends_on=date(2025, 7, 27),
+            mode=mode,
         )
         scheduled = training.CourseScheduled(
             course=refs[code],
@@ -618,6 +633,31 @@ async def _assert_dashboard_figures(prom: httpx.AsyncClient) -> None:
         "key",
     )
     assert {k: v for k, v in participants.items() if v} == {"youth_children": 2}
+
+    # The breakdowns the reports quote, in one panel.
+    breakdowns = result(
+        "sum by (indicator, key) "
+        f'(bridge_indicator{{indicator=~"{"|".join(GENERATOR.BREAKDOWNS)}", key!="total", level="province"}})'
+    )
+    assert {
+        (s["metric"]["indicator"], s["metric"]["key"]): float(s["value"][1]) for s in breakdowns if s["value"][1] != "0"
+    } == {
+        ("people_supported_by_area", "remote"): 3,
+        ("people_supported_by_area", "island"): 2,
+        ("people_supported_by_area", "rural"): 5,
+        ("households_by_area", "remote"): 1,
+        ("households_by_area", "island"): 1,
+        ("people_supported_by_group", "elderly"): 3,
+        ("courses_by_mode", "in_person"): 1,
+        ("courses_by_mode", "online"): 1,
+        ("course_participants_by_mode", "in_person"): 2,
+        ("volunteers_by_role", "youth"): 1,
+        ("volunteers_by_role", "union_member"): 1,
+        ("volunteers_by_skill", "it"): 1,
+        ("volunteers_by_skill", "vneid"): 1,
+        ("team_members", "mobile"): 1,
+    }
+    assert single('sum(bridge_indicator{indicator="vneid_activations", key="total", level="province"})') == 0
 
     # System health: the metrics service is up, consumed the scenario and dead-lettered nothing.
     assert values_by(result("up"), "job") == {"metrics": 1}

@@ -406,16 +406,18 @@ def build_plan(seed: int = 7, scale: float = 1.0, today: date | None = None, tag
         teams.append(t)
         permanent_of.setdefault(u.code, t)
 
-    field_units = [u for u in local if u.area != "urban"] + [u for u in local if u.area == "urban"]
-    extra_units = [u for u in local if u.area in ("island", "border", "remote")]
-    mobile_units = (field_units + extra_units * 3)[: g.n(MOBILE_TEAMS)]
+    # The article's mobile teams visit remote, border and island areas only: several per such unit.
+    field_units = [u for u in local if u.area in ("island", "border", "remote")]
+    per_unit = _spread(g.n(MOBILE_TEAMS), len(field_units))
+    mobile_units = [u for u, k in zip(field_units, per_unit, strict=True) for _ in range(k)]
     mobile: list[Team] = []
+    crews = random.Random(f"{seed}/mobile-crews")
     for i, u in enumerate(mobile_units):
         t = Team(g.code(u.code, f"CD{i + 1}"), f"Đội hình lưu động số {i + 1} {u.name}", "mobile", u.code)
-        t.since = g.day0 - timedelta(days=rng.randint(0, 7))
+        t.since = g.day0 - timedelta(days=crews.randint(0, 7))
         pool = permanent_of[u.code].members[3:] if u.code in permanent_of else []
-        size = rng.randint(4, 7)
-        t.members = rng.sample(pool, min(size, len(pool)))
+        size = crews.randint(4, 7)
+        t.members = crews.sample(pool, min(size, len(pool)))
         while len(t.members) < 2:
             t.members.append(volunteer(u.code, ["youth"], ["vneid"]))
         teams.append(t)

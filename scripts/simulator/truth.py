@@ -15,6 +15,9 @@ from typing import TYPE_CHECKING, Any
 if TYPE_CHECKING:
     from scripts.simulator.plan import Plan
 
+AREAS = ("remote", "border", "island", "rural", "urban")
+MODES = ("in_person", "online")
+
 # Split keys per indicator, as in GET /v1/summary; indicators without keys are plain numbers.
 KEYS: dict[str, tuple[str, ...]] = {
     "teams": ("permanent", "mobile", "literacy", "campaign"),
@@ -27,6 +30,16 @@ KEYS: dict[str, tuple[str, ...]] = {
     "course_participants": ("youth_children", "elderly_middle_aged", "general"),
     "course_completions": (),
     "outreach_posts": ("fanpage", "newspaper", "visual"),
+    # The breakdowns the article quotes; each "total" is the sum of its keys.
+    "people_supported_by_area": AREAS,
+    "households_by_area": AREAS,
+    "people_supported_by_group": ("elderly", "women", "veterans"),
+    "vneid_activations": (),
+    "courses_by_mode": MODES,
+    "course_participants_by_mode": MODES,
+    "volunteers_by_role": ("union_member", "youth", "student", "lecturer"),
+    "volunteers_by_skill": ("it", "vneid", "teaching", "media"),
+    "team_members": ("permanent", "mobile", "literacy", "campaign"),
 }
 
 
@@ -92,11 +105,19 @@ def tally(plan: Plan) -> Tally:
     facts: list[Fact] = []
     path = plan.path
     for t in plan.teams:
-        if not t.deactivate:
-            facts.append(Fact("teams", t.kind, path(plan.current_unit(t.unit)), None, 1))
+        if t.deactivate:
+            continue
+        team_path = path(plan.current_unit(t.unit))
+        facts.append(Fact("teams", t.kind, team_path, None, 1))
+        # Leaving ends every membership the volunteer holds (the registry closes them with the leave).
+        members = sum(1 for k in t.members if plan.volunteers[k].leaves_on is None)
+        facts.append(Fact("team_members", t.kind, team_path, None, members))
     for v in plan.volunteers:
         if v.leaves_on is None:
-            facts.append(Fact("volunteers", "total", path(plan.current_unit(v.unit)), None, 1))
+            p = path(plan.current_unit(v.unit))
+            facts.append(Fact("volunteers", "total", p, None, 1))
+            facts += [Fact("volunteers_by_role", role, p, None, 1) for role in v.roles]
+            facts += [Fact("volunteers_by_skill", skill, p, None, 1) for skill in v.skills]
     for visit in plan.visits:
         if visit.void_reason:
             continue  # a voided visit no longer counts
@@ -110,7 +131,12 @@ def tally(plan: Plan) -> Tally:
             Fact("vneid_installs", "total", p, d, services["vneid_installed"]),
             Fact("online_applications", "l3", p, d, services["online_applications_l3"]),
             Fact("online_applications", "l4", p, d, services["online_applications_l4"]),
+            # A correction replaces people and services but keeps the area the visit was recorded in.
+            Fact("people_supported_by_area", visit.area, p, d, people["total"]),
+            Fact("households_by_area", visit.area, p, d, households),
+            Fact("vneid_activations", "total", p, d, services["vneid_activated"]),
         ]
+        facts += [Fact("people_supported_by_group", g, p, d, people[g]) for g in KEYS["people_supported_by_group"]]
     for post in plan.posts:
         if not post.void_reason:
             p = path(plan.stored_unit(post.unit, plan.week_of(post.published_on)))
@@ -120,6 +146,7 @@ def tally(plan: Plan) -> Tally:
             continue  # cancelled courses count nowhere
         p = path(plan.stored_unit(c.unit, plan.week_of(c.starts_on)))
         facts.append(Fact("courses", c.audience, p, c.starts_on, 1))
+        facts.append(Fact("courses_by_mode", c.mode, p, c.starts_on, 1))
         if c.counting == "roster":
             participants: int | None = len(c.participants)
             completions = c.final_completions if c.completes else len(c.marked_complete)
@@ -128,6 +155,7 @@ def tally(plan: Plan) -> Tally:
             participants = c.final_participants if c.completes else largest
             completions = c.final_completions if c.completes else 0
         facts.append(Fact("course_participants", c.audience, p, c.starts_on, participants or 0))
+        facts.append(Fact("course_participants_by_mode", c.mode, p, c.starts_on, participants or 0))
         facts.append(Fact("course_completions", "total", p, c.ends_on, completions or 0))
     return Tally(facts)
 

@@ -8,6 +8,16 @@ and per day: one plain document ``{_id: "<unit>|<day>", unit, day, <field>: n, .
 ``day`` an ISO date or ``state`` for current-state indicators. A unit's figure is the sum over the
 units *now* in its subtree, taken when read, so a unit moved or merged elsewhere takes its whole
 history with it, and a replay gives the same documents whatever path the events carried.
+
+The breakdowns the reports quote (DOMAIN.md, last paragraph) are indicators of their own, counted
+from fields the producers fill since contract d9e0980 (``VisitFigures.area``, ``CourseRef.mode``,
+the roles and skills of volunteer updates and departures, the team facts of membership events and
+the member counts of team updates and deactivations). An event of an older producer, whose field
+is None, adds to no key of that breakdown (nor to its total): a visit without ``area`` still counts
+in ``people_supported`` but in no ``people_supported_by_area`` key, a course without ``mode`` in
+``courses`` but not in ``courses_by_mode``, a membership event without ``team_active`` in no
+``team_members`` key. Breakdowns whose keys may overlap (groups, roles, skills) have a ``total``
+that is the sum of their keys, not a head count.
 """
 
 from __future__ import annotations
@@ -21,7 +31,7 @@ from pydantic import BaseModel
 from shared.contracts import registry as reg
 from shared.contracts import training as trn
 from shared.contracts import visits as vis
-from shared.contracts.common import Audience, Channel, TeamKind
+from shared.contracts.common import Area, Audience, Channel, Mode, Role, Skill, TeamKind
 from shared.contracts.common import Change as Transition
 
 STATE_DAY = "state"
@@ -63,6 +73,16 @@ CATALOGUE: dict[str, IndicatorSpec] = {
         IndicatorSpec("course_participants", tuple(a.value for a in Audience), dated=True),
         IndicatorSpec("course_completions", (), dated=True),
         IndicatorSpec("outreach_posts", tuple(c.value for c in Channel), dated=True),
+        # The breakdowns (see the module docstring and the README's indicator table).
+        IndicatorSpec("people_supported_by_area", tuple(a.value for a in Area), dated=True),
+        IndicatorSpec("households_by_area", tuple(a.value for a in Area), dated=True),
+        IndicatorSpec("people_supported_by_group", ("elderly", "women", "veterans"), dated=True),
+        IndicatorSpec("vneid_activations", (), dated=True),
+        IndicatorSpec("courses_by_mode", tuple(m.value for m in Mode), dated=True),
+        IndicatorSpec("course_participants_by_mode", tuple(m.value for m in Mode), dated=True),
+        IndicatorSpec("volunteers_by_role", tuple(r.value for r in Role), dated=False),
+        IndicatorSpec("volunteers_by_skill", tuple(s.value for s in Skill), dated=False),
+        IndicatorSpec("team_members", tuple(k.value for k in TeamKind), dated=False),
     )
 }
 
@@ -80,33 +100,70 @@ def _of(indicator: str, key: str, delta: int) -> tuple[Change, ...]:
 
 
 def _visit(emit: Emit, figures: vis.VisitFigures, sign: int) -> None:
-    services = figures.services
+    services, people = figures.services, figures.people
     l3, l4 = services.online_applications_l3, services.online_applications_l4
+    households, total = sign * figures.households, sign * people.total
+    elderly, women, veterans = sign * people.elderly, sign * people.women, sign * people.veterans
     # Spelled out rather than through _of: visits are most of the events.
-    emit(
-        figures.unit_path,
-        figures.visited_on,
-        (
-            ("households_visited", sign * figures.households),
-            ("people_supported", sign * figures.people.total),
-            ("vneid_installs", sign * services.vneid_installed),
-            ("online_applications_l3", sign * l3),
-            ("online_applications_l4", sign * l4),
-            ("online_applications_total", sign * (l3 + l4)),
-        ),
+    changes: tuple[Change, ...] = (
+        ("households_visited", households),
+        ("people_supported", total),
+        ("vneid_installs", sign * services.vneid_installed),
+        ("vneid_activations", sign * services.vneid_activated),
+        ("online_applications_l3", sign * l3),
+        ("online_applications_l4", sign * l4),
+        ("online_applications_total", sign * (l3 + l4)),
+        ("people_supported_by_group_elderly", elderly),
+        ("people_supported_by_group_women", women),
+        ("people_supported_by_group_veterans", veterans),
+        ("people_supported_by_group_total", elderly + women + veterans),
     )
+    if figures.area is not None:
+        people_field, households_field = BY_AREA[figures.area]
+        changes += (
+            (people_field, total),
+            ("people_supported_by_area_total", total),
+            (households_field, households),
+            ("households_by_area_total", households),
+        )
+    emit(figures.unit_path, figures.visited_on, changes)
 
 
 def _change(c: Transition) -> int:
     return c.after - c.before
 
 
+def _by_mode(indicator: str, course: trn.CourseRef, delta: int) -> tuple[Change, ...]:
+    # Courses of older producers carry no mode: they count in no key of the mode breakdowns.
+    return () if course.mode is None else _of(indicator, course.mode.value, delta)
+
+
 def _participants(emit: Emit, course: trn.CourseRef, change: Transition) -> None:
-    emit(course.unit_path, course.starts_on, _of("course_participants", course.audience.value, _change(change)))
+    delta = _change(change)
+    changes = _of("course_participants", course.audience.value, delta)
+    emit(course.unit_path, course.starts_on, changes + _by_mode("course_participants_by_mode", course, delta))
 
 
 def _completions(emit: Emit, course: trn.CourseRef, change: Transition) -> None:
     emit(course.unit_path, course.ends_on, _of("course_completions", "total", _change(change)))
+
+
+def _having(indicator: str, keys: Iterable[Role | Skill], delta: int) -> tuple[Change, ...]:
+    """One change per distinct role (or skill) held; the total adds them up."""
+    return tuple(change for key in set(keys) for change in _of(indicator, key.value, delta))
+
+
+def _volunteer(roles: Iterable[Role], skills: Iterable[Skill], delta: int) -> tuple[Change, ...]:
+    return (
+        ("volunteers", delta),
+        *_having("volunteers_by_role", roles, delta),
+        *_having("volunteers_by_skill", skills, delta),
+    )
+
+
+def _members(kind: TeamKind, members: int | None, delta: int) -> tuple[Change, ...]:
+    # Team events of older producers carry no member count: they move no team_members key.
+    return () if not members else _of("team_members", kind.value, delta * members)
 
 
 def fold_into(payload: BaseModel, emit: Emit) -> None:
@@ -127,10 +184,12 @@ def fold_into(payload: BaseModel, emit: Emit) -> None:
         # --- training: courses and participants by starts_on, completions by ends_on ---------------
         case trn.CourseScheduled():
             c = payload.course
-            emit(c.unit_path, c.starts_on, _of("courses", c.audience.value, 1))
+            changes = _of("courses", c.audience.value, 1) + _by_mode("courses_by_mode", c, 1)
+            emit(c.unit_path, c.starts_on, changes)
         case trn.CourseCancelled():
             c = payload.course
-            emit(c.unit_path, c.starts_on, _of("courses", c.audience.value, -1))
+            changes = _of("courses", c.audience.value, -1) + _by_mode("courses_by_mode", c, -1)
+            emit(c.unit_path, c.starts_on, changes)
             _participants(emit, c, payload.participants)
             _completions(emit, c, payload.completions)
         case trn.SessionHeld() | trn.ParticipantEnrolled():
@@ -141,24 +200,43 @@ def fold_into(payload: BaseModel, emit: Emit) -> None:
             _participants(emit, payload.course, payload.participants)
             _completions(emit, payload.course, payload.completions)
         # --- registry: current state -------------------------------------------------------------
+        case reg.MembershipStarted() | reg.MembershipEnded():
+            # Members of active teams only: a deactivated team's members left the count with it.
+            if payload.team_active and payload.team_kind is not None and payload.team_unit_path is not None:
+                delta = 1 if isinstance(payload, reg.MembershipStarted) else -1
+                emit(payload.team_unit_path, None, _of("team_members", payload.team_kind.value, delta))
         case reg.TeamCreated():
             emit(payload.unit_path, None, _of("teams", payload.kind.value, 1))
         case reg.TeamUpdated():
             # An inactive team was already taken out by its deactivation; an active one moves from
-            # its previous kind and unit to the current ones (a no-op when neither changed).
+            # its previous kind and unit to the current ones (a no-op when neither changed), with
+            # its members, unless it was inactive until now: then it comes back with them.
             if payload.active:
-                emit(payload.previous_unit_path, None, _of("teams", payload.previous_kind.value, -1))
-                emit(payload.unit_path, None, _of("teams", payload.kind.value, 1))
+                kind, members = payload.kind, payload.members
+                if payload.previous_active is False:
+                    emit(payload.unit_path, None, _of("teams", kind.value, 1) + _members(kind, members, 1))
+                else:
+                    before = payload.previous_kind
+                    emit(
+                        payload.previous_unit_path,
+                        None,
+                        _of("teams", before.value, -1) + _members(before, members, -1),
+                    )
+                    emit(payload.unit_path, None, _of("teams", kind.value, 1) + _members(kind, members, 1))
         case reg.TeamDeactivated():
-            emit(payload.unit_path, None, _of("teams", payload.kind.value, -1))
+            kind = payload.kind
+            emit(payload.unit_path, None, _of("teams", kind.value, -1) + _members(kind, payload.members, -1))
         case reg.VolunteerRegistered():
-            emit(payload.unit_path, None, _of("volunteers", "total", 1))
+            emit(payload.unit_path, None, _volunteer(payload.roles, payload.skills, 1))
         case reg.VolunteerUpdated():
             if payload.active:
-                emit(payload.previous_unit_path, None, _of("volunteers", "total", -1))
-                emit(payload.unit_path, None, _of("volunteers", "total", 1))
+                # Without previous_* (older producers) the roles and skills are taken as unchanged.
+                roles = payload.roles if payload.previous_roles is None else payload.previous_roles
+                skills = payload.skills if payload.previous_skills is None else payload.previous_skills
+                emit(payload.previous_unit_path, None, _volunteer(roles, skills, -1))
+                emit(payload.unit_path, None, _volunteer(payload.roles, payload.skills, 1))
         case reg.VolunteerLeft():
-            emit(payload.unit_path, None, _of("volunteers", "total", -1))
+            emit(payload.unit_path, None, _volunteer(payload.roles, payload.skills, -1))
         case _:
             pass
 
@@ -171,6 +249,11 @@ def _fields(indicator: str, key: str) -> tuple[str, ...]:
 # Every (indicator, key) pair an event can name, resolved once: the fold runs per event.
 FIELDS: dict[tuple[str, str], tuple[str, ...]] = {
     (name, key): _fields(name, key) for name, spec in CATALOGUE.items() for key in (*spec.keys, "total")
+}
+# Per area, the fields of a visit's people and households in the area breakdowns.
+BY_AREA: dict[Area, tuple[str, str]] = {
+    a: (CATALOGUE["people_supported_by_area"].field(a.value), CATALOGUE["households_by_area"].field(a.value))
+    for a in Area
 }
 
 

@@ -60,6 +60,44 @@ class ChannelFigures(BaseModel):
     total: int
 
 
+class AreaFigures(BaseModel):
+    remote: int
+    border: int
+    island: int
+    rural: int
+    urban: int
+    total: int
+
+
+class GroupFigures(BaseModel):
+    elderly: int
+    women: int
+    veterans: int
+    total: int = Field(description="elderly + women + veterans: one person may be in several groups.")
+
+
+class ModeFigures(BaseModel):
+    in_person: int
+    online: int
+    total: int
+
+
+class RoleFigures(BaseModel):
+    union_member: int
+    youth: int
+    student: int
+    lecturer: int
+    total: int = Field(description="The sum of the roles: a volunteer may have several.")
+
+
+class SkillFigures(BaseModel):
+    it: int
+    vneid: int
+    teaching: int
+    media: int
+    total: int = Field(description="The sum of the skills: a volunteer may have several.")
+
+
 SUMMARY_EXAMPLE: dict[str, Any] = {
     "as_of": "2025-08-20T03:00:00Z",
     "scope": {"unit": "QN", "from": "2025-07-01", "to": "2025-09-28", "campaign": "PEAK90"},
@@ -73,26 +111,90 @@ SUMMARY_EXAMPLE: dict[str, Any] = {
     "course_participants": {"youth_children": 9800, "elderly_middle_aged": 7300, "general": 0, "total": 17100},
     "course_completions": 15200,
     "outreach_posts": {"fanpage": 780, "newspaper": 97, "visual": 2000, "total": 2877},
+    "people_supported_by_area": {
+        "remote": 2100,
+        "border": 1300,
+        "island": 1900,
+        "rural": 3700,
+        "urban": 3000,
+        "total": 12000,
+    },
+    "households_by_area": {"remote": 610, "border": 380, "island": 450, "rural": 0, "urban": 0, "total": 1440},
+    "people_supported_by_group": {"elderly": 4100, "women": 5300, "veterans": 600, "total": 10000},
+    "vneid_activations": 4800,
+    "courses_by_mode": {"in_person": 230, "online": 31, "total": 261},
+    "course_participants_by_mode": {"in_person": 15200, "online": 1900, "total": 17100},
+    "volunteers_by_role": {"union_member": 1900, "youth": 600, "student": 700, "lecturer": 40, "total": 3240},
+    "volunteers_by_skill": {"it": 520, "vneid": 1800, "teaching": 300, "media": 250, "total": 2870},
+    "team_members": {"permanent": 2380, "mobile": 800, "literacy": 400, "campaign": 700, "total": 4280},
 }
 
 
 class Summary(BaseModel):
-    """Every indicator for a unit's subtree; dated ones summed over ``scope.from``..``scope.to``."""
+    """Every indicator for a unit's subtree; dated ones summed over ``scope.from``..``scope.to``.
+
+    Each indicator counts on the local date (Asia/Ho_Chi_Minh) on which the thing happened, at the
+    unit where it happened; current-state indicators (teams, volunteers, their breakdowns and team
+    members) are as they stand now, whatever the dates. Split indicators give each key and their
+    ``total``. Breakdowns count only events that carry the field they split by: records of older
+    producers without it count in the plain indicator but in no key of the breakdown.
+    """
 
     model_config = ConfigDict(json_schema_extra={"examples": [SUMMARY_EXAMPLE]})
 
     as_of: datetime
     scope: Scope
-    teams: TeamsFigures
-    volunteers: int
-    households_visited: int
-    people_supported: int
-    vneid_installs: int
-    online_applications: OnlineApplicationsFigures
-    courses: AudienceFigures
-    course_participants: AudienceFigures
-    course_completions: int
-    outreach_posts: ChannelFigures
+    teams: TeamsFigures = Field(description="Active teams (created, not deactivated) by kind. Current state.")
+    volunteers: int = Field(description="Registered volunteers who have not left. Current state.")
+    households_visited: int = Field(
+        description="Sum of households over visits not voided (a correction replaces the earlier values). "
+        "Dated by visited_on."
+    )
+    people_supported: int = Field(description="Sum of people.total over the same visits. Dated by visited_on.")
+    vneid_installs: int = Field(description="Sum of services.vneid_installed. Dated by visited_on.")
+    online_applications: OnlineApplicationsFigures = Field(
+        description="Sums of services.online_applications_l3 and _l4. Dated by visited_on."
+    )
+    courses: AudienceFigures = Field(description="Courses not cancelled, by audience. Dated by starts_on.")
+    course_participants: AudienceFigures = Field(
+        description="Roster courses: participants enrolled; head-count courses: the largest session head count "
+        "so far, replaced by the final count when the course completes; by audience. Dated by starts_on."
+    )
+    course_completions: int = Field(
+        description="Participants marked complete, plus final completion counts of head-count courses. "
+        "Dated by ends_on."
+    )
+    outreach_posts: ChannelFigures = Field(description="Posts not voided, by channel. Dated by published_on.")
+    people_supported_by_area: AreaFigures = Field(
+        description="people_supported by the visit's area type (remote, border, island, rural, urban); a "
+        "correction moves people to the corrected area. Visits without an area count in no key. Dated by visited_on."
+    )
+    households_by_area: AreaFigures = Field(
+        description="households_visited by the visit's area type, as people_supported_by_area. Dated by visited_on."
+    )
+    people_supported_by_group: GroupFigures = Field(
+        description="Sums of people.elderly, people.women and people.veterans over the visits counted in "
+        "people_supported; total is their sum (one person may be in several groups, so it is not a head count). "
+        "Dated by visited_on."
+    )
+    vneid_activations: int = Field(description="Sum of services.vneid_activated. Dated by visited_on.")
+    courses_by_mode: ModeFigures = Field(
+        description="Courses not cancelled, by mode (in_person, online). Courses without a mode count in no key. "
+        "Dated by starts_on."
+    )
+    course_participants_by_mode: ModeFigures = Field(
+        description="course_participants by the course's mode. Dated by starts_on."
+    )
+    volunteers_by_role: RoleFigures = Field(
+        description="Volunteers who have not left, having each role; total is the sum of the roles (a volunteer "
+        "may have several). Current state."
+    )
+    volunteers_by_skill: SkillFigures = Field(
+        description="Volunteers who have not left, having each skill; total is the sum of the skills. Current state."
+    )
+    team_members: TeamsFigures = Field(
+        description="Active memberships of active teams, by the team's kind, counted at the team's unit. Current state."
+    )
 
 
 class TargetProgress(BaseModel):
@@ -220,7 +322,10 @@ class ReportColumn(BaseModel):
     key: str = Field(description="Flattened summary key: ``households_visited``, ``teams.mobile``, ...")
     label_vi: str
     label_en: str
-    dated: bool = Field(description="False for current-state indicators (teams, volunteers): no previous period.")
+    dated: bool = Field(
+        description="False for current-state indicators (teams, volunteers and their breakdowns, team members): "
+        "no previous period."
+    )
 
 
 class ReportRow(BaseModel):

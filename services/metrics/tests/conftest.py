@@ -30,7 +30,11 @@ UNIT_NAMES = {
 
 
 class Events:
-    """Builds contract events as the producing services would publish them."""
+    """Builds contract events as the producing services would publish them.
+
+    The fields added for the report breakdowns (area, mode, roles and skills before, team facts,
+    member counts) are filled as the current producers fill them; pass None for an older producer.
+    """
 
     @staticmethod
     def unit(path: Sequence[str]) -> Envelope:
@@ -50,7 +54,15 @@ class Events:
 
     @staticmethod
     def team_moved(
-        code: str, kind: str, path: Sequence[str], previous_kind: str, previous_path: Sequence[str]
+        code: str,
+        kind: str,
+        path: Sequence[str],
+        previous_kind: str,
+        previous_path: Sequence[str],
+        *,
+        members: int | None = 0,
+        active: bool = True,
+        previous_active: bool | None = True,
     ) -> Envelope:
         payload = reg.TeamUpdated(
             code=code,
@@ -58,41 +70,95 @@ class Events:
             kind=kind,
             unit_code=path[-1],
             unit_path=list(path),
-            active=True,
+            active=active,
             previous_kind=previous_kind,
             previous_unit_path=list(previous_path),
+            members=members,
+            previous_active=previous_active,
         )
         return make_event(reg.TEAM_UPDATED, payload, source="/registry", key=code)
 
     @staticmethod
-    def team_deactivated(code: str, kind: str, path: Sequence[str]) -> Envelope:
-        payload = reg.TeamDeactivated(code=code, kind=kind, unit_code=path[-1], unit_path=list(path))
+    def team_deactivated(code: str, kind: str, path: Sequence[str], *, members: int | None = 0) -> Envelope:
+        payload = reg.TeamDeactivated(code=code, kind=kind, unit_code=path[-1], unit_path=list(path), members=members)
         return make_event(reg.TEAM_DEACTIVATED, payload, source="/registry", key=code)
 
     @staticmethod
-    def volunteer(vid: str, path: Sequence[str]) -> Envelope:
+    def member(
+        team: str,
+        vid: str,
+        kind: str | None,
+        path: Sequence[str] | None,
+        *,
+        ended: bool = False,
+        team_active: bool | None = True,
+        day: date = date(2025, 7, 1),
+    ) -> Envelope:
+        """A membership starting (or ``ended``) in a team of ``kind`` at ``path``."""
+        facts: dict[str, Any] = {
+            "team_code": team,
+            "volunteer_id": vid,
+            "team_kind": kind,
+            "team_unit_path": None if path is None else list(path),
+            "team_active": team_active,
+        }
+        key = f"{team}/{vid}"
+        if ended:
+            return make_event(
+                reg.MEMBERSHIP_ENDED, reg.MembershipEnded(**facts, until=day), source="/registry", key=key
+            )
+        return make_event(
+            reg.MEMBERSHIP_STARTED, reg.MembershipStarted(**facts, since=day), source="/registry", key=key
+        )
+
+    @staticmethod
+    def volunteer(
+        vid: str, path: Sequence[str], *, roles: Sequence[str] = ("youth",), skills: Sequence[str] = ("it",)
+    ) -> Envelope:
         payload = reg.VolunteerRegistered(
-            volunteer_id=vid, unit_code=path[-1], unit_path=list(path), roles=["youth"], skills=["it"], birth_year=2001
+            volunteer_id=vid,
+            unit_code=path[-1],
+            unit_path=list(path),
+            roles=list(roles),
+            skills=list(skills),
+            birth_year=2001,
         )
         return make_event(reg.VOLUNTEER_REGISTERED, payload, source="/registry", key=vid)
 
     @staticmethod
-    def volunteer_moved(vid: str, path: Sequence[str], previous_path: Sequence[str]) -> Envelope:
+    def volunteer_moved(
+        vid: str,
+        path: Sequence[str],
+        previous_path: Sequence[str],
+        *,
+        roles: Sequence[str] = ("student",),
+        skills: Sequence[str] = ("vneid",),
+        previous_roles: Sequence[str] | None = ("youth",),
+        previous_skills: Sequence[str] | None = ("it",),
+        active: bool = True,
+    ) -> Envelope:
+        """An update of a volunteer registered by :meth:`volunteer` with its default roles and skills."""
         payload = reg.VolunteerUpdated(
             volunteer_id=vid,
             unit_code=path[-1],
             unit_path=list(path),
-            roles=["student"],
-            skills=["vneid"],
+            roles=list(roles),
+            skills=list(skills),
             birth_year=2001,
-            active=True,
+            active=active,
             previous_unit_path=list(previous_path),
+            previous_roles=None if previous_roles is None else list(previous_roles),
+            previous_skills=None if previous_skills is None else list(previous_skills),
         )
         return make_event(reg.VOLUNTEER_UPDATED, payload, source="/registry", key=vid)
 
     @staticmethod
-    def volunteer_left(vid: str, path: Sequence[str]) -> Envelope:
-        payload = reg.VolunteerLeft(volunteer_id=vid, unit_code=path[-1], unit_path=list(path))
+    def volunteer_left(
+        vid: str, path: Sequence[str], *, roles: Sequence[str] = ("youth",), skills: Sequence[str] = ("it",)
+    ) -> Envelope:
+        payload = reg.VolunteerLeft(
+            volunteer_id=vid, unit_code=path[-1], unit_path=list(path), roles=list(roles), skills=list(skills)
+        )
         return make_event(reg.VOLUNTEER_LEFT, payload, source="/registry", key=vid)
 
     @staticmethod
@@ -108,15 +174,33 @@ class Events:
 
     @staticmethod
     def figures(
-        path: Sequence[str], day: date, households: int = 1, people: int = 1, vneid: int = 0, l3: int = 0, l4: int = 0
+        path: Sequence[str],
+        day: date,
+        households: int = 1,
+        people: int = 1,
+        vneid: int = 0,
+        l3: int = 0,
+        l4: int = 0,
+        *,
+        area: str | None = "island",
+        elderly: int | None = None,
+        women: int = 0,
+        veterans: int = 0,
+        activated: int = 0,
     ) -> vis.VisitFigures:
+        """A visit's figures; one elderly person among them unless ``elderly`` says otherwise."""
         return vis.VisitFigures(
             unit_code=path[-1],
             unit_path=list(path),
             visited_on=day,
             households=households,
-            people=vis.People(total=people, elderly=min(people, 1)),
-            services=vis.Services(vneid_installed=vneid, online_applications_l3=l3, online_applications_l4=l4),
+            people=vis.People(
+                total=people, elderly=min(people, 1) if elderly is None else elderly, women=women, veterans=veterans
+            ),
+            services=vis.Services(
+                vneid_installed=vneid, vneid_activated=activated, online_applications_l3=l3, online_applications_l4=l4
+            ),
+            area=area,
         )
 
     @staticmethod
@@ -126,7 +210,7 @@ class Events:
             client_ref=f"ref-{visit_id}",
             team_code="T-MOBILE",
             setting="household",
-            area="island",
+            area=figures.area or "island",
             household_ref=f"hh-{visit_id}",
             volunteer_ids=["V1"],
             recorded_at=datetime(2025, 7, 10, 3, 0, tzinfo=UTC),
@@ -140,7 +224,7 @@ class Events:
             visit_id=visit_id,
             team_code="T-MOBILE",
             setting="household",
-            area="island",
+            area=figures.area or "island",
             volunteer_ids=["V1"],
             corrected_at=datetime(2025, 7, 11, 3, 0, tzinfo=UTC),
             figures=figures,
@@ -181,7 +265,14 @@ class Events:
         return make_event(vis.OUTREACH_VOIDED, payload, source="/visits", key=post_id)
 
     @staticmethod
-    def course(code: str, path: Sequence[str], audience: str, starts_on: date, ends_on: date) -> trn.CourseRef:
+    def course(
+        code: str,
+        path: Sequence[str],
+        audience: str,
+        starts_on: date,
+        ends_on: date,
+        mode: str | None = "in_person",
+    ) -> trn.CourseRef:
         return trn.CourseRef(
             course_code=code,
             unit_code=path[-1],
@@ -189,6 +280,7 @@ class Events:
             audience=audience,
             starts_on=starts_on,
             ends_on=ends_on,
+            mode=mode,
         )
 
     @staticmethod
@@ -198,7 +290,7 @@ class Events:
             client_ref=f"ref-{course.course_code}",
             title="Kỹ năng số cho người cao tuổi",
             team_code="T-LIT",
-            mode="in_person",
+            mode=course.mode or "in_person",
             topics=["vneid"],
         )
         return make_event(trn.COURSE_SCHEDULED, payload, source="/training", key=course.course_code)

@@ -26,20 +26,45 @@ D = date
 
 
 def scenario(ev) -> list[Any]:
-    """Seven weeks in miniature, with duplicates, late records, corrections, voids and cancellations."""
-    a = ev.figures(HALONG, D(2025, 7, 2), households=1, people=3, vneid=2, l3=1, l4=0)
-    b = ev.figures(VANDON, D(2025, 7, 3), households=1, people=5, vneid=1, l3=0, l4=2)
-    c = ev.figures(SCHOOL, D(2025, 7, 2), households=1, people=4, vneid=0, l3=2, l4=1)
-    c_fixed = ev.figures(SCHOOL, D(2025, 7, 5), households=1, people=6, vneid=1, l3=3, l4=1)
-    d = ev.figures(HALONG, D(2025, 7, 4), households=1, people=2, vneid=1, l3=0, l4=1)
-    late = ev.figures(HALONG, D(2025, 6, 30), households=1, people=1, vneid=1, l3=1, l4=1)
+    """Seven weeks in miniature, with duplicates, late records, corrections, voids and cancellations.
+
+    Visits: VA remote, VB island (sent twice), VC rural corrected to border with other groups, VD
+    urban voided, VE island arriving last, VG of an older producer (no area) recorded and voided.
+    Teams: T1 permanent (V1, V2, V4; V2 leaves), T2 mobile in Vân Đồn (V3, V4) made a campaign team
+    of Hạ Long with its 2 members and joined by V1 there, T3 mobile (V1, V4) deactivated with its 2
+    members, T4 literacy (V4, the start sent twice). Volunteers: V1 union member and student (it,
+    vneid), V2 youth (media) leaves, V3 youth and lecturer (teaching) moves to Hạ Long as a lecturer
+    who also knows IT, V4 student (it) updated by an older producer.
+    """
+    a = ev.figures(
+        HALONG,
+        D(2025, 7, 2),
+        households=1,
+        people=3,
+        vneid=2,
+        l3=1,
+        l4=0,
+        area="remote",
+        elderly=2,
+        women=1,
+        activated=1,
+    )
+    b = ev.figures(VANDON, D(2025, 7, 3), 1, 5, 1, 0, 2, area="island", elderly=1, women=2, veterans=1, activated=1)
+    c = ev.figures(SCHOOL, D(2025, 7, 2), households=1, people=4, vneid=0, l3=2, l4=1, area="rural", elderly=1, women=2)
+    c_fixed = ev.figures(
+        SCHOOL, D(2025, 7, 5), 1, 6, 1, 3, 1, area="border", elderly=2, women=3, veterans=1, activated=1
+    )
+    d = ev.figures(HALONG, D(2025, 7, 4), 1, 2, 1, 0, 1, area="urban", elderly=1, women=1, activated=2)
+    late = ev.figures(HALONG, D(2025, 6, 30), 1, 1, 1, 1, 1, area="island", elderly=1, veterans=1, activated=1)
+    older = ev.figures(HALONG, D(2025, 7, 3), households=1, people=2, area=None, women=1)
     visit_b = ev.visit("VB", b)
-    v1 = ev.volunteer("V1", HALONG)
+    v1 = ev.volunteer("V1", HALONG, roles=("union_member", "student"), skills=("it", "vneid"))
     k1 = ev.course("K1", HALONG, "youth_children", D(2025, 7, 5), D(2025, 7, 20))
-    k2 = ev.course("K2", VANDON, "elderly_middle_aged", D(2025, 7, 6), D(2025, 7, 6))
-    k3 = ev.course("K3", SCHOOL, "general", D(2025, 7, 8), D(2025, 7, 10))
+    k2 = ev.course("K2", VANDON, "elderly_middle_aged", D(2025, 7, 6), D(2025, 7, 6), mode="online")
+    k3 = ev.course("K3", SCHOOL, "general", D(2025, 7, 8), D(2025, 7, 10), mode="online")
     k4 = ev.course("K4", HALONG, "elderly_middle_aged", D(2025, 7, 9), D(2025, 7, 12))
     enrol_k1 = ev.enrolled(k1, "p2", 1)
+    joined_t4 = ev.member("T4", "V4", "literacy", SCHOOL)
     return [
         *(ev.unit(p) for p in (PROVINCE, HALONG, VANDON, SCHOOL)),
         ev.campaign(
@@ -51,6 +76,8 @@ def scenario(ev) -> list[Any]:
                 ("people_supported", "QN-HALONG", 100),
                 ("teams", "QN", 100),
                 ("courses", "QN-VANDON", 10),
+                ("people_supported_by_area", "QN", 94),
+                ("team_members", "QN-HALONG", 10),
             ],
         ),
         ev.team("T1", "permanent", HALONG),
@@ -58,15 +85,35 @@ def scenario(ev) -> list[Any]:
         ev.team("T3", "mobile", HALONG),
         ev.team("T4", "literacy", SCHOOL),
         ev.team("T5", "campaign", VANDON),
-        ev.team_deactivated("T3", "mobile", HALONG),
-        ev.team_moved("T2", "campaign", HALONG, "mobile", VANDON),
         v1,
-        ev.volunteer("V2", HALONG),
-        ev.volunteer("V3", VANDON),
-        ev.volunteer("V4", SCHOOL),
+        ev.volunteer("V2", HALONG, roles=("youth",), skills=("media",)),
+        ev.volunteer("V3", VANDON, roles=("youth", "lecturer"), skills=("teaching",)),
+        ev.volunteer("V4", SCHOOL, roles=("student",), skills=("it",)),
         v1,  # republished by the relay
-        ev.volunteer_left("V2", HALONG),
-        ev.volunteer_moved("V3", HALONG, VANDON),
+        *(ev.member("T1", v, "permanent", HALONG) for v in ("V1", "V2", "V4")),
+        *(ev.member("T2", v, "mobile", VANDON) for v in ("V3", "V4")),
+        *(ev.member("T3", v, "mobile", HALONG) for v in ("V1", "V4")),
+        joined_t4,
+        joined_t4,  # republished by the relay
+        ev.member("T5", "V3", None, None, team_active=None),  # an older producer's: counts nowhere
+        ev.team_deactivated("T3", "mobile", HALONG, members=2),
+        ev.member("T3", "V4", "mobile", HALONG, ended=True, team_active=False),  # already out with T3
+        ev.team_moved("T2", "campaign", HALONG, "mobile", VANDON, members=2),
+        ev.member("T2", "V1", "campaign", HALONG),
+        ev.volunteer_left("V2", HALONG, roles=("youth",), skills=("media",)),
+        ev.member("T1", "V2", "permanent", HALONG, ended=True),
+        ev.volunteer_moved(
+            "V3",
+            HALONG,
+            VANDON,
+            roles=("lecturer",),
+            skills=("teaching", "it"),
+            previous_roles=("youth", "lecturer"),
+            previous_skills=("teaching",),
+        ),
+        ev.volunteer_moved(
+            "V4", SCHOOL, SCHOOL, roles=("student",), skills=("it",), previous_roles=None, previous_skills=None
+        ),
         ev.visit("VA", a),
         visit_b,
         ev.visit("VC", c),
@@ -74,6 +121,8 @@ def scenario(ev) -> list[Any]:
         visit_b,  # the same record uploaded twice from an offline phone
         ev.visit_corrected("VC", c, c_fixed),
         ev.visit_voided("VD", d),
+        ev.visit("VG", older),
+        ev.visit_voided("VG", older),
         ev.post("P1", HALONG, "fanpage", D(2025, 7, 2)),
         ev.post("P2", HALONG, "newspaper", D(2025, 7, 3)),
         ev.post("P3", VANDON, "visual", D(2025, 7, 3)),
@@ -111,6 +160,19 @@ PROVINCE_ALL_TIME = {
     "course_participants": {"youth_children": 3, "elderly_middle_aged": 30, "general": 0, "total": 33},
     "course_completions": 29,
     "outreach_posts": {"fanpage": 1, "newspaper": 1, "visual": 1, "total": 3},
+    # VA remote 3 people, VB island 5, VC as corrected border 6, VE island 1 (VD voided, VG without area).
+    "people_supported_by_area": {"remote": 3, "border": 6, "island": 6, "rural": 0, "urban": 0, "total": 15},
+    "households_by_area": {"remote": 1, "border": 1, "island": 2, "rural": 0, "urban": 0, "total": 4},
+    # Elderly 2 + 1 + 2 + 1, women 1 + 2 + 3 + 0, veterans 0 + 1 + 1 + 1.
+    "people_supported_by_group": {"elderly": 6, "women": 6, "veterans": 3, "total": 15},
+    "vneid_activations": 4,
+    "courses_by_mode": {"in_person": 2, "online": 1, "total": 3},  # K1, K4; K2 (K3 cancelled)
+    "course_participants_by_mode": {"in_person": 3, "online": 30, "total": 33},
+    # V1 union member and student, V3 lecturer, V4 student; skills it x3, vneid, teaching.
+    "volunteers_by_role": {"union_member": 1, "youth": 0, "student": 2, "lecturer": 1, "total": 4},
+    "volunteers_by_skill": {"it": 3, "vneid": 1, "teaching": 1, "media": 0, "total": 5},
+    # T1: V1, V4; T2: V3, V4, V1; T4: V4 (T3 deactivated with its 2).
+    "team_members": {"permanent": 2, "mobile": 0, "literacy": 1, "campaign": 3, "total": 6},
 }
 HALONG_FIRST_DAYS = {
     "teams": {"permanent": 1, "mobile": 0, "literacy": 1, "campaign": 1, "total": 3},
@@ -123,6 +185,16 @@ HALONG_FIRST_DAYS = {
     "course_participants": {"youth_children": 0, "elderly_middle_aged": 0, "general": 0, "total": 0},
     "course_completions": 0,
     "outreach_posts": {"fanpage": 1, "newspaper": 1, "visual": 0, "total": 2},
+    # VA only: VC moved to 5 July, VD was voided.
+    "people_supported_by_area": {"remote": 3, "border": 0, "island": 0, "rural": 0, "urban": 0, "total": 3},
+    "households_by_area": {"remote": 1, "border": 0, "island": 0, "rural": 0, "urban": 0, "total": 1},
+    "people_supported_by_group": {"elderly": 2, "women": 1, "veterans": 0, "total": 3},
+    "vneid_activations": 1,
+    "courses_by_mode": {"in_person": 0, "online": 0, "total": 0},
+    "course_participants_by_mode": {"in_person": 0, "online": 0, "total": 0},
+    "volunteers_by_role": {"union_member": 1, "youth": 0, "student": 2, "lecturer": 1, "total": 4},
+    "volunteers_by_skill": {"it": 3, "vneid": 1, "teaching": 1, "media": 0, "total": 5},
+    "team_members": {"permanent": 2, "mobile": 0, "literacy": 1, "campaign": 3, "total": 6},
 }
 
 
@@ -172,6 +244,20 @@ async def test_every_indicator_is_exact_after_duplicates_late_events_corrections
         assert school["people_supported"] == 6
         assert school["courses"]["total"] == 0  # K3 was cancelled
         assert school["teams"]["literacy"] == 1
+        assert school["people_supported_by_area"] == {
+            "remote": 0,
+            "border": 6,
+            "island": 0,
+            "rural": 0,  # VC was rural before its correction
+            "urban": 0,
+            "total": 6,
+        }
+        assert school["team_members"]["literacy"] == 1  # V4's start in T4 was sent twice
+        assert school["volunteers_by_role"] == {"union_member": 0, "youth": 0, "student": 1, "lecturer": 0, "total": 1}
+        vandon = (await client.get("/v1/summary?unit=QN-VANDON", headers=ADMIN)).json()
+        assert vandon["team_members"]["total"] == 0  # T2 took its members to Hạ Long
+        assert vandon["volunteers_by_skill"]["total"] == 0  # V3 moved away
+        assert vandon["course_participants_by_mode"] == {"in_person": 0, "online": 30, "total": 30}
 
         campaign = (await client.get("/v1/summary?campaign=PEAK90", headers=ADMIN)).json()
         assert campaign["scope"] == {
@@ -182,6 +268,15 @@ async def test_every_indicator_is_exact_after_duplicates_late_events_corrections
             **active,
         }
         assert campaign["households_visited"] == 3  # the late visit of 30 June is outside the window
+        assert campaign["households_by_area"] == {
+            "remote": 1,
+            "border": 1,
+            "island": 1,
+            "rural": 0,
+            "urban": 0,
+            "total": 3,
+        }
+        assert campaign["team_members"] == PROVINCE_ALL_TIME["team_members"]  # current state, whatever the window
 
         series = await client.get(
             "/v1/timeseries?indicator=households_visited&unit=QN-HALONG&from=2025-06-30&to=2025-07-05",
@@ -206,6 +301,31 @@ async def test_every_indicator_is_exact_after_duplicates_late_events_corrections
         ]
         state_series = await client.get("/v1/timeseries?indicator=teams", headers=ADMIN)
         assert state_series.status_code == 422
+        areas = await client.get(
+            "/v1/timeseries?indicator=people_supported_by_area&interval=week&from=2025-06-30&to=2025-07-13",
+            headers=ADMIN,
+        )
+        assert [(p["start"], p["value"], p["by"]) for p in areas.json()["points"]] == [
+            ("2025-06-30", 15, {"remote": 3, "border": 6, "island": 6, "rural": 0, "urban": 0}),
+            ("2025-07-07", 0, {"remote": 0, "border": 0, "island": 0, "rural": 0, "urban": 0}),
+        ]
+        modes = await client.get(
+            "/v1/timeseries?indicator=courses_by_mode&from=2025-07-05&to=2025-07-09", headers=ADMIN
+        )
+        assert [(p["start"], p["by"]) for p in modes.json()["points"]] == [
+            ("2025-07-05", {"in_person": 1, "online": 0}),
+            ("2025-07-06", {"in_person": 0, "online": 1}),
+            ("2025-07-07", {"in_person": 0, "online": 0}),
+            ("2025-07-08", {"in_person": 0, "online": 0}),  # K3 was cancelled
+            ("2025-07-09", {"in_person": 1, "online": 0}),
+        ]
+        activations = await client.get(
+            "/v1/timeseries?indicator=vneid_activations&interval=week&from=2025-06-30&to=2025-07-06", headers=ADMIN
+        )
+        assert [(p["start"], p["value"]) for p in activations.json()["points"]] == [("2025-06-30", 4)]
+        for current_state in ("volunteers_by_role", "volunteers_by_skill", "team_members"):
+            resp = await client.get(f"/v1/timeseries?indicator={current_state}", headers=ADMIN)
+            assert resp.status_code == 422, current_state
 
         progress = await client.get("/v1/campaigns/PEAK90/progress", headers=ADMIN)
         assert progress.status_code == 200
@@ -216,6 +336,27 @@ async def test_every_indicator_is_exact_after_duplicates_late_events_corrections
         assert rows[("teams", "QN")]["actual"] == 4
         assert rows[("teams", "QN")]["projected"] == 4.0
         assert rows[("courses", "QN-VANDON")]["actual"] == 1
+        # VA, VB and VC as corrected; the late VE of 30 June is outside the window.
+        assert rows[("people_supported_by_area", "QN")]["actual"] == 14
+        assert rows[("people_supported_by_area", "QN")]["percent"] == 14.9
+        assert rows[("team_members", "QN-HALONG")]["actual"] == 6
+        assert rows[("team_members", "QN-HALONG")]["projected"] == 6.0
+
+        risk = await client.get("/v1/campaigns/PEAK90/risk?as_of=2025-07-10", headers=ADMIN)
+        assert risk.status_code == 200
+        risks = {(t["indicator"], t["unit_code"]): t for t in risk.json()["targets"]}
+        fields = ("actual", "pace_needed", "pace_last_7_days", "projected", "projected_ratio", "status")
+        # 10 of 90 days gone; 6 people (VC, 5 July) in the last 7 days: 14 + 6/7 * 80 = 82.6 of 94.
+        assert tuple(risks[("people_supported_by_area", "QN")][f] for f in fields) == (
+            14,
+            1.0,
+            0.86,
+            82.6,
+            0.878,
+            "at_risk",
+        )
+        # Current state projects as it stands: 6 of 10.
+        assert tuple(risks[("team_members", "QN-HALONG")][f] for f in fields) == (6, 0.05, None, 6.0, 0.6, "behind")
 
         fresh = await client.get("/v1/freshness", headers=token("viewer", "QN-VANDON"))
         assert fresh.status_code == 200
@@ -236,6 +377,13 @@ async def test_every_indicator_is_exact_after_duplicates_late_events_corrections
         assert indicator("teams", "campaign", "QN", "province") == 2.0
         assert indicator("course_participants", "elderly_middle_aged", "QN-VANDON", "commune") == 30.0
         assert indicator("online_applications", "total", "QN", "province") == 9.0
+        assert indicator("people_supported_by_area", "island", "QN-VANDON", "commune") == 5.0
+        assert indicator("people_supported_by_group", "women", "QN", "province") == 6.0
+        assert indicator("vneid_activations", "total", "QN", "province") == 4.0
+        assert indicator("courses_by_mode", "online", "QN", "province") == 1.0
+        assert indicator("volunteers_by_skill", "it", "QN-HALONG", "commune") == 3.0
+        assert indicator("team_members", "campaign", "QN", "province") == 3.0
+        assert indicator("team_members", "total", "QN-VANDON", "commune") == 0.0
         assert not any(name == "bridge_indicator" and ("unit", "QN-HALONG-THPT") in labels for name, labels in samples)
         target_labels = (("campaign", "PEAK90"), ("indicator", "people_supported"), ("unit", "QN-HALONG"))
         assert samples[("bridge_campaign_target", target_labels)] == 100.0
@@ -306,7 +454,15 @@ async def test_rebuild_replays_every_topic_into_figures_equal_to_the_live_ones(m
         assert status["state"] == "done", status
         assert status["active_generation"] == 2
 
-        expected = {**PROVINCE_ALL_TIME, "households_visited": 6, "people_supported": 22}
+        expected = {
+            **PROVINCE_ALL_TIME,
+            "households_visited": 6,
+            "people_supported": 22,
+            # VX: 2 island households, 7 people, 1 of them elderly.
+            "people_supported_by_area": {"remote": 3, "border": 6, "island": 13, "rural": 0, "urban": 0, "total": 22},
+            "households_by_area": {"remote": 1, "border": 1, "island": 4, "rural": 0, "urban": 0, "total": 6},
+            "people_supported_by_group": {"elderly": 7, "women": 6, "veterans": 3, "total": 16},
+        }
         body = await eventually(client, "/v1/summary", expected)
         assert indicators(body) == expected
         rebuilt = [(await client.get(u, headers=ADMIN)).json() for u in urls]

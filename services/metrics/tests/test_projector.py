@@ -478,5 +478,14 @@ async def test_mongo_writes_grow_with_counters_touched_not_with_events(ev, repo)
     await projector_on(repo)(at_offsets(same_day))
     assert writes() - before == 2
     assert (await stored(repo)) == {
-        counter_id("QN-HALONG", "2025-07-09"): {"households_visited": 500, "people_supported": 500}
+        counter_id("QN-HALONG", "2025-07-09"): {
+            "households_visited": 500,
+            "people_supported": 500,
+            "people_supported_by_area_island": 500,
+            "people_supported_by_area_total": 500,
+            "households_by_area_island": 500,
+            "households_by_area_total": 500,
+            "people_supported_by_group_elderly": 500,
+            "people_supported_by_group_total": 500,
+        }
     }

@@ -12,6 +12,7 @@ from __future__ import annotations
 import asyncio
 import csv
 import io
+import re
 import time
 from collections.abc import Sequence
 from datetime import date
@@ -23,6 +24,7 @@ import pytest
 from prometheus_client.parser import text_string_to_metric_families
 
 from metrics.app import MetricsSettings, build_app
+from metrics.projection import CATALOGUE
 from shared.contracts import registry as reg
 from shared.envelope import Envelope, make_event
 from shared.testing import running_app, token
@@ -47,16 +49,17 @@ def caichien() -> Envelope:
 
 
 def first_batch(ev: Any) -> list[Envelope]:
-    va = ev.figures(HALONG, D(2025, 7, 8), households=1, people=3, vneid=2, l3=1, l4=0)
+    # Island visits with one elderly person each, unless they say otherwise.
+    va = ev.figures(HALONG, D(2025, 7, 8), households=1, people=3, vneid=2, l3=1, l4=0, area="remote", activated=1)
     vb = ev.figures(HALONG, D(2025, 7, 2), households=1, people=2, vneid=1, l3=0, l4=1)
-    vc = ev.figures(SCHOOL, D(2025, 7, 3), households=1, people=4, vneid=0, l3=2, l4=1)
-    vc_fixed = ev.figures(SCHOOL, D(2025, 7, 9), households=1, people=6, vneid=1, l3=3, l4=1)
-    vd = ev.figures(HALONG, D(2025, 7, 10), households=1, people=5)
-    vf = ev.figures(VANDON, D(2025, 7, 11), households=2, people=7, vneid=3, l3=0, l4=2)
-    vg = ev.figures(VANDON, D(2025, 7, 4), households=1, people=2)
-    vg_fixed = ev.figures(VANDON, D(2025, 7, 4), households=1, people=3)
+    vc = ev.figures(SCHOOL, D(2025, 7, 3), households=1, people=4, vneid=0, l3=2, l4=1, area="rural", women=2)
+    vc_fixed = ev.figures(SCHOOL, D(2025, 7, 9), 1, 6, 1, 3, 1, area="border", veterans=2)
+    vd = ev.figures(HALONG, D(2025, 7, 10), households=1, people=5, area="urban", activated=4)
+    vf = ev.figures(VANDON, D(2025, 7, 11), households=2, people=7, vneid=3, l3=0, l4=2, women=3, activated=2)
+    vg = ev.figures(VANDON, D(2025, 7, 4), households=1, people=2, area="urban")
+    vg_fixed = ev.figures(VANDON, D(2025, 7, 4), households=1, people=3, area="urban")
     k1 = ev.course("K1", HALONG, "youth_children", D(2025, 7, 8), D(2025, 7, 12))
-    k2 = ev.course("K2", VANDON, "elderly_middle_aged", D(2025, 7, 6), D(2025, 7, 6))
+    k2 = ev.course("K2", VANDON, "elderly_middle_aged", D(2025, 7, 6), D(2025, 7, 6), mode="online")
     enrol_p2 = ev.enrolled(k1, "p2", 1)
     visit_b = ev.visit("VB", vb)
     return [
@@ -78,9 +81,12 @@ def first_batch(ev: Any) -> list[Envelope]:
         ev.team("T2", "mobile", SCHOOL),
         ev.team("T3", "mobile", VANDON),
         ev.team("T4", "campaign", QN),
-        ev.volunteer("V1", HALONG),
+        ev.volunteer("V1", HALONG, roles=("union_member", "student"), skills=("it",)),
         ev.volunteer("V2", HALONG),
+        ev.member("T1", "V1", "permanent", HALONG),
+        ev.member("T1", "V2", "permanent", HALONG),
         ev.volunteer_left("V2", HALONG),
+        ev.member("T1", "V2", "permanent", HALONG, ended=True),
         ev.visit("VA", va),
         visit_b,
         visit_b,  # uploaded twice from an offline phone
@@ -119,22 +125,36 @@ def late_batch(ev: Any, first: Sequence[Envelope]) -> list[Envelope]:
 
 def zeros() -> dict[str, int]:
     """Every flattened summary key, in the summary's order, at zero."""
+    kinds = ("permanent", "mobile", "literacy", "campaign")
+    areas = ("remote", "border", "island", "rural", "urban")
     splits = {
-        "teams": ("permanent", "mobile", "literacy", "campaign"),
+        "teams": kinds,
         "online_applications": ("l3", "l4"),
         "courses": ("youth_children", "elderly_middle_aged", "general"),
         "course_participants": ("youth_children", "elderly_middle_aged", "general"),
         "outreach_posts": ("fanpage", "newspaper", "visual"),
+        "people_supported_by_area": areas,
+        "households_by_area": areas,
+        "people_supported_by_group": ("elderly", "women", "veterans"),
+        "courses_by_mode": ("in_person", "online"),
+        "course_participants_by_mode": ("in_person", "online"),
+        "volunteers_by_role": ("union_member", "youth", "student", "lecturer"),
+        "volunteers_by_skill": ("it", "vneid", "teaching", "media"),
+        "team_members": kinds,
     }
     names = ["teams", "volunteers", "households_visited", "people_supported", "vneid_installs"]
     names += ["online_applications", "courses", "course_participants", "course_completions", "outreach_posts"]
+    names += ["people_supported_by_area", "households_by_area", "people_supported_by_group", "vneid_activations"]
+    names += ["courses_by_mode", "course_participants_by_mode", "volunteers_by_role", "volunteers_by_skill"]
+    names += ["team_members"]
     keys: list[str] = []
     for name in names:
         keys += [f"{name}.{s}" for s in (*splits[name], "total")] if name in splits else [name]
     return dict.fromkeys(keys, 0)
 
 
-STATE_KEYS = {k for k in zeros() if k.startswith("teams.") or k == "volunteers"}
+STATE = ("teams.", "volunteers", "team_members.")
+STATE_KEYS = {k for k in zeros() if k.startswith(STATE)}
 
 
 def figures(**values: int) -> dict[str, int]:
@@ -162,6 +182,27 @@ HALONG_WEEK = figures(
     course_completions=1,
     outreach_posts__fanpage=1,
     outreach_posts__total=1,
+    people_supported_by_area__remote=3,  # VA
+    people_supported_by_area__border=6,  # VC as corrected (it was rural, and in the previous week)
+    people_supported_by_area__total=9,
+    households_by_area__remote=1,
+    households_by_area__border=1,
+    households_by_area__total=2,
+    people_supported_by_group__elderly=2,
+    people_supported_by_group__veterans=2,
+    people_supported_by_group__total=4,
+    vneid_activations=1,  # VD's 4 were voided
+    courses_by_mode__in_person=1,
+    courses_by_mode__total=1,
+    course_participants_by_mode__in_person=2,
+    course_participants_by_mode__total=2,
+    volunteers_by_role__union_member=1,
+    volunteers_by_role__student=1,
+    volunteers_by_role__total=2,  # one volunteer with two roles
+    volunteers_by_skill__it=1,
+    volunteers_by_skill__total=1,
+    team_members__permanent=1,  # V2 left T1 with the union
+    team_members__total=1,
 )
 HALONG_PREVIOUS = figures(
     households_visited=2,  # VB (uploaded twice) and the late VE; VC left for the report week
@@ -172,6 +213,12 @@ HALONG_PREVIOUS = figures(
     online_applications__total=3,
     outreach_posts__newspaper=1,
     outreach_posts__total=1,
+    people_supported_by_area__island=3,
+    people_supported_by_area__total=3,
+    households_by_area__island=2,
+    households_by_area__total=2,
+    people_supported_by_group__elderly=2,
+    people_supported_by_group__total=2,
 )
 TOTALS_WEEK = figures(
     teams__permanent=1,
@@ -194,6 +241,30 @@ TOTALS_WEEK = figures(
     outreach_posts__newspaper=1,
     outreach_posts__visual=1,
     outreach_posts__total=3,
+    people_supported_by_area__remote=3,
+    people_supported_by_area__border=6,
+    people_supported_by_area__island=7,  # VF
+    people_supported_by_area__total=16,
+    households_by_area__remote=1,
+    households_by_area__border=1,
+    households_by_area__island=2,
+    households_by_area__total=4,
+    people_supported_by_group__elderly=3,
+    people_supported_by_group__women=3,
+    people_supported_by_group__veterans=2,
+    people_supported_by_group__total=8,
+    vneid_activations=3,
+    courses_by_mode__in_person=1,
+    courses_by_mode__total=1,
+    course_participants_by_mode__in_person=2,
+    course_participants_by_mode__total=2,
+    volunteers_by_role__union_member=1,
+    volunteers_by_role__student=1,
+    volunteers_by_role__total=2,
+    volunteers_by_skill__it=1,
+    volunteers_by_skill__total=1,
+    team_members__permanent=1,
+    team_members__total=1,
 )
 TOTALS_PREVIOUS = figures(
     households_visited=3,
@@ -209,6 +280,18 @@ TOTALS_PREVIOUS = figures(
     course_completions=18,
     outreach_posts__newspaper=1,
     outreach_posts__total=1,
+    people_supported_by_area__island=3,  # VB and the late VE
+    people_supported_by_area__urban=3,  # VG as corrected
+    people_supported_by_area__total=6,
+    households_by_area__island=2,
+    households_by_area__urban=1,
+    households_by_area__total=3,
+    people_supported_by_group__elderly=3,
+    people_supported_by_group__total=3,
+    courses_by_mode__online=1,
+    courses_by_mode__total=1,
+    course_participants_by_mode__online=22,
+    course_participants_by_mode__total=22,
 )
 QN_OWN_WEEK = figures(teams__campaign=1, teams__total=1, outreach_posts__newspaper=1, outreach_posts__total=1)
 
@@ -254,6 +337,9 @@ async def load_scenario(client: httpx.AsyncClient, settings: MetricsSettings, ev
     await send(settings, first)
     before_late = {**TOTALS_PREVIOUS, "households_visited": 2, "people_supported": 5, "vneid_installs": 1}
     before_late |= {"online_applications.l4": 1, "online_applications.total": 1, "online_applications.l3": 0}
+    before_late |= {"people_supported_by_area.island": 2, "people_supported_by_area.total": 5}
+    before_late |= {"households_by_area.island": 1, "households_by_area.total": 2}
+    before_late |= {"people_supported_by_group.elderly": 2, "people_supported_by_group.total": 2}
     body = await settle(client, TOTALS_WEEK, previous_of(before_late))
     assert body["totals"]["previous"] == previous_of(before_late)
     await send(settings, late_batch(ev, first))
@@ -276,6 +362,19 @@ async def test_report_rows_equal_each_child_units_summary_with_the_previous_week
         assert [c["key"] for c in table["columns"]] == list(zeros())
         households = next(c for c in table["columns"] if c["key"] == "households_visited")
         assert (households["label_vi"], households["label_en"]) == ("Hộ gia đình được thăm", "Households visited")
+        labels = {c["key"]: (c["label_vi"], c["label_en"], c["dated"]) for c in table["columns"]}
+        assert labels["people_supported_by_area.island"] == (
+            "Người dân được hỗ trợ ở hải đảo",
+            "People supported, island areas",
+            True,
+        )
+        assert labels["volunteers_by_skill.it"] == (
+            "Tình nguyện viên có kỹ năng công nghệ thông tin",
+            "Volunteers with IT skills",
+            False,
+        )
+        assert labels["team_members.permanent"][1:] == ("Members of permanent teams", False)
+        assert all(vi and en and vi != en for vi, en, _ in labels.values())
 
         rows = table["rows"]
         assert [(r["unit"], r["name"], r["row"]) for r in rows] == [
@@ -450,6 +549,13 @@ async def test_reports_are_scoped_to_the_callers_subtree_and_reject_bad_periods(
                 problem = operation["responses"][status]["content"]["application/problem+json"]
                 assert problem["schema"] == {"$ref": "#/components/schemas/Problem"}
         assert {p["name"] for p in table["parameters"]} >= {"unit", "campaign", "from", "to", "format", "as_of"}
+        # Every indicator of the summary says what it counts and by which date (or that it is current state).
+        summary = spec["components"]["schemas"]["Summary"]["properties"]
+        for name in CATALOGUE:
+            assert re.search(
+                r"(Current state|Dated by (visited_on|starts_on|ends_on|published_on))\.$", summary[name]["description"]
+            ), name
+        assert "several groups" in summary["people_supported_by_group"]["description"]
 
 
 def risk_rows(body: dict[str, Any]) -> dict[tuple[str, str], dict[str, Any]]:
