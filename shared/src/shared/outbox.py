@@ -34,6 +34,7 @@ from datetime import UTC, datetime, timedelta
 from typing import Any
 
 from prometheus_client import Counter, Gauge
+from pymongo import UpdateOne
 from pymongo.asynchronous.collection import AsyncCollection
 from pymongo.asynchronous.database import AsyncDatabase
 
@@ -49,6 +50,7 @@ OUTBOX_PENDING = Gauge("outbox_pending_documents", "Documents with unpublished e
 # Documents whose outbox holds anything.
 PENDING = {"outbox.0": {"$exists": True}}
 RELAYS = "outbox_relays"
+REMOVALS_PER_COMMAND = 50
 _OUTBOX = {"outbox": 1}
 
 
@@ -290,8 +292,13 @@ class OutboxRelay:
         OUTBOX_PUBLISHED.labels(self._service).inc(count)
         self.published += count
         col = self._db[name]
+        removals = [UpdateOne({"_id": doc_id}, {"$pullAll": {"outbox": entries}}) for doc_id, entries in sent]
+        # Several statements per command; FerretDB never answers an update command of 100 or more.
         await asyncio.gather(
-            *(col.update_one({"_id": doc_id}, {"$pullAll": {"outbox": entries}}) for doc_id, entries in sent)
+            *(
+                col.bulk_write(removals[i : i + REMOVALS_PER_COMMAND], ordered=False)
+                for i in range(0, len(removals), REMOVALS_PER_COMMAND)
+            )
         )
         for _, entries in sent:
             self._in_flight.difference_update(e["id"] for e in entries)
