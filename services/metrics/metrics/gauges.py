@@ -17,7 +17,7 @@ from datetime import date
 from prometheus_client.core import REGISTRY, GaugeMetricFamily
 from prometheus_client.registry import Collector
 
-from metrics.projection import CATALOGUE, STATE_DAY
+from metrics.projection import ALL_DAY, CATALOGUE, STATE_DAY
 from metrics.repository import path_of, subtree_of
 from metrics.service import MetricsService, add_up, assess, local_today
 from shared.logging import get_logger
@@ -99,7 +99,7 @@ async def take_snapshot(service: MetricsService) -> Snapshot:
         if level is None:
             continue
         below = set(subtree_of(tree, unit))
-        totals = add_up(r for r in rows if r["unit"] in below)
+        totals = add_up(r for r in rows if r["unit"] in below and r["day"] in (ALL_DAY, STATE_DAY))
         for name, spec in CATALOGUE.items():
             for key, value in totals.of(spec).items():
                 snap.indicators.append(((name, key, unit, level), float(value)))

@@ -19,7 +19,7 @@ from pymongo import ASCENDING, ReturnDocument
 from pymongo.asynchronous.database import AsyncDatabase
 from pymongo.errors import DuplicateKeyError
 
-from metrics.projection import STATE_DAY
+from metrics.projection import ALL_DAY, STATE_DAY, counter_id
 from shared.logging import get_logger
 from shared.mongo import insert_ignoring_duplicates
 
@@ -237,8 +237,10 @@ class ProjectionRepository:
         return [counter_row(d) async for d in self.counters.find(query, {MARKS: 0})]
 
     async def counters_all_time(self, unit: str) -> list[Document]:
-        units = await self.subtree(unit)
-        return [counter_row(d) async for d in self.counters.find({"unit": {"$in": units}}, {MARKS: 0})]
+        """The all-time and state rows of the unit's subtree, each read by ``_id``."""
+        ids = [counter_id(u, day) for u in await self.subtree(unit) for day in (ALL_DAY, STATE_DAY)]
+        found = await asyncio.gather(*(self.counters.find_one({"_id": i}, {MARKS: 0}) for i in ids))
+        return [counter_row(d) for d in found if d is not None]
 
     async def all_counters(self) -> list[Document]:
         """Every counter row (one read for all of the gauges)."""

@@ -14,7 +14,7 @@ import pytest
 from hypothesis import given, settings
 from hypothesis import strategies as st
 
-from metrics.projection import CATALOGUE, STATE_DAY, CounterSums, counter_id, increments
+from metrics.projection import ALL_DAY, CATALOGUE, STATE_DAY, CounterSums, counter_id, increments
 from metrics.repository import path_of, subtree_of
 from metrics.schemas import Interval
 from metrics.service import add_up, bucket_start, projected, series, window_days
@@ -33,15 +33,52 @@ Key = tuple[str, str, str]  # (unit, day, field)
 
 
 def totals(events: Iterable[Envelope]) -> dict[Key, int]:
-    """Every event's increments added up, as ``(unit, day, field)``, zeros left out."""
+    """Every event's increments added up, as ``(unit, day, field)``, zeros left out.
+
+    The all-time documents are left out too (they repeat the dated ones); a test of their own
+    checks that they always equal the sum of the unit's days.
+    """
     sums = CounterSums()
     for e in events:
         sums.add(increments(e.payload()))
     out: dict[Key, int] = {}
     for doc_id, fields in sums.docs.items():
         unit, _, day = doc_id.rpartition("|")
-        out |= {(unit, day, f): v for f, v in fields.items() if v}
+        if day != ALL_DAY:
+            out |= {(unit, day, f): v for f, v in fields.items() if v}
     return out
+
+
+def test_each_units_all_time_document_is_the_sum_of_its_days(ev) -> None:
+    old = ev.figures(HALONG, date(2025, 7, 3), people=4, vneid=1)
+    new = ev.figures(VANDON, date(2025, 7, 5), people=6, l3=2)
+    course = ev.course("K1", VANDON, "elderly_middle_aged", date(2025, 7, 6), date(2025, 7, 9))
+    events = [
+        ev.visit("v1", old),
+        ev.visit("v2", ev.figures(HALONG, date(2025, 7, 4), people=2)),
+        ev.visit_corrected("v1", old, new),
+        ev.scheduled(course),
+        ev.session(course, "s1", date(2025, 7, 6), 25, 0, 25),
+        ev.post("P1", HALONG, "visual", JULY),
+        ev.team("T1", "mobile", HALONG),
+    ]
+    sums = CounterSums()
+    for e in events:
+        sums.add(increments(e.payload()))
+    days: dict[tuple[str, str], int] = {}
+    for doc_id, fields in sums.docs.items():
+        unit, _, day = doc_id.rpartition("|")
+        if day not in (ALL_DAY, STATE_DAY):
+            for f, v in fields.items():
+                days[(unit, f)] = days.get((unit, f), 0) + v
+    all_time = {
+        (doc_id.rpartition("|")[0], f): v
+        for doc_id, fields in sums.docs.items()
+        if doc_id.endswith(f"|{ALL_DAY}")
+        for f, v in fields.items()
+    }
+    assert {k: v for k, v in all_time.items() if v} == {k: v for k, v in days.items() if v}
+    assert all_time[("QN-VANDON", "people_supported")] == 6
 
 
 def rolled_up(sums: Mapping[Key, int], tree: Mapping[str, Mapping[str, Any]], unit: str, field: str) -> int:
@@ -62,7 +99,10 @@ TREE = tree_of({"QN": None, "QN-HALONG": "QN", "QN-VANDON": "QN", "QN-HALONG-THP
 
 def test_visit_counts_on_visited_on_at_its_own_unit_only(ev) -> None:
     f = ev.figures(HALONG, date(2025, 7, 3), 1, 4, 2, 1, 3, area="border", elderly=2, women=3, veterans=1, activated=1)
-    assert increments(ev.visit("v1", f).payload()) == {
+    got = increments(ev.visit("v1", f).payload())
+    # The day's document, and the unit's all-time document with the same figures.
+    assert got["QN-HALONG|all"] == got["QN-HALONG|2025-07-03"]
+    assert {d: v for d, v in got.items() if d != "QN-HALONG|all"} == {
         "QN-HALONG|2025-07-03": {
             "households_visited": 1,
             "people_supported": 4,
