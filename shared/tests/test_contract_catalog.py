@@ -240,6 +240,7 @@ class VisitFiguresNarrowed(Contract):
     households: int = Field(ge=1)
     people: vis.People
     services: vis.Services
+    area: Area | None = None
 
 
 class VisitVoidedBroken(Contract):
