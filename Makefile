@@ -19,7 +19,7 @@ infra-down:
 	@$(PY) -m shared.infra down
 
 run: setup
-	@$(PY) -m scripts.run
+	@$(PY) -m scripts.run $(ARGS)
 
 demo: setup
 	@$(PY) -m scripts.demo $(ARGS)
