@@ -232,6 +232,19 @@ class Bench:
         s: dict[str, Any] = self.results["settings"]
         return s
 
+    def service(self, name: str, prefix: str, db: str, group_prefix: str | None = None) -> Service:
+        """``name`` on this bench's broker and database; the harness has created the topics."""
+        return Service(
+            name,
+            kafka=self.kafka,
+            ferret=self.ferret,
+            prefix=prefix,
+            db=db,
+            log_dir=self.log_dir,
+            group_prefix=group_prefix,
+            extra_env={"CREATE_TOPICS": "false"},
+        )
+
     def note(self, text: str) -> None:
         self.results["notes"].append(text)
 
@@ -422,16 +435,7 @@ async def drain_with_projector(b: Bench, rep: int, prefix: str, expected: int, t
     """One metrics process, fresh database and group, draining the pre-loaded topics."""
     tag = f"{rep}{uuid.uuid4().hex[:6]}"
     # Same (pre-loaded) topics every repetition; a fresh database and consumer group each time.
-    svc = Service(
-        "metrics",
-        kafka=b.kafka,
-        ferret=b.ferret,
-        prefix=prefix,
-        db=f"bproj_{tag}",
-        log_dir=b.log_dir,
-        group_prefix=f"bproj{tag}.",
-        extra_env={"CREATE_TOPICS": "false"},
-    )
+    svc = b.service("metrics", prefix, f"bproj_{tag}", group_prefix=f"bproj{tag}.")
     peak = 0.0
     samples: list[tuple[float, float, float]] = []  # (t, applied, writes)
     t_ready: float | None = None
@@ -1243,15 +1247,7 @@ async def time_start(b: Bench, name: str, prefix: str, db: str, *, sweep: bool) 
     """
     quiet = round(await ferret_quiet(b), 1)
     gc.collect()
-    svc = Service(
-        name,
-        kafka=b.kafka,
-        ferret=b.ferret,
-        prefix=prefix,
-        db=db,
-        log_dir=b.log_dir,
-        extra_env={"CREATE_TOPICS": "false"},
-    )
+    svc = b.service(name, prefix, db)
     swept: float | None = None
     try:
         ready = await svc.wait_ready(b.client)
@@ -1293,15 +1289,7 @@ async def visits_history(b: Bench, prefix: str, db: str) -> dict[str, Any]:
     await b.publish(prefix, events)
     del events
     out["registry_publish_s"] = round(now() - t, 1)
-    svc = Service(
-        "visits",
-        kafka=b.kafka,
-        ferret=b.ferret,
-        prefix=prefix,
-        db=db,
-        log_dir=b.log_dir,
-        extra_env={"CREATE_TOPICS": "false"},
-    )
+    svc = b.service("visits", prefix, db)
     client = connect(b.ferret.url)
     try:
         await svc.wait_ready(b.client)
@@ -1359,15 +1347,7 @@ async def metrics_history(b: Bench, prefix: str, db: str) -> dict[str, Any]:
     t = now()
     events = [*unit_events(unit_paths()), *mixed_events(n, seed=23, days=RESTART_DAYS)]
     out["generate_s"] = round(now() - t, 1)
-    svc = Service(
-        "metrics",
-        kafka=b.kafka,
-        ferret=b.ferret,
-        prefix=prefix,
-        db=db,
-        log_dir=b.log_dir,
-        extra_env={"CREATE_TOPICS": "false"},
-    )
+    svc = b.service("metrics", prefix, db)
     client = connect(b.ferret.url)
     try:
         await svc.wait_ready(b.client)

@@ -99,6 +99,7 @@ class LiveProjection:
         self._task: asyncio.Task[None] | None = None
 
     async def start(self) -> None:
+        await self._meta.migrate_layout()  # once per process, before the first projector starts
         await self.sync()
         self._task = asyncio.create_task(self._watch(), name="metrics-generation-watch")
 
@@ -125,7 +126,6 @@ class LiveProjection:
     async def sync(self) -> None:
         """Follow ``meta.active``: on a change, hand the projection over to the new generation."""
         async with self._lock:
-            await self._meta.migrate_layout()
             active = await self._meta.active_generation()
             if active == self.generation:
                 return
