@@ -19,6 +19,7 @@ from metrics.schemas import (
     RebuildAccepted,
     RebuildStatus,
     ReportFormat,
+    ReportRows,
     ReportTable,
     Summary,
     Timeseries,
@@ -165,6 +166,9 @@ REPORT_CONTENT: dict[str, Any] = {
     summary="A unit's report table: child units by indicator, with the previous period and the change",
     description="Rows are the unit's direct child units as the tree stands now (each with its whole subtree), "
     "preceded by the unit's own records when it has any, and followed by the totals, which equal "
+    "`/v1/summary` for the unit and period. With `rows=teams` the rows are the teams of the unit's subtree "
+    "(active ones always, inactive ones with figures), then a row of what no team of the subtree accounts for, "
+    "then the same totals, which equal "
     "`/v1/summary` for the unit and period. Each figure has the previous period of equal length and the change "
     "beside it. `format` (or the Accept header) picks JSON, CSV (UTF-8 with BOM, streamed) or XLSX; the "
     "period defaults to the campaign's window with `campaign`, else the last full Monday-Sunday week.",
@@ -200,9 +204,13 @@ async def report_table(
         Query(alias="format", description="json, csv or xlsx; overrides the Accept header."),
     ] = None,
     as_of: AsOfParam = None,
+    rows: Annotated[
+        ReportRows,
+        Query(description="units: the unit's direct child units as rows; teams: every team of its subtree."),
+    ] = ReportRows.units,
 ) -> ReportTable | Response:
     table = await service.report_table(
-        principal, unit=unit, campaign=campaign, first=first, last=last, today=as_of or local_today()
+        principal, unit=unit, campaign=campaign, first=first, last=last, today=as_of or local_today(), rows_by=rows
     )
     chosen = fmt or negotiated(request.headers.get("accept"))
     if chosen is ReportFormat.json:

@@ -35,6 +35,9 @@ from shared.contracts.common import Area, Audience, Channel, Mode, Role, Skill, 
 from shared.contracts.common import Change as Transition
 
 STATE_DAY = "state"
+# Team counter documents: ``{_id: "team:<code>|<day>", team, day, ...}`` (no ``unit`` field, so unit
+# queries never see them).
+TEAM_PREFIX = "team:"
 # Sorts after every ISO date, so date-range filters never select it.
 ALL_DAY = "all"
 
@@ -92,9 +95,9 @@ CATALOGUE: dict[str, IndicatorSpec] = {
 Change = tuple[str, int]
 """``(counter field, delta)``: split indicators name their key's field and their total's."""
 
-# ``emit(unit_path, day, changes)``: what one event does to the counters of one unit path and
-# day (None for current-state indicators).
-Emit = Callable[[Sequence[str], date | None, Sequence[Change]], None]
+# ``emit(unit_path, day, changes, team)``: what one event does to the counters of one unit path and
+# day (None for current-state indicators), and of the team it is attributed to (None: no team).
+Emit = Callable[[Sequence[str], date | None, Sequence[Change], str | None], None]
 
 
 def _of(indicator: str, key: str, delta: int) -> tuple[Change, ...]:
@@ -128,7 +131,7 @@ def _visit(emit: Emit, figures: vis.VisitFigures, sign: int) -> None:
             (households_field, households),
             ("households_by_area_total", households),
         )
-    emit(figures.unit_path, figures.visited_on, changes)
+    emit(figures.unit_path, figures.visited_on, changes, figures.team_code)
 
 
 def _change(c: Transition) -> int:
@@ -143,11 +146,16 @@ def _by_mode(indicator: str, course: trn.CourseRef, delta: int) -> tuple[Change,
 def _participants(emit: Emit, course: trn.CourseRef, change: Transition) -> None:
     delta = _change(change)
     changes = _of("course_participants", course.audience.value, delta)
-    emit(course.unit_path, course.starts_on, changes + _by_mode("course_participants_by_mode", course, delta))
+    emit(
+        course.unit_path,
+        course.starts_on,
+        changes + _by_mode("course_participants_by_mode", course, delta),
+        course.team_code,
+    )
 
 
 def _completions(emit: Emit, course: trn.CourseRef, change: Transition) -> None:
-    emit(course.unit_path, course.ends_on, _of("course_completions", "total", _change(change)))
+    emit(course.unit_path, course.ends_on, _of("course_completions", "total", _change(change)), course.team_code)
 
 
 def _having(indicator: str, keys: Iterable[Role | Skill], delta: int) -> tuple[Change, ...]:
@@ -180,18 +188,28 @@ def fold_into(payload: BaseModel, emit: Emit) -> None:
         case vis.VisitVoided():
             _visit(emit, payload.figures, -1)
         case vis.OutreachPublished():
-            emit(payload.unit_path, payload.published_on, _of("outreach_posts", payload.channel.value, 1))
+            emit(
+                payload.unit_path,
+                payload.published_on,
+                _of("outreach_posts", payload.channel.value, 1),
+                payload.team_code,
+            )
         case vis.OutreachVoided():
-            emit(payload.unit_path, payload.published_on, _of("outreach_posts", payload.channel.value, -1))
+            emit(
+                payload.unit_path,
+                payload.published_on,
+                _of("outreach_posts", payload.channel.value, -1),
+                payload.team_code,
+            )
         # --- training: courses and participants by starts_on, completions by ends_on ---------------
         case trn.CourseScheduled():
             c = payload.course
             changes = _of("courses", c.audience.value, 1) + _by_mode("courses_by_mode", c, 1)
-            emit(c.unit_path, c.starts_on, changes)
+            emit(c.unit_path, c.starts_on, changes, c.team_code)
         case trn.CourseCancelled():
             c = payload.course
             changes = _of("courses", c.audience.value, -1) + _by_mode("courses_by_mode", c, -1)
-            emit(c.unit_path, c.starts_on, changes)
+            emit(c.unit_path, c.starts_on, changes, c.team_code)
             _participants(emit, c, payload.participants)
             _completions(emit, c, payload.completions)
         case trn.SessionHeld() | trn.ParticipantEnrolled():
@@ -206,9 +224,10 @@ def fold_into(payload: BaseModel, emit: Emit) -> None:
             # Members of active teams only: a deactivated team's members left the count with it.
             if payload.team_active and payload.team_kind is not None and payload.team_unit_path is not None:
                 delta = 1 if isinstance(payload, reg.MembershipStarted) else -1
-                emit(payload.team_unit_path, None, _of("team_members", payload.team_kind.value, delta))
+                changes = _of("team_members", payload.team_kind.value, delta)
+                emit(payload.team_unit_path, None, changes, payload.team_code)
         case reg.TeamCreated():
-            emit(payload.unit_path, None, _of("teams", payload.kind.value, 1))
+            emit(payload.unit_path, None, _of("teams", payload.kind.value, 1), payload.code)
         case reg.TeamUpdated():
             # An inactive team was already taken out by its deactivation; an active one moves from
             # its previous kind and unit to the current ones (a no-op when neither changed), with
@@ -216,29 +235,39 @@ def fold_into(payload: BaseModel, emit: Emit) -> None:
             if payload.active:
                 kind, members = payload.kind, payload.members
                 if payload.previous_active is False:
-                    emit(payload.unit_path, None, _of("teams", kind.value, 1) + _members(kind, members, 1))
+                    emit(
+                        payload.unit_path, None, _of("teams", kind.value, 1) + _members(kind, members, 1), payload.code
+                    )
                 else:
                     before = payload.previous_kind
                     emit(
                         payload.previous_unit_path,
                         None,
                         _of("teams", before.value, -1) + _members(before, members, -1),
+                        payload.code,
                     )
-                    emit(payload.unit_path, None, _of("teams", kind.value, 1) + _members(kind, members, 1))
+                    emit(
+                        payload.unit_path, None, _of("teams", kind.value, 1) + _members(kind, members, 1), payload.code
+                    )
         case reg.TeamDeactivated():
             kind = payload.kind
-            emit(payload.unit_path, None, _of("teams", kind.value, -1) + _members(kind, payload.members, -1))
+            emit(
+                payload.unit_path,
+                None,
+                _of("teams", kind.value, -1) + _members(kind, payload.members, -1),
+                payload.code,
+            )
         case reg.VolunteerRegistered():
-            emit(payload.unit_path, None, _volunteer(payload.roles, payload.skills, 1))
+            emit(payload.unit_path, None, _volunteer(payload.roles, payload.skills, 1), None)
         case reg.VolunteerUpdated():
             if payload.active:
                 # Without previous_* (older producers) the roles and skills are taken as unchanged.
                 roles = payload.roles if payload.previous_roles is None else payload.previous_roles
                 skills = payload.skills if payload.previous_skills is None else payload.previous_skills
-                emit(payload.previous_unit_path, None, _volunteer(roles, skills, -1))
-                emit(payload.unit_path, None, _volunteer(payload.roles, payload.skills, 1))
+                emit(payload.previous_unit_path, None, _volunteer(roles, skills, -1), None)
+                emit(payload.unit_path, None, _volunteer(payload.roles, payload.skills, 1), None)
         case reg.VolunteerLeft():
-            emit(payload.unit_path, None, _volunteer(payload.roles, payload.skills, -1))
+            emit(payload.unit_path, None, _volunteer(payload.roles, payload.skills, -1), None)
         case _:
             pass
 
@@ -264,6 +293,19 @@ def counter_id(unit: str, day: str) -> str:
     return f"{unit}|{day}"
 
 
+def team_counter_id(team: str, day: str) -> str:
+    """The ``_id`` of a team's counter document; the prefix keeps it apart from any unit code."""
+    return f"{TEAM_PREFIX}{team}|{day}"
+
+
+def counter_owner(doc_id: str) -> tuple[str, str, str]:
+    """``(owner field, code, day)`` of a counter document id: ``unit`` or ``team``."""
+    owner, _, day = doc_id.rpartition("|")
+    if owner.startswith(TEAM_PREFIX):
+        return ("team", owner.removeprefix(TEAM_PREFIX), day)
+    return ("unit", owner, day)
+
+
 Sums = dict[str, dict[str, int]]
 """``{counter document id: {field: delta}}``."""
 
@@ -278,10 +320,13 @@ class CounterSums:
     def __init__(self) -> None:
         self.docs: Sums = {}
 
-    def emit(self, path: Sequence[str], when: date | None, changes: Sequence[Change]) -> None:
+    def emit(self, path: Sequence[str], when: date | None, changes: Sequence[Change], team: str | None) -> None:
         if not path:
             return
         unit = path[-1]
+        if team is not None:
+            # Team rows of a report are always for a period, so a team has no all-time document.
+            self._add(team_counter_id(team, STATE_DAY if when is None else when.isoformat()), changes)
         if when is None:
             self._add(counter_id(unit, STATE_DAY), changes)
         else:
@@ -343,6 +388,21 @@ def state_changes(payload: BaseModel) -> tuple[str, str, dict[str, object]] | No
             return ("units", payload.code, {"status": "closed", "successors": list(payload.successors)})
         case reg.UnitClosed():
             return ("units", payload.code, {"status": "closed"})
+        case reg.TeamCreated() | reg.TeamUpdated():
+            active = payload.active if isinstance(payload, reg.TeamUpdated) else True
+            team: dict[str, object] = {
+                "name": payload.name,
+                "kind": payload.kind.value,
+                "unit_code": payload.unit_code,
+                "active": active,
+            }
+            return ("teams", payload.code, team)
+        case reg.TeamDeactivated():
+            return (
+                "teams",
+                payload.code,
+                {"kind": payload.kind.value, "unit_code": payload.unit_code, "active": False},
+            )
         case reg.CampaignCreated():
             return (
                 "campaigns",

@@ -19,7 +19,7 @@ from pymongo import ASCENDING, ReturnDocument, UpdateOne
 from pymongo.asynchronous.database import AsyncDatabase
 from pymongo.errors import DuplicateKeyError
 
-from metrics.projection import ALL_DAY, STATE_DAY, counter_id
+from metrics.projection import ALL_DAY, STATE_DAY, counter_id, counter_owner
 from shared.logging import get_logger
 from shared.mongo import insert_ignoring_duplicates
 
@@ -102,7 +102,7 @@ class MetaRepository:
 
 # Statements per update command (FerretDB v1.24 never answered one of 100 or more).
 UPDATES_PER_COMMAND = 50
-META_FIELDS = ("_id", "unit", "day", "wm")
+META_FIELDS = ("_id", "unit", "team", "day", "wm")
 MARKS = "wm"
 
 
@@ -111,13 +111,13 @@ def marks_filter(expected: Mapping[str, int | None]) -> Document:
     return {f"{MARKS}.{k}": (v if v is not None else {"$exists": False}) for k, v in expected.items()}
 
 
+def _counts(doc: Mapping[str, Any]) -> dict[str, int]:
+    return {k: v for k, v in doc.items() if k not in META_FIELDS and isinstance(v, int)}
+
+
 def counter_row(doc: Mapping[str, Any]) -> Document:
     """A stored counter document as the ``{unit, day, c}`` row the readers add up."""
-    return {
-        "unit": doc["unit"],
-        "day": doc["day"],
-        "c": {k: v for k, v in doc.items() if k not in META_FIELDS and isinstance(v, int)},
-    }
+    return {"unit": doc["unit"], "day": doc["day"], "c": _counts(doc)}
 
 
 class ProjectionRepository:
@@ -135,14 +135,17 @@ class ProjectionRepository:
         self.processed_events = db[f"processed_events_g{generation}"]
         self.units = db[f"units_g{generation}"]
         self.campaigns = db[f"campaigns_g{generation}"]
+        self.teams = db[f"teams_g{generation}"]
+        self._states = {"units": self.units, "campaigns": self.campaigns, "teams": self.teams}
 
     async def ensure_indexes(self) -> None:
         # Readers select by unit and day; FerretDB scans regardless, MongoDB uses these.
         await self.counters.create_index([("unit", ASCENDING), ("day", ASCENDING)])
+        await self.counters.create_index([("team", ASCENDING), ("day", ASCENDING)])
         await self.processed_events.create_index([("group", ASCENDING), ("topic", ASCENDING), ("partition", ASCENDING)])
 
     async def drop(self) -> None:
-        for col in (self.counters, self.processed_events, self.units, self.campaigns):
+        for col in (self.counters, self.processed_events, self.units, self.campaigns, self.teams):
             await col.drop()
 
     # --- projector writes ------------------------------------------------------------------------
@@ -167,7 +170,9 @@ class ProjectionRepository:
         ids = list(changes)
         unknown = [d for d in ids if d not in self._existing]
         if unknown:
-            skeletons = [{"_id": d, "unit": d.rpartition("|")[0], "day": d.rpartition("|")[2]} for d in unknown]
+            skeletons = [
+                {"_id": d, owner: code, "day": day} for d in unknown for owner, code, day in [counter_owner(d)]
+            ]
             await insert_ignoring_duplicates(self.counters, skeletons)
             self._existing.update(unknown)
 
@@ -198,7 +203,7 @@ class ProjectionRepository:
 
     async def set_state(self, kind: str, key: str, fields: Mapping[str, Any], position: tuple[str, int]) -> None:
         """Set a unit's or campaign's fields unless a later event of its partition already did."""
-        col = self.units if kind == "units" else self.campaigns
+        col = self._states[kind]
         mark, offset = position
         with contextlib.suppress(DuplicateKeyError):  # it exists with a later position
             await col.update_one(
@@ -253,8 +258,19 @@ class ProjectionRepository:
         return [counter_row(d) for d in found if d is not None]
 
     async def all_counters(self) -> list[Document]:
-        """Every counter row (one read for all of the gauges)."""
-        return [counter_row(d) async for d in self.counters.find({}, {MARKS: 0})]
+        """Every unit counter row (one read for all of the gauges)."""
+        return [counter_row(d) async for d in self.counters.find({"unit": {"$exists": True}}, {MARKS: 0})]
+
+    async def teams_of(self, units: Sequence[str]) -> list[Document]:
+        """The teams the registry last placed in one of these units, active or not."""
+        return await self.teams.find({"unit_code": {"$in": list(units)}}, {MARKS: 0}).to_list()
+
+    async def team_counters(self, teams: Sequence[str], first: str, last: str) -> list[Document]:
+        """``{team, day, c}`` rows of these teams with ``first <= day <= last``, plus their state rows."""
+        query = {"team": {"$in": list(teams)}, "$or": [{"day": STATE_DAY}, {"day": {"$gte": first, "$lte": last}}]}
+        return [
+            {"team": d["team"], "day": d["day"], "c": _counts(d)} async for d in self.counters.find(query, {MARKS: 0})
+        ]
 
 
 def path_of(tree: Mapping[str, Mapping[str, Any]], code: str) -> list[str]:

@@ -328,14 +328,24 @@ class ReportColumn(BaseModel):
     )
 
 
+class ReportRows(StrEnum):
+    units = "units"
+    teams = "teams"
+
+
 class ReportRow(BaseModel):
-    unit: str
+    unit: str = Field(description="The row's unit; for a team row, the unit the team belongs to now.")
     name: str = Field(description="The unit's name as stored (NFC); the direct row adds ``(trực tiếp / direct)``.")
-    row: Literal["unit", "direct", "total"] = Field(
+    row: Literal["unit", "direct", "team", "unattributed", "total"] = Field(
         description="``unit``: a direct child unit with its subtree; ``direct``: the unit's own records; "
-        "``total``: the whole subtree (equal to ``/v1/summary`` of the unit for the period)."
+        "``team``: one team of the subtree (its records wherever they were made); ``unattributed``: the "
+        "totals minus every team row (records without a team, registry figures kept per unit, and teams "
+        "that moved in or out); ``total``: the whole subtree (equal to ``/v1/summary`` of the unit for the period)."
     )
     unit_status: Literal["active", "merged", "closed"] = "active"
+    team: str | None = Field(default=None, description="Team code of a ``team`` row.")
+    team_kind: str | None = Field(default=None, description="Team kind of a ``team`` row.")
+    team_active: bool | None = Field(default=None, description="Whether a ``team`` row's team is active now.")
     figures: dict[str, int] = Field(description="Every column key over the period.")
     previous: dict[str, int | None] = Field(
         description="The same keys over the previous period of equal length; null for current-state indicators."
@@ -397,6 +407,9 @@ class ReportTable(BaseModel):
     to: date
     previous_from: date
     previous_to: date
+    rows_by: ReportRows = Field(
+        default=ReportRows.units, description="``units``: child units as rows; ``teams``: the subtree's teams."
+    )
     columns: list[ReportColumn]
     rows: list[ReportRow] = Field(
         description="The direct row first (when the unit has records of its own), then the child units by code."

@@ -26,6 +26,7 @@ from metrics.schemas import (
     Point,
     ReportColumn,
     ReportRow,
+    ReportRows,
     ReportTable,
     RiskStatus,
     Summary,
@@ -287,6 +288,30 @@ def report_row(
     )
 
 
+UNATTRIBUTED_NAME = "Không gắn với đội nào của đơn vị / Not attributed to a team of the unit"
+
+
+def unattributed_row(unit: str, totals: ReportRow, teams: Sequence[ReportRow]) -> ReportRow:
+    """The totals minus every team row, key by key (None stays None)."""
+
+    def minus(key: str, pick: str) -> int | None:
+        whole = getattr(totals, pick)[key]
+        if whole is None:
+            return None
+        return int(whole) - sum(int(getattr(t, pick)[key] or 0) for t in teams)
+
+    keys = list(totals.figures)
+    return ReportRow(
+        unit=unit,
+        name=UNATTRIBUTED_NAME,
+        row="unattributed",
+        unit_status=totals.unit_status,
+        figures={k: int(minus(k, "figures") or 0) for k in keys},
+        previous={k: minus(k, "previous") for k in keys},
+        change={k: minus(k, "change") for k in keys},
+    )
+
+
 # --- targets at risk ----------------------------------------------------------------------------------
 AT_RISK_SHARE = Fraction(4, 5)
 LAST_DAYS = 7
@@ -497,11 +522,13 @@ class MetricsService:
         first: date | None,
         last: date | None,
         today: date,
+        rows_by: ReportRows = ReportRows.units,
     ) -> ReportTable:
-        """The unit's direct children (and its own records) by every indicator, with the previous period.
+        """The unit's direct children (and its own records), or the teams of its subtree, by every
+        indicator, with the previous period.
 
         One read of the tree and one counters query for the whole subtree over both periods; rows are
-        added up here by the child each unit lies under now.
+        added up here by the child each unit lies under now (or read from the teams' own counters).
         """
         repo = await self.projection()
         if campaign is not None:
@@ -535,6 +562,26 @@ class MetricsService:
             return str(tree[c].get("status", "active"))
 
         name = unit_name(tree, code)
+        everything_now = [d for docs_of in current.values() for d in docs_of]
+        everything_before = [d for docs_of in before.values() for d in docs_of]
+        totals = report_row(code, TOTAL_NAME, "total", status(code), everything_now, everything_before)
+        table = {
+            "as_of": datetime.now(UTC),
+            "unit": code,
+            "unit_name": name,
+            "campaign": campaign,
+            "from_": first,
+            "to": last,
+            "previous_from": previous_first,
+            "previous_to": previous_last,
+            "columns": list(REPORT_COLUMNS),
+            "rows_by": rows_by,
+            "totals": totals,
+        }
+        if rows_by is ReportRows.teams:
+            teams = await self._team_rows(repo, list(owners), previous_first, first, last)
+            rows = [*teams, unattributed_row(code, totals, teams)]
+            return ReportTable.model_validate({**table, "rows": rows})
         rows = []
         own = [*current[code], *before[code]]
         if any(value for doc in own for value in doc["c"].values()):
@@ -542,23 +589,31 @@ class MetricsService:
         children = sorted(c for c, u in tree.items() if u.get("parent_code") == code and c != code)
         for child in children:
             rows.append(report_row(child, unit_name(tree, child), "unit", status(child), current[child], before[child]))
-        everything_now = [d for docs_of in current.values() for d in docs_of]
-        everything_before = [d for docs_of in before.values() for d in docs_of]
-        return ReportTable.model_validate(
-            {
-                "as_of": datetime.now(UTC),
-                "unit": code,
-                "unit_name": name,
-                "campaign": campaign,
-                "from_": first,
-                "to": last,
-                "previous_from": previous_first,
-                "previous_to": previous_last,
-                "columns": list(REPORT_COLUMNS),
-                "rows": rows,
-                "totals": report_row(code, TOTAL_NAME, "total", status(code), everything_now, everything_before),
-            }
-        )
+        return ReportTable.model_validate({**table, "rows": rows})
+
+    async def _team_rows(
+        self, repo: ProjectionRepository, units: Sequence[str], previous_first: date, first: date, last: date
+    ) -> list[ReportRow]:
+        """One row per team placed in ``units``: active ones always, inactive ones when they have figures."""
+        teams = {t["_id"]: t for t in await repo.teams_of(units)}
+        docs = await repo.team_counters(list(teams), previous_first.isoformat(), last.isoformat())
+        lo, hi = first.isoformat(), last.isoformat()
+        current: dict[str, list[Mapping[str, Any]]] = defaultdict(list)
+        before: dict[str, list[Mapping[str, Any]]] = defaultdict(list)
+        for doc in docs:
+            in_period = doc["day"] == STATE_DAY or lo <= doc["day"] <= hi
+            (current if in_period else before)[doc["team"]].append(doc)
+        rows = []
+        for code in sorted(teams, key=lambda c: (teams[c].get("unit_code", ""), c)):
+            team = teams[code]
+            row = report_row(
+                team.get("unit_code", ""), team.get("name", code), "team", "active", current[code], before[code]
+            )
+            active = bool(team.get("active", True))
+            if not active and not any([*row.figures.values(), *(v for v in row.previous.values() if v)]):
+                continue
+            rows.append(row.model_copy(update={"team": code, "team_kind": team.get("kind"), "team_active": active}))
+        return rows
 
     async def campaign_risk(self, principal: Principal, code: str, today: date) -> CampaignRisk:
         """Each target in the caller's scope: its pace, where that pace leads by ends_on, and its status."""

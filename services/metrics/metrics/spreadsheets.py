@@ -1,6 +1,7 @@
 """The report table as CSV and XLSX, for the people who file the union's weekly reports in Excel.
 
-Both carry the same table as the JSON: a unit code and name column, then for every indicator three
+Both carry the same table as the JSON: a unit code and name column (and the team code for a table of
+teams), then for every indicator three
 columns (this period, the previous period, the change). CSV is UTF-8 with a byte-order mark (without
 it Excel reads Vietnamese as Windows-1258 mojibake) and is produced row by row; XLSX adds a title
 row and the period as real dates above the header, which is frozen.
@@ -20,13 +21,14 @@ from openpyxl.styles import Alignment, Font
 from openpyxl.utils import get_column_letter
 from openpyxl.worksheet._write_only import WriteOnlyWorksheet
 
-from metrics.schemas import ReportRow, ReportTable
+from metrics.schemas import ReportRow, ReportRows, ReportTable
 from metrics.service import LOCAL_TZ
 
 CSV_MEDIA_TYPE = "text/csv; charset=utf-8"
 XLSX_MEDIA_TYPE = "application/vnd.openxmlformats-officedocument.spreadsheetml.sheet"
 BOM = "\ufeff".encode()
 UNIT_HEADERS = ("Mã đơn vị / Unit code", "Đơn vị / Unit")
+TEAM_HEADERS = ("Mã đơn vị / Unit code", "Đội / Team", "Mã đội / Team code")
 PREVIOUS = "kỳ trước / previous"
 CHANGE = "thay đổi / change"
 # The rows above the header in the XLSX: title, period, blank.
@@ -35,7 +37,7 @@ DATE_FORMAT = "DD/MM/YYYY"
 
 
 def header(table: ReportTable) -> list[str]:
-    out = list(UNIT_HEADERS)
+    out = list(TEAM_HEADERS if table.rows_by is ReportRows.teams else UNIT_HEADERS)
     for column in table.columns:
         label = f"{column.label_vi} / {column.label_en}"
         out += [label, f"{label} ({PREVIOUS})", f"{label} ({CHANGE})"]
@@ -44,6 +46,8 @@ def header(table: ReportTable) -> list[str]:
 
 def cells(table: ReportTable, row: ReportRow) -> list[str | int | None]:
     out: list[str | int | None] = [row.unit, row.name]
+    if table.rows_by is ReportRows.teams:
+        out.append(row.team)
     for column in table.columns:
         out += [row.figures[column.key], row.previous[column.key], row.change[column.key]]
     return out
@@ -93,12 +97,12 @@ def xlsx_bytes(table: ReportTable) -> bytes:
     book = Workbook(write_only=True)
     sheet: WriteOnlyWorksheet = book.create_sheet("Báo cáo")
     names = header(table)
-    sheet.freeze_panes = f"C{XLSX_HEADER_ROW + 1}"
+    sheet.freeze_panes = f"{get_column_letter(len(header(table)) - 3 * len(table.columns) + 1)}{XLSX_HEADER_ROW + 1}"
     # Write-only sheets have column dimensions at run time (Worksheet._setup); the stubs omit them.
     widths = sheet.column_dimensions  # type: ignore[attr-defined]
     widths["A"].width = 18
     widths["B"].width = 36
-    for index in range(3, len(names) + 1):
+    for index in range(len(names) - 3 * len(table.columns) + 1, len(names) + 1):
         widths[get_column_letter(index)].width = 16
 
     bold = Font(bold=True)

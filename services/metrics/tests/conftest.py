@@ -187,6 +187,7 @@ class Events:
         women: int = 0,
         veterans: int = 0,
         activated: int = 0,
+        team: str | None = None,
     ) -> vis.VisitFigures:
         """A visit's figures; one elderly person among them unless ``elderly`` says otherwise."""
         return vis.VisitFigures(
@@ -201,6 +202,7 @@ class Events:
                 vneid_installed=vneid, vneid_activated=activated, online_applications_l3=l3, online_applications_l4=l4
             ),
             area=area,
+            team_code=team,
         )
 
     @staticmethod
@@ -240,12 +242,13 @@ class Events:
         return make_event(vis.VISIT_VOIDED, payload, source="/visits", key=visit_id)
 
     @staticmethod
-    def post(post_id: str, path: Sequence[str], channel: str, day: date) -> Envelope:
+    def post(post_id: str, path: Sequence[str], channel: str, day: date, team: str | None = None) -> Envelope:
         payload = vis.OutreachPublished(
             post_id=post_id,
             client_ref=f"ref-{post_id}",
             unit_code=path[-1],
             unit_path=list(path),
+            team_code=team,
             channel=channel,
             published_on=day,
             title="Chuyển đổi số cùng thanh niên",
@@ -253,12 +256,13 @@ class Events:
         return make_event(vis.OUTREACH_PUBLISHED, payload, source="/visits", key=post_id)
 
     @staticmethod
-    def post_voided(post_id: str, path: Sequence[str], channel: str, day: date) -> Envelope:
+    def post_voided(post_id: str, path: Sequence[str], channel: str, day: date, team: str | None = None) -> Envelope:
         payload = vis.OutreachVoided(
             post_id=post_id,
             reason="sai kênh",
             unit_code=path[-1],
             unit_path=list(path),
+            team_code=team,
             channel=channel,
             published_on=day,
         )
@@ -272,6 +276,7 @@ class Events:
         starts_on: date,
         ends_on: date,
         mode: str | None = "in_person",
+        team: str | None = None,
     ) -> trn.CourseRef:
         return trn.CourseRef(
             course_code=code,
@@ -281,6 +286,7 @@ class Events:
             starts_on=starts_on,
             ends_on=ends_on,
             mode=mode,
+            team_code=team,
         )
 
     @staticmethod

@@ -113,6 +113,7 @@ def _course_ref(c: Document) -> ev.CourseRef:
         starts_on=date.fromisoformat(c["starts_on"]),
         ends_on=date.fromisoformat(c["ends_on"]),
         mode=c["mode"],
+        team_code=c["team_code"],
     )
 
 

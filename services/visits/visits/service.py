@@ -531,6 +531,7 @@ def visit_figures(doc: Document) -> ev.VisitFigures:
         people=ev.People(**doc["people"]),
         services=ev.Services(**doc["services"]),
         area=doc["area"],
+        team_code=doc["team_code"],
     )
 
 
@@ -686,6 +687,7 @@ class OutreachService(Intake[OutreachIn]):
             reason=reason,
             unit_code=doc["unit_code"],
             unit_path=doc["unit_path"],
+            team_code=doc["team_code"],
             channel=doc["channel"],
             published_on=date.fromisoformat(doc["published_on"]),
         )

@@ -36,6 +36,7 @@ class CourseRef(Contract):
     starts_on: date
     ends_on: date
     mode: Mode | None = Field(default=None, description="In person or online, as scheduled.")
+    team_code: str | None = Field(default=None, description="The team that runs the course.")
 
 
 class CourseScheduled(Contract):

@@ -48,6 +48,9 @@ class VisitFigures(Contract):
     area: Area | None = Field(
         default=None, description="Area type of the visit, so corrections and voids move area figures too."
     )
+    team_code: str | None = Field(
+        default=None, description="The team that made the visit, so team figures follow corrections and voids."
+    )
 
 
 class VisitRecorded(Contract):
@@ -102,6 +105,7 @@ class OutreachVoided(Contract):
     reason: str
     unit_code: str
     unit_path: UnitPath
+    team_code: str | None = Field(default=None, description="The team that had published the post.")
     channel: Channel
     published_on: date
 
