@@ -4,20 +4,29 @@ from __future__ import annotations
 
 import asyncio
 from collections.abc import AsyncIterator, Iterator
-from datetime import date
-from typing import Annotated, Any
+from datetime import UTC, date, datetime
+from typing import Annotated, Any, Literal
 
-from fastapi import APIRouter, Depends, Query, Request
+from fastapi import APIRouter, Body, Depends, Path, Query, Request
 from fastapi.responses import Response, StreamingResponse
+from pydantic import AwareDatetime
 
+from metrics import narrative, page
+from metrics.closing import ClosingService, with_figures
 from metrics.generations import LiveProjection, RebuildControl, base_topics
 from metrics.schemas import (
     CampaignProgress,
     CampaignRisk,
+    CloseRequest,
+    Completeness,
     Freshness,
     Interval,
+    PeriodFigures,
+    PeriodOut,
+    PeriodUnit,
     RebuildAccepted,
     RebuildStatus,
+    ReopenRequest,
     ReportFormat,
     ReportRows,
     ReportTable,
@@ -28,6 +37,7 @@ from metrics.service import MetricsService, local_today
 from metrics.spreadsheets import CSV_MEDIA_TYPE, XLSX_MEDIA_TYPE, csv_chunks, filename, xlsx_bytes
 from shared.auth import Role, require_role
 from shared.contracts.common import Indicator
+from shared.errors import InvalidInput
 from shared.http import PROBLEM_RESPONSES, CurrentPrincipal
 from shared.settings import ServiceSettings
 
@@ -49,6 +59,11 @@ def _rebuild(request: Request) -> RebuildControl:
     return control
 
 
+def _closing(request: Request) -> ClosingService:
+    closing: ClosingService = request.app.state.closing
+    return closing
+
+
 def _settings(request: Request) -> ServiceSettings:
     settings: ServiceSettings = request.app.state.runtime.settings
     return settings
@@ -58,13 +73,16 @@ Service = Annotated[MetricsService, Depends(_service)]
 Live = Annotated[LiveProjection, Depends(_live)]
 Rebuild = Annotated[RebuildControl, Depends(_rebuild)]
 Settings = Annotated[ServiceSettings, Depends(_settings)]
+Closing = Annotated[ClosingService, Depends(_closing)]
 UnitParam = Annotated[
     str | None,
     Query(
+        max_length=64,
         description="Unit code; defaults to your own unit (admins: the province).",
         openapi_examples={"ward": {"value": "QN-HALONG"}},
     ),
 ]
+CampaignCode = Annotated[str, Path(max_length=64, description="Campaign code.", examples=["PEAK90"])]
 FromParam = Annotated[
     date | None, Query(alias="from", description="First local date counted.", examples=["2025-07-01"])
 ]
@@ -113,15 +131,42 @@ async def _streamed(chunks: Iterator[bytes]) -> AsyncIterator[bytes]:
 async def summary(
     principal: CurrentPrincipal,
     service: Service,
+    closing: Closing,
     unit: UnitParam = None,
     campaign: Annotated[
         str | None,
-        Query(description="Campaign code: count its window (default unit: the province).", examples=["PEAK90"]),
+        Query(
+            max_length=64,
+            description="Campaign code: count its window (default unit: the province).",
+            examples=["PEAK90"],
+        ),
     ] = None,
     first: FromParam = None,
     last: ToParam = None,
+    known_at: Annotated[
+        AwareDatetime | None,
+        Query(
+            description="Answer as the system knew it then: dated indicators from the event log up to this "
+            "moment (needs a period: from/to or campaign).",
+            examples=["2025-07-14T09:00:00+07:00"],
+        ),
+    ] = None,
+    reported: Annotated[
+        bool,
+        Query(description="Answer with the figures frozen when this period (a week or a campaign) was closed."),
+    ] = False,
 ) -> Summary:
-    return await service.summary(principal, unit=unit, campaign=campaign, first=first, last=last)
+    live = await service.summary(principal, unit=unit, campaign=campaign, first=first, last=last)
+    if not known_at and not reported:
+        return live
+    if live.scope.from_ is None or live.scope.to is None:
+        raise InvalidInput("known_at and reported need a period: from and to, or campaign")
+    if reported:
+        period, frozen = await closing.reported(principal, live.scope.unit, live.scope.from_, live.scope.to)
+        return with_figures(live, frozen, reported=period)
+    assert known_at is not None
+    then = await closing.known_at(principal, live.scope.unit, live.scope.from_, live.scope.to, known_at)
+    return with_figures(live, then, known_at=known_at)
 
 
 @router.get(
@@ -129,7 +174,7 @@ async def summary(
     summary="Actual against target for each of a campaign's targets",
     response_model=CampaignProgress,
 )
-async def campaign_progress(code: str, principal: CurrentPrincipal, service: Service) -> CampaignProgress:
+async def campaign_progress(code: CampaignCode, principal: CurrentPrincipal, service: Service) -> CampaignProgress:
     return await service.progress(principal, code, local_today())
 
 
@@ -146,9 +191,20 @@ async def campaign_progress(code: str, principal: CurrentPrincipal, service: Ser
     ),
 )
 async def campaign_risk(
-    code: str, principal: CurrentPrincipal, service: Service, as_of: AsOfParam = None
+    code: CampaignCode, principal: CurrentPrincipal, service: Service, as_of: AsOfParam = None
 ) -> CampaignRisk:
     return await service.campaign_risk(principal, code, as_of or local_today())
+
+
+@router.get("/campaign-page", **page.ROUTE)
+async def campaign_page(
+    request: Request,
+    service: Service,
+    campaign: page.CampaignParam = None,
+    unit: UnitParam = None,
+    token: page.TokenParam = None,
+) -> Response:
+    return await page.campaign_page(request, service, campaign=campaign, unit=unit, token=token)
 
 
 REPORT_CONTENT: dict[str, Any] = {
@@ -191,7 +247,11 @@ async def report_table(
     unit: UnitParam = None,
     campaign: Annotated[
         str | None,
-        Query(description="Campaign code: report its window (default unit: the province).", examples=["PEAK90"]),
+        Query(
+            max_length=64,
+            description="Campaign code: report its window (default unit: the province).",
+            examples=["PEAK90"],
+        ),
     ] = None,
     first: Annotated[
         date | None, Query(alias="from", description="First local date of the period.", examples=["2025-07-07"])
@@ -273,3 +333,134 @@ async def rebuild_status(principal: CurrentPrincipal, service: Service) -> Rebui
     status = await service.meta.rebuild_status() or {}
     status.pop("updated_at", None)
     return RebuildStatus.model_validate({"state": "idle", **status, "active_generation": active})
+
+
+# --- closing the week ---------------------------------------------------------------------------------
+PeriodParam = Annotated[
+    str,
+    Path(
+        description="An ISO week, Monday to Sunday local (``2025-W28``), or a campaign's window (``campaign-<code>``).",
+        max_length=80,
+        examples=["2025-W28"],
+    ),
+]
+UnitPath = Annotated[str, Path(description="Unit code.", max_length=80, examples=["QN-HALONG"])]
+NarrativeFormat = Annotated[
+    Literal["md", "html"], Query(alias="format", description="md (Markdown) or html (a printable page).")
+]
+PERIOD_PROBLEMS = problems(
+    {
+        403: "Your role or unit scope does not allow it",
+        404: "The unit or the campaign is not known",
+        409: "The period is not in a state that allows it (see the problem's slug)",
+        422: "A malformed period or body",
+    }
+)
+
+
+@router.get(
+    "/periods/{period}",
+    summary="Which units of a subtree have closed or approved a period",
+    response_model=PeriodOut,
+    responses=PERIOD_PROBLEMS,
+)
+async def period_status(
+    period: PeriodParam, principal: CurrentPrincipal, closing: Closing, unit: UnitParam = None
+) -> PeriodOut:
+    return await closing.status(principal, period, unit)
+
+
+@router.post(
+    "/periods/{period}/units/{unit}:close",
+    summary="Close a period for your unit: freeze its reported figures (every active child unit approved first)",
+    response_model=PeriodUnit,
+    responses=PERIOD_PROBLEMS,
+)
+async def close_period(
+    period: PeriodParam,
+    unit: UnitPath,
+    principal: CurrentPrincipal,
+    closing: Closing,
+    body: Annotated[CloseRequest | None, Body()] = None,
+) -> PeriodUnit:
+    return await closing.close(principal, period, unit, body.note if body else None)
+
+
+@router.post(
+    "/periods/{period}/units/{unit}:approve",
+    summary="Approve a child unit's closed period (its parent's manager, or an admin)",
+    response_model=PeriodUnit,
+    responses=PERIOD_PROBLEMS,
+)
+async def approve_period(
+    period: PeriodParam, unit: UnitPath, principal: CurrentPrincipal, closing: Closing
+) -> PeriodUnit:
+    return await closing.approve(principal, period, unit)
+
+
+@router.post(
+    "/periods/{period}/units/{unit}:reopen",
+    summary="Reopen a closed or approved period, with a reason (admin)",
+    response_model=PeriodUnit,
+    responses=PERIOD_PROBLEMS,
+)
+async def reopen_period(
+    period: PeriodParam, unit: UnitPath, body: ReopenRequest, principal: CurrentPrincipal, closing: Closing
+) -> PeriodUnit:
+    return await closing.reopen(principal, period, unit, body.reason)
+
+
+@router.get(
+    "/periods/{period}/units/{unit}/figures",
+    summary="Reported (at the close), revised and the difference, with every adjustment that arrived later",
+    response_model=PeriodFigures,
+    responses=PERIOD_PROBLEMS,
+)
+async def period_figures(
+    period: PeriodParam, unit: UnitPath, principal: CurrentPrincipal, closing: Closing
+) -> PeriodFigures:
+    return await closing.figures(principal, period, unit)
+
+
+@router.get(
+    "/periods/{period}/units/{unit}/completeness",
+    summary="Teams expected to report, those that did (on time or late), and units that have not closed",
+    response_model=Completeness,
+    responses=PERIOD_PROBLEMS,
+)
+async def period_completeness(
+    period: PeriodParam, unit: UnitPath, principal: CurrentPrincipal, closing: Closing
+) -> Completeness:
+    return await closing.completeness(principal, period, unit)
+
+
+@router.get(
+    "/periods/{period}/units/{unit}/narrative",
+    summary="The weekly narrative in Vietnamese and English, as Markdown or HTML",
+    response_class=Response,
+    responses={
+        200: {"description": "The narrative", "content": {"text/markdown": {}, "text/html": {}}},
+        **PERIOD_PROBLEMS,
+    },
+)
+async def period_narrative(
+    period: PeriodParam,
+    unit: UnitPath,
+    principal: CurrentPrincipal,
+    closing: Closing,
+    live: Live,
+    settings: Settings,
+    fmt: NarrativeFormat = "md",
+) -> Response:
+    checked, table, risks, figures, completeness = await closing.narrative_inputs(principal, period, unit)
+    runner = live.runner
+    fresh = MetricsService.freshness(
+        live.generation or 0,
+        base_topics(settings),
+        dict(runner.last_event_time) if runner else {},
+        dict(runner.lag) if runner else {},
+    )
+    story = narrative.build(table, risks, figures, completeness, fresh, datetime.now(UTC), checked.id)
+    if fmt == "html":
+        return Response(narrative.to_html(story), media_type="text/html; charset=utf-8")
+    return Response(narrative.to_markdown(story), media_type="text/markdown; charset=utf-8")

@@ -9,9 +9,11 @@ from fastapi import FastAPI
 from pydantic_settings import SettingsConfigDict
 
 from metrics.api import router
+from metrics.closing import ClosingService
 from metrics.gauges import GaugeRefresher
 from metrics.generations import LiveProjection, RebuildControl, Rebuilder
-from metrics.repository import MetricsStore
+from metrics.ledger import EventLog
+from metrics.repository import MetricsStore, PeriodRepository
 from metrics.service import MetricsService
 from shared.http import create_app, serve
 from shared.logging import configure_logging
@@ -72,11 +74,14 @@ def build_app(settings: MetricsSettings | None = None) -> FastAPI:
         rebuilder = Rebuilder(settings, runtime.db, runtime.producer, poll_seconds=settings.rebuild_poll_seconds)
         control = RebuildControl(rebuilder, live)
         gauges = GaugeRefresher(service, settings.gauge_refresh_seconds)
+        periods = PeriodRepository(runtime.db)
+        app.state.closing = ClosingService(service, periods, EventLog(settings.kafka_bootstrap, runtime.topic_of))
         app.state.metrics = service
         app.state.live = live
         app.state.rebuild = control
         app.state.gauges = gauges
         await runtime.start()
+        await periods.ensure_indexes()
         await live.start()
         await gauges.start()
         try:

@@ -343,3 +343,47 @@ class MetricsStore:
         if self._repo is None or self._repo.generation != generation:
             self._repo = ProjectionRepository(self._db, generation, cache_seconds=self._cache_seconds)
         return self._repo
+
+
+class PeriodRepository:
+    """``period_closes``: one document per period and unit, ``{_id: "<period>|<unit>", status, reported,
+    cut, history, ...}``. Correctness state, not projection: no generation, kept by a rebuild."""
+
+    def __init__(self, db: AsyncDatabase[Document]) -> None:
+        self._col = db["period_closes"]
+
+    async def ensure_indexes(self) -> None:
+        await self._col.create_index([("period", ASCENDING), ("unit", ASCENDING)])
+
+    async def get(self, period: str, unit: str) -> Document | None:
+        return await self._col.find_one({"_id": f"{period}|{unit}"})
+
+    async def of_units(self, period: str, units: Sequence[str]) -> list[Document]:
+        return await self._col.find({"period": period, "unit": {"$in": list(units)}}).to_list()
+
+    async def close(
+        self, period: str, unit: str, current: Document | None, fields: Document, entry: Document
+    ) -> Document | None:
+        """Close an open period (never closed, or reopened since); None when someone else changed it first."""
+        doc_id = f"{period}|{unit}"
+        if current is None:
+            try:
+                await self._col.insert_one({"_id": doc_id, **fields, "version": 1, "history": [entry]})
+            except DuplicateKeyError:
+                return None
+            return await self.get(period, unit)
+        return await self._col.find_one_and_update(
+            {"_id": doc_id, "status": "open", "version": current.get("version", 1)},
+            {"$set": fields, "$inc": {"version": 1}, "$push": {"history": entry}},
+            return_document=ReturnDocument.AFTER,
+        )
+
+    async def transition(
+        self, period: str, unit: str, expected: str, fields: Document, entry: Document
+    ) -> Document | None:
+        """Move from status ``expected`` to ``fields``; None when the status was not ``expected``."""
+        return await self._col.find_one_and_update(
+            {"_id": f"{period}|{unit}", "status": expected},
+            {"$set": fields, "$inc": {"version": 1}, "$push": {"history": entry}},
+            return_document=ReturnDocument.AFTER,
+        )

@@ -30,6 +30,14 @@ class Scope(BaseModel):
         default=None, description="The successor of a merged unit, whose figures include it."
     )
     successors: list[str] = Field(default_factory=list, description="The units a split unit was divided into.")
+    known_at: datetime | None = Field(
+        default=None,
+        description="With ``known_at``: the dated indicators as the event log held them at that moment "
+        "(current-state indicators are as they are now).",
+    )
+    reported: str | None = Field(
+        default=None, description="With ``reported=true``: the closed period whose frozen figures these are."
+    )
 
 
 class TeamsFigures(BaseModel):
@@ -510,3 +518,118 @@ class CampaignRisk(BaseModel):
     days_left: int
     targets: list[TargetRisk]
     units_at_risk: list[UnitAtRisk] = Field(description="Units with a target at risk or behind, worst ratio first.")
+
+
+# --- closing the week --------------------------------------------------------------------------------
+PeriodStatus = Literal["open", "closed", "approved"]
+
+
+class Actor(BaseModel):
+    sub: str
+    role: str
+    unit: str | None = None
+
+
+class PeriodHistoryEntry(BaseModel):
+    at: datetime
+    actor: Actor
+    action: Literal["close", "approve", "reopen"]
+    before: PeriodStatus
+    after: PeriodStatus
+    reason: str | None = None
+
+
+class PeriodUnit(BaseModel):
+    """One unit's state for one period."""
+
+    period: str
+    unit: str
+    name: str
+    status: PeriodStatus
+    closed_at: datetime | None = None
+    closed_by: Actor | None = None
+    approved_at: datetime | None = None
+    approved_by: Actor | None = None
+    reopened_at: datetime | None = None
+    reopen_reason: str | None = None
+    note: str | None = None
+    reported: dict[str, int] | None = Field(
+        default=None, description="The figures frozen at the close (flattened summary keys); null while open."
+    )
+    history: list[PeriodHistoryEntry] = Field(default_factory=list, description="Who closed, approved, reopened.")
+
+
+class PeriodOut(BaseModel):
+    period: str = Field(description="An ISO week (``2025-W28``, Monday to Sunday local) or ``campaign-<code>``.")
+    kind: Literal["week", "campaign"]
+    first: date
+    last: date
+    unit: str
+    units: list[PeriodUnit] = Field(description="The unit and every active unit below it, top down.")
+    not_closed: list[str] = Field(description="Units of the list whose period is still open.")
+
+
+class CloseRequest(BaseModel):
+    model_config = ConfigDict(json_schema_extra={"examples": [{"note": "Đã rà soát số liệu tuần / Week checked"}]})
+
+    note: str | None = Field(default=None, max_length=1000)
+
+
+class ReopenRequest(BaseModel):
+    model_config = ConfigDict(
+        json_schema_extra={"examples": [{"reason": "Số liệu bão số 3 về muộn / Typhoon week's late records"}]}
+    )
+
+    reason: str = Field(min_length=3, max_length=1000)
+
+
+class Adjustment(BaseModel):
+    """One event that reached the log after the close and changes the closed period's figures."""
+
+    event_id: str
+    event_type: str
+    subject: str | None = Field(description="The record it concerns (visit id, course code, post id).")
+    arrived_at: datetime = Field(description="When it reached the event log.")
+    units: list[str]
+    days: list[date]
+    teams: list[str]
+    changes: dict[str, int] = Field(description="By how much each flattened key moved (zeros left out).")
+
+
+class PeriodFigures(BaseModel):
+    period: str
+    unit: str
+    status: PeriodStatus
+    closed_at: datetime
+    reported: dict[str, int] = Field(description="Frozen at the close.")
+    revised: dict[str, int] = Field(
+        description="Reported plus every adjustment (dated keys); current-state keys as they are now."
+    )
+    difference: dict[str, int] = Field(description="revised - reported.")
+    adjustments: list[Adjustment] = Field(description="Late and changed records, in the order they arrived.")
+
+
+class TeamReporting(BaseModel):
+    team: str
+    name: str
+    unit: str
+    kind: str | None
+    active: bool
+    status: Literal["on_time", "late", "silent"] = Field(
+        description="``on_time``: sent records for the period before the close (or so far, while open); "
+        "``late``: only after the close; ``silent``: nothing."
+    )
+
+
+class Completeness(BaseModel):
+    period: str
+    unit: str
+    closed: bool
+    teams_expected: int = Field(description="Active teams of the subtree.")
+    teams_reported: int
+    teams_on_time: int
+    teams_late: int
+    reporting_rate: float | None = Field(description="Percent of expected teams that sent records.")
+    teams: list[TeamReporting]
+    silent_teams: list[str]
+    units_not_closed: list[str]
