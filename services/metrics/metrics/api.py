@@ -11,7 +11,7 @@ from fastapi import APIRouter, Body, Depends, Path, Query, Request
 from fastapi.responses import Response, StreamingResponse
 from pydantic import AwareDatetime
 
-from metrics import narrative, page
+from metrics import narrative
 from metrics.closing import ClosingService, with_figures
 from metrics.generations import LiveProjection, RebuildControl, base_topics
 from metrics.schemas import (
@@ -97,6 +97,16 @@ AsOfParam = Annotated[
 ]
 
 
+KnownAtParam = Annotated[
+    AwareDatetime | None,
+    Query(
+        description="Answer as the system knew it then: dated indicators from the event log up to this moment "
+        "(current-state indicators as they are now; a summary needs a period: from/to or campaign).",
+        examples=["2025-07-14T09:00:00+07:00"],
+    ),
+]
+
+
 def problems(described: dict[int, str]) -> dict[int | str, dict[str, Any]]:
     """Problem responses of a route, each saying what it means there."""
     return {status: {**PROBLEM_RESPONSES[status], "description": text} for status, text in described.items()}
@@ -143,14 +153,7 @@ async def summary(
     ] = None,
     first: FromParam = None,
     last: ToParam = None,
-    known_at: Annotated[
-        AwareDatetime | None,
-        Query(
-            description="Answer as the system knew it then: dated indicators from the event log up to this "
-            "moment (needs a period: from/to or campaign).",
-            examples=["2025-07-14T09:00:00+07:00"],
-        ),
-    ] = None,
+    known_at: KnownAtParam = None,
     reported: Annotated[
         bool,
         Query(description="Answer with the figures frozen when this period (a week or a campaign) was closed."),
@@ -196,17 +199,6 @@ async def campaign_risk(
     return await service.campaign_risk(principal, code, as_of or local_today())
 
 
-@router.get("/campaign-page", **page.ROUTE)
-async def campaign_page(
-    request: Request,
-    service: Service,
-    campaign: page.CampaignParam = None,
-    unit: UnitParam = None,
-    token: page.TokenParam = None,
-) -> Response:
-    return await page.campaign_page(request, service, campaign=campaign, unit=unit, token=token)
-
-
 REPORT_CONTENT: dict[str, Any] = {
     "text/csv": {
         "schema": {"type": "string"},
@@ -244,6 +236,7 @@ async def report_table(
     request: Request,
     principal: CurrentPrincipal,
     service: Service,
+    closing: Closing,
     unit: UnitParam = None,
     campaign: Annotated[
         str | None,
@@ -268,10 +261,13 @@ async def report_table(
         ReportRows,
         Query(description="units: the unit's direct child units as rows; teams: every team of its subtree."),
     ] = ReportRows.units,
+    known_at: KnownAtParam = None,
 ) -> ReportTable | Response:
     table = await service.report_table(
         principal, unit=unit, campaign=campaign, first=first, last=last, today=as_of or local_today(), rows_by=rows
     )
+    if known_at is not None:
+        table = await closing.table_known_at(principal, table, known_at)
     chosen = fmt or negotiated(request.headers.get("accept"))
     if chosen is ReportFormat.json:
         return table

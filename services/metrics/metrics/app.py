@@ -67,7 +67,7 @@ def build_app(settings: MetricsSettings | None = None) -> FastAPI:
 
     @asynccontextmanager
     async def lifespan(app: FastAPI) -> AsyncIterator[None]:
-        runtime = Runtime(settings)
+        runtime = Runtime(settings, outbox_collections=["period_closes"])
         app.state.runtime = runtime
         service = MetricsService(MetricsStore(runtime.db))
         live = LiveProjection(settings, runtime.db, runtime.producer, poll_seconds=settings.generation_poll_seconds)
@@ -75,7 +75,8 @@ def build_app(settings: MetricsSettings | None = None) -> FastAPI:
         control = RebuildControl(rebuilder, live)
         gauges = GaugeRefresher(service, settings.gauge_refresh_seconds)
         periods = PeriodRepository(runtime.db)
-        app.state.closing = ClosingService(service, periods, EventLog(settings.kafka_bootstrap, runtime.topic_of))
+        log = EventLog(settings.kafka_bootstrap, runtime.topic_of)
+        app.state.closing = ClosingService(service, periods, log, runtime.notify_relay)
         app.state.metrics = service
         app.state.live = live
         app.state.rebuild = control

@@ -17,14 +17,16 @@ from __future__ import annotations
 
 import re
 from collections import defaultdict
-from collections.abc import Iterable, Mapping, Sequence
+from collections.abc import Callable, Iterable, Mapping, Sequence
 from dataclasses import dataclass
 from datetime import UTC, date, datetime, time, timedelta
 from typing import Any, Literal, Protocol
 
+from pydantic import BaseModel
+
 from metrics.ledger import Cut, Entry
 from metrics.projection import CATALOGUE
-from metrics.repository import PeriodRepository, ProjectionRepository, path_of, subtree_of
+from metrics.repository import PeriodRepository, ProjectionRepository, path_of, row_owners, subtree_of
 from metrics.schemas import (
     Adjustment,
     CampaignRisk,
@@ -32,14 +34,27 @@ from metrics.schemas import (
     PeriodFigures,
     PeriodOut,
     PeriodUnit,
+    ReportRow,
+    ReportRows,
     ReportTable,
     Summary,
     TeamReporting,
 )
-from metrics.service import FLAT_KEYS, LOCAL_TZ, MetricsService, Totals, flat_figures, resolve_unit
+from metrics.service import (
+    FLAT_KEYS,
+    LOCAL_TZ,
+    MetricsService,
+    Totals,
+    flat_figures,
+    resolve_unit,
+    unattributed_row,
+)
 from shared.auth import Principal, Role, require_role
+from shared.contracts import reporting as rpt
+from shared.envelope import Envelope, make_event
 from shared.errors import Conflict, Forbidden, InvalidInput, NotFound
 
+SOURCE = "/metrics"
 WEEK = re.compile(r"^(\d{4})-W(\d{2})$")
 CAMPAIGN_PREFIX = "campaign-"
 # The log is read from a day before the period: a copy of an event is only recognised when its
@@ -137,10 +152,17 @@ def _status(doc: Mapping[str, Any] | None) -> str:
 
 
 class ClosingService:
-    def __init__(self, metrics: MetricsService, periods: PeriodRepository, log: EventLogReader) -> None:
+    def __init__(
+        self,
+        metrics: MetricsService,
+        periods: PeriodRepository,
+        log: EventLogReader,
+        notify: Callable[[], None] = lambda: None,
+    ) -> None:
         self._metrics = metrics
         self._periods = periods
         self._log = log
+        self._notify = notify  # wakes the outbox relay after a write that carries events
 
     async def period(self, repo: ProjectionRepository, text: str) -> Period:
         week = parse_week(text)
@@ -194,6 +216,7 @@ class ClosingService:
         summary = await self._metrics.summary(principal, unit=code, campaign=None, first=period.first, last=period.last)
         state = {k: v for k, v in _flat(summary.model_dump()).items() if k not in DATED_KEYS}
         now = datetime.now(UTC)
+        reported = {**dated_figures(entries), **state}
         doc = {
             "period": period.id,
             "unit": code,
@@ -207,10 +230,23 @@ class ClosingService:
             "cut": cut,
             "units": units,
             # Stored nested like a summary (field names may not contain dots): readable as it is.
-            "reported": nest({**dated_figures(entries), **state}),
+            "reported": nest(reported),
             "reported_teams": sorted({c.team for e in entries for c in e.changes if c.team}),
         }
-        saved = await self._periods.close(period.id, code, current, doc, _history(principal, "close", "open", note))
+
+        def closed_event(version: int) -> list[Envelope]:
+            payload = rpt.PeriodClosed(
+                period=_ref(period, code, tree),
+                closed_at=now,
+                closed_by=principal.sub,
+                reported=nest(reported),
+                version=version,
+            )
+            return [_event(rpt.PERIOD_CLOSED, payload, period, code)]
+
+        entry = _history(principal, "close", "open", note)
+        saved = await self._periods.close(period.id, code, current, doc, entry, closed_event)
+        self._notify()
         if saved is None:
             raise Conflict(f"{period.id} of {code} changed meanwhile; retry", slug="concurrent-change")
         return _unit_out(saved)
@@ -229,13 +265,18 @@ class ClosingService:
                 f"{period.id} is {_status(current)} for {code}; only a closed period is approved",
                 slug="period-not-closed",
             )
-        saved = await self._periods.transition(
-            period.id,
-            code,
-            "closed",
-            {"status": "approved", "approved_at": datetime.now(UTC), "approved_by": _actor(principal)},
-            _history(principal, "approve", "closed", None),
+        assert current is not None
+        now = datetime.now(UTC)
+        approved = rpt.PeriodApproved(
+            period=_ref(period, code, tree), approved_at=now, approved_by=principal.sub, version=current["version"]
         )
+        saved = await self._periods.transition(
+            current,
+            {"status": "approved", "approved_at": now, "approved_by": _actor(principal)},
+            _history(principal, "approve", "closed", None),
+            [_event(rpt.PERIOD_APPROVED, approved, period, code)],
+        )
+        self._notify()
         if saved is None:
             raise Conflict(f"{period.id} of {code} changed meanwhile; retry", slug="concurrent-change")
         return _unit_out(saved)
@@ -250,18 +291,22 @@ class ClosingService:
         parent = tree[code].get("parent_code")
         if parent is not None and _status(await self._periods.get(period.id, parent)) != "open":
             raise Conflict(f"reopen {parent} first: its close includes {code}", slug="parent-closed")
-        saved = await self._periods.transition(
-            period.id,
-            code,
-            status,
-            {
-                "status": "open",
-                "reopened_at": datetime.now(UTC),
-                "reopened_by": _actor(principal),
-                "reopen_reason": reason,
-            },
-            _history(principal, "reopen", status, reason),
+        assert current is not None
+        now = datetime.now(UTC)
+        reopened = rpt.PeriodReopened(
+            period=_ref(period, code, tree),
+            reopened_at=now,
+            reopened_by=principal.sub,
+            reason=reason,
+            version=current["version"],
         )
+        saved = await self._periods.transition(
+            current,
+            {"status": "open", "reopened_at": now, "reopened_by": _actor(principal), "reopen_reason": reason},
+            _history(principal, "reopen", status, reason),
+            [_event(rpt.PERIOD_REOPENED, reopened, period, code)],
+        )
+        self._notify()
         if saved is None:
             raise Conflict(f"{period.id} of {code} changed meanwhile; retry", slug="concurrent-change")
         return _unit_out(saved)
@@ -331,6 +376,45 @@ class ClosingService:
             async for e in self._log.entries(since, cut, (first.isoformat(), last.isoformat()), subtree_of(tree, code))
         ]
         return dated_figures(entries)
+
+    async def table_known_at(self, principal: Principal, table: ReportTable, moment: datetime) -> ReportTable:
+        """``table`` (as the live service built it) with its dated figures as the log held them at ``moment``."""
+        repo = await self._metrics.projection()
+        tree = await repo.tree()
+        owners = row_owners(tree, table.unit)
+        cut = await self._log.at(moment)
+        first, last = table.previous_from, table.to
+        since = datetime.combine(first, time(), LOCAL_TZ).astimezone(UTC) - READ_MARGIN
+        lo = table.from_.isoformat()
+        by_teams = table.rows_by is ReportRows.teams
+        now: dict[str | None, list[Entry]] = defaultdict(list)
+        before: dict[str | None, list[Entry]] = defaultdict(list)
+        everything_now: list[Entry] = []
+        everything_before: list[Entry] = []
+        async for e in self._log.entries(since, cut, (first.isoformat(), last.isoformat()), list(owners)):
+            for change in e.changes:
+                part = Entry(e.key, e.offset, e.appended_at, e.event_id, e.event_type, e.subject, [change])
+                owner = change.team if by_teams else owners.get(change.unit)
+                current = change.day >= lo
+                (now if current else before)[owner].append(part)
+                (everything_now if current else everything_before).append(part)
+
+        def known(row: ReportRow, current: list[Entry], previous: list[Entry]) -> ReportRow:
+            figures = {**row.figures, **dated_figures(current)}
+            earlier = {**row.previous, **dated_figures(previous)}
+            change = {k: None if earlier[k] is None else figures[k] - int(earlier[k] or 0) for k in figures}
+            return row.model_copy(update={"figures": figures, "previous": earlier, "change": change})
+
+        totals = known(table.totals, everything_now, everything_before)
+        rows = []
+        for row in table.rows:
+            if row.row == "unattributed":
+                continue
+            key = row.team if by_teams else row.unit
+            rows.append(known(row, now[key], before[key]))
+        if by_teams:
+            rows.append(unattributed_row(table.unit, totals, rows))
+        return table.model_copy(update={"rows": rows, "totals": totals, "known_at": moment})
 
     async def reported(
         self, principal: Principal, unit: str | None, first: date, last: date
@@ -451,6 +535,16 @@ def _flat(summary: Mapping[str, Any]) -> dict[str, int]:
         else:
             out[key] = int(value)
     return out
+
+
+def _ref(period: Period, code: str, tree: Mapping[str, Any]) -> rpt.PeriodRef:
+    return rpt.PeriodRef(
+        period=period.id, first=period.first, last=period.last, unit_code=code, unit_path=path_of(tree, code)
+    )
+
+
+def _event(event_type: str, payload: BaseModel, period: Period, code: str) -> Envelope:
+    return make_event(event_type, payload, source=SOURCE, key=f"{period.id}/{code}")
 
 
 def _history(principal: Principal, action: str, before: str, reason: str | None) -> dict[str, Any]:

@@ -11,7 +11,7 @@ from __future__ import annotations
 import asyncio
 import contextlib
 import time
-from collections.abc import Iterable, Mapping, Sequence
+from collections.abc import Callable, Iterable, Mapping, Sequence
 from datetime import UTC, datetime
 from typing import Any
 
@@ -20,8 +20,10 @@ from pymongo.asynchronous.database import AsyncDatabase
 from pymongo.errors import DuplicateKeyError
 
 from metrics.projection import ALL_DAY, STATE_DAY, counter_id, counter_owner
+from shared.envelope import Envelope
 from shared.logging import get_logger
 from shared.mongo import insert_ignoring_duplicates
+from shared.outbox import outbox_fields, outbox_update
 
 Document = dict[str, Any]
 log = get_logger(__name__)
@@ -362,28 +364,39 @@ class PeriodRepository:
         return await self._col.find({"period": period, "unit": {"$in": list(units)}}).to_list()
 
     async def close(
-        self, period: str, unit: str, current: Document | None, fields: Document, entry: Document
+        self,
+        period: str,
+        unit: str,
+        current: Document | None,
+        fields: Document,
+        entry: Document,
+        events: Callable[[int], Sequence[Envelope]],
     ) -> Document | None:
-        """Close an open period (never closed, or reopened since); None when someone else changed it first."""
+        """Close an open period (never closed, or reopened since), with the events of the close version
+        (``events(version)``) in the same write; None when someone else changed it first."""
         doc_id = f"{period}|{unit}"
         if current is None:
+            doc = {"_id": doc_id, **fields, "version": 1, "history": [entry], **outbox_fields(events(1))}
             try:
-                await self._col.insert_one({"_id": doc_id, **fields, "version": 1, "history": [entry]})
+                await self._col.insert_one(doc)
             except DuplicateKeyError:
                 return None
-            return await self.get(period, unit)
+            return doc
+        version = int(current.get("version", 1))
+        update = {"$set": {**fields, "version": version + 1}, "$push": {"history": entry}}
         return await self._col.find_one_and_update(
-            {"_id": doc_id, "status": "open", "version": current.get("version", 1)},
-            {"$set": fields, "$inc": {"version": 1}, "$push": {"history": entry}},
+            {"_id": doc_id, "status": "open", "version": version},
+            outbox_update(update, events(version + 1)),
             return_document=ReturnDocument.AFTER,
         )
 
     async def transition(
-        self, period: str, unit: str, expected: str, fields: Document, entry: Document
+        self, current: Document, fields: Document, entry: Document, events: Sequence[Envelope]
     ) -> Document | None:
-        """Move from status ``expected`` to ``fields``; None when the status was not ``expected``."""
+        """Move ``current`` to ``fields`` unless its status or version changed meanwhile."""
+        update = {"$set": fields, "$push": {"history": entry}}
         return await self._col.find_one_and_update(
-            {"_id": f"{period}|{unit}", "status": expected},
-            {"$set": fields, "$inc": {"version": 1}, "$push": {"history": entry}},
+            {"_id": current["_id"], "status": current["status"], "version": current.get("version", 1)},
+            outbox_update(update, events),
             return_document=ReturnDocument.AFTER,
         )

@@ -418,6 +418,10 @@ class ReportTable(BaseModel):
     rows_by: ReportRows = Field(
         default=ReportRows.units, description="``units``: child units as rows; ``teams``: the subtree's teams."
     )
+    known_at: datetime | None = Field(
+        default=None,
+        description="With ``known_at``: dated figures as the event log held them then (current state: as now).",
+    )
     columns: list[ReportColumn]
     rows: list[ReportRow] = Field(
         description="The direct row first (when the unit has records of its own), then the child units by code."

@@ -20,7 +20,8 @@ import httpx
 import pytest
 
 from metrics.app import MetricsSettings, build_app
-from shared.testing import running_app, token
+from shared.testing import collect_events, running_app, token
+from shared.topics import REPORTING_TOPIC
 
 pytestmark = [pytest.mark.kafka, pytest.mark.mongo]
 
@@ -154,6 +155,27 @@ async def test_close_approve_then_late_records_are_adjustments_and_reported_figu
             f"/v1/summary?unit=QN&{WEEK}&known_at={quote(datetime.now(UTC).isoformat())}", headers=ADMIN
         )
         assert now.json()["people_supported"] == 12
+        table = (
+            await client.get(f"/v1/reports/table?unit=QN&{WEEK}&known_at={quote(seen_at.isoformat())}", headers=ADMIN)
+        ).json()
+        assert {r["unit"]: r["figures"]["people_supported"] for r in table["rows"]} == {"QN-HALONG": 3, "QN-VANDON": 5}
+        assert (table["totals"]["figures"]["people_supported"], table["totals"]["previous"]["people_supported"]) == (
+            8,
+            9,
+        )
+        assert table["known_at"] is not None
+        teams = (
+            await client.get(
+                f"/v1/reports/table?unit=QN&{WEEK}&rows=teams&known_at={quote(seen_at.isoformat())}", headers=ADMIN
+            )
+        ).json()
+        assert {r["team"]: r["figures"]["people_supported"] for r in teams["rows"]} == {
+            "T1": 3,
+            "T2": 0,
+            "T3": 5,
+            "T4": 0,
+            None: 0,
+        }
         open_week = await client.get("/v1/summary?unit=QN&from=2025-06-30&to=2025-07-06&reported=true", headers=ADMIN)
         assert open_week.status_code == 409
         assert (
@@ -209,3 +231,24 @@ async def test_close_approve_then_late_records_are_adjustments_and_reported_figu
         again = await post(client, "QN:close", PROVINCE)
         assert again.json()["reported"]["people_supported"] == 12
         assert (await client.get("/v1/periods/2025-W99", headers=ADMIN)).status_code == 422
+
+        # Integrators see the cycle on the reporting topic, in order per unit.
+        got = await collect_events(settings.kafka_bootstrap, [settings.topic(REPORTING_TOPIC)], count=8, settle=1.0)
+        of_province = [
+            (e.type.rsplit(".", 2)[-2], e.data.get("version"))
+            for e in (r.envelope for r in got)
+            if e.key == "2025-W28/QN"
+        ]
+        assert of_province == [("closed", 1), ("approved", 1), ("reopened", 1), ("closed", 2)]
+        closed = next(
+            e.data for e in (r.envelope for r in got) if e.key == "2025-W28/QN-HALONG" and e.type.endswith("closed.v1")
+        )
+        assert closed["reported"]["people_supported"] == 3
+        assert closed["period"] == {
+            "period": "2025-W28",
+            "first": "2025-07-07",
+            "last": "2025-07-13",
+            "unit_code": "QN-HALONG",
+            "unit_path": HALONG,
+        }
+        assert len(got) == 8

@@ -16,7 +16,8 @@ from aiokafka.errors import TopicAlreadyExistsError
 REGISTRY_TOPIC = "registry.events.v1"
 VISITS_TOPIC = "visits.events.v1"
 TRAINING_TOPIC = "training.events.v1"
-EVENT_TOPICS = (REGISTRY_TOPIC, VISITS_TOPIC, TRAINING_TOPIC)
+REPORTING_TOPIC = "reporting.events.v1"
+EVENT_TOPICS = (REGISTRY_TOPIC, VISITS_TOPIC, TRAINING_TOPIC, REPORTING_TOPIC)
 
 
 def dlq_topic(topic: str) -> str:

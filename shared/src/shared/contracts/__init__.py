@@ -8,14 +8,20 @@ from __future__ import annotations
 
 from pydantic import BaseModel
 
-from shared.contracts import registry, training, visits
-from shared.topics import REGISTRY_TOPIC, TRAINING_TOPIC, VISITS_TOPIC
+from shared.contracts import registry, reporting, training, visits
+from shared.topics import REGISTRY_TOPIC, REPORTING_TOPIC, TRAINING_TOPIC, VISITS_TOPIC
 
-EVENT_TYPES: dict[str, type[BaseModel]] = {**registry.EVENTS, **visits.EVENTS, **training.EVENTS}
+EVENT_TYPES: dict[str, type[BaseModel]] = {
+    **registry.EVENTS,
+    **visits.EVENTS,
+    **training.EVENTS,
+    **reporting.EVENTS,
+}
 TOPIC_OF_TYPE: dict[str, str] = {
     **dict.fromkeys(registry.EVENTS, REGISTRY_TOPIC),
     **dict.fromkeys(visits.EVENTS, VISITS_TOPIC),
     **dict.fromkeys(training.EVENTS, TRAINING_TOPIC),
+    **dict.fromkeys(reporting.EVENTS, REPORTING_TOPIC),
 }
 
-__all__ = ["EVENT_TYPES", "TOPIC_OF_TYPE", "registry", "training", "visits"]
+__all__ = ["EVENT_TYPES", "TOPIC_OF_TYPE", "registry", "reporting", "training", "visits"]
