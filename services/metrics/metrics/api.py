@@ -448,7 +448,7 @@ async def period_narrative(
     settings: Settings,
     fmt: NarrativeFormat = "md",
 ) -> Response:
-    checked, table, risks, figures, completeness = await closing.narrative_inputs(principal, period, unit)
+    inputs = await closing.narrative_inputs(principal, period, unit)
     runner = live.runner
     fresh = MetricsService.freshness(
         live.generation or 0,
@@ -456,7 +456,7 @@ async def period_narrative(
         dict(runner.last_event_time) if runner else {},
         dict(runner.lag) if runner else {},
     )
-    story = narrative.build(table, risks, figures, completeness, fresh, datetime.now(UTC), checked.id)
+    story = narrative.build(inputs, fresh, datetime.now(UTC))
     if fmt == "html":
         return Response(narrative.to_html(story), media_type="text/html; charset=utf-8")
     return Response(narrative.to_markdown(story), media_type="text/markdown; charset=utf-8")

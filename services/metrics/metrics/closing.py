@@ -479,10 +479,8 @@ class ClosingService:
             units_not_closed=sorted(c for c in active_units if _status(docs.get(c)) == "open"),
         )
 
-    async def narrative_inputs(
-        self, principal: Principal, period_id: str, unit: str
-    ) -> tuple[Period, ReportTable, list[CampaignRisk], PeriodFigures | None, Completeness]:
-        repo, _tree, period, code = await self._context(principal, period_id, unit)
+    async def narrative_inputs(self, principal: Principal, period_id: str, unit: str) -> NarrativeInputs:
+        repo, tree, period, code = await self._context(principal, period_id, unit)
         table = await self._metrics.report_table(
             principal, unit=code, campaign=None, first=period.first, last=period.last, today=period.last
         )
@@ -497,7 +495,63 @@ class ClosingService:
             figures = await self.figures(principal, period_id, code)
         except Conflict:
             figures = None
-        return period, table, risks, figures, await self.completeness(principal, period_id, code)
+        return NarrativeInputs(
+            period=period,
+            table=table,
+            risks=risks,
+            figures=figures,
+            completeness=await self.completeness(principal, period_id, code),
+            earlier=await self._late_for_earlier_weeks(tree, code, period),
+        )
+
+    async def _late_for_earlier_weeks(self, tree: Mapping[str, Any], code: str, period: Period) -> list[LateWeek]:
+        """Per earlier closed week of the unit, the records that reached the log after its close."""
+        closes = [
+            d
+            for d in await self._periods.of_unit(code)
+            if d["status"] != "open"
+            and d.get("cut")
+            and WEEK.match(d["period"])
+            and d["last"] < period.first.isoformat()
+        ]
+        if not closes:
+            return []
+        first = min(d["first"] for d in closes)
+        last = max(d["last"] for d in closes)
+        units = sorted({u for d in closes for u in d["units"]} | set(subtree_of(tree, code)))
+        since = datetime.combine(date.fromisoformat(first), time(), LOCAL_TZ).astimezone(UTC) - READ_MARGIN
+        late: dict[str, list[Entry]] = defaultdict(list)
+        async for e in self._log.entries(since, None, (first, last), units):
+            for change in e.changes:
+                close = next((d for d in closes if d["first"] <= change.day <= d["last"]), None)
+                if close is not None and e.offset >= close["cut"].get(e.key, 0):
+                    part = Entry(e.key, e.offset, e.appended_at, e.event_id, e.event_type, e.subject, [change])
+                    late[close["period"]].append(part)
+        return [
+            LateWeek(
+                period=p,
+                records=len({e.event_id for e in entries}),
+                difference={k: v for k, v in dated_figures(entries).items() if v},
+            )
+            for p, entries in sorted(late.items())
+        ]
+
+
+@dataclass(frozen=True)
+class LateWeek:
+    period: str
+    records: int
+    difference: dict[str, int]
+
+
+@dataclass(frozen=True)
+class NarrativeInputs:
+    period: Period
+    table: ReportTable
+    risks: list[CampaignRisk]
+    figures: PeriodFigures | None
+    completeness: Completeness
+    earlier: list[LateWeek]
 
 
 def with_figures(summary: Summary, flat: Mapping[str, int], **scope: Any) -> Summary:

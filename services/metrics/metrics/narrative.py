@@ -7,11 +7,11 @@ Markdown for pasting into a message, and a self-contained HTML page for printing
 from __future__ import annotations
 
 import html
-from collections.abc import Sequence
 from dataclasses import dataclass, field
 from datetime import date, datetime
 
-from metrics.schemas import CampaignRisk, Completeness, Freshness, PeriodFigures, ReportRow, ReportTable
+from metrics.closing import NarrativeInputs
+from metrics.schemas import Freshness, ReportRow
 from metrics.service import COLUMN_LABELS, LOCAL_TZ
 
 HEADLINE_KEYS = (
@@ -70,15 +70,9 @@ def _dd(d: date) -> str:
     return d.strftime("%d/%m/%Y")
 
 
-def build(
-    table: ReportTable,
-    risks: Sequence[CampaignRisk],
-    figures: PeriodFigures | None,
-    completeness: Completeness,
-    freshness: Freshness,
-    generated_at: datetime,
-    period: str,
-) -> Narrative:
+def build(inputs: NarrativeInputs, freshness: Freshness, generated_at: datetime) -> Narrative:
+    table, risks, figures, completeness = inputs.table, inputs.risks, inputs.figures, inputs.completeness
+    period = inputs.period.id
     totals = table.totals
     title = f"Báo cáo tuần {period} / Weekly report {period}: {table.unit_name} ({_dd(table.from_)} - {_dd(table.to)})"
     sections = []
@@ -182,6 +176,11 @@ def build(
                 f"- {a.arrived_at.astimezone(LOCAL_TZ):%d/%m %H:%M} {a.event_type.rsplit('.', 2)[-2]} "
                 f"{a.subject or ''} ({', '.join(a.units)}): {moved or '—'}"
             )
+    for week in inputs.earlier:
+        moved = ", ".join(f"{_label(k)} {_signed(v)}" for k, v in week.difference.items() if k in HEADLINE_KEYS)
+        late.lines.append(
+            f"- Tuần {week.period} (đã chốt / closed): {week.records} bản ghi đến muộn / late records: {moved or '—'}"
+        )
     sections.append(late)
 
     reporting = Section("Tình hình báo cáo / Reporting completeness")

@@ -360,6 +360,10 @@ class PeriodRepository:
     async def get(self, period: str, unit: str) -> Document | None:
         return await self._col.find_one({"_id": f"{period}|{unit}"})
 
+    async def of_unit(self, unit: str) -> list[Document]:
+        """Every period of the unit that was ever closed."""
+        return await self._col.find({"unit": unit}).to_list()
+
     async def of_units(self, period: str, units: Sequence[str]) -> list[Document]:
         return await self._col.find({"period": period, "unit": {"$in": list(units)}}).to_list()
 

@@ -208,6 +208,12 @@ async def test_close_approve_then_late_records_are_adjustments_and_reported_figu
         assert page.text.startswith("<!doctype html>")
         assert "<h2>Số liệu đến muộn / Late data received</h2>" in page.text
 
+        # Next week's narrative lists what reached the closed week late.
+        following = await client.get("/v1/periods/2025-W29/units/QN/narrative", headers=ADMIN)
+        assert "- Tuần 2025-W28 (đã chốt / closed): 4 bản ghi đến muộn / late records:" in following.text
+        assert "Người dân được hỗ trợ / People supported +4" in following.text
+        assert "Tuần chưa được chốt" in following.text  # W29 itself is open
+
         # Reopening: an admin, with a reason, top down; kept in the history.
         assert (await post(client, "QN:reopen", PROVINCE, {"reason": "số liệu bão"})).status_code == 403
         assert (await post(client, "QN:reopen", ADMIN, {})).status_code == 422
