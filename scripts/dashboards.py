@@ -185,7 +185,16 @@ def new_dashboard(uid: str, title: str, description: str, tags: list[str]) -> da
 
 
 def indicator(name: str, *, level: str = "province", key: str = "total") -> str:
-    return f'max without (instance) (bridge_indicator{{indicator="{name}", key="{key}", level="{level}"}})'
+    return f'max without (instance) (bridge_indicator_{name}{{key="{key}", level="{level}"}})'
+
+
+def indicators(matchers: str, names: str = ".+") -> str:
+    """Series of several indicator families at once (``names`` a regex of indicator names), each
+    labelled ``indicator`` after its family, so they can be grouped without adding one to another."""
+    return (
+        f'label_replace({{__name__=~"bridge_indicator_({names})", {matchers}}}, '
+        '"indicator", "$1", "__name__", "bridge_indicator_(.+)")'
+    )
 
 
 # The breakdowns the reports quote, split by a key (their totals are left out: for groups, roles and
@@ -319,7 +328,8 @@ def campaign_overview() -> dashboard.Dashboard:
                 "Indicators (province, whole period)",
                 [
                     query(
-                        'sum by (indicator) (max without (instance) (bridge_indicator{key="total", level="province"}))',
+                        "sum by (indicator) (max without (instance) "
+                        "(" + indicators('key="total", level="province"') + "))",
                         "{{indicator}}",
                     )
                 ],
@@ -332,7 +342,7 @@ def campaign_overview() -> dashboard.Dashboard:
                 [
                     query(
                         f"sum by (key) (max without (instance) "
-                        f'(bridge_indicator{{indicator="teams", key=~"{team_kinds}", level="province"}}))',
+                        f'(bridge_indicator_teams{{key=~"{team_kinds}", level="province"}}))',
                         "{{key}}",
                     )
                 ],
@@ -353,7 +363,7 @@ def campaign_overview() -> dashboard.Dashboard:
                 [
                     query(
                         "sum by (indicator, key) (max without (instance) "
-                        f'(bridge_indicator{{indicator=~"{"|".join(BREAKDOWNS)}", key!="total", level="province"}}))',
+                        "(" + indicators('key!="total", level="province"', "|".join(BREAKDOWNS)) + "))",
                         "{{indicator}} · {{key}}",
                         "A",
                     ),
@@ -373,7 +383,8 @@ def campaign_overview() -> dashboard.Dashboard:
         .with_panel(
             matrix_table(
                 "Indicators by commune",
-                'sum by (unit, indicator) (max without (instance) (bridge_indicator{key="total", level="commune"}))',
+                "sum by (unit, indicator) (max without (instance) "
+                "(" + indicators('key="total", level="commune"') + "))",
                 rows="unit",
                 columns="indicator",
                 description="Each commune's figure includes its whole subtree.",
@@ -387,7 +398,7 @@ def campaign_overview() -> dashboard.Dashboard:
                 [
                     query(
                         "sum by (unit, indicator, key) (max without (instance) "
-                        '(bridge_indicator{key!="total", level="commune"}))',
+                        "(" + indicators('key!="total", level="commune"') + "))",
                         table_format=True,
                     )
                 ]
@@ -406,9 +417,7 @@ def field_work() -> dashboard.Dashboard:
     def by_commune(name: str, key: str = "total") -> str:
         return f"sum by (unit) ({indicator(name, level='commune', key=key)})"
 
-    applications = (
-        'max without (instance) (bridge_indicator{indicator="online_applications", key=~"l3|l4", level="%s"})'
-    )
+    applications = 'max without (instance) (bridge_indicator_online_applications{key=~"l3|l4", level="%s"})'
     return (
         new_dashboard(
             "bridge-field-work",
@@ -459,7 +468,7 @@ def field_work() -> dashboard.Dashboard:
                 [
                     query(
                         "sum by (key) (max without (instance) "
-                        '(bridge_indicator{indicator="outreach_posts", key!="total", level="province"}))',
+                        '(bridge_indicator_outreach_posts{key!="total", level="province"}))',
                         "{{key}}",
                     )
                 ],
@@ -472,10 +481,7 @@ def field_work() -> dashboard.Dashboard:
 # --- 3. training ------------------------------------------------------------------------------------
 def training() -> dashboard.Dashboard:
     def by_audience(name: str, level: str = "province") -> str:
-        return (
-            "sum by (key) (max without (instance) "
-            f'(bridge_indicator{{indicator="{name}", key!="total", level="{level}"}}))'
-        )
+        return f'sum by (key) (max without (instance) (bridge_indicator_{name}{{key!="total", level="{level}"}}))'
 
     completion_rate = f"sum({indicator('course_completions')}) / clamp_min(sum({indicator('course_participants')}), 1)"
     return (
@@ -507,7 +513,7 @@ def training() -> dashboard.Dashboard:
         .with_panel(
             matrix_table(
                 "Courses by commune and audience",
-                'sum by (unit, key) (max without (instance) (bridge_indicator{indicator="courses", level="commune"}))',
+                'sum by (unit, key) (max without (instance) (bridge_indicator_courses{level="commune"}))',
                 rows="unit",
                 columns="key",
                 width=12,
@@ -516,8 +522,7 @@ def training() -> dashboard.Dashboard:
         .with_panel(
             matrix_table(
                 "Participants by commune and audience",
-                "sum by (unit, key) (max without (instance) "
-                '(bridge_indicator{indicator="course_participants", level="commune"}))',
+                'sum by (unit, key) (max without (instance) (bridge_indicator_course_participants{level="commune"}))',
                 rows="unit",
                 columns="key",
                 width=12,
@@ -529,11 +534,11 @@ def training() -> dashboard.Dashboard:
 # --- 4. system health -------------------------------------------------------------------------------
 def system_health() -> dashboard.Dashboard:
     rate = "[$__rate_interval]"
-    requests = f"sum by (service) (rate(http_requests_total{{{API_ROUTES}}}{rate}))"
+    requests = f"sum by (service) (rate(bridge_http_requests_total{{{API_ROUTES}}}{rate}))"
 
     def error_ratio(status: str) -> str:
         # "or ... * 0" keeps a 0 series for services without errors instead of no data.
-        errors = f'sum by (service) (rate(http_requests_total{{{API_ROUTES}, status=~"{status}"}}{rate}))'
+        errors = f'sum by (service) (rate(bridge_http_requests_total{{{API_ROUTES}, status=~"{status}"}}{rate}))'
         return f"({errors} or {requests} * 0) / {requests}"
 
     up_mapping = ValueMap(
@@ -558,14 +563,14 @@ def system_health() -> dashboard.Dashboard:
         .with_panel(
             stat_panel(
                 "Dead-lettered events (since start)",
-                [query("sum(consumer_events_dead_lettered_total) or vector(0)", "dead-lettered")],
+                [query("sum(bridge_consumer_events_dead_lettered_total) or vector(0)", "dead-lettered")],
                 thresholds=BAD_WHEN_ABOVE_ZERO,
             )
         )
         .with_panel(
             stat_panel(
                 "Outbox documents pending",
-                [query("sum(max without (instance) (outbox_pending_documents)) or vector(0)", "pending")],
+                [query("sum(max without (instance) (bridge_outbox_pending_documents)) or vector(0)", "pending")],
                 thresholds=steps((None, "green"), (100, "orange"), (1000, "red")),
             )
         )
@@ -573,7 +578,12 @@ def system_health() -> dashboard.Dashboard:
         .with_panel(
             series(
                 "Consumer lag (messages)",
-                [query("sum by (job, consumer, topic) (consumer_lag_messages)", "{{job}} · {{consumer}} · {{topic}}")],
+                [
+                    query(
+                        "sum by (job, consumer, topic) (bridge_consumer_lag_messages)",
+                        "{{job}} · {{consumer}} · {{topic}}",
+                    )
+                ],
             )
         )
         .with_panel(
@@ -581,7 +591,7 @@ def system_health() -> dashboard.Dashboard:
                 "Throughput (events processed per second)",
                 [
                     query(
-                        f"sum by (job, consumer, topic) (rate(consumer_events_processed_total{rate}))",
+                        f"sum by (job, consumer, topic) (rate(bridge_consumer_events_processed_total{rate}))",
                         "{{job}} · {{consumer}} · {{topic}}",
                     )
                 ],
@@ -593,7 +603,7 @@ def system_health() -> dashboard.Dashboard:
                 "Dead-lettered events",
                 [
                     query(
-                        f"sum by (job, consumer, topic) (increase(consumer_events_dead_lettered_total{rate}))",
+                        f"sum by (job, consumer, topic) (increase(bridge_consumer_events_dead_lettered_total{rate}))",
                         "{{job}} · {{consumer}} · {{topic}}",
                     )
                 ],
@@ -603,7 +613,12 @@ def system_health() -> dashboard.Dashboard:
         .with_panel(
             series(
                 "Failed handler attempts per second",
-                [query(f"sum by (job, consumer) (rate(consumer_events_failed_total{rate}))", "{{job}} · {{consumer}}")],
+                [
+                    query(
+                        f"sum by (job, consumer) (rate(bridge_consumer_events_failed_total{rate}))",
+                        "{{job}} · {{consumer}}",
+                    )
+                ],
                 unit="ops",
                 width=8,
             )
@@ -611,7 +626,7 @@ def system_health() -> dashboard.Dashboard:
         .with_panel(
             series(
                 "Duplicates skipped per second",
-                [query(f"sum by (job) (rate(consumer_events_duplicate_total{rate}))", "{{job}}")],
+                [query(f"sum by (job) (rate(bridge_consumer_events_duplicate_total{rate}))", "{{job}}")],
                 unit="ops",
                 width=8,
                 description="Redelivered or twice-synced events that were recognised and skipped.",
@@ -636,7 +651,7 @@ def system_health() -> dashboard.Dashboard:
                 [
                     query(
                         "histogram_quantile(0.99, sum by (service, le) "
-                        f"(rate(http_request_duration_seconds_bucket{{{API_ROUTES}}}{rate})))",
+                        f"(rate(bridge_http_request_duration_seconds_bucket{{{API_ROUTES}}}{rate})))",
                         "{{service}}",
                     )
                 ],
@@ -650,7 +665,7 @@ def system_health() -> dashboard.Dashboard:
                 [
                     query(
                         "histogram_quantile(0.99, sum by (service, method, route, le) "
-                        f"(rate(http_request_duration_seconds_bucket{{{API_ROUTES}}}{rate})))",
+                        f"(rate(bridge_http_request_duration_seconds_bucket{{{API_ROUTES}}}{rate})))",
                         "{{service}} {{method}} {{route}}",
                     )
                 ],
@@ -662,13 +677,13 @@ def system_health() -> dashboard.Dashboard:
         .with_panel(
             series(
                 "Outbox pending documents",
-                [query("sum by (service) (max without (instance) (outbox_pending_documents))", "{{service}}")],
+                [query("sum by (service) (max without (instance) (bridge_outbox_pending_documents))", "{{service}}")],
             )
         )
         .with_panel(
             series(
                 "Events published per second",
-                [query(f"sum by (service) (rate(outbox_published_total{rate}))", "{{service}}")],
+                [query(f"sum by (service) (rate(bridge_outbox_published_total{rate}))", "{{service}}")],
                 unit="ops",
             )
         )

@@ -1,9 +1,11 @@
 """``make run``: the whole system on this machine, in the foreground.
 
 Starts the real Apache Kafka broker and FerretDB (``shared.infra``) with their data under ``.data/``,
-creates the topics, starts every service that exists as a child process (``python -m <name>``),
-waits until each ``/readyz`` answers 200, prints the URLs and an admin token, and stops everything
-cleanly on Ctrl-C or SIGTERM. The data survives a restart; ``make clean-data`` wipes it.
+creates the topics, starts every service that exists as a child process (``python -m <name>``) and
+Prometheus (Debian's ``/usr/bin/prometheus``) scraping every replica with the alert rules of
+``deploy/prometheus/``, waits until each ``/readyz`` answers 200, prints the URLs and an admin token,
+and stops everything cleanly on Ctrl-C or SIGTERM. The data survives a restart; ``make clean-data``
+wipes it.
 
 Everything is parameterised (ports, data dir, topic prefix) so the end-to-end test starts the same
 system on free ports in a temp dir: see :class:`RunConfig` and :class:`System`.
@@ -16,20 +18,22 @@ import contextlib
 import json
 import os
 import re
+import shutil
 import signal
 import subprocess
 import sys
 import threading
 import time
 from collections import deque
-from collections.abc import Callable, Iterator, Sequence
+from collections.abc import Callable, Iterator, Mapping, Sequence
 from dataclasses import dataclass, field
 from datetime import timedelta
 from pathlib import Path
 from types import FrameType
-from typing import IO, Any
+from typing import IO, Any, Protocol
 
 import httpx
+import yaml
 
 from shared.auth import issue_token
 from shared.infra import (
@@ -42,10 +46,12 @@ from shared.infra import (
     port_open,
     process_is,
 )
-from shared.settings import DEV_JWT_SECRET
+from shared.settings import ServiceSettings
 from shared.topics import ensure_topics_sync, load_topics
 
 REPO = Path(__file__).resolve().parent.parent
+PROMETHEUS_DIR = REPO / "deploy" / "prometheus"
+PROMETHEUS_BIN = shutil.which("prometheus") or "/usr/bin/prometheus"
 
 
 @dataclass(frozen=True)
@@ -84,7 +90,8 @@ class RunConfig:
     services: Sequence[str] | None = None
     topic_prefix: str = ""
     consumer_group_prefix: str | None = None
-    jwt_secret: str = DEV_JWT_SECRET
+    # BRIDGE_JWT_SECRET when set, so `make run` and `make token` (scripts.cli) sign and verify alike.
+    jwt_secret: str = field(default_factory=lambda: ServiceSettings().jwt_secret)
     echo_logs: bool = True
     verbose: bool = False
     color: bool = False
@@ -93,6 +100,9 @@ class RunConfig:
     # Ports of further replicas per service (the first listens on ``ports``); they share its
     # database and consumer groups, as replicas behind a load balancer would.
     replica_ports: dict[str, list[int]] = field(default_factory=dict)
+    # None: no Prometheus (the default for tests and benches, which start systems side by side);
+    # `make run` passes 9090. A taken port only skips it (Debian's own prometheus.service may hold it).
+    prometheus_port: int | None = None
 
     @property
     def controller_port(self) -> int:
@@ -233,22 +243,138 @@ def _pid_in(pidfile: Path) -> int | None:
         return None
 
 
+def _is_program(pid: int, name: str) -> bool:
+    """``shared.infra.process_is``, which knows Kafka and FerretDB, plus Prometheus."""
+    if name != "prometheus":
+        return process_is(pid, name)
+    try:
+        args = Path(f"/proc/{pid}/cmdline").read_bytes().split(b"\0")
+    except OSError:
+        return True
+    return Path(os.fsdecode(args[0])).name == "prometheus"
+
+
 def _live_pid_in(pidfile: Path, name: str) -> int | None:
     """The pid in ``pidfile`` if it is a live ``name`` process (the file is left alone either way)."""
     pid = _pid_in(pidfile)
-    return pid if pid is not None and pid_alive(pid) and process_is(pid, name) else None
+    return pid if pid is not None and pid_alive(pid) and _is_program(pid, name) else None
+
+
+def prometheus_config(
+    targets: Mapping[str, Sequence[tuple[str, str]]], source: Path = PROMETHEUS_DIR / "prometheus.yml"
+) -> dict[str, Any]:
+    """The project's scrape config (``source``, written for docker-compose) for replicas on this machine.
+
+    ``targets``: per service, ``(instance name, host:port)`` of each replica. Each job keeps its settings
+    but scrapes those addresses instead of discovering compose containers by DNS; every replica carries
+    a ``replica`` label (``visits-2``). Rule files are made absolute, so the config works from any dir.
+    """
+    base = yaml.safe_load(source.read_text())
+    jobs = []
+    for job in base["scrape_configs"]:
+        replicas = targets.get(job["job_name"])
+        if not replicas:
+            continue
+        local = {k: v for k, v in job.items() if not k.endswith("_sd_configs")}
+        local["static_configs"] = [{"targets": [address], "labels": {"replica": name}} for name, address in replicas]
+        jobs.append(local)
+    rules = [str((source.parent / f).resolve()) for f in base.get("rule_files", [])]
+    return {"global": base["global"], "rule_files": rules, "scrape_configs": jobs}
+
+
+@dataclass
+class PrometheusServer:
+    """Prometheus on loopback with a config file written by the runner; its TSDB and log in ``data_dir``."""
+
+    data_dir: Path
+    port: int
+    config_file: Path
+    proc: subprocess.Popen[bytes] | None = None
+    log: IO[bytes] | None = None
+    # Debian's build serves only the classic UI, under /classic/; upstream's serves /targets itself.
+    ui_prefix: str = ""
+
+    @property
+    def url(self) -> str:
+        return f"http://127.0.0.1:{self.port}"
+
+    def page(self, name: str) -> str:
+        """The URL of a UI page (``targets``, ``alerts``, ``graph``) in this build of Prometheus."""
+        return f"{self.url}{self.ui_prefix}/{name}"
+
+    def start(self, timeout: float = 30.0, cancel: threading.Event | None = None) -> PrometheusServer:
+        """Start it and wait until ``/-/ready``; ``cancel`` aborts the wait (and stops it)."""
+        if not Path(PROMETHEUS_BIN).exists():
+            raise RuntimeError(f"Prometheus not found at {PROMETHEUS_BIN}: run `make setup`")
+        self.data_dir.mkdir(parents=True, exist_ok=True)
+        self.log = (self.data_dir / "prometheus.log").open("ab")
+        self.proc = subprocess.Popen(
+            [
+                PROMETHEUS_BIN,
+                f"--config.file={self.config_file}",
+                f"--storage.tsdb.path={self.data_dir / 'tsdb'}",
+                "--storage.tsdb.retention.time=30d",
+                f"--web.listen-address=127.0.0.1:{self.port}",
+                "--log.level=warn",
+            ],
+            stdout=self.log,
+            stderr=subprocess.STDOUT,
+            start_new_session=True,
+        )
+        deadline = time.monotonic() + timeout
+        while time.monotonic() < deadline:
+            if self.proc.poll() is not None:
+                raise RuntimeError(f"Prometheus exited early; see {self.data_dir / 'prometheus.log'}")
+            if cancel is not None and cancel.is_set():
+                self.stop()
+                raise RuntimeError("Prometheus start cancelled")
+            with contextlib.suppress(httpx.HTTPError):
+                if httpx.get(f"{self.url}/-/ready", timeout=1.0).status_code == 200:
+                    classic = httpx.get(f"{self.url}/classic/targets", timeout=2.0).status_code == 200
+                    self.ui_prefix = "/classic" if classic else ""
+                    return self
+            time.sleep(0.1)
+        raise TimeoutError(f"Prometheus was not ready on {self.url} within {timeout}s")
+
+    def stop(self) -> None:
+        proc, self.proc = self.proc, None
+        if proc is not None and proc.poll() is None:
+            proc.terminate()
+            try:
+                proc.wait(15)
+            except subprocess.TimeoutExpired:
+                proc.kill()
+                proc.wait()
+        if self.log:
+            self.log.close()
+            self.log = None
+
+
+class Server(Protocol):
+    """What the supervisor needs of Kafka, FerretDB and Prometheus."""
+
+    data_dir: Path
+    port: int
+    proc: subprocess.Popen[bytes] | None
+    log: IO[bytes] | None
+
+    def start(self, timeout: float = ..., cancel: threading.Event | None = None) -> object: ...
+
+    def stop(self) -> None: ...
 
 
 @dataclass
 class InfraProcess:
-    """Kafka or FerretDB as the runner watches it."""
+    """Kafka, FerretDB or Prometheus as the runner watches it."""
 
     name: str
-    server: KafkaBroker | FerretDB
+    server: Server
     pidfile: Path
     pid: int
     # Started by this runner, so stopped with it; otherwise `make infra-up` started it and it stays up.
     owned: bool
+    # How to bring it back once the supervisor gives up (default: the supervisor's, `make infra-up`).
+    recovery: str | None = None
     attempts: int = 0  # restarts since it last stayed up for the supervisor's stable_after
     up_since: float = field(default_factory=time.monotonic)
     down_since: float | None = None
@@ -266,7 +392,7 @@ class InfraProcess:
             # poll() reaps the child: a killed broker never lingers as this runner's zombie.
             code = proc.poll()
             return None if code is None else describe_exit(code)
-        if pid_alive(self.pid) and process_is(self.pid, self.name):
+        if pid_alive(self.pid) and _is_program(self.pid, self.name):
             return None
         return f"pid {self.pid} is gone"
 
@@ -358,7 +484,7 @@ class InfraSupervisor:
                 proc.server.stop()
                 self.notice(
                     f"{proc.name} exited ({reason}) and its pid file is gone (`make infra-down`?); "
-                    f"not restarting it. Start it again with: {self.recovery}"
+                    f"not restarting it. Start it again with: {proc.recovery or self.recovery}"
                 )
                 return
             if self._adopt_if_replaced(proc):
@@ -378,7 +504,7 @@ class InfraSupervisor:
             restarts = "1 restart" if proc.attempts == 1 else f"{proc.attempts} restarts"
             self.notice(
                 f"{proc.name} went down again after {restarts}; not restarting it again. "
-                f"Recover it with: {self.recovery}"
+                f"Recover it with: {proc.recovery or self.recovery}"
             )
             return
         proc.attempts += 1
@@ -412,7 +538,7 @@ class InfraSupervisor:
 
 
 class System:
-    """Kafka + FerretDB + the services, started and stopped in order. Use as a context manager."""
+    """Kafka + FerretDB + Prometheus + the services, started and stopped in order. Use as a context manager."""
 
     def __init__(self, cfg: RunConfig | None = None) -> None:
         self.cfg = cfg or RunConfig()
@@ -423,6 +549,7 @@ class System:
         self.reused: list[str] = []
         self.notices: deque[str] = deque(maxlen=200)
         self.supervisor: InfraSupervisor | None = None
+        self.prometheus: PrometheusServer | None = None
 
     # --- infrastructure --------------------------------------------------------------------------
 
@@ -487,6 +614,9 @@ class System:
                 pidfile.write_text(str(pid))
             self.infra[name] = InfraProcess(name, server, pidfile, pid, owned=name not in self.reused)
         ensure_topics_sync(self.bootstrap, self.cfg.topic_prefix)
+        prometheus = self.start_prometheus()
+        if prometheus is not None:
+            self.infra["prometheus"] = prometheus
         self.supervisor = InfraSupervisor(
             list(self.infra.values()),
             notice=self.notice,
@@ -494,6 +624,60 @@ class System:
             after_restart=self._after_restart,
         )
         self.supervisor.start()
+
+    def service_names(self) -> list[str]:
+        return list(self.cfg.services) if self.cfg.services is not None else available_services()
+
+    def scrape_targets(self) -> dict[str, list[tuple[str, str]]]:
+        """Per service, ``(instance, host:port)`` of every replica this run starts."""
+        out: dict[str, list[tuple[str, str]]] = {}
+        for name in self.service_names():
+            ports = [self.cfg.ports[name], *self.cfg.replica_ports.get(name, ())]
+            instances = [name, *(f"{name}-{i}" for i in range(2, len(ports) + 1))]
+            out[name] = [(inst, f"{self.cfg.host}:{port}") for inst, port in zip(instances, ports, strict=True)]
+        return out
+
+    def start_prometheus(self) -> InfraProcess | None:
+        """Prometheus scraping every replica this run starts, with the project's alert rules.
+
+        Only this runner starts Prometheus, so one still named by ``prometheus.pid`` outlived a runner
+        that was killed: it is stopped (it holds the TSDB lock) and a new one is started with this
+        run's ports. Without the binary, or with its port taken, the system runs without it.
+        """
+        port = self.cfg.prometheus_port
+        if port is None:
+            return None
+        if not Path(PROMETHEUS_BIN).exists():
+            self.notice(f"Prometheus is not installed ({PROMETHEUS_BIN}); `make setup` installs it. Running without it")
+            return None
+        pidfile = self.cfg.data_dir / "prometheus.pid"
+        orphan = _live_pid_in(pidfile, "prometheus")
+        if orphan is not None:
+            self.notice(f"stopping Prometheus (pid {orphan}) left running by an earlier `make run`")
+            with contextlib.suppress(ProcessLookupError):
+                os.kill(orphan, signal.SIGTERM)
+            deadline = time.monotonic() + 15
+            while pid_alive(orphan) and time.monotonic() < deadline:
+                time.sleep(0.1)
+        pidfile.unlink(missing_ok=True)
+        if port_open(port):
+            self.notice(f"port {port} for Prometheus is taken by another program; running without it (see --help)")
+            return None
+        data = self.cfg.data_dir / "prometheus"
+        data.mkdir(parents=True, exist_ok=True)
+        config = data / "prometheus.yml"
+        config.write_text(yaml.safe_dump(prometheus_config(self.scrape_targets()), sort_keys=False))
+        server = PrometheusServer(data, port, config)
+        try:
+            server.start()
+        except BaseException:
+            server.stop()
+            raise
+        assert server.proc is not None
+        pidfile.write_text(str(server.proc.pid))
+        self.prometheus = server
+        again = "stop `make run` (Ctrl-C) and start it again"
+        return InfraProcess("prometheus", server, pidfile, server.proc.pid, owned=True, recovery=again)
 
     def _after_restart(self, proc: InfraProcess) -> None:
         if proc.name == "kafka":
@@ -504,7 +688,7 @@ class System:
         if self.supervisor is not None:
             self.supervisor.stop()
             self.supervisor = None
-        for name in ("ferretdb", "kafka"):
+        for name in ("prometheus", "ferretdb", "kafka"):
             proc = self.infra.get(name)
             if proc is None:
                 continue
@@ -518,6 +702,7 @@ class System:
                     proc.server.log.close()
                     proc.server.log = None
         self.infra.clear()
+        self.prometheus = None
 
     # --- services --------------------------------------------------------------------------------
 
@@ -545,7 +730,7 @@ class System:
         return env
 
     def start_services(self) -> None:
-        names = list(self.cfg.services) if self.cfg.services is not None else available_services()
+        names = self.service_names()
         if not names:
             raise RuntimeError("no service has an app.py yet under services/<name>/<name>/")
         self.cfg.log_dir.mkdir(parents=True, exist_ok=True)
@@ -638,7 +823,9 @@ class System:
 
     def write_state(self) -> None:
         """``<data_dir>/run.json``: where the services listen, so ``make demo`` finds a non-default run."""
-        state = {"services": self.urls(), "kafka": self.bootstrap, "mongo": self.mongo_url}
+        state: dict[str, Any] = {"services": self.urls(), "kafka": self.bootstrap, "mongo": self.mongo_url}
+        if self.prometheus is not None:
+            state["prometheus"] = self.prometheus.url
         (self.cfg.data_dir / "run.json").write_text(json.dumps(state, indent=2))
 
     def dead_services(self) -> list[str]:
@@ -655,7 +842,19 @@ class System:
             lines.append(f"    {svc.url}/v1/events/catalog")
         if "metrics" in self.services:
             m = self.services["metrics"].url
-            lines += ["", f"  Indicators: {m}/v1/summary   Prometheus: {m}/metrics"]
+            lines += [
+                "",
+                f"  Indicators: {m}/v1/summary   Metrics exposition: {m}/metrics",
+                "  Campaign page (Trang chiến dịch; the link signs you in for 12 h):",
+                f"    {m}/v1/campaign-page?token={self.admin_token()}",
+            ]
+        if self.prometheus is not None:
+            prom = self.prometheus
+            lines += [
+                "",
+                f"  Prometheus: {prom.url}   targets {prom.page('targets')}   alerts {prom.page('alerts')}",
+                f"    scrapes every replica; rules {PROMETHEUS_DIR / 'alerts.yml'}; data {self.prometheus.data_dir}/",
+            ]
         topics = ", ".join(t.name for t in load_topics(self.cfg.topic_prefix))
         owned = "" if not self.reused else f" (reused from `make infra-up`: {', '.join(self.reused)})"
         lines += [
@@ -691,7 +890,9 @@ def _stop_signals() -> Iterator[threading.Event]:
 
 
 def _parse(argv: Sequence[str] | None) -> RunConfig:
-    p = argparse.ArgumentParser(prog="make run", description="Run Kafka, FerretDB and every service in the foreground.")
+    p = argparse.ArgumentParser(
+        prog="make run", description="Run Kafka, FerretDB, Prometheus and every service in the foreground."
+    )
     p.add_argument("--data-dir", type=Path, default=Path(os.environ.get("DATA_DIR", REPO / ".data")))
     p.add_argument("--kafka-port", type=int, default=int(os.environ.get("KAFKA_PORT", "9092")))
     p.add_argument("--mongo-port", type=int, default=int(os.environ.get("MONGO_PORT", "27017")))
@@ -709,6 +910,13 @@ def _parse(argv: Sequence[str] | None) -> RunConfig:
         default=int(os.environ.get("REPLICAS", "1")),
         help="processes per service; replica N listens on the first's port + 100*(N-1)",
     )
+    p.add_argument(
+        "--prometheus-port",
+        type=int,
+        default=int(os.environ.get("PROMETHEUS_PORT", "9090")),
+        help="Prometheus listens here (default 9090)",
+    )
+    p.add_argument("--no-prometheus", action="store_true", help="do not start Prometheus")
     p.add_argument("--verbose", action="store_true", help="also echo every HTTP access log line")
     p.add_argument("--quiet", action="store_true", help="write service logs only to files")
     a = p.parse_args(argv)
@@ -721,6 +929,7 @@ def _parse(argv: Sequence[str] | None) -> RunConfig:
         replica_ports={name: [port + 100 * i for i in range(1, a.replicas)] for name, port in ports.items()},
         services=[s for s in a.services.split(",") if s] or None,
         topic_prefix=a.topic_prefix,
+        prometheus_port=None if a.no_prometheus else a.prometheus_port,
         echo_logs=not a.quiet,
         verbose=a.verbose,
         color=sys.stdout.isatty(),
@@ -731,7 +940,8 @@ def main(argv: Sequence[str] | None = None) -> int:
     cfg = _parse(argv)
     system = System(cfg)
     with _stop_signals() as stop:
-        print(f"run: starting Kafka and FerretDB (data in {cfg.data_dir})", flush=True)
+        infra = "Kafka, FerretDB and Prometheus" if cfg.prometheus_port is not None else "Kafka and FerretDB"
+        print(f"run: starting {infra} (data in {cfg.data_dir})", flush=True)
         try:
             system.start_infra()
             if stop.is_set():
@@ -757,7 +967,7 @@ def main(argv: Sequence[str] | None = None) -> int:
                     print(f"run: {name} exited with code {svc.proc.returncode}; see {svc.log_path}", flush=True)
                 code = 1
                 break
-        print("run: stopping services, Kafka and FerretDB (data kept)", flush=True)
+        print(f"run: stopping services, {infra} (data kept)", flush=True)
         system.stop()
         print("run: stopped", flush=True)
         return code

@@ -7,3 +7,7 @@ export FERRETDB_BUILD="$FERRETDB_VERSION-idindex1-notrack1-atomic1"
 export CACHE="${XDG_CACHE_HOME:-$HOME/.cache}/digital-bridge"
 export KAFKA_HOME="$CACHE/kafka-$KAFKA_VERSION"
 export FERRETDB_BIN="$CACHE/ferretdb-$FERRETDB_BUILD"
+# The official AsyncAPI JSON Schemas (npm @asyncapi/specs); tests validate docs/events/asyncapi.yaml against 3.0.0.
+export ASYNCAPI_SPECS_VERSION=6.11.1
+export ASYNCAPI_SCHEMA_SHA256=d4571a420e6ffb7fcc7066c95a6db1202f299a3c51daa103d0706bf30f95e626
+export ASYNCAPI_SCHEMA="$CACHE/asyncapi-specs-$ASYNCAPI_SPECS_VERSION/3.0.0.json"

@@ -60,7 +60,9 @@ LABEL_VALUES = re.compile(r"^label_values\((?P<metric>[^,]+),\s*(?P<label>\w+)\)
 # What the services export (shared library + metrics service); a typo in a dashboard would otherwise
 # only show up as an empty panel.
 EXPORTED_METRICS = {
-    "bridge_indicator",
+    *(f"bridge_indicator_{indicator.value}" for indicator in Indicator),
+    # The family prefix, as a regex over several indicator families writes it (``indicators()``).
+    "bridge_indicator_",
     "bridge_campaign_target",
     "bridge_campaign_actual",
     "bridge_campaign_progress_ratio",
@@ -69,15 +71,15 @@ EXPORTED_METRICS = {
     "bridge_projector_events_applied_total",
     "bridge_projector_mongo_writes_total",
     "bridge_projection_last_event_timestamp_seconds",
-    "consumer_lag_messages",
-    "consumer_events_processed_total",
-    "consumer_events_failed_total",
-    "consumer_events_dead_lettered_total",
-    "consumer_events_duplicate_total",
-    "http_requests_total",
-    "http_request_duration_seconds_bucket",
-    "outbox_published_total",
-    "outbox_pending_documents",
+    "bridge_consumer_lag_messages",
+    "bridge_consumer_events_processed_total",
+    "bridge_consumer_events_failed_total",
+    "bridge_consumer_events_dead_lettered_total",
+    "bridge_consumer_events_duplicate_total",
+    "bridge_http_requests_total",
+    "bridge_http_request_duration_seconds_bucket",
+    "bridge_outbox_published_total",
+    "bridge_outbox_pending_documents",
 }
 OUR_METRIC = re.compile(r"\b(?:bridge|consumer|http|outbox)_[a-z0-9_]+")
 
@@ -107,7 +109,8 @@ def all_expressions() -> list[tuple[str, str]]:
 def substitute(expr: str, campaign: str) -> str:
     for variable, value in {**SUBSTITUTIONS, "$campaign": campaign}.items():
         expr = expr.replace(variable, value)
-    assert "$" not in expr, f"unsubstituted Grafana variable in {expr!r}: add it to SUBSTITUTIONS"
+    # ``$1`` is label_replace's regex group, not a Grafana variable.
+    assert not re.search(r"\$(?!\d)", expr), f"unsubstituted Grafana variable in {expr!r}: add it to SUBSTITUTIONS"
     return expr
 
 
@@ -138,7 +141,11 @@ def test_four_dashboards_cover_campaigns_field_work_training_and_health() -> Non
         assert name in text["bridge-field-work"]
     for name in ("courses", "course_participants", "course_completions"):
         assert name in text["bridge-training"]
-    for name in ("consumer_lag_messages", "consumer_events_dead_lettered_total", "outbox_pending_documents"):
+    for name in (
+        "bridge_consumer_lag_messages",
+        "bridge_consumer_events_dead_lettered_total",
+        "bridge_outbox_pending_documents",
+    ):
         assert name in text["bridge-system-health"]
     assert "histogram_quantile(0.99" in text["bridge-system-health"]
     campaign_vars = GENERATOR.variable_queries(docs["campaign_overview.json"])
@@ -263,7 +270,7 @@ async def test_every_dashboard_expression_parses_and_evaluates_in_prometheus(tmp
         async with httpx.AsyncClient(base_url=url, timeout=10) as client:
             # The check can fail: Prometheus rejects a malformed expression.
             with pytest.raises(AssertionError, match="bad_data"):
-                await evaluate(client, "sum by (unit) (bridge_indicator{level=")
+                await evaluate(client, "sum by (unit) (bridge_indicator_households_visited{level=")
             for _, expr in expressions:
                 await evaluate(client, substitute(expr, campaign="CD90"))
             for expr in queries:
@@ -284,7 +291,7 @@ HOUSEHOLDS = sum(v[5] for v in VISITS)
 PEOPLE = sum(v[6] for v in VISITS)
 P99_BY_SERVICE = (
     "histogram_quantile(0.99, sum by (service, le) "
-    '(rate(http_request_duration_seconds_bucket{route!~"/metrics|/healthz|/readyz"}[$__rate_interval])))'
+    '(rate(bridge_http_request_duration_seconds_bucket{route!~"/metrics|/healthz|/readyz"}[$__rate_interval])))'
 )
 TARGETS = {Indicator.households_visited: 4, Indicator.people_supported: PEOPLE}
 
@@ -515,7 +522,7 @@ async def test_dashboards_show_the_scenario_figures_scraped_from_the_metrics_ser
     finally:
         await producer.stop()
 
-    households = ("bridge_indicator", {"indicator": "households_visited", "key": "total", "level": "province"})
+    households = ("bridge_indicator_households_visited", {"key": "total", "level": "province"})
     progress = ("bridge_campaign_progress_ratio", {"campaign": CAMPAIGN, "indicator": "people_supported"})
     async with AsyncExitStack() as stack:
         base = stack.enter_context(
@@ -543,7 +550,7 @@ async def test_dashboards_show_the_scenario_figures_scraped_from_the_metrics_ser
         prom = await stack.enter_async_context(httpx.AsyncClient(base_url=prom_url, timeout=10))
 
         async def scraped() -> bool:
-            return bool(await evaluate(prom, 'bridge_indicator{indicator="households_visited"}'))
+            return bool(await evaluate(prom, "bridge_indicator_households_visited"))
 
         await wait_until(scraped, timeout=30, interval=0.5)
         # API traffic after the first scrape gives the latency panels a non-zero rate.
@@ -558,7 +565,7 @@ async def test_dashboards_show_the_scenario_figures_scraped_from_the_metrics_ser
         await _assert_dashboard_figures(prom)
 
 
-ONE_COPY = re.compile(r"(bridge_(?:indicator|campaign_\w+)\{[^{}]*\})")
+ONE_COPY = re.compile(r"(bridge_(?:indicator|campaign)_\w+\{[^{}]*\})")
 
 
 async def _assert_dashboard_figures(prom: httpx.AsyncClient) -> None:
@@ -580,10 +587,10 @@ async def _assert_dashboard_figures(prom: httpx.AsyncClient) -> None:
         return float(series[0]["value"][1])
 
     # Field work: province totals equal the sums over the scenario's visits.
-    assert single('sum(bridge_indicator{indicator="households_visited", key="total", level="province"})') == HOUSEHOLDS
-    assert single('sum(bridge_indicator{indicator="people_supported", key="total", level="province"})') == PEOPLE
-    assert single('sum(bridge_indicator{indicator="vneid_installs", key="total", level="province"})') == 3
-    applications = 'bridge_indicator{indicator="online_applications", key=~"l3|l4", level="%s"}'
+    assert single('sum(bridge_indicator_households_visited{key="total", level="province"})') == HOUSEHOLDS
+    assert single('sum(bridge_indicator_people_supported{key="total", level="province"})') == PEOPLE
+    assert single('sum(bridge_indicator_vneid_installs{key="total", level="province"})') == 3
+    applications = 'bridge_indicator_online_applications{key=~"l3|l4", level="%s"}'
     assert values_by(result(f"sum by (key) ({applications % 'province'})"), "key") == {"l3": 3, "l4": 2}
     by_commune = {
         (s["metric"]["unit"], s["metric"]["key"]): float(s["value"][1])
@@ -609,35 +616,35 @@ async def _assert_dashboard_figures(prom: httpx.AsyncClient) -> None:
     ]
     matrix = {
         (s["metric"]["unit"], s["metric"]["indicator"]): float(s["value"][1])
-        for s in result('sum by (unit, indicator) (bridge_indicator{key="total", level="commune"})')
+        for s in result(
+            "sum by (unit, indicator) (max without (instance) ("
+            + GENERATOR.indicators('key="total", level="commune"')
+            + "))"
+        )
     }
     assert matrix[(DAM_HA, "households_visited")] == 2
     assert matrix[(QUANG_HA, "people_supported")] == 5
     assert matrix[(DAM_HA, "outreach_posts")] == 1
     teams = values_by(
-        result(
-            'sum by (key) (bridge_indicator{indicator="teams", key=~"permanent|mobile|literacy|campaign", '
-            'level="province"})'
-        ),
+        result('sum by (key) (bridge_indicator_teams{key=~"permanent|mobile|literacy|campaign", level="province"})'),
         "key",
     )
     assert {k: v for k, v in teams.items() if v} == {"permanent": 1, "mobile": 1, "literacy": 1}
 
     # Training by audience.
-    courses = values_by(
-        result('sum by (key) (bridge_indicator{indicator="courses", key!="total", level="province"})'), "key"
-    )
+    courses = values_by(result('sum by (key) (bridge_indicator_courses{key!="total", level="province"})'), "key")
     assert {k: v for k, v in courses.items() if v} == {"youth_children": 1, "elderly_middle_aged": 1}
     participants = values_by(
-        result('sum by (key) (bridge_indicator{indicator="course_participants", key!="total", level="province"})'),
+        result('sum by (key) (bridge_indicator_course_participants{key!="total", level="province"})'),
         "key",
     )
     assert {k: v for k, v in participants.items() if v} == {"youth_children": 2}
 
     # The breakdowns the reports quote, in one panel.
     breakdowns = result(
-        "sum by (indicator, key) "
-        f'(bridge_indicator{{indicator=~"{"|".join(GENERATOR.BREAKDOWNS)}", key!="total", level="province"}})'
+        "sum by (indicator, key) (max without (instance) ("
+        + GENERATOR.indicators('key!="total", level="province"', "|".join(GENERATOR.BREAKDOWNS))
+        + "))"
     )
     assert {
         (s["metric"]["indicator"], s["metric"]["key"]): float(s["value"][1]) for s in breakdowns if s["value"][1] != "0"
@@ -657,12 +664,12 @@ async def _assert_dashboard_figures(prom: httpx.AsyncClient) -> None:
         ("volunteers_by_skill", "vneid"): 1,
         ("team_members", "mobile"): 1,
     }
-    assert single('sum(bridge_indicator{indicator="vneid_activations", key="total", level="province"})') == 0
+    assert single('sum(bridge_indicator_vneid_activations{key="total", level="province"})') == 0
 
     # System health: the metrics service is up, consumed the scenario and dead-lettered nothing.
     assert values_by(result("up"), "job") == {"metrics": 1}
-    assert single("sum(consumer_events_dead_lettered_total) or vector(0)") == 0
-    assert result("sum by (job, consumer, topic) (rate(consumer_events_processed_total[$__rate_interval]))")
+    assert single("sum(bridge_consumer_events_dead_lettered_total) or vector(0)") == 0
+    assert result("sum by (job, consumer, topic) (rate(bridge_consumer_events_processed_total[$__rate_interval]))")
     applied = result("sum by (topic) (rate(bridge_projector_events_applied_total[$__rate_interval]))")
     assert len(applied) == len(EVENT_TOPICS)
     ages = values_by(result("time() - max by (topic) (bridge_projection_last_event_timestamp_seconds)"), "topic")

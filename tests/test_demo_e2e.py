@@ -283,13 +283,13 @@ def system(tmp_path_factory: pytest.TempPathFactory) -> Iterator[System]:
 
 
 def _gauges(text: str) -> dict[tuple[str, str], int]:
-    """``{(unit, "indicator[.key]"): value}`` from the ``bridge_indicator`` family."""
+    """``{(unit, "indicator[.key]"): value}`` from the ``bridge_indicator_<indicator>`` families."""
     out: dict[tuple[str, str], int] = {}
     for family in text_string_to_metric_families(text):
-        if family.name != "bridge_indicator":
+        if not family.name.startswith("bridge_indicator_"):
             continue
         for s in family.samples:
-            indicator, key = s.labels["indicator"], s.labels["key"]
+            indicator, key = family.name.removeprefix("bridge_indicator_"), s.labels["key"]
             name = f"{indicator}.{key}" if KEYS[indicator] else indicator
             out[(s.labels["unit"], name)] = int(s.value)
     return out

@@ -286,7 +286,7 @@ async def test_a_database_outage_makes_events_wait_and_never_dead_letters_them(
     finally:
         await runtime.stop()
     dead = REGISTRY.get_sample_value(
-        "consumer_events_dead_lettered_total", {"consumer": runner.name, "topic": settings.topic(REGISTRY_TOPIC)}
+        "bridge_consumer_events_dead_lettered_total", {"consumer": runner.name, "topic": settings.topic(REGISTRY_TOPIC)}
     )
     assert not dead
 

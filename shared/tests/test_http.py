@@ -53,7 +53,7 @@ async def test_idempotency_key_replays_and_rejects_a_different_body(make_setting
     assert again.status_code == 201
     assert again.json() == first.json()
     assert again.headers.get("idempotent-replayed") == "true"
-    assert other.status_code == 409
+    assert other.status_code == 422
     assert other.json()["type"].endswith("idempotency-key-reused")
 
 

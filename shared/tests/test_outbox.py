@@ -374,7 +374,7 @@ async def test_inserted_documents_handed_to_the_relay_are_published_without_read
     def finds() -> float:
         return (
             REGISTRY.get_sample_value(
-                "mongo_command_duration_seconds_count", {"command": "find", "collection": collection}
+                "bridge_mongo_command_duration_seconds_count", {"command": "find", "collection": collection}
             )
             or 0.0
         )

@@ -11,7 +11,7 @@ from fastapi import APIRouter, Body, Depends, Path, Query, Request
 from fastapi.responses import Response, StreamingResponse
 from pydantic import AwareDatetime
 
-from metrics import narrative
+from metrics import narrative, page
 from metrics.closing import ClosingService, with_figures
 from metrics.generations import LiveProjection, RebuildControl, base_topics
 from metrics.schemas import (
@@ -197,6 +197,17 @@ async def campaign_risk(
     code: CampaignCode, principal: CurrentPrincipal, service: Service, as_of: AsOfParam = None
 ) -> CampaignRisk:
     return await service.campaign_risk(principal, code, as_of or local_today())
+
+
+@router.get("/campaign-page", **page.ROUTE)
+async def campaign_page(
+    request: Request,
+    service: Service,
+    campaign: page.CampaignParam = None,
+    unit: UnitParam = None,
+    token: page.TokenParam = None,
+) -> Response:
+    return await page.campaign_page(request, service, campaign=campaign, unit=unit, token=token)
 
 
 REPORT_CONTENT: dict[str, Any] = {

@@ -15,10 +15,13 @@ from metrics.generations import LiveProjection, RebuildControl, Rebuilder
 from metrics.ledger import EventLog
 from metrics.repository import MetricsStore, PeriodRepository
 from metrics.service import MetricsService
+from shared.audit import AuditTrail
+from shared.audit_api import audit_router
 from shared.http import create_app, serve
 from shared.logging import configure_logging
 from shared.runtime import Runtime, tune_gc
 from shared.settings import ServiceSettings
+from shared.topics import COUNTED_TOPICS
 
 
 class MetricsSettings(ServiceSettings):
@@ -75,9 +78,10 @@ def build_app(settings: MetricsSettings | None = None) -> FastAPI:
         control = RebuildControl(rebuilder, live)
         gauges = GaugeRefresher(service, settings.gauge_refresh_seconds)
         periods = PeriodRepository(runtime.db)
-        log = EventLog(settings.kafka_bootstrap, runtime.topic_of)
+        log = EventLog(settings.kafka_bootstrap, {t: settings.topic(t) for t in COUNTED_TOPICS})
         app.state.closing = ClosingService(service, periods, log, runtime.notify_relay)
         app.state.metrics = service
+        app.state.audit = AuditTrail(runtime.db, ["period_closes"])
         app.state.live = live
         app.state.rebuild = control
         app.state.gauges = gauges
@@ -98,7 +102,7 @@ def build_app(settings: MetricsSettings | None = None) -> FastAPI:
         title="Digital Bridge metrics",
         description="Live indicators of the digital-literacy and online-services campaigns, per unit and day.",
         lifespan=lifespan,
-        routers=[router],
+        routers=[router, audit_router("period (closes, approvals and reopenings of a unit's reporting period)")],
         max_body_bytes=settings.max_body_bytes,
     )
 

@@ -10,7 +10,8 @@ after it). The *revised* figures are the reported ones plus the adjustments, and
 counters once the projector has caught up. Nothing here changes the live figures.
 
 Close documents are correctness state, not projection: they live outside the generations, so a
-rebuild keeps them. Each carries its own history (who, when, what before and after, why).
+rebuild keeps them. Each carries its own audit trail (who, when, what before and after, why), read
+with every other service's through ``GET /v1/audit``.
 """
 
 from __future__ import annotations
@@ -49,6 +50,7 @@ from metrics.service import (
     resolve_unit,
     unattributed_row,
 )
+from shared.audit import AUDIT, audit_entry
 from shared.auth import Principal, Role, require_role
 from shared.contracts import reporting as rpt
 from shared.envelope import Envelope, make_event
@@ -244,7 +246,7 @@ class ClosingService:
             )
             return [_event(rpt.PERIOD_CLOSED, payload, period, code)]
 
-        entry = _history(principal, "close", "open", note)
+        entry = _history(principal, "close", "open", note, period, code, path_of(tree, code))
         saved = await self._periods.close(period.id, code, current, doc, entry, closed_event)
         self._notify()
         if saved is None:
@@ -273,7 +275,7 @@ class ClosingService:
         saved = await self._periods.transition(
             current,
             {"status": "approved", "approved_at": now, "approved_by": _actor(principal)},
-            _history(principal, "approve", "closed", None),
+            _history(principal, "approve", "closed", None, period, code, path_of(tree, code)),
             [_event(rpt.PERIOD_APPROVED, approved, period, code)],
         )
         self._notify()
@@ -303,7 +305,7 @@ class ClosingService:
         saved = await self._periods.transition(
             current,
             {"status": "open", "reopened_at": now, "reopened_by": _actor(principal), "reopen_reason": reason},
-            _history(principal, "reopen", status, reason),
+            _history(principal, "reopen", status, reason, period, code, path_of(tree, code)),
             [_event(rpt.PERIOD_REOPENED, reopened, period, code)],
         )
         self._notify()
@@ -601,16 +603,21 @@ def _event(event_type: str, payload: BaseModel, period: Period, code: str) -> En
     return make_event(event_type, payload, source=SOURCE, key=f"{period.id}/{code}")
 
 
-def _history(principal: Principal, action: str, before: str, reason: str | None) -> dict[str, Any]:
+def _history(
+    principal: Principal, action: str, before: str, reason: str | None, period: Period, code: str, path: list[str]
+) -> dict[str, Any]:
+    """The audit entry of one step of a unit's period (the shared audit trail's shape)."""
     after = {"close": "closed", "approve": "approved", "reopen": "open"}[action]
-    return {
-        "at": datetime.now(UTC),
-        "actor": _actor(principal),
-        "action": action,
-        "before": before,
-        "after": after,
-        "reason": reason,
-    }
+    return audit_entry(
+        principal,
+        f"period.{after if action != 'reopen' else 'reopened'}",
+        "period",
+        f"{period.id}/{code}",
+        path,
+        before={"status": before},
+        after={"status": after},
+        reason=reason,
+    )
 
 
 def _unit_out(
@@ -638,7 +645,7 @@ def _unit_out(
             },
             "name": str((tree or {}).get(doc["unit"], {}).get("name", doc["unit"])),
             "reported": _flat(doc["reported"]) if doc["status"] != "open" and doc.get("reported") else None,
-            "history": doc.get("history", []),
+            "history": doc.get(AUDIT, []),
         }
     )
 

@@ -4,6 +4,10 @@ A scrape only reads the last snapshot; the Mongo reads happen every ``gauge_refr
 :class:`GaugeRefresher`. Only the province and its direct children are exported, which bounds the
 number of series however large the organisation tree grows; campaigns add a few series per target
 (its status is one series labelled with the current status, see :func:`metrics.service.assess`).
+
+Each indicator is a metric family of its own, ``bridge_indicator_<name>{unit, key, level}``:
+households, courses and posts are different quantities, and one family for all of them made
+``sum()`` over it meaningless.
 """
 
 from __future__ import annotations
@@ -25,11 +29,19 @@ from shared.logging import get_logger
 log = get_logger(__name__)
 
 LEVELS = {1: "province", 2: "commune"}
+INDICATOR_PREFIX = "bridge_indicator_"
+INDICATOR_LABELS = ["unit", "key", "level"]
+
+
+def indicator_metric(name: str) -> str:
+    """The metric family of an indicator: ``bridge_indicator_households_visited``."""
+    return INDICATOR_PREFIX + name
 
 
 @dataclass
 class Snapshot:
-    indicators: list[tuple[tuple[str, str, str, str], float]] = field(default_factory=list)
+    # Per indicator name: ((unit, key, level), value).
+    indicators: dict[str, list[tuple[tuple[str, str, str], float]]] = field(default_factory=dict)
     targets: list[tuple[tuple[str, str, str], float]] = field(default_factory=list)
     actuals: list[tuple[tuple[str, str, str], float]] = field(default_factory=list)
     ratios: list[tuple[tuple[str, str, str], float]] = field(default_factory=list)
@@ -43,13 +55,16 @@ class IndicatorCollector(Collector):
 
     def collect(self) -> Iterator[GaugeMetricFamily]:
         snap = self.snapshot
+        for name in CATALOGUE:
+            family = GaugeMetricFamily(
+                indicator_metric(name),
+                f"All-time {name} of a province or commune subtree, per breakdown key (total: all of it)",
+                labels=INDICATOR_LABELS,
+            )
+            for series, value in snap.indicators.get(name, ()):
+                family.add_metric(list(series), value)
+            yield family
         families = (
-            (
-                "bridge_indicator",
-                "All-time value of an indicator for a province or commune subtree",
-                ["indicator", "key", "unit", "level"],
-                snap.indicators,
-            ),
             ("bridge_campaign_target", "Campaign target value", ["campaign", "indicator", "unit"], snap.targets),
             (
                 "bridge_campaign_actual",
@@ -102,7 +117,7 @@ async def take_snapshot(service: MetricsService) -> Snapshot:
         totals = add_up(r for r in rows if r["unit"] in below and r["day"] in (ALL_DAY, STATE_DAY))
         for name, spec in CATALOGUE.items():
             for key, value in totals.of(spec).items():
-                snap.indicators.append(((name, key, unit, level), float(value)))
+                snap.indicators.setdefault(name, []).append(((unit, key, level), float(value)))
     today = local_today()
     for campaign in await repo.all_campaigns():
         starts, ends = campaign["starts_on"], campaign["ends_on"]

@@ -34,7 +34,7 @@ from shared.errors import Conflict
 from shared.kafka import EventProducer
 from shared.logging import get_logger
 from shared.settings import ServiceSettings
-from shared.topics import EVENT_TOPICS
+from shared.topics import COUNTED_TOPICS
 
 log = get_logger(__name__)
 
@@ -49,7 +49,7 @@ def group_of(settings: ServiceSettings, generation: int) -> str:
 
 
 def base_topics(settings: ServiceSettings) -> dict[str, str]:
-    return {settings.topic(t): t for t in EVENT_TOPICS}
+    return {settings.topic(t): t for t in COUNTED_TOPICS}
 
 
 def projector_runner(
@@ -60,7 +60,7 @@ def projector_runner(
     *,
     name: str,
 ) -> ConsumerRunner:
-    """What ``runtime.add_consumer("projector", EVENT_TOPICS, projector, per_event=False,
+    """What ``runtime.add_consumer("projector", COUNTED_TOPICS, projector, per_event=False,
     dedup=False)`` builds, with the group chosen by generation so a rebuild can take over."""
     repo = ProjectionRepository(db, generation)
     group = group_of(settings, generation)
@@ -68,7 +68,7 @@ def projector_runner(
     return ConsumerRunner.from_settings(
         settings,
         name=name,
-        topics=EVENT_TOPICS,
+        topics=COUNTED_TOPICS,
         group_id=group,
         handler=projector,
         producer=producer,
@@ -213,7 +213,7 @@ class Rebuilder:
 
     async def _rebuild(self, generation: int) -> None:
         s = self._settings
-        topics = [s.topic(t) for t in EVENT_TOPICS]
+        topics = [s.topic(t) for t in COUNTED_TOPICS]
         targets = await high_watermarks(s.kafka_bootstrap, topics)
         await self._meta.set_rebuild_status(events_to_replay=sum(targets.values()))
         repo = ProjectionRepository(self._db, generation)

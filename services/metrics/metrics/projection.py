@@ -257,9 +257,9 @@ def fold_into(payload: BaseModel, emit: Emit) -> None:
                 _of("teams", kind.value, -1) + _members(kind, payload.members, -1),
                 payload.code,
             )
-        case reg.VolunteerRegistered():
+        case reg.VolunteerRegistered() | reg.VolunteerRegisteredV2():
             emit(payload.unit_path, None, _volunteer(payload.roles, payload.skills, 1), None)
-        case reg.VolunteerUpdated():
+        case reg.VolunteerUpdated() | reg.VolunteerUpdatedV2():
             if payload.active:
                 # Without previous_* (older producers) the roles and skills are taken as unchanged.
                 roles = payload.roles if payload.previous_roles is None else payload.previous_roles

@@ -20,6 +20,7 @@ from pymongo.asynchronous.database import AsyncDatabase
 from pymongo.errors import DuplicateKeyError
 
 from metrics.projection import ALL_DAY, STATE_DAY, counter_id, counter_owner
+from shared.audit import audit_fields, audit_update
 from shared.envelope import Envelope
 from shared.logging import get_logger
 from shared.mongo import insert_ignoring_duplicates
@@ -349,7 +350,7 @@ class MetricsStore:
 
 class PeriodRepository:
     """``period_closes``: one document per period and unit, ``{_id: "<period>|<unit>", status, reported,
-    cut, history, ...}``. Correctness state, not projection: no generation, kept by a rebuild."""
+    cut, audit, ...}``. Correctness state, not projection: no generation, kept by a rebuild."""
 
     def __init__(self, db: AsyncDatabase[Document]) -> None:
         self._col = db["period_closes"]
@@ -380,14 +381,14 @@ class PeriodRepository:
         (``events(version)``) in the same write; None when someone else changed it first."""
         doc_id = f"{period}|{unit}"
         if current is None:
-            doc = {"_id": doc_id, **fields, "version": 1, "history": [entry], **outbox_fields(events(1))}
+            doc = {"_id": doc_id, **fields, "version": 1, **audit_fields([entry]), **outbox_fields(events(1))}
             try:
                 await self._col.insert_one(doc)
             except DuplicateKeyError:
                 return None
             return doc
         version = int(current.get("version", 1))
-        update = {"$set": {**fields, "version": version + 1}, "$push": {"history": entry}}
+        update = audit_update({"$set": {**fields, "version": version + 1}}, [entry])
         return await self._col.find_one_and_update(
             {"_id": doc_id, "status": "open", "version": version},
             outbox_update(update, events(version + 1)),
@@ -398,7 +399,7 @@ class PeriodRepository:
         self, current: Document, fields: Document, entry: Document, events: Sequence[Envelope]
     ) -> Document | None:
         """Move ``current`` to ``fields`` unless its status or version changed meanwhile."""
-        update = {"$set": fields, "$push": {"history": entry}}
+        update = audit_update({"$set": fields}, [entry])
         return await self._col.find_one_and_update(
             {"_id": current["_id"], "status": current["status"], "version": current.get("version", 1)},
             outbox_update(update, events),

@@ -8,6 +8,7 @@ from typing import Any, Literal
 
 from pydantic import BaseModel, ConfigDict, Field
 
+from shared.audit import AuditEntry
 from shared.contracts.common import Indicator
 
 
@@ -528,19 +529,10 @@ class CampaignRisk(BaseModel):
 PeriodStatus = Literal["open", "closed", "approved"]
 
 
-class Actor(BaseModel):
+class PeriodActor(BaseModel):
     sub: str
     role: str
     unit: str | None = None
-
-
-class PeriodHistoryEntry(BaseModel):
-    at: datetime
-    actor: Actor
-    action: Literal["close", "approve", "reopen"]
-    before: PeriodStatus
-    after: PeriodStatus
-    reason: str | None = None
 
 
 class PeriodUnit(BaseModel):
@@ -551,16 +543,18 @@ class PeriodUnit(BaseModel):
     name: str
     status: PeriodStatus
     closed_at: datetime | None = None
-    closed_by: Actor | None = None
+    closed_by: PeriodActor | None = None
     approved_at: datetime | None = None
-    approved_by: Actor | None = None
+    approved_by: PeriodActor | None = None
     reopened_at: datetime | None = None
     reopen_reason: str | None = None
     note: str | None = None
     reported: dict[str, int] | None = Field(
         default=None, description="The figures frozen at the close (flattened summary keys); null while open."
     )
-    history: list[PeriodHistoryEntry] = Field(default_factory=list, description="Who closed, approved, reopened.")
+    history: list[AuditEntry] = Field(
+        default_factory=list, description="Who closed, approved and reopened it: its entries of the audit trail."
+    )
 
 
 class PeriodOut(BaseModel):

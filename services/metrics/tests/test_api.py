@@ -232,7 +232,7 @@ async def test_every_indicator_is_exact_after_duplicates_late_events_corrections
         await send(settings, scenario(ev))
         body = await eventually(client, "/v1/summary", PROVINCE_ALL_TIME)
         assert indicators(body) == PROVINCE_ALL_TIME
-        active = {"unit_status": "active", "merged_into": None, "successors": []}
+        active = {"unit_status": "active", "merged_into": None, "successors": [], "known_at": None, "reported": None}
         assert body["scope"] == {"unit": "QN", "from": None, "to": None, "campaign": None, **active}
 
         ranged = await client.get("/v1/summary?unit=QN-HALONG&from=2025-07-01&to=2025-07-04", headers=ADMIN)
@@ -367,10 +367,11 @@ async def test_every_indicator_is_exact_after_duplicates_late_events_corrections
         # The gauges come from the background refresh, not from the scrape.
         await asyncio.sleep(0.6)
         samples = gauge_samples((await client.get("/metrics")).text)
+        assert [name for name, _ in samples if name.endswith("_created")] == []
 
         def indicator(name: str, key: str, unit: str, level: str) -> float | None:
-            labels = (("indicator", name), ("key", key), ("level", level), ("unit", unit))
-            return samples.get(("bridge_indicator", labels))
+            labels = (("key", key), ("level", level), ("unit", unit))
+            return samples.get((f"bridge_indicator_{name}", labels))
 
         assert indicator("households_visited", "total", "QN", "province") == 4.0
         assert indicator("households_visited", "total", "QN-HALONG", "commune") == 3.0
@@ -384,7 +385,9 @@ async def test_every_indicator_is_exact_after_duplicates_late_events_corrections
         assert indicator("volunteers_by_skill", "it", "QN-HALONG", "commune") == 3.0
         assert indicator("team_members", "campaign", "QN", "province") == 3.0
         assert indicator("team_members", "total", "QN-VANDON", "commune") == 0.0
-        assert not any(name == "bridge_indicator" and ("unit", "QN-HALONG-THPT") in labels for name, labels in samples)
+        assert not any(
+            name.startswith("bridge_indicator_") and ("unit", "QN-HALONG-THPT") in labels for name, labels in samples
+        )
         target_labels = (("campaign", "PEAK90"), ("indicator", "people_supported"), ("unit", "QN-HALONG"))
         assert samples[("bridge_campaign_target", target_labels)] == 100.0
         assert samples[("bridge_campaign_actual", target_labels)] == 9.0

@@ -11,7 +11,6 @@ needs an admin and a reason and is kept in the history.
 from __future__ import annotations
 
 import asyncio
-import time
 from datetime import UTC, date, datetime
 from typing import Any
 from urllib.parse import quote
@@ -20,7 +19,7 @@ import httpx
 import pytest
 
 from metrics.app import MetricsSettings, build_app
-from shared.testing import collect_events, running_app, token
+from shared.testing import collect_events, running_app, token, wait_until
 from shared.topics import REPORTING_TOPIC
 
 pytestmark = [pytest.mark.kafka, pytest.mark.mongo]
@@ -43,10 +42,10 @@ async def people(client: httpx.AsyncClient, unit: str = "QN", query: str = WEEK)
 
 
 async def until(client: httpx.AsyncClient, expected: int, unit: str = "QN") -> None:
-    deadline = time.monotonic() + 60
-    while time.monotonic() < deadline and await people(client, unit) != expected:
-        await asyncio.sleep(0.2)
-    assert await people(client, unit) == expected
+    async def reached() -> bool:
+        return await people(client, unit) == expected
+
+    await wait_until(reached, timeout=60, interval=0.2)
 
 
 async def post(client: httpx.AsyncClient, path: str, headers: dict[str, str], body: Any = None) -> httpx.Response:
@@ -225,13 +224,22 @@ async def test_close_approve_then_late_records_are_adjustments_and_reported_figu
         reopened = await post(client, "QN:reopen", ADMIN, {"reason": "Số liệu bão về muộn"})
         assert reopened.status_code == 200, reopened.text
         history = reopened.json()["history"]
-        assert [(h["action"], h["before"], h["after"]) for h in history] == [
-            ("close", "open", "closed"),
-            ("approve", "closed", "approved"),
-            ("reopen", "approved", "open"),
+        assert [(h["action"], h["before"]["status"], h["after"]["status"]) for h in history] == [
+            ("period.closed", "open", "closed"),
+            ("period.approved", "closed", "approved"),
+            ("period.reopened", "approved", "open"),
         ]
         assert history[-1]["reason"] == "Số liệu bão về muộn"
         assert history[-1]["actor"]["role"] == "admin"
+        # The same entries through the audit trail, in the caller's scope.
+        audit = (await client.get("/v1/audit?entity=period", headers=ADMIN)).json()["items"]
+        assert [(a["entity_id"], a["action"]) for a in audit if a["entity_id"] == "2025-W28/QN"] == [
+            ("2025-W28/QN", "period.closed"),
+            ("2025-W28/QN", "period.approved"),
+            ("2025-W28/QN", "period.reopened"),
+        ]
+        ward_view = (await client.get("/v1/audit?entity=period", headers=HALONG_MANAGER)).json()["items"]
+        assert {a["entity_id"] for a in ward_view} == {"2025-W28/QN-HALONG"}
         assert reopened.json()["reported"] is None
         # Closed again, it reports what is known now.
         again = await post(client, "QN:close", PROVINCE)

@@ -29,7 +29,7 @@ HALONG = ["QN", "QN-HALONG"]
 
 def dead_lettered(name: str, topic: str) -> float:
     labels = {"consumer": name, "topic": topic}
-    return REGISTRY.get_sample_value("consumer_events_dead_lettered_total", labels) or 0.0
+    return REGISTRY.get_sample_value("bridge_consumer_events_dead_lettered_total", labels) or 0.0
 
 
 async def test_events_that_arrive_while_the_database_is_down_are_applied_once_it_is_back(

@@ -20,8 +20,8 @@ from metrics.schemas import Interval
 from metrics.service import add_up, bucket_start, projected, series, window_days
 from shared.contracts import registry as reg
 from shared.contracts import visits as vis
-from shared.contracts.common import Area, Indicator, Role, Skill, TeamKind
-from shared.envelope import Envelope
+from shared.contracts.common import AgeBand, Area, Indicator, Role, Skill, TeamKind
+from shared.envelope import Envelope, make_event
 
 PROVINCE = ["QN"]
 HALONG = ["QN", "QN-HALONG"]
@@ -780,3 +780,18 @@ def test_add_up_keeps_state_apart_from_dated_counters_and_sums_units() -> None:
     )
     assert t.of(CATALOGUE["volunteers"]) == {"total": 5}
     assert t.of(CATALOGUE["people_supported"]) == {"total": 10}
+
+
+def test_volunteer_events_of_contract_v1_and_v2_count_the_same(ev) -> None:
+    v1 = ev.volunteer("V1", HALONG, roles=("student",), skills=("it",))
+    payload = reg.VolunteerRegisteredV2(
+        volunteer_id="V1",
+        unit_code="QN-HALONG",
+        unit_path=HALONG,
+        roles=["student"],
+        skills=["it"],
+        age_band=AgeBand.from_16_to_30,
+    )
+    v2 = make_event(reg.VOLUNTEER_REGISTERED_V2, payload, source="/registry", key="V1")
+    assert increments(v1.payload()) == increments(v2.payload())
+    assert increments(v2.payload())["QN-HALONG|state"]["volunteers_by_skill_it"] == 1

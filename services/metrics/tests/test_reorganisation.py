@@ -171,10 +171,9 @@ async def settled(client: httpx.AsyncClient, timeout: float = 60.0) -> dict[str,
 def gauges(text: str) -> dict[tuple[str, str], float]:
     out = {}
     for family in text_string_to_metric_families(text):
-        if family.name == "bridge_indicator":
+        if family.name == "bridge_indicator_households_visited":
             for s in family.samples:
-                if s.labels["indicator"] == "households_visited":
-                    out[(s.labels["unit"], s.labels["level"])] = s.value
+                out[(s.labels["unit"], s.labels["level"])] = s.value
     return out
 
 

@@ -47,13 +47,14 @@ def _service(request: Request) -> RegistryService:
 
 Service = Annotated[RegistryService, Depends(_service)]
 Limit = Annotated[int, Query(ge=1, le=MAX_LIMIT, description=f"Page size, 1 to {MAX_LIMIT}.")]
-Cursor = Annotated[str | None, Query(description="`next_cursor` from the previous page.")]
-UnitCode = Annotated[str, Path(description="Unit code, e.g. QN-HALONG.", examples=["QN-HALONG"])]
-TeamCode = Annotated[str, Path(description="Team code.", examples=["HL-TT01"])]
-VolunteerId = Annotated[str, Path(description="Server-generated volunteer id (uuid4).")]
-CampaignCode = Annotated[str, Path(description="Campaign code.", examples=["PEAK90"])]
+Cursor = Annotated[str | None, Query(max_length=512, description="`next_cursor` from the previous page.")]
+UnitCode = Annotated[str, Path(max_length=64, description="Unit code, e.g. QN-HALONG.", examples=["QN-HALONG"])]
+TeamCode = Annotated[str, Path(max_length=64, description="Team code.", examples=["HL-TT01"])]
+VolunteerId = Annotated[str, Path(max_length=64, description="Server-generated volunteer id (uuid4).")]
+CampaignCode = Annotated[str, Path(max_length=64, description="Campaign code.", examples=["PEAK90"])]
 SubtreeOf = Annotated[
-    str | None, Query(description="Only records in this unit's subtree (the unit itself and everything below it).")
+    str | None,
+    Query(max_length=64, description="Only records in this unit's subtree (the unit itself and everything below it)."),
 ]
 
 router = APIRouter(prefix="/v1")
@@ -70,7 +71,7 @@ async def create_unit(body: UnitIn, principal: CurrentPrincipal, service: Servic
 async def list_units(
     principal: CurrentPrincipal,
     service: Service,
-    parent_code: Annotated[str | None, Query(description="Only direct children of this unit.")] = None,
+    parent_code: Annotated[str | None, Query(max_length=64, description="Only direct children of this unit.")] = None,
     kind: Annotated[UnitKind | None, Query(description="Only units of this kind.")] = None,
     status: Annotated[
         UnitStatus | None, Query(description="Only units in this state (active, merged or closed).")
@@ -145,7 +146,7 @@ async def list_teams(
     unit: SubtreeOf = None,
     kind: Annotated[TeamKind | None, Query(description="Only teams of this kind.")] = None,
     active: Annotated[bool | None, Query(description="true: open teams only; false: deactivated only.")] = None,
-    campaign_code: Annotated[str | None, Query(description="Only teams of this campaign.")] = None,
+    campaign_code: Annotated[str | None, Query(max_length=64, description="Only teams of this campaign.")] = None,
     limit: Limit = 50,
     cursor: Cursor = None,
 ) -> Page[TeamOut]:
@@ -277,7 +278,7 @@ async def list_volunteers(
     service: Service,
     unit: SubtreeOf = None,
     skill: Annotated[Skill | None, Query(description="Only volunteers with this skill.")] = None,
-    team: Annotated[str | None, Query(description="Only current members of this team.")] = None,
+    team: Annotated[str | None, Query(max_length=64, description="Only current members of this team.")] = None,
     active: Annotated[bool | None, Query(description="true: not left; false: left only.")] = None,
     limit: Limit = 50,
     cursor: Cursor = None,

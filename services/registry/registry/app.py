@@ -11,6 +11,8 @@ from pydantic_settings import SettingsConfigDict
 from registry.api import router
 from registry.repository import COLLECTIONS, INDEXES, Repository
 from registry.service import RegistryService
+from shared.audit import AuditTrail
+from shared.audit_api import audit_router
 from shared.http import create_app, serve
 from shared.logging import configure_logging
 from shared.runtime import Runtime
@@ -41,6 +43,7 @@ def build_app(settings: RegistrySettings | None = None) -> FastAPI:
         runtime = Runtime(settings, outbox_collections=COLLECTIONS, indexes=INDEXES)
         app.state.runtime = runtime
         app.state.registry = RegistryService(Repository(runtime.db, runtime.notify_relay))
+        app.state.audit = AuditTrail(runtime.db, COLLECTIONS)
         await runtime.start()
         try:
             yield
@@ -52,7 +55,7 @@ def build_app(settings: RegistrySettings | None = None) -> FastAPI:
         title="Digital Bridge registry",
         description=DESCRIPTION,
         lifespan=lifespan,
-        routers=[router],
+        routers=[router, audit_router("unit, team, volunteer, membership, campaign")],
         max_body_bytes=settings.max_body_bytes,
     )
 

@@ -9,6 +9,7 @@ from pymongo import IndexModel
 from pymongo.asynchronous.database import AsyncDatabase
 from pymongo.errors import BulkWriteError, DuplicateKeyError
 
+from shared.audit import audit_fields, audit_update
 from shared.envelope import Envelope
 from shared.mongo import Document
 from shared.outbox import outbox_fields, outbox_update
@@ -29,6 +30,8 @@ INDEXES: dict[str, list[IndexModel]] = {
 }
 
 DUPLICATE_KEY = 11000
+# Reads of aggregates leave out what only the relay and the audit log read.
+HIDDEN = {"outbox": 0, "audit": 0}
 
 
 class Repository:
@@ -41,13 +44,13 @@ class Repository:
         self._notify = notify
 
     async def get(self, collection: str, key: str) -> Document | None:
-        return await self._db[collection].find_one({"_id": key}, {"outbox": 0})
+        return await self._db[collection].find_one({"_id": key}, HIDDEN)
 
     async def find_all(self, collection: str, query: dict[str, Any]) -> list[Document]:
-        return await self._db[collection].find(query, {"outbox": 0}).sort("_id", 1).to_list()
+        return await self._db[collection].find(query, HIDDEN).sort("_id", 1).to_list()
 
     async def root_unit(self) -> Document | None:
-        return await self._db[UNITS].find_one({"parent_code": None}, {"outbox": 0})
+        return await self._db[UNITS].find_one({"parent_code": None}, HIDDEN)
 
     async def active_member_ids(self, team_code: str) -> list[str]:
         docs = await self._db[MEMBERSHIPS].find({"team_code": team_code, "active": True}, {"volunteer_id": 1}).to_list()
@@ -67,20 +70,25 @@ class Repository:
             existing = query.get("_id")
             cond = dict(existing) if isinstance(existing, dict) else {} if existing is None else {"$in": [existing]}
             query["_id"] = {**cond, "$gt": last}
-        docs = await self._db[collection].find(query, {"outbox": 0}).sort("_id", 1).limit(limit + 1).to_list()
+        docs = await self._db[collection].find(query, HIDDEN).sort("_id", 1).limit(limit + 1).to_list()
         return docs[:limit], next_cursor(docs, limit)
 
-    async def insert(self, collection: str, doc: Document, events: Sequence[Envelope]) -> bool:
-        """Insert a new aggregate with its events; False if its ``_id`` is taken."""
+    async def insert(
+        self, collection: str, doc: Document, events: Sequence[Envelope], audit: Sequence[Document] = ()
+    ) -> bool:
+        """Insert a new aggregate with its events and audit entries; False if its ``_id`` is taken."""
         try:
-            await self._db[collection].insert_one({**doc, **outbox_fields(events)})
+            await self._db[collection].insert_one({**doc, **outbox_fields(events), **audit_fields(audit)})
         except DuplicateKeyError:
             return False
         self._notify(collection, [doc["_id"]])
         return True
 
     async def insert_new(self, collection: str, docs: Sequence[tuple[Document, Sequence[Envelope]]]) -> set[Any]:
-        """Insert many new aggregates with their events in one command; returns the ``_id``s that were taken."""
+        """Insert many new aggregates with their events in one command; returns the ``_id``s that were taken.
+
+        Audit entries come inside each document (``shared.audit.audit_fields``).
+        """
         if not docs:
             return set()
         taken: set[Any] = set()
@@ -94,10 +102,18 @@ class Repository:
         self._notify(collection, [d["_id"] for d, _ in docs if d["_id"] not in taken])
         return taken
 
-    async def update(self, collection: str, current: Document, changes: Document, events: Sequence[Envelope]) -> bool:
+    async def update(
+        self,
+        collection: str,
+        current: Document,
+        changes: Document,
+        events: Sequence[Envelope],
+        audit: Sequence[Document] = (),
+    ) -> bool:
         """Compare-and-set on ``rev``: False if someone else changed the document since ``current`` was read."""
         result = await self._db[collection].update_one(
-            {"_id": current["_id"], "rev": current["rev"]}, outbox_update({"$set": changes}, events)
+            {"_id": current["_id"], "rev": current["rev"]},
+            audit_update(outbox_update({"$set": changes}, events), audit),
         )
         if result.matched_count:
             self._notify(collection, [current["_id"]])

@@ -16,6 +16,8 @@ from shared.contracts.common import Indicator, Role, Skill, TeamKind, UnitKind
 LOCAL_TZ = ZoneInfo("Asia/Ho_Chi_Minh")
 MIN_BIRTH_YEAR = 1930
 MIN_AGE = 10
+# Above any target a province (or the whole country) could set, and a small integer in Mongo and the sums.
+MAX_TARGET = 100_000_000
 
 
 def local_today() -> date:
@@ -54,7 +56,9 @@ Code = Annotated[
 ]
 Name = Annotated[str, Field(min_length=1, max_length=200), AfterValidator(_nfc)]
 BirthYear = Annotated[
-    int, AfterValidator(_birth_year), Field(description=f"From {MIN_BIRTH_YEAR} to {MIN_AGE} years before this year.")
+    int,
+    Field(ge=MIN_BIRTH_YEAR, le=9999, description=f"From {MIN_BIRTH_YEAR} to {MIN_AGE} years before this year."),
+    AfterValidator(_birth_year),
 ]
 Phone = Annotated[str, Field(pattern=r"^\+?[0-9][0-9 .-]{5,19}$", max_length=21)]
 Email = Annotated[str, Field(pattern=r"^[^@\s]+@[^@\s]+\.[^@\s]+$", max_length=254)]
@@ -501,7 +505,7 @@ class MembershipOut(BaseModel):
 class TargetIn(Body):
     indicator: Indicator
     unit_code: Code
-    value: int = Field(ge=0)
+    value: int = Field(ge=0, le=MAX_TARGET, description=f"0 to {MAX_TARGET:,}.")
     merged_from: Annotated[list[Code], Field(max_length=200), AfterValidator(_unique)] = Field(
         default_factory=list,
         description="Units merged into `unit_code` whose targets were added into `value` (kept by a merge).",

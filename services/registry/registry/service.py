@@ -43,10 +43,11 @@ from registry.schemas import (
     VolunteerPatch,
     local_today,
 )
+from shared.audit import audit_entry, audit_fields, changes
 from shared.auth import Principal, Role, require_role, require_scope
 from shared.batch import BatchStatus
 from shared.contracts import registry as ev
-from shared.contracts.common import TeamKind, UnitKind
+from shared.contracts.common import AgeBand, TeamKind, UnitKind
 from shared.envelope import Envelope, make_event
 from shared.errors import Conflict, InvalidInput, NotFound, ProblemError, validation_problem
 from shared.mongo import Document
@@ -68,6 +69,62 @@ def authorize_write(principal: Principal, unit_path: Sequence[str], what: str) -
 
 def sees_personal_data(principal: Principal, unit_path: Sequence[str]) -> bool:
     return principal.role is Role.admin or (principal.role is Role.manager and principal.in_scope(unit_path))
+
+
+# What audit entries show of each aggregate (volunteers' contact details included: only admins and
+# managers in scope read the audit log, the same people who see them in the API).
+UNIT_AUDITED = ("name", "kind", "parent_code", "path")
+TEAM_AUDITED = ("name", "kind", "unit_code", "unit_path", "base", "campaign_code", "active")
+VOLUNTEER_AUDITED = ("full_name", "birth_year", "unit_code", "unit_path", "roles", "skills", "phone", "email", "active")
+
+
+def _audit(
+    principal: Principal,
+    action: str,
+    doc: Document,
+    path: Sequence[str],
+    *,
+    before: Document | None = None,
+    after: Document | None = None,
+    reason: str | None = None,
+    previous_path: Sequence[str] | None = None,
+) -> Document:
+    """The audit entry of one write to ``doc``; ``action`` is ``<entity>.<what happened>``."""
+    entity = action.split(".", 1)[0]
+    return audit_entry(
+        principal,
+        action,
+        entity,
+        doc["_id"],
+        path,
+        before=before,
+        after=after,
+        reason=reason,
+        previous_unit_path=previous_path,
+    )
+
+
+def _audit_change(
+    principal: Principal, action: str, old: Document, new: Document, fields: Sequence[str], path: Sequence[str]
+) -> Document:
+    before, after = changes(old, new, fields)
+    previous = old["path"] if "path" in old else old.get("unit_path")  # units keep "path", the others "unit_path"
+    return _audit(principal, action, old, path, before=before, after=after, previous_path=previous)
+
+
+def _targets_changed(old: Sequence[Document], new: Sequence[Document]) -> tuple[Document, Document]:
+    """The targets that differ, as they were and as they are (each side keyed by indicator and unit)."""
+
+    def key(t: Document) -> tuple[str, str]:
+        return t["indicator"], t["unit_code"]
+
+    was = {key(t): ev.Target(**t) for t in old}
+    now = {key(t): ev.Target(**t) for t in new}
+    changed = [k for k in dict.fromkeys([*was, *now]) if was.get(k) != now.get(k)]
+    return (
+        {"targets": [was[k].model_dump(mode="json") for k in changed if k in was]},
+        {"targets": [now[k].model_dump(mode="json") for k in changed if k in now]},
+    )
 
 
 def _lost_race(what: str) -> Conflict:
@@ -249,20 +306,26 @@ def _new_volunteer(body: VolunteerIn, unit: Document, volunteer_id: str) -> tupl
         "left_on": None,
         "created_at": _now(),
     }
-    payload = ev.VolunteerRegistered(
+    payload = ev.VolunteerRegisteredV2(
         volunteer_id=volunteer_id,
         unit_code=body.unit_code,
         unit_path=unit["path"],
         roles=body.roles,
         skills=body.skills,
-        birth_year=body.birth_year,
+        age_band=AgeBand.of(body.birth_year, local_today().year),
     )
-    return doc, _event(ev.VOLUNTEER_REGISTERED, payload, volunteer_id)
+    return doc, _event(ev.VOLUNTEER_REGISTERED_V2, payload, volunteer_id)
 
 
 def _team_facts(team: Document) -> dict[str, Any]:
     """The team as a membership event describes it, so members can be counted by team kind and unit."""
     return {"team_kind": team["kind"], "team_unit_path": team["unit_path"], "team_active": team["active"]}
+
+
+def _membership_audit(principal: Principal, action: str, doc: Document, team: Document) -> Document:
+    since = doc["periods"][-1]["since"]
+    after = {"team_code": doc["team_code"], "volunteer_id": doc["volunteer_id"], "active": True, "since": since}
+    return _audit(principal, action, doc, team["unit_path"], after=after)
 
 
 def _new_membership(team: Document, volunteer_id: str, since: date) -> tuple[Document, Envelope]:
@@ -316,8 +379,10 @@ class RegistryService:
             raise NotFound(f"campaign {code} does not exist")
         return doc
 
-    async def _update(self, collection: str, current: Document, changes: Document, events: list[Envelope]) -> None:
-        if not await self._repo.update(collection, current, changes, events):
+    async def _update(
+        self, collection: str, current: Document, changes: Document, events: list[Envelope], audit: Document
+    ) -> None:
+        if not await self._repo.update(collection, current, changes, events, [audit]):
             raise _lost_race(f"{collection[:-1]} {current['_id']}")
 
     # --- units --------------------------------------------------------------------------------------
@@ -339,7 +404,8 @@ class RegistryService:
             authorize_write(principal, parent["path"], "the parent unit")
             refuse_if_not_active(parent)
         doc, event = _new_unit(body.code, body.name, body.kind, parent)
-        if not await self._repo.insert(UNITS, doc, [event]):
+        entry = _audit(principal, "unit.created", doc, doc["path"], after={k: doc[k] for k in UNIT_AUDITED})
+        if not await self._repo.insert(UNITS, doc, [event], [entry]):
             raise Conflict(f"unit {body.code} already exists", slug="duplicate-code")
         return unit_out(doc)
 
@@ -395,13 +461,20 @@ class RegistryService:
                 authorize_write(principal, parent["path"], "the new parent unit")
                 refuse_if_not_active(parent)
             path = [*parent["path"], code]
-        updated = await self._set_unit(doc, name=name, kind=kind, parent_code=parent_code, path=path)
+        updated = await self._set_unit(principal, doc, name=name, kind=kind, parent_code=parent_code, path=path)
         if moving:
-            await self._move_subtree(code, path)
+            await self._move_subtree(principal, code, path)
         return unit_out(updated)
 
     async def _set_unit(
-        self, doc: Document, *, name: str, kind: UnitKind, parent_code: str | None, path: list[str]
+        self,
+        principal: Principal,
+        doc: Document,
+        *,
+        name: str,
+        kind: UnitKind,
+        parent_code: str | None,
+        path: list[str],
     ) -> Document:
         """Write a unit's name, kind, parent and path with one UnitUpdated; nothing if nothing changed."""
         updated = {"name": name, "kind": kind.value, "parent_code": parent_code, "path": path}
@@ -418,17 +491,19 @@ class RegistryService:
                 ),
                 doc["_id"],
             )
-            await self._update(UNITS, doc, {**updated, "updated_at": _now()}, [event])
+            action = "unit.moved" if parent_code != doc["parent_code"] else "unit.updated"
+            entry = _audit_change(principal, action, doc, {**doc, **updated}, UNIT_AUDITED, path)
+            await self._update(UNITS, doc, {**updated, "updated_at": _now()}, [event], entry)
         return {**doc, **updated}
 
-    async def _move_under(self, unit: Document, parent: Document) -> None:
+    async def _move_under(self, principal: Principal, unit: Document, parent: Document) -> None:
         """Move ``unit`` with its subtree under ``parent``; repeating it repairs a half-done move."""
         path = [*parent["path"], unit["_id"]]
         kind = UnitKind(unit["kind"])
-        await self._set_unit(unit, name=unit["name"], kind=kind, parent_code=parent["_id"], path=path)
-        await self._move_subtree(unit["_id"], path)
+        await self._set_unit(principal, unit, name=unit["name"], kind=kind, parent_code=parent["_id"], path=path)
+        await self._move_subtree(principal, unit["_id"], path)
 
-    async def _move_subtree(self, code: str, path: list[str]) -> None:
+    async def _move_subtree(self, principal: Principal, code: str, path: list[str]) -> None:
         """Bring the paths below ``code`` (units, then their teams and volunteers) in line with ``path``.
 
         FerretDB has no transactions, so a move is several single-document writes, each carrying its
@@ -453,34 +528,43 @@ class RegistryService:
                     ),
                     unit["_id"],
                 )
-                await self._update(UNITS, unit, {"path": new, "updated_at": _now()}, [event])
+                entry = _audit_change(principal, "unit.moved", unit, {**unit, "path": new}, ("path",), new)
+                await self._update(UNITS, unit, {"path": new, "updated_at": _now()}, [event], entry)
         for team in await self._repo.find_all(TEAMS, {"unit_path": code}):
             team_path = paths.get(team["unit_code"])
             if team_path is not None and team["unit_path"] != team_path:
-                event = await self._team_updated({**team, "unit_path": team_path}, team)
-                await self._update(TEAMS, team, {"unit_path": team_path}, [event])
+                moved = {**team, "unit_path": team_path}
+                event = await self._team_updated(moved, team)
+                entry = _audit_change(principal, "team.moved", team, moved, ("unit_path",), team_path)
+                await self._update(TEAMS, team, {"unit_path": team_path}, [event], entry)
         for vol in await self._repo.find_all(VOLUNTEERS, {"unit_path": code}):
             vol_path = paths.get(vol["unit_code"])
             if vol_path is not None and vol["unit_path"] != vol_path:
-                event = self._volunteer_updated({**vol, "unit_path": vol_path}, vol)
-                await self._update(VOLUNTEERS, vol, {"unit_path": vol_path}, [event])
+                moved = {**vol, "unit_path": vol_path}
+                event = self._volunteer_updated(moved, vol)
+                entry = _audit_change(principal, "volunteer.moved", vol, moved, ("unit_path",), vol_path)
+                await self._update(VOLUNTEERS, vol, {"unit_path": vol_path}, [event], entry)
 
     # --- reorganisation -----------------------------------------------------------------------------
     # Like a move, each operation is a sequence of single-document writes with their events. Every
     # step writes only what is not done yet and the final mark (merged/closed) comes last, so
     # re-sending the request after a crash finishes the job, and re-sending it afterwards writes nothing.
 
-    async def _move_team(self, team: Document, unit: Document) -> None:
-        changes = {"unit_code": unit["_id"], "unit_path": unit["path"]}
-        event = await self._team_updated({**team, **changes}, team)
-        await self._update(TEAMS, team, {**changes, "updated_at": _now()}, [event])
+    async def _move_team(self, principal: Principal, team: Document, unit: Document) -> None:
+        moved = {"unit_code": unit["_id"], "unit_path": unit["path"]}
+        event = await self._team_updated({**team, **moved}, team)
+        entry = _audit_change(principal, "team.moved", team, {**team, **moved}, list(moved), unit["path"])
+        await self._update(TEAMS, team, {**moved, "updated_at": _now()}, [event], entry)
 
-    async def _move_volunteer(self, volunteer: Document, unit: Document) -> None:
-        changes = {"unit_code": unit["_id"], "unit_path": unit["path"]}
-        event = self._volunteer_updated({**volunteer, **changes}, volunteer)
-        await self._update(VOLUNTEERS, volunteer, {**changes, "updated_at": _now()}, [event])
+    async def _move_volunteer(self, principal: Principal, volunteer: Document, unit: Document) -> None:
+        moved = {"unit_code": unit["_id"], "unit_path": unit["path"]}
+        event = self._volunteer_updated({**volunteer, **moved}, volunteer)
+        entry = _audit_change(
+            principal, "volunteer.moved", volunteer, {**volunteer, **moved}, list(moved), unit["path"]
+        )
+        await self._update(VOLUNTEERS, volunteer, {**moved, "updated_at": _now()}, [event], entry)
 
-    async def _move_children(self, codes: Sequence[str], into: Document) -> None:
+    async def _move_children(self, principal: Principal, codes: Sequence[str], into: Document) -> None:
         """Move the units right below ``codes`` (with their subtrees) under ``into``.
 
         A path that still runs through one of ``codes`` names the unit below it even after that unit
@@ -497,9 +581,9 @@ class RegistryService:
             if child is None:
                 continue
             if child["parent_code"] in codes:
-                await self._move_under(child, into)
+                await self._move_under(principal, child, into)
             else:
-                await self._move_subtree(child_code, child["path"])
+                await self._move_subtree(principal, child_code, child["path"])
 
     async def _merge_sources(self, principal: Principal, codes: list[str], into: str) -> list[Document]:
         found = {code: await self._repo.get(UNITS, code) for code in codes}
@@ -556,7 +640,7 @@ class RegistryService:
             authorize_write(principal, parent["path"], "the new unit's parent")
             refuse_if_not_active(parent)
             not_below_a_source(parent["path"])
-            into = await self._insert_unit(*_new_unit(body.into, new.name, new.kind, parent))
+            into = await self._insert_unit(principal, *_new_unit(body.into, new.name, new.kind, parent))
         else:
             authorize_write(principal, into["path"], "the unit merged into")
             refuse_if_not_active(into)
@@ -567,12 +651,12 @@ class RegistryService:
                 )
             not_below_a_source(into["path"])
         day = body.merged_on or local_today()
-        await self._move_children(codes, into)
+        await self._move_children(principal, codes, into)
         for team in await self._repo.find_all(TEAMS, {"unit_code": {"$in": codes}, "active": True}):
-            await self._move_team(team, into)
+            await self._move_team(principal, team, into)
         for volunteer in await self._repo.find_all(VOLUNTEERS, {"unit_code": {"$in": codes}}):
-            await self._move_volunteer(volunteer, into)
-        await self._merge_campaign_targets(set(codes), into["_id"])
+            await self._move_volunteer(principal, volunteer, into)
+        await self._merge_campaign_targets(principal, set(codes), into["_id"])
         merged = []
         for source in sources:
             doc = await self._unit_or_404(source["_id"])  # re-read: the moves may have raced with a PATCH
@@ -590,23 +674,32 @@ class RegistryService:
                     "merged_on": day.isoformat(),
                     "updated_at": _now(),
                 }
-                await self._update(UNITS, doc, changes, [event])
+                entry = _audit(
+                    principal,
+                    "unit.merged",
+                    doc,
+                    doc["path"],
+                    before={"status": unit_status(doc).value},
+                    after={k: changes[k] for k in ("status", "successor_code", "merged_on")},
+                )
+                await self._update(UNITS, doc, changes, [event], entry)
                 doc = {**doc, **changes}
             elif doc.get("successor_code") != into["_id"]:
                 refuse_if_not_active(doc)
             merged.append(unit_out(doc))
         return MergeOut(successor=unit_out(into), merged=merged)
 
-    async def _insert_unit(self, doc: Document, event: Envelope) -> Document:
+    async def _insert_unit(self, principal: Principal, doc: Document, event: Envelope) -> Document:
         """Create a unit for a reorganisation; one with the same name, kind and parent is a retry's."""
-        if await self._repo.insert(UNITS, doc, [event]):
+        entry = _audit(principal, "unit.created", doc, doc["path"], after={k: doc[k] for k in UNIT_AUDITED})
+        if await self._repo.insert(UNITS, doc, [event], [entry]):
             return doc
         existing = await self._repo.get(UNITS, doc["_id"])
         if existing is None or not _same_unit(existing, doc["name"], UnitKind(doc["kind"]), doc["parent_code"]):
             raise Conflict(f"unit {doc['_id']} already exists with another name, kind or parent", slug="duplicate-code")
         return existing
 
-    async def _merge_campaign_targets(self, merging: set[str], into: str) -> None:
+    async def _merge_campaign_targets(self, principal: Principal, merging: set[str], into: str) -> None:
         """One CampaignTargetsSet per campaign that still has targets on a merged unit."""
         query = {"targets.unit_code": {"$in": sorted(merging)}}
         for campaign in await self._repo.find_all(CAMPAIGNS, query):
@@ -618,7 +711,17 @@ class RegistryService:
                 ev.CampaignTargetsSet(code=campaign["_id"], targets=[ev.Target(**t) for t in targets]),
                 campaign["_id"],
             )
-            await self._update(CAMPAIGNS, campaign, {"targets": targets, "updated_at": _now()}, [event])
+            before, after = _targets_changed(campaign["targets"], targets)
+            entry = _audit(
+                principal,
+                "campaign.targets_set",
+                campaign,
+                await self._campaign_path(),
+                before=before,
+                after=after,
+                reason=f"units {', '.join(sorted(merging))} merged into {into}",
+            )
+            await self._update(CAMPAIGNS, campaign, {"targets": targets, "updated_at": _now()}, [event], entry)
 
     async def _active_children(self, code: str) -> list[str]:
         children = await self._repo.find_all(UNITS, {"parent_code": code})
@@ -686,12 +789,14 @@ class RegistryService:
         day = body.split_on or local_today()
         units: dict[str, Document] = {}
         for u in body.into:
-            units[u.code] = successors[u.code] or await self._insert_unit(*_new_unit(u.code, u.name, u.kind, parent))
+            units[u.code] = successors[u.code] or await self._insert_unit(
+                principal, *_new_unit(u.code, u.name, u.kind, parent)
+            )
         for team in teams:
-            await self._move_team(team, units[assigned[team["_id"]]])
+            await self._move_team(principal, team, units[assigned[team["_id"]]])
         if body.volunteers_to is not None:
             for volunteer in volunteers:
-                await self._move_volunteer(volunteer, units[body.volunteers_to])
+                await self._move_volunteer(principal, volunteer, units[body.volunteers_to])
         if unit_status(source) is UnitStatus.active:
             payload = ev.UnitSplit(
                 code=code,
@@ -705,7 +810,15 @@ class RegistryService:
                 "closed_on": day.isoformat(),
                 "updated_at": _now(),
             }
-            await self._update(UNITS, source, changes, [_event(ev.UNIT_SPLIT, payload, code)])
+            entry = _audit(
+                principal,
+                "unit.split",
+                source,
+                source["path"],
+                before={"status": UnitStatus.active.value},
+                after={k: changes[k] for k in ("status", "successors", "closed_on")},
+            )
+            await self._update(UNITS, source, changes, [_event(ev.UNIT_SPLIT, payload, code)], entry)
             source = {**source, **changes}
         return SplitOut(closed=unit_out(source), successors=[unit_out(units[c]) for c in codes])
 
@@ -738,7 +851,16 @@ class RegistryService:
             "close_reason": body.reason,
             "updated_at": _now(),
         }
-        await self._update(UNITS, doc, changes, [event])
+        entry = _audit(
+            principal,
+            "unit.closed",
+            doc,
+            doc["path"],
+            before={"status": unit_status(doc).value},
+            after={k: changes[k] for k in ("status", "closed_on")},
+            reason=body.reason,
+        )
+        await self._update(UNITS, doc, changes, [event], entry)
         return unit_out({**doc, **changes})
 
     # --- teams --------------------------------------------------------------------------------------
@@ -801,7 +923,8 @@ class RegistryService:
             ),
             body.code,
         )
-        if not await self._repo.insert(TEAMS, doc, [event]):
+        entry = _audit(principal, "team.created", doc, unit["path"], after={k: doc[k] for k in TEAM_AUDITED})
+        if not await self._repo.insert(TEAMS, doc, [event], [entry]):
             raise Conflict(f"team {body.code} already exists", slug="duplicate-code")
         return team_out(doc)
 
@@ -844,7 +967,9 @@ class RegistryService:
         new = {**doc, **changes}
         if all(doc.get(k) == v for k, v in changes.items()):
             return team_out(doc)
-        await self._update(TEAMS, doc, {**changes, "updated_at": _now()}, [await self._team_updated(new, doc)])
+        action = "team.moved" if new["unit_code"] != doc["unit_code"] else "team.updated"
+        entry = _audit_change(principal, action, doc, new, TEAM_AUDITED, new["unit_path"])
+        await self._update(TEAMS, doc, {**changes, "updated_at": _now()}, [await self._team_updated(new, doc)], entry)
         return team_out(new)
 
     async def deactivate_team(self, principal: Principal, code: str) -> TeamOut:
@@ -863,7 +988,10 @@ class RegistryService:
             ),
             code,
         )
-        await self._update(TEAMS, doc, {"active": False, "deactivated_at": _now()}, [event])
+        entry = _audit(
+            principal, "team.deactivated", doc, doc["unit_path"], before={"active": True}, after={"active": False}
+        )
+        await self._update(TEAMS, doc, {"active": False, "deactivated_at": _now()}, [event], entry)
         return team_out({**doc, "active": False})
 
     # --- volunteers ---------------------------------------------------------------------------------
@@ -871,14 +999,14 @@ class RegistryService:
     @staticmethod
     def _volunteer_updated(new: Document, old: Document) -> Envelope:
         return _event(
-            ev.VOLUNTEER_UPDATED,
-            ev.VolunteerUpdated(
+            ev.VOLUNTEER_UPDATED_V2,
+            ev.VolunteerUpdatedV2(
                 volunteer_id=new["_id"],
                 unit_code=new["unit_code"],
                 unit_path=new["unit_path"],
                 roles=new["roles"],
                 skills=new["skills"],
-                birth_year=new["birth_year"],
+                age_band=AgeBand.of(new["birth_year"], local_today().year),
                 active=new["active"],
                 previous_unit_path=old["unit_path"],
                 previous_roles=old["roles"],
@@ -893,7 +1021,10 @@ class RegistryService:
         authorize_write(principal, unit["path"], "the volunteer's unit")
         refuse_if_not_active(unit)
         doc, event = _new_volunteer(body, unit, str(uuid.uuid4()))
-        if not await self._repo.insert(VOLUNTEERS, doc, [event]):
+        entry = _audit(
+            principal, "volunteer.registered", doc, unit["path"], after={k: doc[k] for k in VOLUNTEER_AUDITED}
+        )
+        if not await self._repo.insert(VOLUNTEERS, doc, [event], [entry]):
             raise _lost_race(f"volunteer {doc['_id']}")  # a uuid4 collision; practically unreachable
         return volunteer_out(doc, principal)
 
@@ -962,9 +1093,14 @@ class RegistryService:
             else:
                 registered.add(volunteer_id)
                 doc, event = _new_volunteer(row, unit, volunteer_id)
-                volunteers.append((i, doc, event))
+                entry = _audit(
+                    principal, "volunteer.registered", doc, unit["path"], after={k: doc[k] for k in VOLUNTEER_AUDITED}
+                )
+                volunteers.append((i, {**doc, **audit_fields([entry])}, event))
             for m_doc, m_event in joined:
-                memberships.setdefault(m_doc["_id"], (m_doc, m_event))
+                team = teams[m_doc["team_code"]]
+                m_entry = _membership_audit(principal, "membership.started", m_doc, team)
+                memberships.setdefault(m_doc["_id"], ({**m_doc, **audit_fields([m_entry])}, m_event))
             results[i] = results[i].model_copy(update=update)
         taken = await self._repo.insert_new(VOLUNTEERS, [(d, [e]) for _, d, e in volunteers])
         for i, doc, _ in volunteers:
@@ -1016,7 +1152,10 @@ class RegistryService:
         new = {**doc, **changes}
         if all(doc.get(k) == v for k, v in changes.items()):
             return volunteer_out(doc, principal)
-        await self._update(VOLUNTEERS, doc, {**changes, "updated_at": _now()}, [self._volunteer_updated(new, doc)])
+        action = "volunteer.moved" if new["unit_code"] != doc["unit_code"] else "volunteer.updated"
+        entry = _audit_change(principal, action, doc, new, VOLUNTEER_AUDITED, new["unit_path"])
+        event = self._volunteer_updated(new, doc)
+        await self._update(VOLUNTEERS, doc, {**changes, "updated_at": _now()}, [event], entry)
         return volunteer_out(new, principal)
 
     async def volunteer_leaves(self, principal: Principal, volunteer_id: str, left_on: date | None) -> VolunteerOut:
@@ -1036,7 +1175,15 @@ class RegistryService:
                 volunteer_id,
             )
             changes = {"active": False, "left_on": day.isoformat(), "updated_at": _now()}
-            await self._update(VOLUNTEERS, doc, changes, [event])
+            entry = _audit(
+                principal,
+                "volunteer.left",
+                doc,
+                doc["unit_path"],
+                before={"active": True},
+                after={"active": False, "left_on": changes["left_on"]},
+            )
+            await self._update(VOLUNTEERS, doc, changes, [event], entry)
             doc = {**doc, **changes}
         # Someone who left is no longer a current member anywhere; repeating the request closes any
         # membership an interrupted earlier attempt left open.
@@ -1044,7 +1191,7 @@ class RegistryService:
         for membership in await self._repo.find_all(MEMBERSHIPS, {"volunteer_id": volunteer_id, "active": True}):
             since = date.fromisoformat(membership["periods"][-1]["since"])
             team = await self._team_or_404(membership["team_code"])
-            await self._close_membership(membership, team, max(left, since))
+            await self._close_membership(principal, membership, team, max(left, since))
         return volunteer_out(doc, principal)
 
     # --- memberships --------------------------------------------------------------------------------
@@ -1066,8 +1213,9 @@ class RegistryService:
         key = f"{team_code}/{body.volunteer_id}"
         doc, event = _new_membership(team, body.volunteer_id, body.since)
         existing = await self._repo.get(MEMBERSHIPS, key)
+        entry = _membership_audit(principal, "membership.started", doc, team)
         if existing is None:
-            if not await self._repo.insert(MEMBERSHIPS, doc, [event]):
+            if not await self._repo.insert(MEMBERSHIPS, doc, [event], [entry]):
                 raise _lost_race(f"membership {key}")
             return membership_out(doc)
         if existing["active"]:
@@ -1076,7 +1224,7 @@ class RegistryService:
         if body.since.isoformat() < last_until:
             raise InvalidInput(f"since is before the end of the previous membership ({last_until})", field="since")
         changes = {"active": True, "periods": [*existing["periods"], *doc["periods"]]}
-        await self._update(MEMBERSHIPS, existing, changes, [event])
+        await self._update(MEMBERSHIPS, existing, changes, [event], entry)
         return membership_out({**existing, **changes})
 
     async def end_member(
@@ -1091,9 +1239,9 @@ class RegistryService:
         since = doc["periods"][-1]["since"]
         if day.isoformat() < since:
             raise InvalidInput(f"until is before the membership started ({since})", field="until")
-        return membership_out(await self._close_membership(doc, team, day))
+        return membership_out(await self._close_membership(principal, doc, team, day))
 
-    async def _close_membership(self, doc: Document, team: Document, until: date) -> Document:
+    async def _close_membership(self, principal: Principal, doc: Document, team: Document, until: date) -> Document:
         event = _event(
             ev.MEMBERSHIP_ENDED,
             ev.MembershipEnded(
@@ -1103,7 +1251,15 @@ class RegistryService:
         )
         periods = [*doc["periods"][:-1], {**doc["periods"][-1], "until": until.isoformat()}]
         changes = {"active": False, "periods": periods}
-        await self._update(MEMBERSHIPS, doc, changes, [event])
+        entry = _audit(
+            principal,
+            "membership.ended",
+            doc,
+            team["unit_path"],
+            before={"active": True},
+            after={"active": False, "until": until.isoformat()},
+        )
+        await self._update(MEMBERSHIPS, doc, changes, [event], entry)
         return {**doc, **changes}
 
     async def list_members(
@@ -1125,6 +1281,11 @@ class RegistryService:
             return
         root = await self._repo.root_unit()
         require_scope(principal, [root["_id"] if root else "?"], "campaigns are organisation-wide: the province")
+
+    async def _campaign_path(self) -> list[str]:
+        """Where campaign entries sit in the audit log: at the province (campaigns are organisation-wide)."""
+        root = await self._repo.root_unit()
+        return [root["_id"]] if root else []
 
     async def _check_targets(
         self, targets: Sequence[TargetIn], stored: Sequence[Document] = ()
@@ -1173,7 +1334,14 @@ class RegistryService:
             ),
             body.code,
         )
-        if not await self._repo.insert(CAMPAIGNS, doc, [event]):
+        entry = _audit(
+            principal,
+            "campaign.created",
+            doc,
+            await self._campaign_path(),
+            after={k: doc[k] for k in ("name", "starts_on", "ends_on", "targets")},
+        )
+        if not await self._repo.insert(CAMPAIGNS, doc, [event], [entry]):
             raise Conflict(f"campaign {body.code} already exists", slug="duplicate-code")
         return campaign_out(doc)
 
@@ -1199,5 +1367,7 @@ class RegistryService:
             ev.CampaignTargetsSet(code=code, targets=[ev.Target(**t) for t in stored]),
             code,
         )
-        await self._update(CAMPAIGNS, doc, {"targets": stored, "updated_at": _now()}, [event])
+        before, after = _targets_changed(doc["targets"], stored)
+        entry = _audit(principal, "campaign.targets_set", doc, await self._campaign_path(), before=before, after=after)
+        await self._update(CAMPAIGNS, doc, {"targets": stored, "updated_at": _now()}, [event], entry)
         return campaign_out({**doc, "targets": stored})

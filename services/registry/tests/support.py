@@ -84,6 +84,7 @@ def assert_cloudevent(received: Received, event_type: str, key: str) -> None:
     assert h["ce_id"]
     assert h["ce_time"].endswith(b"Z")
     assert h["content-type"] == b"application/json"
+    assert h["ce_dataschema"] == f"https://digital-bridge.youthunion.vn/events/schemas/{event_type}.json".encode()
 
 
 def this_year() -> int:

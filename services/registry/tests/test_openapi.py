@@ -7,6 +7,7 @@ import pytest
 pytestmark = [pytest.mark.kafka, pytest.mark.mongo]
 
 ROUTES = {
+    ("get", "/v1/audit"),
     ("post", "/v1/units"),
     ("get", "/v1/units"),
     ("get", "/v1/units/{code}"),

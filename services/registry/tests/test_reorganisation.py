@@ -11,6 +11,7 @@ import pytest
 from pymongo.errors import AutoReconnect
 
 from registry.app import build_app
+from shared.auth import Principal
 from shared.contracts import registry as ev
 from shared.outbox import outbox_fields
 from shared.testing import running_app, token
@@ -183,8 +184,8 @@ async def test_merging_three_wards_moves_children_teams_volunteers_and_sums_targ
     assert order["QN-HG-THPT"] == [ev.UNIT_CREATED, ev.UNIT_UPDATED]
     assert order["HG-TT01"] == order["THPT-01"] == [ev.TEAM_CREATED, ev.TEAM_UPDATED]
     assert order["HH-CU"] == [ev.TEAM_CREATED, ev.TEAM_DEACTIVATED]
-    assert order[ids["hongha"]] == [ev.VOLUNTEER_REGISTERED, ev.VOLUNTEER_LEFT, ev.VOLUNTEER_UPDATED]
-    assert order[ids["school"]] == [ev.VOLUNTEER_REGISTERED, ev.VOLUNTEER_UPDATED]
+    assert order[ids["hongha"]] == [ev.VOLUNTEER_REGISTERED_V2, ev.VOLUNTEER_LEFT, ev.VOLUNTEER_UPDATED_V2]
+    assert order[ids["school"]] == [ev.VOLUNTEER_REGISTERED_V2, ev.VOLUNTEER_UPDATED_V2]
     assert order["PEAK90"] == [ev.CAMPAIGN_CREATED, ev.CAMPAIGN_TARGETS_SET]
     assert order["PEAK30"] == [ev.CAMPAIGN_CREATED]  # no target on a merged unit: untouched
 
@@ -212,7 +213,7 @@ async def test_merging_three_wards_moves_children_teams_volunteers_and_sums_targ
         ["QN", "QN-HALONG", "QN-HG-THPT"],
         "QN-HALONG",
     )
-    left = last[(ev.VOLUNTEER_UPDATED, ids["hongha"])].envelope.data
+    left = last[(ev.VOLUNTEER_UPDATED_V2, ids["hongha"])].envelope.data
     assert (left["unit_path"], left["active"]) == (["QN", "QN-HALONG"], False)
     assert last[(ev.CAMPAIGN_TARGETS_SET, "PEAK90")].envelope.data == {"code": "PEAK90", "targets": targets}
 
@@ -225,12 +226,12 @@ async def test_a_merge_interrupted_halfway_through_a_subtree_is_finished_by_rese
         original = service._move_subtree
         calls = 0
 
-        async def crash_once(code: str, path: list[str]) -> None:
+        async def crash_once(principal: Principal, code: str, path: list[str]) -> None:
             nonlocal calls
             calls += 1
             if calls == 1:  # the school has its new parent, its team and volunteer not yet
                 raise AutoReconnect("connection lost (simulated)")
-            await original(code, path)
+            await original(principal, code, path)
 
         service._move_subtree = crash_once
         assert_problem(await client.post("/v1/units:merge", json=MERGE, headers=ADMIN), 503)
@@ -508,7 +509,7 @@ async def test_splitting_a_zone_assigns_each_team_explicitly_and_closes_it(clien
     assert order["QN-VANDON"] == [ev.UNIT_CREATED, ev.UNIT_SPLIT]
     assert order["QN-VD-BAC"] == order["QN-VD-NAM"] == [ev.UNIT_CREATED]
     assert order["VD-LD02"] == [ev.TEAM_CREATED, ev.TEAM_UPDATED]
-    assert order[people[0]["id"]] == [ev.VOLUNTEER_REGISTERED, ev.VOLUNTEER_UPDATED]
+    assert order[people[0]["id"]] == [ev.VOLUNTEER_REGISTERED_V2, ev.VOLUNTEER_UPDATED_V2]
     split_event = next(e for e in got if e.envelope.type == ev.UNIT_SPLIT)
     assert_cloudevent(split_event, ev.UNIT_SPLIT, "QN-VANDON")
     assert split_event.envelope.data == {

@@ -70,7 +70,7 @@ async def test_roster_rows_are_judged_one_by_one_and_a_resend_changes_nothing(cl
 
     got_events = await registry_events(settings, events + 3)
     types = Counter(e.envelope.type for e in got_events)
-    assert types[ev.VOLUNTEER_REGISTERED] == 2
+    assert types[ev.VOLUNTEER_REGISTERED_V2] == 2
     assert types[ev.MEMBERSHIP_STARTED] == 1
     started = next(e for e in got_events if e.envelope.type == ev.MEMBERSHIP_STARTED)
     assert started.envelope.data == {
@@ -95,7 +95,7 @@ async def test_roster_rows_outside_a_managers_unit_are_rejected(client, settings
     denied = await client.post("/v1/volunteers:import", json={"items": rows}, headers=field)
     assert denied.status_code == 403
     got = await registry_events(settings, events + 1)  # the one accepted row, nothing from the others
-    assert [e.envelope.type for e in got].count(ev.VOLUNTEER_REGISTERED) == 1
+    assert [e.envelope.type for e in got].count(ev.VOLUNTEER_REGISTERED_V2) == 1
 
 
 # --- the roster spreadsheet (XLSX or CSV) ---------------------------------------------------------------
@@ -259,7 +259,7 @@ async def test_a_csv_roster_with_a_byte_order_mark_imports_and_a_reupload_answer
 
     got_events = await registry_events(settings, seeded + 3)
     types = Counter(e.envelope.type for e in got_events)
-    assert (types[ev.VOLUNTEER_REGISTERED], types[ev.MEMBERSHIP_STARTED]) == (2, 1)
+    assert (types[ev.VOLUNTEER_REGISTERED_V2], types[ev.MEMBERSHIP_STARTED]) == (2, 1)
 
 
 async def test_a_sheet_whose_header_is_not_a_roster_is_one_422_naming_the_columns(client) -> None:

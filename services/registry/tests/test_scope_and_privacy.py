@@ -175,8 +175,8 @@ async def test_personal_data_is_masked_for_others_and_never_in_an_event(client, 
     assert len(got) == events
     volunteer_events = [e for e in got if ".volunteer." in e.envelope.type]
     assert {e.envelope.type for e in volunteer_events} == {
-        ev.VOLUNTEER_REGISTERED,
-        ev.VOLUNTEER_UPDATED,
+        ev.VOLUNTEER_REGISTERED_V2,
+        ev.VOLUNTEER_UPDATED_V2,
         ev.VOLUNTEER_LEFT,
     }
     for e in got:
@@ -188,7 +188,7 @@ async def test_personal_data_is_masked_for_others_and_never_in_an_event(client, 
         "unit_path",
         "roles",
         "skills",
-        "birth_year",
+        "age_band",  # never the birth year (contract v2)
         "active",
         "previous_unit_path",
         "previous_roles",
@@ -196,3 +196,4 @@ async def test_personal_data_is_masked_for_others_and_never_in_an_event(client, 
     }
     for e in volunteer_events:
         assert set(e.envelope.data) <= allowed, e.envelope.data
+        assert e.envelope.data.get("age_band", "16_30") in {"under_16", "16_30", "31_45", "46_60", "over_60"}

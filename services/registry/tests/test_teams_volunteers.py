@@ -233,20 +233,21 @@ async def test_volunteers_register_filter_paginate_update_and_reject_bad_input(c
 
     got = await registry_events(settings, count=events)
     assert len(got) == events
-    registered = [e for e in got if e.envelope.type == ev.VOLUNTEER_REGISTERED]
+    registered = [e for e in got if e.envelope.type == ev.VOLUNTEER_REGISTERED_V2]
     assert len(registered) == 5
     first = next(e for e in registered if e.envelope.key == ids[0])
-    assert_cloudevent(first, ev.VOLUNTEER_REGISTERED, ids[0])
+    assert_cloudevent(first, ev.VOLUNTEER_REGISTERED_V2, ids[0])
     assert first.envelope.data == {
         "volunteer_id": ids[0],
         "unit_code": "QN-HALONG",
         "unit_path": ["QN", "QN-HALONG"],
         "roles": ["union_member", "student"],
         "skills": ["it", "vneid"],
-        "birth_year": 2001,
+        # Born in 2001: the band of the year it was registered (contract v2 carries no birth year).
+        "age_band": "16_30" if this_year() - 2001 <= 30 else "31_45",
     }
-    [update] = [e for e in got if e.envelope.type == ev.VOLUNTEER_UPDATED]
-    assert_cloudevent(update, ev.VOLUNTEER_UPDATED, ids[0])
+    [update] = [e for e in got if e.envelope.type == ev.VOLUNTEER_UPDATED_V2]
+    assert_cloudevent(update, ev.VOLUNTEER_UPDATED_V2, ids[0])
     assert update.envelope.data["previous_unit_path"] == ["QN", "QN-HALONG"]
     assert update.envelope.data["unit_path"] == ["QN", "QN-VANDON"]
     assert update.envelope.data["skills"] == ["it", "teaching"]

@@ -166,14 +166,14 @@ async def test_moving_a_unit_repaths_its_subtree_teams_and_volunteers_with_one_e
 
     got = await registry_events(settings, count=created + 5)
     assert len(got) == created + 5
-    changed = [e for e in got if e.envelope.type in (ev.UNIT_UPDATED, ev.TEAM_UPDATED, ev.VOLUNTEER_UPDATED)]
+    changed = [e for e in got if e.envelope.type in (ev.UNIT_UPDATED, ev.TEAM_UPDATED, ev.VOLUNTEER_UPDATED_V2)]
     assert len(changed) == 5
     updates = {(e.envelope.type, e.envelope.key): e for e in changed}
     assert set(updates) == {
         (ev.UNIT_UPDATED, "QN-TIENYEN"),
         (ev.UNIT_UPDATED, "QN-TIENYEN-THCS"),
         (ev.TEAM_UPDATED, "TY-01"),
-        (ev.VOLUNTEER_UPDATED, volunteer_id),
+        (ev.VOLUNTEER_UPDATED_V2, volunteer_id),
         (ev.UNIT_UPDATED, "QN-VANDON"),
     }
     moved = updates[(ev.UNIT_UPDATED, "QN-TIENYEN")].envelope.data
@@ -187,7 +187,7 @@ async def test_moving_a_unit_repaths_its_subtree_teams_and_volunteers_with_one_e
     assert team_event["unit_path"] == school["path"]
     assert team_event["previous_kind"] == team_event["kind"] == "permanent"
     assert (team_event["members"], team_event["previous_active"], team_event["active"]) == (0, True, True)
-    vol_event = updates[(ev.VOLUNTEER_UPDATED, volunteer_id)].envelope.data
+    vol_event = updates[(ev.VOLUNTEER_UPDATED_V2, volunteer_id)].envelope.data
     assert vol_event["unit_path"] == school["path"]
     assert vol_event["active"] is True
     assert (vol_event["previous_roles"], vol_event["previous_skills"]) == (vol_event["roles"], vol_event["skills"])

@@ -5,7 +5,7 @@ from __future__ import annotations
 from datetime import date
 from typing import Annotated, Any
 
-from fastapi import APIRouter, Body, Depends, Query, Request, Response
+from fastapi import APIRouter, Body, Depends, Path, Query, Request, Response
 from pydantic import Discriminator, Tag
 
 from shared.auth import READ_ROLES, require_role
@@ -41,7 +41,8 @@ def _service(request: Request) -> TrainingService:
 
 Service = Annotated[TrainingService, Depends(_service)]
 Limit = Annotated[int, Query(ge=1, le=MAX_LIMIT, description="Page size.")]
-Cursor = Annotated[str | None, Query(description="`next_cursor` of the previous page.")]
+Cursor = Annotated[str | None, Query(max_length=512, description="`next_cursor` of the previous page.")]
+Code = Annotated[str, Path(max_length=64)]
 
 
 def _body_kind(value: Any) -> str:
@@ -146,7 +147,7 @@ async def create_course(body: CourseIn, principal: CurrentPrincipal, service: Se
     response_model=KnownUnit,
     tags=["units"],
 )
-async def known_unit(code: str, principal: CurrentPrincipal, service: Service) -> KnownUnit:
+async def known_unit(code: Code, principal: CurrentPrincipal, service: Service) -> KnownUnit:
     require_role(principal, *READ_ROLES)
     return await service.known_unit(code)
 
@@ -155,8 +156,8 @@ async def known_unit(code: str, principal: CurrentPrincipal, service: Service) -
 async def list_courses(
     principal: CurrentPrincipal,
     service: Service,
-    unit: Annotated[str | None, Query(description="Only this unit's subtree.")] = None,
-    team: Annotated[str | None, Query(description="Only this team's courses.")] = None,
+    unit: Annotated[str | None, Query(max_length=64, description="Only this unit's subtree.")] = None,
+    team: Annotated[str | None, Query(max_length=64, description="Only this team's courses.")] = None,
     audience: Audience | None = None,
     mode: Mode | None = None,
     status: CourseStatus | None = None,
@@ -179,7 +180,7 @@ async def list_courses(
 
 
 @router.get("/courses/{code}", response_model=CourseOut, summary="One course with its counted figures")
-async def get_course(code: str, principal: CurrentPrincipal, service: Service) -> CourseOut:
+async def get_course(code: Code, principal: CurrentPrincipal, service: Service) -> CourseOut:
     return course_out(await service.get_course(principal, code))
 
 
@@ -188,7 +189,7 @@ async def get_course(code: str, principal: CurrentPrincipal, service: Service) -
     response_model=CourseOut,
     summary="Cancel a course; it stops counting (cancelling twice answers the same)",
 )
-async def cancel_course(code: str, body: CancelIn, principal: CurrentPrincipal, service: Service) -> CourseOut:
+async def cancel_course(code: Code, body: CancelIn, principal: CurrentPrincipal, service: Service) -> CourseOut:
     return course_out(await service.cancel_course(principal, code, body))
 
 
@@ -198,7 +199,7 @@ async def cancel_course(code: str, body: CancelIn, principal: CurrentPrincipal, 
     summary="Complete a course with its final counts (completing twice answers the same, no second event)",
 )
 async def complete_course(
-    code: str, principal: CurrentPrincipal, service: Service, body: CompleteIn | None = None
+    code: Code, principal: CurrentPrincipal, service: Service, body: CompleteIn | None = None
 ) -> CourseOut:
     return course_out(await service.complete_course(principal, code, body or CompleteIn()))
 
@@ -211,7 +212,7 @@ async def complete_course(
     responses={200: {"model": SessionOut, "description": "Already recorded under this client_ref"}},
 )
 async def record_session(
-    code: str, body: SessionIn, principal: CurrentPrincipal, service: Service, response: Response
+    code: Code, body: SessionIn, principal: CurrentPrincipal, service: Service, response: Response
 ) -> SessionOut:
     doc, created = await service.record_session(principal, code, body)
     _created(response, created)
@@ -224,14 +225,14 @@ async def record_session(
     summary="Record up to 500 sessions (offline upload); one result per item, in request order",
 )
 async def record_sessions_batch(
-    code: str, body: SessionBatchIn, principal: CurrentPrincipal, service: Service
+    code: Code, body: SessionBatchIn, principal: CurrentPrincipal, service: Service
 ) -> BatchOut:
     return BatchOut(items=await service.record_sessions_batch(principal, code, body.items))
 
 
 @router.get("/courses/{code}/sessions", response_model=Page[SessionOut], summary="Sessions of a course")
 async def list_sessions(
-    code: str, principal: CurrentPrincipal, service: Service, limit: Limit = 50, cursor: Cursor = None
+    code: Code, principal: CurrentPrincipal, service: Service, limit: Limit = 50, cursor: Cursor = None
 ) -> Page[SessionOut]:
     docs = await service.list_sessions(principal, code, cursor, limit)
     return Page[SessionOut](items=[session_out(d) for d in docs[:limit]], next_cursor=next_cursor(docs, limit))
@@ -242,9 +243,15 @@ async def list_sessions(
     status_code=201,
     response_model=ParticipantOut | BatchOut,
     summary="Enrol one participant (201, or 200 if the client_ref is known) or a batch of up to 500 (200)",
+    responses={
+        200: {
+            "model": ParticipantOut | BatchOut,
+            "description": "A batch's results, or the participant already enrolled under this client_ref",
+        }
+    },
 )
 async def enrol(
-    code: str, body: ParticipantBody, principal: CurrentPrincipal, service: Service, response: Response
+    code: Code, body: ParticipantBody, principal: CurrentPrincipal, service: Service, response: Response
 ) -> ParticipantOut | BatchOut:
     if isinstance(body, ParticipantBatchIn):
         response.status_code = 200
@@ -260,7 +267,7 @@ async def enrol(
     summary="Enrolled participants (head-count courses have none: see the course's participants figure)",
 )
 async def list_participants(
-    code: str, principal: CurrentPrincipal, service: Service, limit: Limit = 50, cursor: Cursor = None
+    code: Code, principal: CurrentPrincipal, service: Service, limit: Limit = 50, cursor: Cursor = None
 ) -> Page[ParticipantOut]:
     docs = await service.list_participants(principal, code, cursor, limit)
     return Page[ParticipantOut](items=[participant_out(d) for d in docs[:limit]], next_cursor=next_cursor(docs, limit))
@@ -272,7 +279,7 @@ async def list_participants(
     summary="Mark an enrolled participant complete (idempotent)",
 )
 async def complete_participant(
-    code: str, participant_id: str, principal: CurrentPrincipal, service: Service
+    code: Code, participant_id: Code, principal: CurrentPrincipal, service: Service
 ) -> ParticipantOut:
     doc, _ = await service.complete_participant(principal, code, participant_id)
     return participant_out(doc)

@@ -8,6 +8,8 @@ from contextlib import asynccontextmanager
 from fastapi import FastAPI
 from pydantic_settings import SettingsConfigDict
 
+from shared.audit import AuditTrail
+from shared.audit_api import audit_router
 from shared.http import create_app, serve
 from shared.logging import configure_logging
 from shared.registry_view import RegistryView
@@ -16,7 +18,7 @@ from shared.settings import ServiceSettings
 from shared.topics import REGISTRY_TOPIC
 from training.api import router
 from training.handlers import registry_handlers
-from training.repository import COURSES, INDEXES, TrainingRepository
+from training.repository import COURSES, INDEXES, PARTICIPANTS, SESSIONS, TrainingRepository
 from training.service import TrainingService
 
 
@@ -41,6 +43,7 @@ def build_app(settings: TrainingSettings | None = None) -> FastAPI:
         runtime.add_consumer("registry-view", [REGISTRY_TOPIC], registry_handlers(view, service), per_event=False)
         app.state.runtime = runtime
         app.state.training = service
+        app.state.audit = AuditTrail(runtime.db, [COURSES, PARTICIPANTS, SESSIONS])
         await runtime.start()
         try:
             yield
@@ -52,7 +55,7 @@ def build_app(settings: TrainingSettings | None = None) -> FastAPI:
         title="Digital Bridge — training",
         description="Digital-literacy courses run by grassroots teams: sessions, participants and completions.",
         lifespan=lifespan,
-        routers=[router],
+        routers=[router, audit_router("course, participant, session")],
         max_body_bytes=settings.max_body_bytes,
     )
 

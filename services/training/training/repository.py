@@ -14,6 +14,7 @@ from pymongo import ASCENDING, IndexModel
 from pymongo.asynchronous.database import AsyncDatabase
 
 from shared import registry_view
+from shared.audit import audit_fields, audit_update
 from shared.envelope import Envelope
 from shared.mongo import Document, insert_once
 from shared.outbox import outbox_fields, outbox_update
@@ -36,6 +37,9 @@ INDEXES: dict[str, list[IndexModel]] = {
     **registry_view.INDEXES,
 }
 
+# Course reads leave out what only the relay and the audit log read.
+HIDDEN = {"outbox": 0, "audit": 0}
+
 # Which child collection and flag a course's ``last_applied`` marker refers to (see service.py).
 CHILD_FLAGS: dict[str, tuple[str, dict[str, Any]]] = {
     "enrol": (PARTICIPANTS, {"counted": True}),
@@ -53,25 +57,35 @@ class TrainingRepository:
 
     # --- courses -----------------------------------------------------------------------------------
 
-    async def insert_course(self, doc: Document, events: Sequence[Envelope]) -> tuple[Document, bool]:
-        return await insert_once(self._courses, {**doc, **outbox_fields(events)}, {"client_ref": doc["client_ref"]})
+    async def insert_course(
+        self, doc: Document, events: Sequence[Envelope], audit: Sequence[Document] = ()
+    ) -> tuple[Document, bool]:
+        new = {**doc, **outbox_fields(events), **audit_fields(audit)}
+        return await insert_once(self._courses, new, {"client_ref": doc["client_ref"]})
 
     async def get_course(self, code: str) -> Document | None:
-        return await self._courses.find_one({"_id": code}, {"outbox": 0})
+        return await self._courses.find_one({"_id": code}, HIDDEN)
 
     async def update_course(
-        self, code: str, expected: dict[str, Any], update: dict[str, Any], events: Sequence[Envelope]
+        self,
+        code: str,
+        expected: dict[str, Any],
+        update: dict[str, Any],
+        events: Sequence[Envelope],
+        audit: Sequence[Document] = (),
     ) -> bool:
-        """Conditional single-document update with its events; False if ``expected`` no longer holds."""
-        res = await self._courses.update_one({"_id": code, **expected}, outbox_update(update, events))
+        """Conditional single-document update with its events and audit entries; False if ``expected`` fails."""
+        res = await self._courses.update_one(
+            {"_id": code, **expected}, audit_update(outbox_update(update, events), audit)
+        )
         return res.matched_count == 1
 
     async def pending_courses(self, query: dict[str, Any]) -> list[Document]:
-        return await self._courses.find({"status": "pending", **query}, {"outbox": 0}).to_list()
+        return await self._courses.find({"status": "pending", **query}, HIDDEN).to_list()
 
     async def list_courses(self, query: dict[str, Any], cursor: str | None, limit: int) -> list[Document]:
         return (
-            await self._courses.find({**query, **after_filter(cursor)}, {"outbox": 0})
+            await self._courses.find({**query, **after_filter(cursor)}, HIDDEN)
             .sort("_id", ASCENDING)
             .limit(limit + 1)
             .to_list()
@@ -79,8 +93,8 @@ class TrainingRepository:
 
     # --- children: participants and sessions -------------------------------------------------------
 
-    async def insert_participant(self, doc: Document) -> tuple[Document, bool]:
-        return await insert_once(self._participants, doc, {"client_ref": doc["client_ref"]})
+    async def insert_participant(self, doc: Document, audit: Sequence[Document] = ()) -> tuple[Document, bool]:
+        return await insert_once(self._participants, {**doc, **audit_fields(audit)}, {"client_ref": doc["client_ref"]})
 
     async def get_participant(self, participant_id: str) -> Document | None:
         return await self._participants.find_one({"_id": participant_id})
@@ -99,8 +113,8 @@ class TrainingRepository:
             .to_list()
         )
 
-    async def insert_session(self, doc: Document) -> tuple[Document, bool]:
-        return await insert_once(self._sessions, doc, {"client_ref": doc["client_ref"]})
+    async def insert_session(self, doc: Document, audit: Sequence[Document] = ()) -> tuple[Document, bool]:
+        return await insert_once(self._sessions, {**doc, **audit_fields(audit)}, {"client_ref": doc["client_ref"]})
 
     async def get_session(self, session_id: str) -> Document | None:
         return await self._sessions.find_one({"_id": session_id})
@@ -117,9 +131,14 @@ class TrainingRepository:
         collection, _ = CHILD_FLAGS[kind]
         return await self._db[collection].find_one({"_id": child_id})
 
-    async def mark_child_applied(self, kind: str, child_id: str) -> None:
+    async def mark_child_applied(self, kind: str, child_id: str, audit: Document | None = None) -> None:
+        """Flag a child as applied; with ``audit``, only if not flagged yet, pushing the entry in the same write."""
         collection, flag = CHILD_FLAGS[kind]
-        await self._db[collection].update_one({"_id": child_id}, {"$set": flag})
+        if audit is None:
+            await self._db[collection].update_one({"_id": child_id}, {"$set": flag})
+            return
+        not_yet = {k: {"$ne": v} for k, v in flag.items()}
+        await self._db[collection].update_one({"_id": child_id, **not_yet}, audit_update({"$set": flag}, [audit]))
 
     async def discard_unapplied_child(self, kind: str, child_id: str) -> None:
         """Remove a participant or session that was stored but never counted (its course refused it)."""

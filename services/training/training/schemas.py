@@ -13,6 +13,9 @@ from shared.batch import BatchStatus
 from shared.contracts.common import Audience, Mode, NonNegative, ParticipantGroup, Topic
 
 MAX_BATCH = 500
+# A course's head counts and final figures: far above any class, and small integers in Mongo and the sums.
+MAX_PARTICIPANTS = 100_000
+Count = Annotated[int, Field(ge=0, le=MAX_PARTICIPANTS, description=f"0 to {MAX_PARTICIPANTS}.")]
 
 Code = Annotated[str, Field(min_length=1, max_length=64, pattern=r"^[A-Za-z0-9][A-Za-z0-9_-]*$")]
 ClientRef = Annotated[
@@ -71,7 +74,7 @@ class CourseIn(BaseModel):
     topics: list[Topic] = Field(min_length=1, max_length=10)
     starts_on: date
     ends_on: date
-    capacity: int | None = Field(default=None, gt=0, le=100_000)
+    capacity: int | None = Field(default=None, gt=0, le=MAX_PARTICIPANTS)
 
     @field_validator("title")
     @classmethod
@@ -128,12 +131,12 @@ class CourseOut(BaseModel):
 
 class HeadCount(BaseModel):
     model_config = ConfigDict(extra="forbid")
-    count: NonNegative = Field(le=100_000)
+    count: Count
 
 
 class Roster(BaseModel):
     model_config = ConfigDict(extra="forbid")
-    participant_ids: list[str] = Field(max_length=10_000)
+    participant_ids: list[Annotated[str, Field(min_length=1, max_length=64)]] = Field(max_length=10_000)
 
     @field_validator("participant_ids")
     @classmethod
@@ -287,5 +290,5 @@ class CompleteIn(BaseModel):
         extra="forbid",
         json_schema_extra={"examples": [{"final_participants": 42, "final_completions": 35}, {}]},
     )
-    final_participants: NonNegative | None = None
-    final_completions: NonNegative | None = None
+    final_participants: Count | None = None
+    final_completions: Count | None = None

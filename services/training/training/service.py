@@ -36,6 +36,7 @@ from zoneinfo import ZoneInfo
 
 from pydantic import BaseModel, ValidationError
 
+from shared.audit import Actor, audit_entry, system_actor
 from shared.auth import READ_ROLES, Principal, Role, require_role, require_scope
 from shared.batch import BatchStatus
 from shared.contracts import training as ev
@@ -67,6 +68,22 @@ CHILD_NAMESPACE = uuid.UUID("6b0f8f3e-2f7a-4d1e-9a39-0e5c1d2b7a10")
 
 
 FLAGGED_MEMORY = 10_000
+SYSTEM = system_actor("training")
+# What a course's audit entries show, and its figures (before and after a cancel or completion).
+COURSE_AUDITED = (
+    "title",
+    "team_code",
+    "unit_code",
+    "unit_path",
+    "audience",
+    "mode",
+    "topics",
+    "starts_on",
+    "ends_on",
+    "capacity",
+    "status",
+)
+FIGURES = ("status", "participants_counted", "completions_counted")
 
 
 def local_today() -> date:
@@ -139,6 +156,21 @@ def _scheduled_event(c: Document) -> Envelope:
 
 def _scope_path(c: Document) -> list[str]:
     return list(c.get("unit_path") or [c["unit_code"]])
+
+
+def _audit(
+    actor: Principal | Actor,
+    action: str,
+    entity_id: str,
+    c: Document,
+    *,
+    before: Document | None = None,
+    after: Document | None = None,
+    reason: str | None = None,
+) -> Document:
+    """An audit entry about course ``c`` or one of its participants or sessions (``action`` names which)."""
+    entity = action.split(".", 1)[0]
+    return audit_entry(actor, action, entity, entity_id, _scope_path(c), before=before, after=after, reason=reason)
 
 
 def _require_open(c: Document, action: str) -> None:
@@ -256,8 +288,17 @@ class TrainingService:
                 await self._repo.update_course(code, {"status": "pending"}, {"$set": {"problem": v.detail}}, [])
             return
         if v.outcome in ("invalid", "out_of_scope", "closed"):
+            entry = _audit(
+                SYSTEM,
+                "course.rejected",
+                code,
+                c,
+                before={"status": "pending"},
+                after={"status": "rejected"},
+                reason=v.detail,
+            )
             await self._repo.update_course(
-                code, {"status": "pending"}, {"$set": {"status": "rejected", "problem": v.detail}}, []
+                code, {"status": "pending"}, {"$set": {"status": "rejected", "problem": v.detail}}, [], [entry]
             )
             log.info("course_rejected", course=code, reason=v.detail)
             return
@@ -268,8 +309,11 @@ class TrainingService:
             "unit_path": v.unit_path,
             "problem": None,
         }
+        before = {k: c.get(k) for k in ("status", "unit_code", "unit_path")}
+        after = {k: changes[k] for k in ("status", "unit_code", "unit_path")}
+        entry = _audit(SYSTEM, "course.scheduled", code, {**c, **changes}, before=before, after=after)
         if await self._repo.update_course(
-            code, {"status": "pending"}, {"$set": changes}, [_scheduled_event({**c, **changes})]
+            code, {"status": "pending"}, {"$set": changes}, [_scheduled_event({**c, **changes})], [entry]
         ):
             self._notify(COURSES, [code])
 
@@ -337,7 +381,9 @@ class TrainingService:
             "last_applied": None,
         }
         events = [_scheduled_event(doc)] if v.outcome == "ok" else []
-        stored, created = await self._repo.insert_course(doc, events)
+        action = "course.scheduled" if v.outcome == "ok" else "course.held_pending"
+        entry = _audit(p, action, body.code, doc, after={k: doc[k] for k in COURSE_AUDITED})
+        stored, created = await self._repo.insert_course(doc, events, [entry])
         if not created:
             self._authorize_read(p, stored)
             return stored, False
@@ -414,7 +460,16 @@ class TrainingService:
                     "completions_counted": 0,
                 }
             }
-            if await self._repo.update_course(code, {"rev": c["rev"]}, update, events):
+            entry = _audit(
+                p,
+                "course.cancelled",
+                code,
+                c,
+                before={k: c[k] for k in FIGURES},
+                after={k: update["$set"][k] for k in FIGURES},
+                reason=body.reason,
+            )
+            if await self._repo.update_course(code, {"rev": c["rev"]}, update, events, [entry]):
                 self._notify(COURSES, [code])
                 return await self._course_for(p, code, write=False)
         raise Conflict(f"course {code} is busy; retry", slug="course-busy")
@@ -468,7 +523,15 @@ class TrainingService:
                     "completed_at": _now(),
                 }
             }
-            if await self._repo.update_course(code, {"rev": c["rev"]}, update, [event]):
+            entry = _audit(
+                p,
+                "course.completed",
+                code,
+                c,
+                before={k: c[k] for k in FIGURES},
+                after={k: update["$set"][k] for k in (*FIGURES, "final_participants", "final_completions")},
+            )
+            if await self._repo.update_course(code, {"rev": c["rev"]}, update, [event], [entry]):
                 self._notify(COURSES, [code])
                 return await self._course_for(p, code, write=False)
         raise Conflict(f"course {code} is busy; retry", slug="course-busy")
@@ -479,9 +542,17 @@ class TrainingService:
     def _child_applied(kind: str, child: Document) -> bool:
         return child.get("status") == "completed" if kind == "complete" else bool(child.get("counted"))
 
-    async def _apply_to_course(self, code: str, kind: str, child_id: str, plan: Plan) -> bool:
-        """Count a stored child into its course exactly once; True if this call counted it."""
-        marker = {"kind": kind, "id": child_id}
+    async def _apply_to_course(
+        self, code: str, kind: str, child_id: str, plan: Plan, by: Principal | None = None
+    ) -> bool:
+        """Count a stored child into its course exactly once; True if this call counted it.
+
+        ``by`` (who marked a participant complete) rides in the marker, for the audit entry that step 3
+        writes with the participant's flag, whichever request finishes step 3.
+        """
+        marker: Document = {"kind": kind, "id": child_id}
+        if by is not None:
+            marker["by"] = {"sub": by.sub, "role": by.role.value}
         for _ in range(CAS_ATTEMPTS):
             c = await self._repo.get_course(code)  # the course first, then the child: the order matters
             if c is None:
@@ -491,20 +562,36 @@ class TrainingService:
                 raise NotFound(f"{kind} {child_id} does not exist")
             if self._child_applied(kind, child):
                 return False
-            if c.get("last_applied") == marker:
-                await self._mark_applied(kind, child_id)
+            last = c.get("last_applied")
+            if last and (last["kind"], last["id"]) == (kind, child_id):
+                await self._mark_applied(kind, child_id, c, last.get("by"))
                 return False
             update, events = await plan(c)
             await self._settle_last_applied(c)
             update.setdefault("$set", {})["last_applied"] = marker
             if await self._repo.update_course(code, {"rev": c["rev"]}, update, events):
-                await self._mark_applied(kind, child_id)
+                await self._mark_applied(kind, child_id, c, marker.get("by"))
                 self._notify(COURSES, [code])
                 return True
         raise Conflict(f"course {code} is busy; retry", slug="course-busy")
 
-    async def _mark_applied(self, kind: str, child_id: str) -> None:
-        await self._repo.mark_child_applied(kind, child_id)
+    async def _mark_applied(
+        self, kind: str, child_id: str, c: Document | None = None, by: Document | None = None
+    ) -> None:
+        if kind == "complete" and c is not None:
+            # Audited with the participant's own flag: one write, and only the write that sets it.
+            actor = Actor(**by) if by else SYSTEM
+            entry = _audit(
+                actor,
+                "participant.completed",
+                child_id,
+                c,
+                before={"status": "enrolled"},
+                after={"status": "completed"},
+            )
+            await self._repo.mark_child_applied(kind, child_id, entry)
+        else:
+            await self._repo.mark_child_applied(kind, child_id)
         self._flagged[(kind, child_id)] = None
         if len(self._flagged) > FLAGGED_MEMORY:
             del self._flagged[next(iter(self._flagged))]
@@ -513,7 +600,7 @@ class TrainingService:
         """Finish step 3 of the last apply (roll-forward), unless this process already did."""
         last = c.get("last_applied")
         if last and (last["kind"], last["id"]) not in self._flagged:
-            await self._mark_applied(last["kind"], last["id"])
+            await self._mark_applied(last["kind"], last["id"], c, last.get("by"))
 
     # --- participants ------------------------------------------------------------------------------
 
@@ -563,7 +650,9 @@ class TrainingService:
                 "counted": False,
                 "enrolled_at": _now(),
             }
-            existing, _ = await self._repo.insert_participant(doc)
+            # Who was enrolled stays in the participant record; the log names the group only.
+            entry = _audit(p, "participant.enrolled", doc["_id"], c, after={"course_code": code, "group": doc["group"]})
+            existing, _ = await self._repo.insert_participant(doc, [entry])
             if existing["course_code"] != code:
                 raise Conflict(f"client_ref {body.client_ref} is used in another course", slug="client-ref-reused")
         pid = existing["_id"]
@@ -606,7 +695,7 @@ class TrainingService:
             )
             return {"$inc": {"completed": 1, "completions_counted": 1}}, [event]
 
-        counted = await self._apply_to_course(code, "complete", participant_id, plan)
+        counted = await self._apply_to_course(code, "complete", participant_id, plan, by=p)
         return {**participant, "status": "completed"}, counted
 
     async def list_participants(self, p: Principal, code: str, cursor: str | None, limit: int) -> list[Document]:
@@ -700,7 +789,9 @@ class TrainingService:
                 "counted": False,
                 "recorded_at": _now(),
             }
-            existing, _ = await self._repo.insert_session(doc)
+            fields = ("course_code", "held_on", "duration_minutes", "attendance_kind", "attendance")
+            entry = _audit(p, "session.recorded", doc["_id"], c, after={k: doc[k] for k in fields})
+            existing, _ = await self._repo.insert_session(doc, [entry])
             if existing["course_code"] != code:
                 raise Conflict(f"client_ref {body.client_ref} is used in another course", slug="client-ref-reused")
         sid = existing["_id"]

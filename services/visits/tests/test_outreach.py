@@ -75,6 +75,7 @@ async def test_outreach_posts_are_published_once_and_voided_once(seeded: Visits)
         "reason": "Bài đăng nhầm",
         "unit_code": "QN-HL",
         "unit_path": HL,
+        "team_code": body.get("team_code"),
         "channel": "fanpage",
         "published_on": body["published_on"],
     }

@@ -66,6 +66,7 @@ async def test_a_visit_is_recorded_once_and_a_resend_returns_the_first_copy(seed
             "digital_skills_guidance": 0,
         },
         "area": "island",
+        "team_code": body["team_code"],  # so team rows follow corrections and voids
     }
     assert "notes" not in data
     assert "Hương" not in event.value().decode()

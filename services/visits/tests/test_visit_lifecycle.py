@@ -47,6 +47,7 @@ def figures(body: dict[str, Any], unit_path: list[str]) -> dict[str, Any]:
         "people": {"elderly": 0, "women": 0, "veterans": 0, **body["people"]},
         "services": {**services, **body["services"]},
         "area": body["area"],
+        "team_code": body["team_code"],
     }
 
 

@@ -5,7 +5,7 @@ from __future__ import annotations
 from datetime import date
 from typing import Annotated, Any
 
-from fastapi import APIRouter, Depends, Query, Request, Response
+from fastapi import APIRouter, Depends, Path, Query, Request, Response
 
 from shared.auth import READ_ROLES, require_role
 from shared.contracts.common import Channel, Setting
@@ -46,8 +46,10 @@ async def _outreach(request: Request) -> OutreachService:
 Visits = Annotated[VisitService, Depends(_visits)]
 Outreach = Annotated[OutreachService, Depends(_outreach)]
 Limit = Annotated[int, Query(ge=1, le=MAX_LIMIT)]
-Cursor = Annotated[str | None, Query(description="`next_cursor` of the previous page.")]
-UnitFilter = Annotated[str | None, Query(description="Unit code: the unit and its whole subtree.")]
+Cursor = Annotated[str | None, Query(max_length=512, description="`next_cursor` of the previous page.")]
+UnitFilter = Annotated[str | None, Query(max_length=64, description="Unit code: the unit and its whole subtree.")]
+TeamFilter = Annotated[str | None, Query(max_length=64, description="Team code.")]
+Code = Annotated[str, Path(max_length=64)]
 DateFrom = Annotated[date | None, Query(alias="from", description="First local date, inclusive.")]
 DateTo = Annotated[date | None, Query(alias="to", description="Last local date, inclusive.")]
 
@@ -91,7 +93,7 @@ def batch_out(results: list[BatchResult]) -> BatchOut:
     response_model=KnownUnit,
     tags=["units"],
 )
-async def known_unit(code: str, principal: CurrentPrincipal, service: Visits) -> KnownUnit:
+async def known_unit(code: Code, principal: CurrentPrincipal, service: Visits) -> KnownUnit:
     require_role(principal, *READ_ROLES)
     return await service.known_unit(code)
 
@@ -122,7 +124,7 @@ async def list_visits(
     principal: CurrentPrincipal,
     service: Visits,
     unit: UnitFilter = None,
-    team: str | None = None,
+    team: TeamFilter = None,
     date_from: DateFrom = None,
     date_to: DateTo = None,
     setting: Setting | None = None,
@@ -146,7 +148,7 @@ async def list_visits(
 
 
 @router.get("/visits/{visit_id}", summary="Get a visit, including its status", response_model=VisitOut)
-async def get_visit(visit_id: str, principal: CurrentPrincipal, service: Visits) -> VisitOut:
+async def get_visit(visit_id: Code, principal: CurrentPrincipal, service: Visits) -> VisitOut:
     require_role(principal, *READ_ROLES)
     return visit_out(await service.get(principal, visit_id))
 
@@ -158,13 +160,13 @@ async def get_visit(visit_id: str, principal: CurrentPrincipal, service: Visits)
     responses={409: INTAKE_RESPONSES[409]},
 )
 async def correct_visit(
-    visit_id: str, body: VisitCorrectionIn, principal: CurrentPrincipal, service: Visits
+    visit_id: Code, body: VisitCorrectionIn, principal: CurrentPrincipal, service: Visits
 ) -> VisitOut:
     return visit_out(await service.correct(principal, visit_id, body))
 
 
 @router.post("/visits/{visit_id}:void", summary="Void a visit (idempotent)", response_model=VisitOut)
-async def void_visit(visit_id: str, body: VoidIn, principal: CurrentPrincipal, service: Visits) -> VisitOut:
+async def void_visit(visit_id: Code, body: VoidIn, principal: CurrentPrincipal, service: Visits) -> VisitOut:
     return visit_out(await service.void(principal, visit_id, body.reason))
 
 
@@ -199,7 +201,7 @@ async def list_posts(
     principal: CurrentPrincipal,
     service: Outreach,
     unit: UnitFilter = None,
-    team: str | None = None,
+    team: TeamFilter = None,
     channel: Channel | None = None,
     date_from: DateFrom = None,
     date_to: DateTo = None,
@@ -223,11 +225,11 @@ async def list_posts(
 
 
 @router.get("/outreach/{post_id}", summary="Get an outreach post, including its status", response_model=OutreachOut)
-async def get_post(post_id: str, principal: CurrentPrincipal, service: Outreach) -> OutreachOut:
+async def get_post(post_id: Code, principal: CurrentPrincipal, service: Outreach) -> OutreachOut:
     require_role(principal, *READ_ROLES)
     return post_out(await service.get(principal, post_id))
 
 
 @router.post("/outreach/{post_id}:void", summary="Void an outreach post (idempotent)", response_model=OutreachOut)
-async def void_post(post_id: str, body: VoidIn, principal: CurrentPrincipal, service: Outreach) -> OutreachOut:
+async def void_post(post_id: Code, body: VoidIn, principal: CurrentPrincipal, service: Outreach) -> OutreachOut:
     return post_out(await service.void(principal, post_id, body.reason))

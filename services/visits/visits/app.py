@@ -8,6 +8,8 @@ from contextlib import asynccontextmanager
 from fastapi import FastAPI
 from pydantic_settings import SettingsConfigDict
 
+from shared.audit import AuditTrail
+from shared.audit_api import audit_router
 from shared.http import create_app, serve
 from shared.logging import configure_logging
 from shared.registry_view import ReadModelCache, RegistryView
@@ -71,6 +73,7 @@ def build_app(settings: VisitsSettings | None = None) -> FastAPI:
         app.state.runtime = runtime
         app.state.visits = visits
         app.state.outreach = outreach
+        app.state.audit = AuditTrail(runtime.db, [VISITS, OUTREACH])
         await runtime.start()
         try:
             yield
@@ -82,7 +85,7 @@ def build_app(settings: VisitsSettings | None = None) -> FastAPI:
         title="Digital Bridge — visits",
         description=DESCRIPTION,
         lifespan=lifespan,
-        routers=[router],
+        routers=[router, audit_router("visit, outreach_post")],
         max_body_bytes=cfg.max_body_bytes,
     )
 

@@ -73,7 +73,8 @@ class RecordRepository:
         return await self._col.find_one({"_id": record_id})
 
     async def page(self, query: Document, limit: int, cursor: str | None) -> tuple[list[Document], str | None]:
-        docs = await self._col.find({**query, **after_filter(cursor)}).sort("_id", ASCENDING).limit(limit + 1).to_list()
+        query = {**query, **after_filter(cursor)}
+        docs = await self._col.find(query, {"audit": 0}).sort("_id", ASCENDING).limit(limit + 1).to_list()
         return docs[:limit], next_cursor(docs, limit)
 
     async def update_if(self, record_id: str, expect: Document, update: Document) -> bool:

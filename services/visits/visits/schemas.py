@@ -10,10 +10,14 @@ from zoneinfo import ZoneInfo
 
 from pydantic import AfterValidator, BaseModel, ConfigDict, Field, StringConstraints, field_validator, model_validator
 
-from shared.contracts.common import Area, Channel, NonNegative, Setting
+from shared.contracts.common import Area, Channel, Setting
 
 LOCAL_TZ = ZoneInfo("Asia/Ho_Chi_Minh")
 MAX_BATCH = 500
+# One record is one household visit or one day at a service centre: these bounds are far above any
+# real one and keep every count a small integer in Mongo and in the metrics sums.
+MAX_PEOPLE = 5_000
+MAX_HOUSEHOLDS = 1_000
 
 
 def local_today() -> date:
@@ -44,15 +48,16 @@ RESOLVED_FROM = (
 )
 
 _PEOPLE_PARTS = ("elderly", "women", "veterans")
+People = Annotated[int, Field(ge=0, le=MAX_PEOPLE, description=f"0 to {MAX_PEOPLE} in one record.")]
 
 
 class PeopleIn(BaseModel):
     model_config = ConfigDict(extra="forbid")
 
-    total: NonNegative
-    elderly: NonNegative = 0
-    women: NonNegative = 0
-    veterans: NonNegative = 0
+    total: People
+    elderly: People = 0
+    women: People = 0
+    veterans: People = 0
 
     @model_validator(mode="after")
     def _parts_within_total(self) -> PeopleIn:
@@ -66,11 +71,11 @@ class PeopleIn(BaseModel):
 class ServicesIn(BaseModel):
     model_config = ConfigDict(extra="forbid")
 
-    vneid_installed: NonNegative = 0
-    vneid_activated: NonNegative = 0
-    online_applications_l3: NonNegative = 0
-    online_applications_l4: NonNegative = 0
-    digital_skills_guidance: NonNegative = 0
+    vneid_installed: People = 0
+    vneid_activated: People = 0
+    online_applications_l3: People = 0
+    online_applications_l4: People = 0
+    digital_skills_guidance: People = 0
 
 
 _VISIT_EXAMPLE: dict[str, Any] = {
@@ -102,8 +107,10 @@ class VisitFields(BaseModel):
     household_ref: Annotated[str, StringConstraints(strip_whitespace=True, min_length=1, max_length=64)] | None = Field(
         default=None, description="Pseudonymous household reference; household visits only."
     )
-    households: NonNegative | None = Field(
-        default=None, description="Households reached; defaults to 1 for a household visit, 0 at a service centre."
+    households: Annotated[int, Field(ge=0, le=MAX_HOUSEHOLDS)] | None = Field(
+        default=None,
+        description=f"Households reached (at most {MAX_HOUSEHOLDS}); defaults to 1 for a household visit, "
+        "0 at a service centre.",
     )
     people: PeopleIn
     services: ServicesIn = Field(default_factory=ServicesIn)

@@ -12,6 +12,8 @@ from typing import Any, Generic, Literal, TypeVar
 from pydantic import BaseModel, TypeAdapter, ValidationError
 
 from shared import registry_view as rm
+from shared.audit import Actor, audit_entry, audit_fields, audit_update, system_actor
+from shared.audit import changes as changed_values
 from shared.auth import Principal, Role, require_role
 from shared.contracts import visits as ev
 from shared.envelope import Envelope, make_event
@@ -25,6 +27,21 @@ SOURCE = "/visits"
 ID_NAMESPACE = uuid.UUID("7d4f0a52-58c4-4b8e-9a57-1f3c2e6b9d10")
 WRITERS = (Role.admin, Role.manager, Role.field)
 MAX_CAS_ATTEMPTS = 5
+SYSTEM = system_actor("visits")
+# What a correction's audit entry compares: the figures and references, not free-text notes.
+VISIT_AUDITED = (
+    "team_code",
+    "unit_code",
+    "unit_path",
+    "visited_on",
+    "setting",
+    "area",
+    "household_ref",
+    "households",
+    "people",
+    "services",
+    "volunteer_ids",
+)
 
 Outcome = Literal["created", "pending", "duplicate"]
 Access = Literal["ok", "denied", "unknown"]
@@ -266,6 +283,7 @@ class Intake(Generic[ItemT]):
     noun = "record"
     kind = "record"
     item_model: type[ItemT]
+    entity = "record"  # the audit log's name for this kind of record
 
     def __init__(
         self,
@@ -294,6 +312,30 @@ class Intake(Generic[ItemT]):
     def _voided_events(self, doc: Document, reason: str, now: datetime) -> list[Envelope]:
         raise NotImplementedError
 
+    def _audit(
+        self,
+        actor: Principal | Actor,
+        what: str,
+        doc: Document,
+        *,
+        before: Document | None = None,
+        after: Document | None = None,
+        reason: str | None = None,
+        moved_from: Document | None = None,
+    ) -> Document:
+        path = doc.get("unit_path") or [doc["unit_code"]]  # a pending record may not know its path yet
+        return audit_entry(
+            actor,
+            f"{self.entity}.{what}",
+            self.entity,
+            doc["_id"],
+            path,
+            before=before,
+            after=after,
+            reason=reason,
+            previous_unit_path=moved_from.get("unit_path") if moved_from else None,
+        )
+
     # --- intake ----------------------------------------------------------------------------------
 
     def _doc_refs(self, doc: Document) -> Refs:
@@ -321,7 +363,12 @@ class Intake(Generic[ItemT]):
             "recorded_at": now if accepted else None,
             "problem": None,
         }
-        return {**doc, **outbox_fields(self._accepted_events(doc) if accepted else [])}
+        # Only the status: the figures as received are the record's own fields and its event's, and a
+        # correction's entry keeps the values it replaced. Intake is the hot path, and every field of
+        # the entry costs FerretDB time on each insert (the full figures doubled it).
+        what = self.accepted_status if accepted else "held_pending"
+        entry = self._audit(submitter, what, doc, after={"status": doc["status"]})
+        return {**doc, **outbox_fields(self._accepted_events(doc) if accepted else []), **audit_fields([entry])}
 
     async def record(self, principal: Principal, item: ItemT) -> tuple[Document, Outcome]:
         require_role(principal, *WRITERS)
@@ -435,6 +482,7 @@ class Intake(Generic[ItemT]):
                 }
                 fields = ("status", "unit_code", "resolved_from", "unit_path", "recorded_at")
                 update = outbox_update({"$set": {k: new[k] for k in fields}}, self._accepted_events(new))
+                what = self.accepted_status
             else:
                 assert verdict.problem is not None
                 new = {
@@ -444,6 +492,13 @@ class Intake(Generic[ItemT]):
                     "problem": verdict.problem.to_problem(),
                 }
                 update = {"$set": {k: new[k] for k in ("status", "unit_path", "problem")}, "$inc": {"rev": 1}}
+                what = "rejected"
+            before, after = changed_values(doc, new, ("status", "unit_code", "unit_path", "resolved_from"))
+            if verdict.outcome == "rejected":
+                after["problem"] = new["problem"]["detail"]
+            # The service decides here, once the registry event it waited for arrived.
+            entry = self._audit(SYSTEM, what, new, before=before, after=after)
+            update = audit_update(update, [entry])
             if await self.records.update_if(doc["_id"], expect, update):
                 changed[doc["_id"]] = new
                 if verdict.outcome == "accepted":
@@ -511,7 +566,10 @@ class Intake(Generic[ItemT]):
             now = utcnow()
             changes = {"status": "voided", "voided_at": now, "void_reason": reason}
             events = self._voided_events(doc, reason, now) if doc["status"] == self.accepted_status else []
-            update = outbox_update({"$set": changes}, events)
+            entry = self._audit(
+                principal, "voided", doc, before={"status": doc["status"]}, after={"status": "voided"}, reason=reason
+            )
+            update = audit_update(outbox_update({"$set": changes}, events), [entry])
             if await self.records.update_if(record_id, {"status": doc["status"], "rev": doc["rev"]}, update):
                 if events:
                     self.notify([record_id], [])
@@ -556,6 +614,7 @@ class VisitService(Intake[VisitIn]):
     noun = "visit"
     kind = "visit"
     item_model = VisitIn
+    entity = "visit"
 
     def _refs(self, item: VisitIn, submitter: Principal) -> Refs:
         return Refs(item.team_code, item.unit_code, tuple(item.volunteer_ids), submitter)
@@ -638,7 +697,9 @@ class VisitService(Intake[VisitIn]):
                 previous=visit_figures(doc),
             )
             event = make_event(ev.VISIT_CORRECTED, payload, source=SOURCE, key=visit_id)
-            update = outbox_update({"$set": {**fields, "corrected_at": now}}, [event])
+            before, after = changed_values(doc, new, ("resolved_from", *VISIT_AUDITED))
+            entry = self._audit(principal, "corrected", new, before=before, after=after, moved_from=doc)
+            update = audit_update(outbox_update({"$set": {**fields, "corrected_at": now}}, [event]), [entry])
             if await self.records.update_if(visit_id, {"status": "recorded", "rev": doc["rev"]}, update):
                 self.notify([visit_id], [])
                 return new
@@ -653,6 +714,7 @@ class OutreachService(Intake[OutreachIn]):
     noun = "outreach post"
     kind = "outreach"
     item_model = OutreachIn
+    entity = "outreach_post"
 
     def _refs(self, item: OutreachIn, submitter: Principal) -> Refs:
         return Refs(item.team_code, item.unit_code, (), submitter)

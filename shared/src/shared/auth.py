@@ -1,8 +1,9 @@
 """JWT bearer authentication and unit-scoped authorization.
 
 Tokens carry ``sub``, ``role``, ``unit`` (the unit code whose subtree the holder may act in) and,
-for field users, ``teams``. HS256 with a development secret by default; RS256 with a configured
-public key in production.
+for field users, ``teams``. HS256 with a development secret by default; in production RS256 with a
+configured public key, or the keys an identity provider publishes as a JWKS (``jwt_jwks_url``), with
+its issuer and audience. ``python -m scripts.cli token`` (``make token``) prints a development token.
 """
 
 from __future__ import annotations
@@ -10,13 +11,22 @@ from __future__ import annotations
 from collections.abc import Sequence
 from datetime import UTC, datetime, timedelta
 from enum import StrEnum
+from pathlib import Path
+from typing import TYPE_CHECKING
+from urllib.parse import urlparse
+from urllib.request import url2pathname
 
 import jwt
 from pydantic import BaseModel, Field
 
 from shared.errors import Forbidden, Unauthorized
 
+if TYPE_CHECKING:
+    from shared.settings import ServiceSettings
+
 ISSUER = "digital-bridge"
+# Only asymmetric algorithms are taken from a JWKS: an HS256 token "signed" with a public key must not pass.
+JWKS_ALGORITHMS = ("RS256", "RS384", "RS512", "PS256", "PS384", "PS512", "ES256", "ES384")
 
 
 class Role(StrEnum):
@@ -46,18 +56,73 @@ class Principal(BaseModel):
 
 
 class Authenticator:
-    def __init__(self, *, algorithm: str, secret: str, public_key: str | None = None) -> None:
+    """Verifies bearer tokens: a shared secret (HS256), a public key (RS256) or an identity provider's JWKS."""
+
+    def __init__(
+        self,
+        *,
+        algorithm: str,
+        secret: str,
+        public_key: str | None = None,
+        jwks_url: str | None = None,
+        audience: str | None = None,
+        issuer: str = ISSUER,
+    ) -> None:
         self._algorithm = "RS256" if public_key else algorithm
         self._key = public_key or secret
+        self._audience = audience
+        self._issuer = issuer
+        self._jwks: jwt.PyJWKClient | None = None
+        self._jwk_file: jwt.PyJWKSet | None = None
+        if jwks_url and jwks_url.startswith(("http://", "https://")):
+            # Fetched on first use and cached for 5 minutes; an unknown ``kid`` (a rotated key)
+            # refetches at most every 30 s, so forged kids cannot hammer the provider.
+            self._jwks = jwt.PyJWKClient(jwks_url, timeout=5, lifespan=300, cooldown_duration=30)
+        elif jwks_url:
+            # A key set mounted as a file (air-gapped installs); read once, at start-up.
+            path = Path(url2pathname(urlparse(jwks_url).path)) if jwks_url.startswith("file:") else Path(jwks_url)
+            self._jwk_file = jwt.PyJWKSet.from_json(path.read_text())
+
+    @classmethod
+    def from_settings(cls, settings: ServiceSettings) -> Authenticator:
+        return cls(
+            algorithm=settings.jwt_algorithm,
+            secret=settings.jwt_secret,
+            public_key=settings.jwt_public_key,
+            jwks_url=settings.jwt_jwks_url,
+            audience=settings.jwt_audience,
+            issuer=settings.jwt_issuer,
+        )
+
+    def _key_and_algorithms(self, token: str) -> tuple[object, list[str]]:
+        if self._jwk_file is not None:
+            kid = jwt.get_unverified_header(token).get("kid")
+            matching = [k for k in self._jwk_file.keys if k.key_id == kid]
+            if not matching:
+                raise Unauthorized(f"invalid token: no key {kid!r} in the configured JWKS")
+            signing = matching[0]
+        elif self._jwks is not None:
+            try:
+                signing = self._jwks.get_signing_key_from_jwt(token)
+            except jwt.PyJWKClientConnectionError as exc:
+                raise Unauthorized("the identity provider's keys cannot be fetched now") from exc
+        else:
+            return self._key, [self._algorithm]
+        algorithm = signing.algorithm_name
+        if algorithm not in JWKS_ALGORITHMS:
+            raise Unauthorized(f"invalid token: algorithm {algorithm} is not accepted from a JWKS")
+        return signing.key, [algorithm]
 
     def decode(self, token: str) -> Principal:
         try:
+            key, algorithms = self._key_and_algorithms(token)
             claims = jwt.decode(
                 token,
-                self._key,
-                algorithms=[self._algorithm],
-                issuer=ISSUER,
-                options={"require": ["sub", "exp", "iss"]},
+                key,  # type: ignore[arg-type]  # a PEM string, a secret or a key object from the JWKS
+                algorithms=algorithms,
+                issuer=self._issuer,
+                audience=self._audience,
+                options={"require": ["sub", "exp", "iss", *(["aud"] if self._audience else [])]},
             )
         except jwt.PyJWTError as exc:
             raise Unauthorized(f"invalid token: {exc}") from exc
@@ -78,11 +143,16 @@ def issue_token(
     teams: Sequence[str] = (),
     ttl: timedelta = timedelta(hours=12),
     algorithm: str = "HS256",
+    issuer: str = ISSUER,
+    audience: str | None = None,
+    headers: dict[str, str] | None = None,
 ) -> str:
     """Sign a token (development and tests; production tokens come from the identity provider)."""
     now = datetime.now(UTC)
-    claims = {"sub": sub, "role": role, "unit": unit, "teams": list(teams), "iss": ISSUER, "iat": now, "exp": now + ttl}
-    return jwt.encode(claims, secret, algorithm=algorithm)
+    claims = {"sub": sub, "role": role, "unit": unit, "teams": list(teams), "iss": issuer, "iat": now, "exp": now + ttl}
+    if audience is not None:
+        claims["aud"] = audience
+    return jwt.encode(claims, secret, algorithm=algorithm, headers=headers)
 
 
 def require_role(principal: Principal, *roles: Role) -> None:
@@ -97,29 +167,3 @@ def require_scope(principal: Principal, unit_path: Sequence[str], what: str = "t
             f"{what} ({unit_path[-1] if unit_path else '?'}) is outside your unit scope ({principal.unit})",
             slug="out-of-scope",
         )
-
-
-def main() -> None:
-    """``make token ROLE=admin UNIT=QN``: print a signed development token."""
-    import argparse
-
-    from shared.settings import ServiceSettings
-
-    p = argparse.ArgumentParser(description="Print a development JWT")
-    p.add_argument("--role", default="admin", choices=[r.value for r in Role])
-    p.add_argument("--unit", default=None)
-    p.add_argument("--sub", default="dev")
-    p.add_argument("--teams", default="", help="comma-separated team codes (field users)")
-    p.add_argument("--hours", type=float, default=12)
-    a = p.parse_args()
-    s = ServiceSettings()
-    teams = [t for t in a.teams.split(",") if t]
-    print(
-        issue_token(
-            secret=s.jwt_secret, role=a.role, unit=a.unit or None, sub=a.sub, teams=teams, ttl=timedelta(hours=a.hours)
-        )
-    )
-
-
-if __name__ == "__main__":
-    main()

@@ -1,8 +1,9 @@
 """The public event catalogue, generated from the contracts in :mod:`shared.contracts`.
 
-Integrators subscribe with code we never see, so the events are a public API. ``python -m
-shared.catalog`` (``make contract``) writes ``docs/events/asyncapi.yaml`` (AsyncAPI 3.0) and one JSON
-Schema 2020-12 file per event type under ``docs/events/schemas/``. The same document is served by every
+Integrators subscribe with code we never see, so the events are a public API. ``make contract``
+(``python -m scripts.cli contract``, which also runs both gates below) writes
+``docs/events/asyncapi.yaml`` (AsyncAPI 3.0) and one JSON Schema 2020-12 file per event type under
+``docs/events/schemas/``. The same document is served by every
 service at ``GET /v1/events/catalog`` (:func:`catalog_router`), filtered to the topics it produces.
 
 Two gates keep the contract honest (see ``docs/events/README.md``): :func:`incompatibilities` rejects
@@ -12,12 +13,10 @@ that could carry a person's name or contact details.
 
 from __future__ import annotations
 
-import argparse
 import copy
 import json
 import re
 import subprocess
-import sys
 import uuid
 from collections.abc import Iterator, Mapping
 from dataclasses import dataclass
@@ -34,10 +33,19 @@ from pydantic.json_schema import models_json_schema
 
 from shared.contracts import EVENT_TYPES, TOPIC_OF_TYPE
 from shared.contracts import registry as reg
+from shared.contracts import reporting as rpt
 from shared.contracts import training as trn
 from shared.contracts import visits as vis
-from shared.envelope import CONTENT_TYPE, SPEC_VERSION
-from shared.topics import EVENT_TOPICS, REGISTRY_TOPIC, TRAINING_TOPIC, VISITS_TOPIC, TopicSpec, load_topics
+from shared.envelope import CONTENT_TYPE, SPEC_VERSION, dataschema
+from shared.topics import (
+    EVENT_TOPICS,
+    REGISTRY_TOPIC,
+    REPORTING_TOPIC,
+    TRAINING_TOPIC,
+    VISITS_TOPIC,
+    TopicSpec,
+    load_topics,
+)
 
 JSON_SCHEMA_DIALECT = "https://json-schema.org/draft/2020-12/schema"
 ID_BASE = "https://digital-bridge.youthunion.vn/events/"
@@ -49,10 +57,17 @@ KAFKA_BINDING_VERSION = "0.5.0"
 ASYNCAPI_FILE = "asyncapi.yaml"
 SCHEMAS_DIR = "schemas"
 
-PRODUCER_OF_TOPIC: dict[str, str] = {REGISTRY_TOPIC: "registry", VISITS_TOPIC: "visits", TRAINING_TOPIC: "training"}
-# A service's catalogue covers the topics it produces; any other service (metrics consumes them all)
-# serves the whole catalogue.
-SERVICE_TOPICS: dict[str, tuple[str, ...]] = {svc: (topic,) for topic, svc in PRODUCER_OF_TOPIC.items()}
+PRODUCER_OF_TOPIC: dict[str, str] = {
+    REGISTRY_TOPIC: "registry",
+    VISITS_TOPIC: "visits",
+    TRAINING_TOPIC: "training",
+    REPORTING_TOPIC: "metrics",
+}
+# A service's catalogue covers the topics it produces; metrics, which consumes them all (and
+# produces the reporting topic), serves the whole catalogue.
+SERVICE_TOPICS: dict[str, tuple[str, ...]] = {
+    svc: (topic,) for topic, svc in PRODUCER_OF_TOPIC.items() if svc != "metrics"
+}
 
 
 def repo_root() -> Path:
@@ -87,6 +102,7 @@ _CAMPAIGN_KEY = ("{code}", "The campaign code.")
 _VISIT_KEY = ("{visit_id}", "The visit id.")
 _POST_KEY = ("{post_id}", "The outreach post id.")
 _COURSE_KEY = ("{course.course_code}", "The course code, so every event of one course is in order.")
+_PERIOD_KEY = ("{period.period}/{period.unit_code}", "`<period>/<unit code>`: one key per unit's period.")
 
 
 def _doc(title: str, description: str, key: tuple[str, str]) -> EventDoc:
@@ -148,15 +164,29 @@ EVENT_DOCS: dict[str, EventDoc] = {
         _TEAM_KEY,
     ),
     reg.VOLUNTEER_REGISTERED: _doc(
-        "Volunteer registered",
-        "A volunteer joined a unit. The event carries an opaque id, the unit, roles, skills and birth "
-        "year only: names and contact details never leave the registry. Counts towards `volunteers`.",
+        "Volunteer registered (v1, superseded)",
+        "Superseded by `volunteer.registered.v2`, which carries an age band instead of the birth year; "
+        "no producer sends v1 any more, but the log keeps those sent before. A volunteer joined a unit: "
+        "an opaque id, the unit, roles, skills and birth year. Counts towards `volunteers`.",
         _VOLUNTEER_KEY,
     ),
     reg.VOLUNTEER_UPDATED: _doc(
+        "Volunteer updated (v1, superseded)",
+        "Superseded by `volunteer.updated.v2` (an age band instead of the birth year). A volunteer's "
+        "unit, roles, skills or active flag changed; `previous_unit_path` lets you move their count.",
+        _VOLUNTEER_KEY,
+    ),
+    reg.VOLUNTEER_REGISTERED_V2: _doc(
+        "Volunteer registered",
+        "A volunteer joined a unit. The event carries an opaque id, the unit, roles, skills and an age "
+        "band only: names, birth years and contact details never leave the registry. Counts towards "
+        "`volunteers`.",
+        _VOLUNTEER_KEY,
+    ),
+    reg.VOLUNTEER_UPDATED_V2: _doc(
         "Volunteer updated",
-        "A volunteer's unit, roles, skills or active flag changed. The event carries the whole (non-"
-        "personal) record; `previous_unit_path` lets you move their count between units.",
+        "A volunteer's unit, roles, skills, age band or active flag changed. The event carries the whole "
+        "(non-personal) record; `previous_unit_path` lets you move their count between units.",
         _VOLUNTEER_KEY,
     ),
     reg.VOLUNTEER_LEFT: _doc(
@@ -259,6 +289,24 @@ EVENT_DOCS: dict[str, EventDoc] = {
         "differences (`after - before`) remove what it had contributed.",
         _COURSE_KEY,
     ),
+    rpt.PERIOD_CLOSED: _doc(
+        "Period closed",
+        "A unit's manager closed a reporting period (an ISO week or a campaign's window): `reported` holds "
+        "the figures frozen then, shaped as `/v1/summary`. Records that arrive later are adjustments; "
+        "the live figures never stop moving.",
+        _PERIOD_KEY,
+    ),
+    rpt.PERIOD_APPROVED: _doc(
+        "Period approved",
+        "The parent unit's manager (or an admin, for the province) approved a closed period.",
+        _PERIOD_KEY,
+    ),
+    rpt.PERIOD_REOPENED: _doc(
+        "Period reopened",
+        "An admin reopened a closed or approved period, with a reason; the next close reports again "
+        "with a higher `version`.",
+        _PERIOD_KEY,
+    ),
 }
 
 _TOPIC_DOCS: dict[str, str] = {
@@ -266,6 +314,8 @@ _TOPIC_DOCS: dict[str, str] = {
     "team memberships and campaigns with their targets.",
     VISITS_TOPIC: "The work in the field: household visits and support at public-administration centres, "
     "with the figures they add to the indicators, and outreach posts.",
+    REPORTING_TOPIC: "The weekly reporting cycle: a unit's period closed with its frozen figures, approved by "
+    "the parent unit, or reopened with a reason.",
     TRAINING_TOPIC: "Digital-literacy courses: scheduling, sessions, enrolments and completions, with the "
     "participant and completion figures they change.",
 }
@@ -284,6 +334,13 @@ _SESSION = "9d4f2b6a-1e8c-4d7a-b3f5-6c2e0a9b8d96"
 _TEAM = "QN-HALONG-TNTN-01"
 _COURSE = "QN-HALONG-BDHVS-2025-014"
 _CAMPAIGN = "BDHVS-2025"
+_PERIOD = {
+    "period": "2025-W28",
+    "first": "2025-07-07",
+    "last": "2025-07-13",
+    "unit_code": "QN-HALONG",
+    "unit_path": ["QN", "QN-HALONG"],
+}
 _FIGURES: dict[str, Any] = {
     "unit_code": "QN-HALONG",
     "unit_path": _HALONG,
@@ -298,6 +355,7 @@ _FIGURES: dict[str, Any] = {
         "digital_skills_guidance": 3,
     },
     "area": "urban",
+    "team_code": _TEAM,
 }
 _COURSE_REF = {
     "course_code": _COURSE,
@@ -307,6 +365,7 @@ _COURSE_REF = {
     "starts_on": "2025-07-14",
     "ends_on": "2025-07-25",
     "mode": "in_person",
+    "team_code": _TEAM,
 }
 _TEAM_BODY = {
     "code": _TEAM,
@@ -325,6 +384,7 @@ _VOLUNTEER_BODY = {
     "skills": ["it", "vneid"],
     "birth_year": 2003,
 }
+_VOLUNTEER_BODY_V2 = {**{k: v for k, v in _VOLUNTEER_BODY.items() if k != "birth_year"}, "age_band": "16_30"}
 _TARGETS = [
     {"indicator": "households_visited", "unit_code": "QN-HALONG", "value": 1200, "merged_from": ["QN-CAMPHA"]},
     {"indicator": "vneid_installs", "unit_code": "QN-HALONG", "value": 800, "merged_from": []},
@@ -386,6 +446,17 @@ EXAMPLES: dict[str, dict[str, Any]] = {
     reg.VOLUNTEER_REGISTERED: _VOLUNTEER_BODY,
     reg.VOLUNTEER_UPDATED: {
         **_VOLUNTEER_BODY,
+        "unit_code": "QN-VANDON",
+        "unit_path": _VANDON,
+        "skills": ["it", "vneid", "teaching"],
+        "active": True,
+        "previous_unit_path": _HALONG,
+        "previous_roles": ["union_member", "student"],
+        "previous_skills": ["it", "vneid"],
+    },
+    reg.VOLUNTEER_REGISTERED_V2: _VOLUNTEER_BODY_V2,
+    reg.VOLUNTEER_UPDATED_V2: {
+        **_VOLUNTEER_BODY_V2,
         "unit_code": "QN-VANDON",
         "unit_path": _VANDON,
         "skills": ["it", "vneid", "teaching"],
@@ -472,6 +543,7 @@ EXAMPLES: dict[str, dict[str, Any]] = {
         "reason": "posted twice",
         "unit_code": "QN-HALONG",
         "unit_path": _HALONG,
+        "team_code": _TEAM,
         "channel": "fanpage",
         "published_on": "2025-07-15",
     },
@@ -518,6 +590,30 @@ EXAMPLES: dict[str, dict[str, Any]] = {
         "participants": {"before": 12, "after": 0},
         "completions": {"before": 0, "after": 0},
     },
+    rpt.PERIOD_CLOSED: {
+        "period": _PERIOD,
+        "closed_at": "2025-07-14T02:10:00Z",
+        "closed_by": "manager-qn-halong",
+        "reported": {
+            "households_visited": 42,
+            "people_supported": 131,
+            "online_applications": {"l3": 12, "l4": 5, "total": 17},
+        },
+        "version": 1,
+    },
+    rpt.PERIOD_APPROVED: {
+        "period": _PERIOD,
+        "approved_at": "2025-07-14T08:30:00Z",
+        "approved_by": "manager-qn",
+        "version": 1,
+    },
+    rpt.PERIOD_REOPENED: {
+        "period": _PERIOD,
+        "reopened_at": "2025-07-21T01:00:00Z",
+        "reopened_by": "admin-province",
+        "reason": "Số liệu tuần bão về muộn / The typhoon week's records arrived late",
+        "version": 1,
+    },
 }
 EXAMPLE_TIME = "2025-07-12T03:15:00Z"
 
@@ -546,6 +642,7 @@ def example_headers(event_type: str) -> dict[str, str]:
         "ce_source": source_of(event_type),
         "ce_type": event_type,
         "ce_time": EXAMPLE_TIME,
+        "ce_dataschema": dataschema(event_type),
         "content-type": CONTENT_TYPE,
         "ce_subject": key,
     }
@@ -559,7 +656,8 @@ def source_of(event_type: str) -> str:
 
 
 def schema_id(event_type: str) -> str:
-    return f"{ID_BASE}{SCHEMAS_DIR}/{event_type}.json"
+    """The schema's ``$id``: the ``ce_dataschema`` every event of the type carries."""
+    return dataschema(event_type)
 
 
 def event_schema(event_type: str, model: type[BaseModel] | None = None) -> dict[str, Any]:
@@ -612,12 +710,24 @@ _HEADER_DOCS: dict[str, tuple[str, dict[str, Any]]] = {
     "ce_type": ("The event type; selects the payload schema.", {}),
     "ce_time": ("When the event happened, RFC 3339 in UTC (`Z`).", {"format": "date-time"}),
     "ce_subject": ("The aggregate the event is about; equal to the Kafka key.", {}),
+    "ce_dataschema": (
+        "URI of the payload's JSON Schema (its file's `$id`). Events sent before contract v2 lack it.",
+        {"format": "uri"},
+    ),
+    "ce_traceparent": (
+        "W3C trace context of the span that published the event (CloudEvents distributed-tracing "
+        "extension); only when tracing is on.",
+        {"pattern": "^00-[0-9a-f]{32}-[0-9a-f]{16}-[0-9a-f]{2}$"},
+    ),
     "content-type": ("Media type of the message value.", {"const": CONTENT_TYPE}),
 }
 
 
+OPTIONAL_HEADERS = ("ce_subject", "ce_dataschema", "ce_traceparent")
+
+
 def _headers_schema(event_type: str) -> dict[str, Any]:
-    fixed = {"ce_source": source_of(event_type), "ce_type": event_type}
+    fixed = {"ce_source": source_of(event_type), "ce_type": event_type, "ce_dataschema": dataschema(event_type)}
     props: dict[str, Any] = {}
     for name, (text, extra) in _HEADER_DOCS.items():
         prop: dict[str, Any] = {"type": "string", "description": text, **extra}
@@ -626,7 +736,7 @@ def _headers_schema(event_type: str) -> dict[str, Any]:
         props[name] = prop
     return {
         "type": "object",
-        "required": [h for h in _HEADER_DOCS if h != "ce_subject"],
+        "required": [h for h in _HEADER_DOCS if h not in OPTIONAL_HEADERS],
         "properties": props,
     }
 
@@ -838,7 +948,7 @@ _Dumper.add_representer(str, _str_representer)
 
 
 def to_yaml(doc: Mapping[str, Any]) -> str:
-    header = "# Generated by `make contract` (python -m shared.catalog) from shared/contracts. Do not edit.\n"
+    header = "# Generated by `make contract` (python -m scripts.cli contract) from shared/contracts. Do not edit.\n"
     return header + yaml.dump(doc, Dumper=_Dumper, sort_keys=False, allow_unicode=True, width=110)
 
 
@@ -1232,30 +1342,3 @@ def catalog_router(service_name: str) -> APIRouter:
         return Response(_catalog_bytes(service_name), media_type="application/json")
 
     return router
-
-
-# --- command line ----------------------------------------------------------------------------------
-
-
-def main(argv: list[str] | None = None) -> int:
-    parser = argparse.ArgumentParser(prog="python -m shared.catalog", description="Generate docs/events.")
-    parser.add_argument("--check", action="store_true", help="verify, do not write: exit 1 when stale or breaking")
-    args = parser.parse_args(argv)
-    current = event_schemas()
-    problems = compatibility_report(committed_schemas(), current)
-    problems += [f"personal data: {field}" for s in current.values() for field in personal_data_fields(s)]
-    if args.check:
-        problems += [f"stale: docs/events/{rel} (run `make contract`)" for rel in stale_files()]
-    else:
-        for path in write():
-            print(f"wrote {path.relative_to(repo_root())}")
-        print(f"event catalogue: {len(current)} event types in docs/events/")
-    for p in problems:
-        print(f"contract: {p}", file=sys.stderr)
-    if problems:
-        print("an incompatible change needs a new versioned type (.v2); see docs/events/README.md", file=sys.stderr)
-    return 1 if problems else 0
-
-
-if __name__ == "__main__":
-    raise SystemExit(main())

@@ -14,6 +14,7 @@ from datetime import UTC, datetime
 from typing import Any, Protocol, runtime_checkable
 
 from aiokafka import AIOKafkaConsumer, ConsumerRebalanceListener, ConsumerRecord, TopicPartition
+from opentelemetry.trace import Span
 from prometheus_client import Counter, Gauge
 from pydantic import BaseModel
 from pymongo.asynchronous.collection import AsyncCollection
@@ -25,16 +26,22 @@ from shared.logging import bind_context, get_logger, unbind_context
 from shared.mongo import insert_ignoring_duplicates
 from shared.settings import ServiceSettings
 from shared.topics import dlq_topic
+from shared.tracing import enabled as tracing_enabled
+from shared.tracing import end_all, start_consume
 
 log = get_logger(__name__)
 
-CONSUMED = Counter("consumer_events_processed_total", "Events handled successfully", ["consumer", "topic"])
-FAILED = Counter("consumer_events_failed_total", "Handler attempts that raised", ["consumer", "topic"])
-DEAD_LETTERED = Counter("consumer_events_dead_lettered_total", "Events sent to a DLQ", ["consumer", "topic"])
-DUPLICATES = Counter("consumer_events_duplicate_total", "Events skipped as already processed", ["consumer", "topic"])
+CONSUMED = Counter("bridge_consumer_events_processed_total", "Events handled successfully", ["consumer", "topic"])
+FAILED = Counter("bridge_consumer_events_failed_total", "Handler attempts that raised", ["consumer", "topic"])
+DEAD_LETTERED = Counter("bridge_consumer_events_dead_lettered_total", "Events sent to a DLQ", ["consumer", "topic"])
+DUPLICATES = Counter(
+    "bridge_consumer_events_duplicate_total", "Events skipped as already processed", ["consumer", "topic"]
+)
 # The longest pause between attempts while the database is unreachable.
 MAX_BACKOFF_SECONDS = 5.0
-LAG = Gauge("consumer_lag_messages", "High watermark minus committed position", ["consumer", "topic", "partition"])
+LAG = Gauge(
+    "bridge_consumer_lag_messages", "High watermark minus committed position", ["consumer", "topic", "partition"]
+)
 
 
 async def _cancel(task: asyncio.Task[Any] | None) -> None:
@@ -89,6 +96,9 @@ class Fetch:
 
     A fetch made from a list (one record, tests) keeps it. Records that fail to decode are kept,
     with why, for the DLQ.
+
+    With ``consumer`` named and tracing on, the first pass starts a span per traced event
+    (``trace_spans``); the runner ends them once the fetch is written and committed.
     """
 
     def __init__(
@@ -98,6 +108,7 @@ class Fetch:
         more: Callable[[int], Awaitable[Chunk]] | None = None,
         limit: int = 0,
         replay: Callable[[Mapping[TopicPartition, tuple[int, int]]], AsyncIterator[Chunk]] | None = None,
+        consumer: str | None = None,
     ) -> None:
         if not isinstance(first, Mapping):
             by_tp: dict[TopicPartition, Records] = {}
@@ -113,6 +124,8 @@ class Fetch:
         self.spans: dict[TopicPartition, tuple[int, int]] = {}
         self.counts: dict[TopicPartition, int] = {}
         self.undecodable: dict[tuple[str, int, int], tuple[ConsumerRecord[bytes, bytes], str]] = {}
+        self._consumer = consumer
+        self.trace_spans: list[Span] = []
 
     @property
     def topic(self) -> str:
@@ -160,12 +173,20 @@ class Fetch:
         return self._decoded()
 
     async def _decoded(self) -> AsyncIterator[Consumed]:
+        # Checked once per pass: with tracing off the per-event cost is this one boolean.
+        consumer = self._consumer
+        traced = consumer is not None and self._head is not None and tracing_enabled()
         async for r in self.records():
             try:
                 env = decode(r.key, r.value, list(r.headers))
             except EnvelopeError as exc:
                 self.undecodable[(r.topic, r.partition, r.offset)] = (r, f"undecodable: {exc}")
                 continue
+            if traced and env.traceparent:
+                assert consumer is not None
+                span = start_consume(consumer, r.topic, r.partition, r.offset, env.id, env.type, env.traceparent)
+                if span is not None:
+                    self.trace_spans.append(span)
             yield Consumed(env, r.topic, r.partition, r.offset)
 
 
@@ -298,6 +319,24 @@ class ProcessedEvents:
             stored.append((doc["_id"], len(doc["ids"])))
             while len(stored) > 1 and sum(n for _, n in stored[1:]) >= self._window:
                 await self._col.delete_one({"_id": stored.pop(0)[0]})
+
+    async def release(self, c: Consumed) -> None:
+        """Forget a dead-lettered event, so that its replay (same id, a later offset) is handled.
+
+        Its id was recorded before the handler ran (see the class docstring); left there, the copy
+        that ``scripts.cli dlq replay`` publishes would be taken for a duplicate and skipped.
+        """
+        tp = TopicPartition(c.topic, c.partition)
+        first = self._first.get(tp)
+        if first is not None and first.get(c.envelope.id) == c.offset:
+            del first[c.envelope.id]
+        around = {"$lte": c.offset}
+        query = {"group": self._group, "topic": c.topic, "partition": c.partition, "first": around}
+        async for d in self._col.find({**query, "last": {"$gte": c.offset}}):
+            pairs = [(i, o) for i, o in zip(d["ids"], d["offsets"], strict=True) if (i, o) != (c.envelope.id, c.offset)]
+            if len(pairs) < len(d["ids"]):
+                kept = {"ids": [i for i, _ in pairs], "offsets": [o for _, o in pairs]}
+                await self._col.update_one({"_id": d["_id"]}, {"$set": kept})
 
     async def positions(self, event_ids: Iterable[str]) -> dict[str, tuple[TopicPartition, int]]:
         """Where the first copies of these events were recorded (those not recorded are left out)."""
@@ -534,7 +573,9 @@ class ConsumerRunner:
                 got = await consumer.getmany(timeout_ms=self._top_up_ms, max_records=n)
             return got
 
-        fetch = Fetch(first, more=more, limit=self._max_records, replay=self._replay) if first else None
+        fetch = (
+            Fetch(first, more=more, limit=self._max_records, replay=self._replay, consumer=self.name) if first else None
+        )
         handler = self._fetch_handler
         folded = await handler.fold(fetch) if fetch is not None else None
         if pending is not None:
@@ -546,7 +587,7 @@ class ConsumerRunner:
                 folded = await handler.fold(fetch)
         if fetch is None:
             return None
-        return asyncio.create_task(self._write_fetch(fetch, folded))
+        return asyncio.create_task(self._write_traced_fetch(fetch, folded))
 
     async def _replay(self, spans: Mapping[TopicPartition, tuple[int, int]]) -> AsyncIterator[Chunk]:
         """The records at ``spans`` (first and last offset per partition), read again from Kafka.
@@ -587,6 +628,16 @@ class ConsumerRunner:
     def _fetch_handler(self) -> FetchHandler:
         assert isinstance(self._handler, FetchHandler)
         return self._handler
+
+    async def _write_traced_fetch(self, fetch: Fetch, folded: Any) -> bool:
+        """:meth:`_write_fetch`, then end the spans of the fetch's traced events."""
+        try:
+            clean = await self._write_fetch(fetch, folded)
+        except BaseException as exc:
+            end_all(fetch.trace_spans, exc)
+            raise
+        end_all(fetch.trace_spans)
+        return clean
 
     async def _write_fetch(self, fetch: Fetch, folded: Any) -> bool:
         """Write a folded fetch (retrying), dead-letter what cannot be applied, then commit.
@@ -728,13 +779,27 @@ class ConsumerRunner:
         handler = self._handler
         assert not isinstance(handler, FetchHandler)
         bind_context(event_id=events[0].envelope.id)
+        spans = self._start_spans(events) if tracing_enabled() else []
         try:
             ok = await self._retrying(events[0].topic, lambda: handler(events))
+        except BaseException as exc:
+            end_all(spans, exc)
+            raise
         finally:
             unbind_context("event_id")
+        end_all(spans, None if ok else self._last_error)
         if ok:
             CONSUMED.labels(self.name, events[0].topic).inc(len(events))
         return ok
+
+    def _start_spans(self, events: Sequence[Consumed]) -> list[Span]:
+        spans = []
+        for c in events:
+            env = c.envelope
+            span = start_consume(self.name, c.topic, c.partition, c.offset, env.id, env.type, env.traceparent)
+            if span is not None:
+                spans.append(span)
+        return spans
 
     async def _handle_with_retries(self, events: list[Consumed]) -> None:
         if await self._attempt(events):
@@ -742,6 +807,8 @@ class ConsumerRunner:
         for c in events:
             env = c.envelope
             await self._dead_letter_envelope(c, self._last_error)
+            if self.processed:
+                await self.processed.release(c)
             log.error("dead_lettered", consumer=self.name, event_id=env.id, type=env.type)
 
     async def _dead_letter(self, record: ConsumerRecord[bytes, bytes], error: str) -> None:

@@ -1,7 +1,9 @@
 """The event envelope: CloudEvents 1.0 over Kafka in binary content mode.
 
 Attributes travel as ``ce_*`` headers, the payload is the JSON message value (encoded with orjson)
-and the Kafka key is the aggregate id, which keeps per-aggregate order within one partition.
+and the Kafka key is the aggregate id, which keeps per-aggregate order within one partition. A traced
+event also carries the CloudEvents distributed-tracing extension, ``ce_traceparent`` (see
+:mod:`shared.tracing`).
 """
 
 from __future__ import annotations
@@ -16,9 +18,19 @@ import orjson
 from pydantic import BaseModel, ValidationError
 
 from shared.contracts import EVENT_TYPES, TOPIC_OF_TYPE
+from shared.tracing import current_traceparent
 
 SPEC_VERSION = "1.0"
 CONTENT_TYPE = "application/json"
+# ``ce_dataschema`` of an event: the JSON Schema of its type, as published in docs/events/schemas/.
+SCHEMA_BASE = "https://digital-bridge.youthunion.vn/events/schemas/"
+
+
+def dataschema(event_type: str) -> str:
+    """The URI of ``event_type``'s JSON Schema (the ``$id`` of its file in docs/events/schemas/)."""
+    return f"{SCHEMA_BASE}{event_type}.json"
+
+
 Headers = list[tuple[str, bytes]]
 
 
@@ -37,6 +49,8 @@ class Envelope:
     subject: str | None = None
     id: str = field(default_factory=lambda: str(uuid.uuid4()))
     time: datetime = field(default_factory=lambda: datetime.now(UTC))
+    # W3C trace context of the span that caused the event (transport metadata, not its identity).
+    traceparent: str | None = field(default=None, compare=False)
     # The validated payload, kept by :func:`decode` so consumers do not parse it twice.
     model: BaseModel | None = field(default=None, compare=False, repr=False)
 
@@ -58,10 +72,13 @@ class Envelope:
             ("ce_source", self.source.encode()),
             ("ce_type", self.type.encode()),
             ("ce_time", ce_time(self.time).encode()),
+            ("ce_dataschema", dataschema(self.type).encode()),
             ("content-type", CONTENT_TYPE.encode()),
         ]
         if self.subject:
             h.append(("ce_subject", self.subject.encode()))
+        if self.traceparent:
+            h.append(("ce_traceparent", self.traceparent.encode()))
         return h
 
     def value(self) -> bytes:
@@ -117,6 +134,7 @@ def make_event(event_type: str, payload: BaseModel, *, source: str, key: str, su
         subject=subject if subject is not None else key,
         data=payload.model_dump(mode="json"),
         model=payload,
+        traceparent=current_traceparent(),
     )
 
 
@@ -168,4 +186,6 @@ def decode(key: bytes | None, value: bytes | None, headers: Sequence[tuple[str, 
         time=time,
         data=data,
         model=parsed,
+        # A producer with OpenTelemetry's own Kafka instrumentation sends the plain header.
+        traceparent=h.get("ce_traceparent") or h.get("traceparent"),
     )

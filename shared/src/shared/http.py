@@ -2,23 +2,37 @@
 
 ``create_app`` gives each service the same behaviour for things that are not its domain:
 problem+json for every 4xx/5xx, a 1 MiB body limit, request ids in logs, Prometheus ``/metrics``,
-``/healthz`` and ``/readyz``, and ``Idempotency-Key`` replay on POST.
+``/healthz`` and ``/readyz``, ``Idempotency-Key`` replay (:mod:`shared.idempotency`), Swagger UI at
+``/docs`` and ReDoc at ``/redoc`` from assets the service serves itself (no CDN: they work offline),
+and an OpenAPI document with readable operation ids and the problems each route can answer.
 """
 
 from __future__ import annotations
 
-import hashlib
 import time
 import uuid
 from collections.abc import Awaitable, Callable, Sequence
 from contextlib import AbstractAsyncContextManager
-from typing import Annotated, Any
+from pathlib import Path
+from typing import Annotated, Any, Literal
 
+import fastapi_offline
 import orjson
 from fastapi import APIRouter, Depends, FastAPI, Request
 from fastapi.exceptions import RequestValidationError
-from fastapi.responses import JSONResponse, Response
-from prometheus_client import CONTENT_TYPE_LATEST, REGISTRY, Counter, Histogram, generate_latest
+from fastapi.openapi.docs import get_redoc_html, get_swagger_ui_html
+from fastapi.responses import HTMLResponse, JSONResponse, Response
+from fastapi.routing import APIRoute
+from fastapi.staticfiles import StaticFiles
+from prometheus_client import (
+    CONTENT_TYPE_LATEST,
+    REGISTRY,
+    Counter,
+    Histogram,
+    disable_created_metrics,
+    generate_latest,
+)
+from pydantic import BaseModel
 from pymongo.errors import DuplicateKeyError, PyMongoError
 from starlette.exceptions import HTTPException as StarletteHTTPException
 from starlette.types import ASGIApp, Message, Receive, Scope, Send
@@ -26,14 +40,21 @@ from starlette.types import ASGIApp, Message, Receive, Scope, Send
 from shared.auth import Authenticator, Principal
 from shared.catalog import catalog_router
 from shared.errors import PROBLEM_BASE, Conflict, PayloadTooLarge, ProblemError, Unauthorized
+from shared.idempotency import METHODS as IDEMPOTENT_METHODS
+from shared.idempotency import OPENAPI_PARAMETER as IDEMPOTENCY_KEY_PARAMETER
+from shared.idempotency import IdempotencyMiddleware
 from shared.logging import bind_context, get_logger, unbind_context
+from shared.tracing import fastapi_telemetry
 
 log = get_logger(__name__)
 
 PROBLEM_JSON = "application/problem+json"
-HTTP_REQUESTS = Counter("http_requests_total", "HTTP requests", ["service", "method", "route", "status"])
+# Every counter and histogram would also export a ``<name>_created`` series (its start time) that
+# nothing reads; /metrics is served from here, so this is where it is turned off.
+disable_created_metrics()  # type: ignore[no-untyped-call]
+HTTP_REQUESTS = Counter("bridge_http_requests_total", "HTTP requests", ["service", "method", "route", "status"])
 HTTP_LATENCY = Histogram(
-    "http_request_duration_seconds",
+    "bridge_http_request_duration_seconds",
     "HTTP request latency",
     ["service", "method", "route"],
     buckets=(0.005, 0.01, 0.025, 0.05, 0.1, 0.25, 0.5, 1, 2.5, 5),
@@ -54,10 +75,17 @@ PROBLEM_RESPONSES: dict[int | str, dict[str, Any]] = {
         (401, "Missing or invalid bearer token"),
         (403, "Role or unit scope does not allow this"),
         (404, "Not found"),
-        (409, "Conflict (duplicate code, or idempotency key reused with another body)"),
+        (409, "Conflict: a duplicate code, or a state that does not allow this"),
         (413, "Body over 1 MiB"),
         (422, "Validation failed; `errors` lists the offending fields"),
+        (503, "The database or the broker does not answer; retry later"),
     )
+}
+# What the Idempotency-Key adds to a status on the routes that honour it.
+IDEMPOTENCY_PROBLEMS = {
+    400: "`idempotency-key-invalid`: the Idempotency-Key header is not a valid key",
+    409: "`idempotency-request-in-flight`: the first request with this Idempotency-Key is still running",
+    422: "`idempotency-key-reused`: this Idempotency-Key was used with another body",
 }
 
 
@@ -198,91 +226,28 @@ class RequestContextMiddleware:
             unbind_context("request_id")
 
 
-class IdempotencyMiddleware:
-    """``Idempotency-Key`` on POST: the first response is stored and replayed for the same key and
-    body; the same key with another body is a 409. Keys are scoped to the caller's token."""
+class Liveness(BaseModel):
+    status: Literal["ok"]
+    service: str
 
-    def __init__(self, app: ASGIApp) -> None:
-        self.app = app
 
-    async def __call__(self, scope: Scope, receive: Receive, send: Send) -> None:
-        headers = dict(scope.get("headers", []))
-        key = headers.get(b"idempotency-key")
-        if scope["type"] != "http" or scope["method"] != "POST" or not key:
-            await self.app(scope, receive, send)
-            return
-        body = b""
-        more = True
-        while more:
-            msg = await receive()
-            body += msg.get("body", b"")
-            more = msg.get("more_body", False)
-        caller = hashlib.sha256(headers.get(b"authorization", b"")).hexdigest()[:16]
-        doc_id = f"{caller}:{scope['path']}:{key.decode(errors='replace')}"
-        body_hash = hashlib.sha256(body).hexdigest()
-        app: FastAPI = scope["app"]
-        col = app.state.runtime.db["idempotency_keys"]
-        stored = await app.state.runtime.db["idempotency_keys"].find_one({"_id": doc_id})
-        if stored is not None:
-            if stored["body_hash"] != body_hash:
-                resp: Response = JSONResponse(
-                    Conflict(
-                        "this Idempotency-Key was already used with a different request body",
-                        slug="idempotency-key-reused",
-                    ).to_problem(scope["path"]),
-                    status_code=409,
-                    media_type=PROBLEM_JSON,
-                )
-            else:
-                resp = Response(
-                    stored["body"],
-                    status_code=stored["status"],
-                    media_type=stored["media_type"],
-                    headers={"Idempotent-Replayed": "true"},
-                )
-            await resp(scope, receive, send)
-            return
-
-        sent = False
-
-        async def replay_body() -> Message:
-            nonlocal sent
-            if not sent:
-                sent = True
-                return {"type": "http.request", "body": body, "more_body": False}
-            return await receive()
-
-        captured: dict[str, Any] = {"status": 500, "body": b"", "media_type": "application/json"}
-
-        async def capture(msg: Message) -> None:
-            if msg["type"] == "http.response.start":
-                captured["status"] = msg["status"]
-                for k, v in msg.get("headers", []):
-                    if k.lower() == b"content-type":
-                        captured["media_type"] = v.decode()
-            elif msg["type"] == "http.response.body":
-                captured["body"] += msg.get("body", b"")
-            await send(msg)
-
-        await self.app(scope, replay_body, capture)
-        if captured["status"] < 500:
-            try:
-                await col.insert_one({"_id": doc_id, "body_hash": body_hash, **captured})
-            except DuplicateKeyError:
-                pass  # a concurrent retry stored its (identical) response first
+class Readiness(BaseModel):
+    status: Literal["ready", "unready"]
+    checks: dict[str, Literal["ok", "down"]]
 
 
 def _health_router(service: str, checks: Callable[[], dict[str, ReadinessCheck]]) -> APIRouter:
     router = APIRouter(tags=["health"])
 
-    @router.get("/healthz", summary="Liveness: the process is up")
+    @router.get("/healthz", summary="Liveness: the process is up", response_model=Liveness)
     async def healthz() -> dict[str, str]:
         return {"status": "ok", "service": service}
 
     @router.get(
         "/readyz",
         summary="Readiness: Kafka and the database answer",
-        responses={503: {"description": "A dependency is not reachable"}},
+        response_model=Readiness,
+        responses={503: {"description": "A dependency is not reachable", "model": Readiness}},
     )
     async def readyz() -> Response:
         results = {name: await check() for name, check in checks().items()}
@@ -305,6 +270,109 @@ def _health_router(service: str, checks: Callable[[], dict[str, ReadinessCheck]]
     return router
 
 
+DOCS_ASSETS = "/docs-assets"
+_ASSETS_DIR = Path(fastapi_offline.__file__).parent / "static"
+_PROBLEM_CONTENT = {PROBLEM_JSON: {"schema": {"$ref": "#/components/schemas/Problem"}}}
+
+
+def _install_docs(app: FastAPI) -> None:
+    """Swagger UI at ``/docs`` and ReDoc at ``/redoc``, their scripts and styles served by the service
+    itself (from the fastapi-offline package), so both pages work on a machine without internet."""
+    app.mount(DOCS_ASSETS, StaticFiles(directory=_ASSETS_DIR), name="docs-assets")
+
+    @app.get("/docs", include_in_schema=False)
+    async def swagger_ui(request: Request) -> HTMLResponse:
+        root = request.scope.get("root_path", "")
+        return get_swagger_ui_html(
+            openapi_url=f"{root}{app.openapi_url}",
+            title=f"{app.title} - Swagger UI",
+            swagger_js_url=f"{root}{DOCS_ASSETS}/swagger-ui-bundle.js",
+            swagger_css_url=f"{root}{DOCS_ASSETS}/swagger-ui.css",
+            swagger_favicon_url=f"{root}{DOCS_ASSETS}/favicon.png",
+            # No validatorUrl: Swagger UI would otherwise send the document to an outside validator.
+            swagger_ui_parameters={"validatorUrl": None, "persistAuthorization": True},
+        )
+
+    @app.get("/redoc", include_in_schema=False)
+    async def redoc(request: Request) -> HTMLResponse:
+        root = request.scope.get("root_path", "")
+        return get_redoc_html(
+            openapi_url=f"{root}{app.openapi_url}",
+            title=f"{app.title} - ReDoc",
+            redoc_js_url=f"{root}{DOCS_ASSETS}/redoc.standalone.js",
+            redoc_favicon_url=f"{root}{DOCS_ASSETS}/favicon.png",
+            with_google_fonts=False,
+        )
+
+
+def _operation_id(route: APIRoute) -> str:
+    """The route function's name (``record_visit``) instead of FastAPI's path-derived id."""
+    return route.name
+
+
+def _needs_principal(dependant: Any) -> bool:
+    return any(d.call is _principal or _needs_principal(d) for d in dependant.dependencies)
+
+
+def _complete_operations(routers: Sequence[APIRouter], schema: dict[str, Any]) -> None:
+    """Give every operation the problems it can answer, the Idempotency-Key header where it is honoured,
+    and a body schema for each documented status."""
+    authenticated = {
+        (route.path_format, method.lower())
+        for router in routers
+        for route in router.routes
+        if isinstance(route, APIRoute) and _needs_principal(route.dependant)
+        for method in route.methods or ()
+    }
+    for path, item in schema.get("paths", {}).items():
+        for method, op in item.items():
+            if method not in ("get", "post", "put", "patch", "delete"):
+                continue
+            responses: dict[str, Any] = op.setdefault("responses", {})
+            params: list[dict[str, Any]] = op.get("parameters", [])
+            has_body = "requestBody" in op
+            statuses: list[int] = []
+            if (path, method) in authenticated:
+                statuses += [401, 403, 503]
+                if params or has_body:
+                    statuses += [404, 422]
+                if has_body:
+                    statuses.append(413)
+                if method.upper() in IDEMPOTENT_METHODS:
+                    statuses += [400, 409, 422]
+                    op["parameters"] = [*params, IDEMPOTENCY_KEY_PARAMETER]
+            else:
+                op["security"] = []
+            # FastAPI documents its own 422 body; ours is a problem.
+            generated = responses.get("422", {}).get("content", {}).get("application/json", {})
+            if "HTTPValidationError" in str(generated.get("schema", "")):
+                responses["422"] = dict(PROBLEM_RESPONSES[422])
+            for status in statuses:
+                responses.setdefault(str(status), dict(PROBLEM_RESPONSES[status]))
+            if (path, method) in authenticated and method.upper() in IDEMPOTENT_METHODS:
+                for status, note in IDEMPOTENCY_PROBLEMS.items():
+                    response = responses[str(status)] = dict(responses[str(status)])
+                    response["description"] = f"{response['description']}; or {note}"
+            success = next(
+                (r["content"] for code, r in sorted(responses.items()) if code.startswith("2") and r.get("content")),
+                None,
+            )
+            # A page (HTML) answers its own errors as pages; every other route answers problems.
+            page = success is not None and not any("json" in media for media in success)
+            for code, response in responses.items():
+                if "content" in response or code == "204" or code.startswith("3"):
+                    continue
+                if code.startswith("2") and success is not None:
+                    response["content"] = success
+                elif code[0] in "45":
+                    response["content"] = success if page and code != "422" else _PROBLEM_CONTENT
+            op["responses"] = dict(sorted(responses.items()))
+    components = schema.get("components", {}).get("schemas", {})
+    if "HTTPValidationError" not in orjson.dumps(schema.get("paths", {})).decode():
+        components.pop("HTTPValidationError", None)
+        components.pop("ValidationError", None)
+
+
 def create_app(
     *,
     service: str,
@@ -321,15 +389,20 @@ def create_app(
         description=description,
         version=version,
         lifespan=lifespan,
-        responses=PROBLEM_RESPONSES,
+        docs_url=None,
+        redoc_url=None,
+        generate_unique_id_function=_operation_id,
+        # Request spans (FastAPI's own) when tracing is configured; nothing at all otherwise.
+        telemetry=fastapi_telemetry(),
     )
     _install_problem_handlers(app)
-    app.add_middleware(IdempotencyMiddleware)
+    _install_docs(app)
+    app.add_middleware(IdempotencyMiddleware, subject_of=_subject_of)
     app.add_middleware(BodyLimitMiddleware, max_bytes=max_body_bytes)
     app.add_middleware(RequestContextMiddleware, service=service)
-    app.include_router(_health_router(service, lambda: app.state.runtime.readiness_checks()))
-    app.include_router(catalog_router(service))
-    for r in routers:
+    included = [_health_router(service, lambda: app.state.runtime.readiness_checks()), catalog_router(service)]
+    included += routers
+    for r in included:
         app.include_router(r)
 
     original_openapi = app.openapi
@@ -357,6 +430,7 @@ def create_app(
             "bearerFormat": "JWT",
         }
         schema["security"] = [{"bearer": []}]
+        _complete_operations(included, schema)
         app.openapi_schema = schema
         return schema
 
@@ -376,6 +450,19 @@ async def _principal(request: Request) -> Principal:
 
 
 CurrentPrincipal = Annotated[Principal, Depends(_principal)]
+
+
+async def _subject_of(scope: Scope) -> str | None:
+    """The verified token's subject, for the idempotency scope; None lets the route answer the 401."""
+    header = next((v for k, v in scope["headers"] if k == b"authorization"), b"").decode("latin-1")
+    scheme, _, token = header.partition(" ")
+    if scheme.lower() != "bearer" or not token:
+        return None
+    authenticator: Authenticator = scope["app"].state.runtime.authenticator
+    try:
+        return authenticator.decode(token).sub
+    except ProblemError:
+        return None
 
 
 def serve(app: FastAPI, *, host: str, port: int) -> None:

@@ -22,7 +22,7 @@ Document = dict[str, Any]
 log = get_logger(__name__)
 
 MONGO_LATENCY = Histogram(
-    "mongo_command_duration_seconds",
+    "bridge_mongo_command_duration_seconds",
     "Time from sending a database command to its answer, by command and collection",
     ["command", "collection"],
     buckets=(0.001, 0.0025, 0.005, 0.01, 0.025, 0.05, 0.1, 0.25, 0.5, 1.0, 2.5, 5.0),

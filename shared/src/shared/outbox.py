@@ -2,8 +2,9 @@
 
 A domain write and the events it causes land in **one document write**: the events are embedded
 in the aggregate's own document as an ``outbox`` array of plain subdocuments (``id``, ``type``,
-``topic``, ``source``, ``subject``, ``key``, ``time``, ``data``), beside a ``rev`` counter for the
-services' own compare-and-set updates. A single-document write is atomic, so an acknowledged
+``topic``, ``source``, ``subject``, ``key``, ``time``, ``data``, and ``traceparent`` when the write
+was traced: see :mod:`shared.tracing`), beside a ``rev`` counter for the services' own
+compare-and-set updates. A single-document write is atomic, so an acknowledged
 write always has its events; an operator can read pending events with an ordinary query
 (``{"outbox.0": {"$exists": true}}``).
 
@@ -33,6 +34,7 @@ from collections.abc import AsyncGenerator, Iterable, Sequence
 from datetime import UTC, datetime, timedelta
 from typing import Any
 
+from opentelemetry.trace import Span
 from prometheus_client import Counter, Gauge
 from pymongo import UpdateOne
 from pymongo.asynchronous.collection import AsyncCollection
@@ -41,11 +43,13 @@ from pymongo.asynchronous.database import AsyncDatabase
 from shared.envelope import Envelope, ce_time, parse_ce_time
 from shared.kafka import EventProducer, Record, record_of
 from shared.logging import get_logger
+from shared.tracing import enabled as tracing_enabled
+from shared.tracing import end_all, start_publish, traceparent_of
 
 log = get_logger(__name__)
 
-OUTBOX_PUBLISHED = Counter("outbox_published_total", "Events published by the outbox relay", ["service"])
-OUTBOX_PENDING = Gauge("outbox_pending_documents", "Documents with unpublished events at last poll", ["service"])
+OUTBOX_PUBLISHED = Counter("bridge_outbox_published_total", "Events published by the outbox relay", ["service"])
+OUTBOX_PENDING = Gauge("bridge_outbox_pending_documents", "Documents with unpublished events at last poll", ["service"])
 
 # Documents whose outbox holds anything.
 PENDING = {"outbox.0": {"$exists": True}}
@@ -60,7 +64,7 @@ def outbox_entry(event: Envelope) -> dict[str, Any]:
     ``time`` is the ``ce_time`` text rather than a BSON date: a BSON date keeps milliseconds only,
     and the relay removes an entry by matching it whole.
     """
-    return {
+    entry = {
         "id": event.id,
         "type": event.type,
         "topic": event.topic,
@@ -70,10 +74,16 @@ def outbox_entry(event: Envelope) -> dict[str, Any]:
         "time": ce_time(event.time),
         "data": event.data,
     }
+    if event.traceparent:
+        entry["traceparent"] = event.traceparent
+    return entry
 
 
-def entry_record(entry: dict[str, Any]) -> Record:
-    """The Kafka message of an outbox entry, exactly as ``record_of`` builds it for the event."""
+def entry_record(entry: dict[str, Any], traceparent: str | None = None) -> Record:
+    """The Kafka message of an outbox entry, exactly as ``record_of`` builds it for the event.
+
+    ``traceparent`` (the relay's publish span) replaces the context the entry was written in.
+    """
     return record_of(
         Envelope(
             id=entry["id"],
@@ -83,6 +93,7 @@ def entry_record(entry: dict[str, Any]) -> Record:
             key=entry["key"],
             time=parse_ce_time(entry["time"]),
             data=entry["data"],
+            traceparent=traceparent or entry.get("traceparent"),
         )
     )
 
@@ -262,17 +273,26 @@ class OutboxRelay:
             async for name, docs in chunks:
                 sent: list[tuple[Any, list[dict[str, Any]]]] = []
                 records: list[Record] = []
+                spans: list[Span] = []
+                traced = tracing_enabled()
                 for d in docs:
                     entries = [e for e in d.get("outbox", ()) if e["id"] not in self._in_flight]
                     if entries:
                         sent.append((d["_id"], entries))
-                        records.extend(entry_record(e) for e in entries)
+                        if traced:
+                            records.extend(self._traced_record(e, spans) for e in entries)
+                        else:
+                            records.extend(entry_record(e) for e in entries)
                         self._in_flight.update(e["id"] for e in entries)
                 found += len(records)
-                acks = await self._producer.queue(self._topic_of, records)
+                try:
+                    acks = await self._producer.queue(self._topic_of, records)
+                except BaseException as exc:
+                    end_all(spans, exc)
+                    raise
                 if removing is not None:
                     await removing
-                removing = asyncio.create_task(self._remove(name, sent, acks))
+                removing = asyncio.create_task(self._remove(name, sent, acks, spans))
             if removing is not None:
                 await removing
                 removing = None
@@ -285,9 +305,29 @@ class OutboxRelay:
         OUTBOX_PENDING.labels(self._service).set(found)
         return found
 
-    async def _remove(self, name: str, sent: list[tuple[Any, list[dict[str, Any]]]], acks: asyncio.Future[Any]) -> None:
+    def _traced_record(self, entry: dict[str, Any], spans: list[Span]) -> Record:
+        """The entry's Kafka message, sent in a publish span that continues the entry's trace."""
+        topic = entry["topic"]
+        span = start_publish(self._topic_of.get(topic, topic), entry["id"], entry["type"], entry.get("traceparent"))
+        if span is None:
+            return entry_record(entry)
+        spans.append(span)
+        return entry_record(entry, traceparent_of(span))
+
+    async def _remove(
+        self,
+        name: str,
+        sent: list[tuple[Any, list[dict[str, Any]]]],
+        acks: asyncio.Future[Any],
+        spans: Sequence[Span] = (),
+    ) -> None:
         """Once Kafka acknowledged a chunk, take its entries out of their documents."""
-        await acks
+        try:
+            await acks
+        except BaseException as exc:
+            end_all(spans, exc)
+            raise
+        end_all(spans)
         count = sum(len(entries) for _, entries in sent)
         OUTBOX_PUBLISHED.labels(self._service).inc(count)
         self.published += count

@@ -491,14 +491,18 @@ def _team(e: ev.TeamCreated | ev.TeamUpdated | ev.TeamDeactivated) -> list[tuple
 
 
 def _volunteer(
-    e: ev.VolunteerRegistered | ev.VolunteerUpdated | ev.VolunteerLeft,
+    e: ev.VolunteerRegistered
+    | ev.VolunteerUpdated
+    | ev.VolunteerRegisteredV2
+    | ev.VolunteerUpdatedV2
+    | ev.VolunteerLeft,
 ) -> list[tuple[str, str, dict[str, Any]]]:
     fields: dict[str, Any] = {"unit_code": e.unit_code, "unit_path": list(e.unit_path)}
     if isinstance(e, ev.VolunteerLeft):
         fields["active"] = False
     else:
         fields["skills"] = [s.value for s in e.skills]
-        fields["active"] = e.active if isinstance(e, ev.VolunteerUpdated) else True
+        fields["active"] = e.active if isinstance(e, ev.VolunteerUpdated | ev.VolunteerUpdatedV2) else True
     return [(VOLUNTEERS, e.volunteer_id, fields)]
 
 
@@ -529,6 +533,8 @@ _FOLDS: dict[str, Fold] = {
     ev.TEAM_DEACTIVATED: _team,
     ev.VOLUNTEER_REGISTERED: _volunteer,
     ev.VOLUNTEER_UPDATED: _volunteer,
+    ev.VOLUNTEER_REGISTERED_V2: _volunteer,
+    ev.VOLUNTEER_UPDATED_V2: _volunteer,
     ev.VOLUNTEER_LEFT: _volunteer,
     ev.MEMBERSHIP_STARTED: _membership,
     ev.MEMBERSHIP_ENDED: _membership,

@@ -24,6 +24,7 @@ from shared.mongo import connect, ensure_indexes, ping
 from shared.outbox import OutboxRelay
 from shared.settings import ServiceSettings
 from shared.topics import EVENT_TOPICS, ensure_topics
+from shared.tracing import configure_tracing
 
 log = get_logger(__name__)
 
@@ -70,14 +71,14 @@ class Runtime:
         indexes: Mapping[str, Sequence[IndexModel]] | None = None,
     ) -> None:
         self.settings = settings
+        # Spans are exported only when an OTLP endpoint is set (``otlp_endpoint`` or OTEL_EXPORTER_OTLP_ENDPOINT).
+        configure_tracing(settings.service_name, settings.otlp_endpoint)
         self.client = connect(
             settings.mongo_url, max_pool_size=settings.mongo_max_pool_size, slow_ms=settings.mongo_slow_ms
         )
         self.db = self.client[settings.mongo_db]
         self.producer = EventProducer(settings.kafka_bootstrap, client_id=settings.service_name)
-        self.authenticator = Authenticator(
-            algorithm=settings.jwt_algorithm, secret=settings.jwt_secret, public_key=settings.jwt_public_key
-        )
+        self.authenticator = Authenticator.from_settings(settings)
         self.topic_of = {t: settings.topic(t) for t in EVENT_TOPICS}
         self._indexes = dict(indexes or {})
         self._outbox_collections = list(outbox_collections)

@@ -18,6 +18,8 @@ VISITS_TOPIC = "visits.events.v1"
 TRAINING_TOPIC = "training.events.v1"
 REPORTING_TOPIC = "reporting.events.v1"
 EVENT_TOPICS = (REGISTRY_TOPIC, VISITS_TOPIC, TRAINING_TOPIC, REPORTING_TOPIC)
+# The topics whose events move indicators: what the metrics projector and its event log read.
+COUNTED_TOPICS = (REGISTRY_TOPIC, VISITS_TOPIC, TRAINING_TOPIC)
 
 
 def dlq_topic(topic: str) -> str:

@@ -81,6 +81,30 @@ class Indicator(StrEnum):
     team_members = "team_members"
 
 
+class AgeBand(StrEnum):
+    """A volunteer's age, in the bands the union reports by: events carry no birth year (.v2)."""
+
+    under_16 = "under_16"
+    from_16_to_30 = "16_30"
+    from_31_to_45 = "31_45"
+    from_46_to_60 = "46_60"
+    over_60 = "over_60"
+
+    @classmethod
+    def of(cls, birth_year: int, year: int) -> AgeBand:
+        """The band of someone born in ``birth_year``, in ``year`` (age as of the year's end)."""
+        age = year - birth_year
+        if age < 16:
+            return cls.under_16
+        if age <= 30:
+            return cls.from_16_to_30
+        if age <= 45:
+            return cls.from_31_to_45
+        if age <= 60:
+            return cls.from_46_to_60
+        return cls.over_60
+
+
 class Setting(StrEnum):
     household = "household"
     service_centre = "service_centre"

@@ -10,7 +10,7 @@ from datetime import date
 
 from pydantic import Field
 
-from shared.contracts.common import Contract, Indicator, Role, Skill, TeamKind, UnitKind, UnitPath
+from shared.contracts.common import AgeBand, Contract, Indicator, Role, Skill, TeamKind, UnitKind, UnitPath
 
 PREFIX = "org.youthunion.registry."
 UNIT_CREATED = PREFIX + "unit.created.v1"
@@ -18,8 +18,12 @@ UNIT_UPDATED = PREFIX + "unit.updated.v1"
 TEAM_CREATED = PREFIX + "team.created.v1"
 TEAM_UPDATED = PREFIX + "team.updated.v1"
 TEAM_DEACTIVATED = PREFIX + "team.deactivated.v1"
+# .v1 carried the birth year; producers send .v2 (an age band) since contract v2. Both stay readable:
+# the log keeps every .v1 event ever sent.
 VOLUNTEER_REGISTERED = PREFIX + "volunteer.registered.v1"
 VOLUNTEER_UPDATED = PREFIX + "volunteer.updated.v1"
+VOLUNTEER_REGISTERED_V2 = PREFIX + "volunteer.registered.v2"
+VOLUNTEER_UPDATED_V2 = PREFIX + "volunteer.updated.v2"
 VOLUNTEER_LEFT = PREFIX + "volunteer.left.v1"
 MEMBERSHIP_STARTED = PREFIX + "membership.started.v1"
 MEMBERSHIP_ENDED = PREFIX + "membership.ended.v1"
@@ -149,6 +153,30 @@ class VolunteerUpdated(Contract):
     previous_skills: list[Skill] | None = None
 
 
+class VolunteerRegisteredV2(Contract):
+    """A volunteer joined: no personal data but an age band."""
+
+    volunteer_id: str
+    unit_code: str
+    unit_path: UnitPath
+    roles: list[Role]
+    skills: list[Skill]
+    age_band: AgeBand
+
+
+class VolunteerUpdatedV2(Contract):
+    volunteer_id: str
+    unit_code: str
+    unit_path: UnitPath
+    roles: list[Role]
+    skills: list[Skill]
+    age_band: AgeBand
+    active: bool
+    previous_unit_path: UnitPath
+    previous_roles: list[Role] | None = None
+    previous_skills: list[Skill] | None = None
+
+
 class VolunteerLeft(Contract):
     volunteer_id: str
     unit_code: str
@@ -211,6 +239,8 @@ EVENTS: dict[str, type[Contract]] = {
     TEAM_DEACTIVATED: TeamDeactivated,
     VOLUNTEER_REGISTERED: VolunteerRegistered,
     VOLUNTEER_UPDATED: VolunteerUpdated,
+    VOLUNTEER_REGISTERED_V2: VolunteerRegisteredV2,
+    VOLUNTEER_UPDATED_V2: VolunteerUpdatedV2,
     VOLUNTEER_LEFT: VolunteerLeft,
     MEMBERSHIP_STARTED: MembershipStarted,
     MEMBERSHIP_ENDED: MembershipEnded,
