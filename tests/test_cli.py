@@ -10,6 +10,7 @@ import asyncio
 import csv
 import io
 import json
+import logging
 import shutil
 import socket
 from collections.abc import Callable, Sequence
@@ -19,6 +20,7 @@ from typing import Any
 import httpx
 import openpyxl
 import pytest
+import structlog
 import uvicorn
 from aiokafka import AIOKafkaConsumer, TopicPartition
 from aiokafka.admin import AIOKafkaAdminClient
@@ -33,10 +35,23 @@ from shared.contracts import registry as reg
 from shared.contracts.common import TeamKind
 from shared.envelope import Envelope, make_event
 from shared.kafka import EventProducer
+from shared.logging import HANDLER_NAME
 from shared.mongo import connect
 from shared.settings import ServiceSettings
 from shared.testing import token, wait_until
 from shared.topics import EVENT_TOPICS, REGISTRY_TOPIC
+
+
+@pytest.fixture(autouse=True)
+def _logging_left_as_it_was() -> Any:
+    """``rebuild`` configures logging to the stdout CliRunner swaps in and closes: undo it after each test,
+    or later tests log into a closed file."""
+    yield
+    structlog.reset_defaults()
+    root = logging.getLogger()
+    for handler in [h for h in root.handlers if h.get_name() == HANDLER_NAME]:
+        root.removeHandler(handler)
+
 
 pytestmark = [pytest.mark.kafka, pytest.mark.mongo]
 
@@ -266,11 +281,6 @@ async def test_dead_letter_listed_then_replayed_to_its_topic_and_handled(make_se
     assert headers["dlq_replay_of"].decode().startswith(settings.topic(REGISTRY_TOPIC) + ".dlq:")
 
 
-@pytest.mark.xfail(
-    strict=True,
-    reason="ConsumerRunner records an event's id before handling it and keeps it when the event is "
-    "dead-lettered, so its replayed copy (same id, later offset) is skipped as a duplicate",
-)
 async def test_replayed_dead_letter_reaches_a_consumer_that_deduplicates(make_settings: Callable[..., Any]) -> None:
     settings: ServiceSettings = make_settings(ServiceSettings)
     handler, event, _ = await _dead_letter_then_replay(settings, dedup=True)

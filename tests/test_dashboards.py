@@ -49,7 +49,7 @@ from shared.envelope import Envelope, make_event
 from shared.infra import free_port
 from shared.kafka import EventProducer
 from shared.testing import token, wait_until
-from shared.topics import EVENT_TOPICS, ensure_topics_sync
+from shared.topics import COUNTED_TOPICS, EVENT_TOPICS, ensure_topics_sync
 
 ROOT = Path(__file__).resolve().parent.parent
 DASHBOARD_DIR = ROOT / "deploy" / "grafana" / "dashboards"
@@ -671,9 +671,9 @@ async def _assert_dashboard_figures(prom: httpx.AsyncClient) -> None:
     assert single("sum(bridge_consumer_events_dead_lettered_total) or vector(0)") == 0
     assert result("sum by (job, consumer, topic) (rate(bridge_consumer_events_processed_total[$__rate_interval]))")
     applied = result("sum by (topic) (rate(bridge_projector_events_applied_total[$__rate_interval]))")
-    assert len(applied) == len(EVENT_TOPICS)
+    assert len(applied) == len(COUNTED_TOPICS)
     ages = values_by(result("time() - max by (topic) (bridge_projection_last_event_timestamp_seconds)"), "topic")
-    assert len(ages) == len(EVENT_TOPICS)
+    assert len(ages) == len(COUNTED_TOPICS)
     assert all(0 <= age < 600 for age in ages.values()), ages
     latency = values_by(result(P99_BY_SERVICE), "service")
     assert math.isfinite(latency["metrics"])

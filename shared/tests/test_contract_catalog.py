@@ -241,6 +241,7 @@ class VisitFiguresNarrowed(Contract):
     people: vis.People
     services: vis.Services
     area: Area | None = None
+    team_code: str | None = None
 
 
 class VisitVoidedBroken(Contract):
