@@ -200,3 +200,22 @@ async def test_an_office_can_ask_how_visits_takes_records_for_a_unit(seeded: Vis
     unknown = await seeded.client.get("/v1/units/QN-KHONG-CO", headers=ADMIN)
     assert unknown.status_code == 404
     assert unknown.headers["content-type"].startswith("application/problem+json")
+
+
+async def test_a_manager_of_the_successor_reads_the_merged_units_earlier_records(seeded: Visits) -> None:
+    await seeded.registry_sends(unit("QN-CL", "Xã Cẩm La", CL), team("CL-MOBILE", CL), unit("QN-CT", "Huyện Cô Tô", CT))
+    r = await seeded.client.post(
+        "/v1/visits", json=visit_body(team_code="CL-MOBILE", unit_code="QN-CL", volunteer_ids=[]), headers=ADMIN
+    )
+    assert (r.status_code, r.json()["unit_path"]) == (201, CL), r.text
+    old = r.json()["id"]
+    halong, coto = token("manager", "QN-HL", sub="manager-hl"), token("manager", "QN-CT", sub="manager-ct")
+    assert (await seeded.client.get(f"/v1/visits/{old}", headers=halong)).status_code == 404  # not merged yet
+    await seeded.registry_sends(team_moved("CL-MOBILE", HL, CL), unit_merged("QN-CL", HL))
+
+    listed = await seeded.client.get("/v1/visits", headers=halong)
+    assert old in [v["id"] for v in listed.json()["items"]]
+    got = await seeded.client.get(f"/v1/visits/{old}", headers=halong)
+    assert (got.status_code, got.json()["unit_path"]) == (200, CL)  # its history keeps the old path
+    assert old not in [v["id"] for v in (await seeded.client.get("/v1/visits", headers=coto)).json()["items"]]
+    assert (await seeded.client.get(f"/v1/visits/{old}", headers=coto)).status_code == 404

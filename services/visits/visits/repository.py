@@ -136,6 +136,10 @@ class RegistryFacts:
     volunteers: dict[str, bool] = field(default_factory=dict)
 
 
+# A chain of merges longer than this is bad data; reading stops rather than loops.
+MAX_MERGED = 10_000
+
+
 class RegistryReader:
     """Lookups in the read model that :class:`shared.registry_view.RegistryView` maintains.
 
@@ -160,6 +164,17 @@ class RegistryReader:
             doc = await (self._cache.load(collection, key, find) if self._cache is not None else find())
             if doc is not None:
                 found[key] = doc
+        return found
+
+    async def merged_into(self, unit: str) -> list[str]:
+        """Units merged into ``unit`` or a unit below it (and those merged into them), whose records
+        keep their old paths: a manager of the successor reads them."""
+        found: list[str] = []
+        todo = [unit]
+        while todo and len(found) < MAX_MERGED:
+            batch = self._db[rm.UNITS].find({"status": rm.MERGED, "successor_path": {"$in": todo}}, {"_id": 1})
+            todo = [d["_id"] async for d in batch if d["_id"] not in found]
+            found += todo
         return found
 
     async def teams(self, codes: Iterable[str]) -> dict[str, Document]:

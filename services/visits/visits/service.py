@@ -241,23 +241,26 @@ def principal_doc(p: Principal) -> Document:
     return {"sub": p.sub, "role": p.role.value, "unit": p.unit, "teams": list(p.teams)}
 
 
-def can_read(p: Principal, doc: Document) -> bool:
+def can_read(p: Principal, doc: Document, merged: Sequence[str] = ()) -> bool:
+    """``merged``: units merged into the principal's subtree, whose old records it now reads."""
     if p.role is Role.admin:
         return True
     if doc.get("unit_path") and p.in_scope(doc["unit_path"]):
+        return True
+    if merged and doc.get("unit_path") and not set(doc["unit_path"]).isdisjoint(merged):
         return True
     if p.role is Role.field and doc.get("team_code") in p.teams:
         return True
     return p.role in WRITERS and doc.get("submitted_by", {}).get("sub") == p.sub
 
 
-def read_scope(p: Principal) -> Document:
+def read_scope(p: Principal, merged: Sequence[str] = ()) -> Document:
     """The list filter matching :func:`can_read`."""
     if p.role is Role.admin:
         return {}
     options: list[Document] = []
     if p.unit:
-        options.append({"unit_path": p.unit})
+        options.append({"unit_path": {"$in": [p.unit, *merged]}} if merged else {"unit_path": p.unit})
     if p.role is Role.field and p.teams:
         options.append({"team_code": {"$in": list(p.teams)}})
     if p.role in WRITERS:
@@ -535,16 +538,21 @@ class Intake(Generic[ItemT]):
             raise NotFound(f"unit {code} is not known to this service (yet)", slug="unit-not-found")
         return known
 
+    async def _merged(self, principal: Principal) -> list[str]:
+        if principal.role is Role.admin or not principal.unit:
+            return []
+        return await self.reader.merged_into(principal.unit)
+
     async def get(self, principal: Principal, record_id: str) -> Document:
         doc = await self.records.get(record_id)
-        if doc is None or not can_read(principal, doc):
+        if doc is None or not can_read(principal, doc, await self._merged(principal)):
             raise NotFound(f"{self.noun} {record_id} not found")
         return doc
 
     async def _list(
         self, principal: Principal, query: Document, limit: int, cursor: str | None
     ) -> tuple[list[Document], str | None]:
-        scope = read_scope(principal)
+        scope = read_scope(principal, await self._merged(principal))
         combined = {"$and": [scope, query]} if scope and query else scope or query
         return await self.records.page(combined, limit, cursor)
 
