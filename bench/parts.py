@@ -1036,8 +1036,8 @@ async def write_api_part(b: Bench) -> None:
     evidence: dict[str, Any] = {}
     with contextlib.suppress(httpx.HTTPError):
         m = (await b.client.get(visits.url + "/metrics", timeout=10)).text
-        evidence["outbox_published_total"] = prom_sum(m, "outbox_published_total")
-        evidence["outbox_pending_documents"] = prom_sum(m, "outbox_pending_documents")
+        evidence["outbox_published_total"] = prom_sum(m, "bridge_outbox_published_total")
+        evidence["outbox_pending_documents"] = prom_sum(m, "bridge_outbox_pending_documents")
     try:
         r = await b.client.get(visits.url + "/readyz", timeout=10)
         evidence["readyz"] = r.status_code
@@ -1207,8 +1207,9 @@ async def relay_swept(b: Bench, svc: Service, timeout: float = 120.0) -> float |
     deadline = now() + timeout
     while now() < deadline:
         with contextlib.suppress(httpx.HTTPError):
-            r = await b.client.get(svc.url + "/metrics", params={"name[]": ["outbox_pending_documents"]}, timeout=5)
-            if prom_has(r.text, "outbox_pending_documents"):
+            pending = {"name[]": ["bridge_outbox_pending_documents"]}
+            r = await b.client.get(svc.url + "/metrics", params=pending, timeout=5)
+            if prom_has(r.text, "bridge_outbox_pending_documents"):
                 return now() - svc.started
         await asyncio.sleep(0.1)
     return None

@@ -28,6 +28,8 @@ from typing import Any
 from aiokafka import AIOKafkaConsumer
 
 from bench import parts
+from bench.peer_part import peer_part
+from bench.scale import DEFAULT_BUDGET_MIN, DEFAULT_SCALES, scale_part
 from shared.envelope import decode
 from shared.infra import FERRETDB_VERSION, KAFKA_VERSION, FerretDB, KafkaBroker
 from shared.kafka import EventProducer
@@ -284,7 +286,13 @@ async def run(selected: set[str], scale: float) -> dict[str, Any]:
                     ),
                 }
             )
-        await parts.run_service_parts(selected, scale, kafka, ferret, results)
+        await parts.run_service_parts(selected - {"peer", "scale"}, scale, kafka, ferret, results)
+        # Last, with every service stopped: it times a JVM and a service against each other.
+        if "peer" in selected:
+            await peer_part(kafka, ferret, scale, results)
+        # Only when asked for (--parts scale, or `make bench-scale`): a system of its own, for an hour or more.
+        if "scale" in selected:
+            await scale_part(results, DEFAULT_SCALES, DEFAULT_BUDGET_MIN * 60)
     finally:
         kafka.stop()
         ferret.stop()
@@ -296,7 +304,7 @@ def main() -> int:
     logging.basicConfig(level=logging.ERROR)
     logging.getLogger("aiokafka").setLevel(logging.CRITICAL)  # leader-election retries at topic creation
     p = argparse.ArgumentParser(description=__doc__)
-    p.add_argument("--parts", default="relay,projector,freshness,write_api,restart")
+    p.add_argument("--parts", default="relay,projector,freshness,write_api,restart,peer")
     p.add_argument("--scale", type=float, default=1.0, help="shrink every workload (e.g. 0.05 for a smoke run)")
     a = p.parse_args()
     results = asyncio.run(run(set(a.parts.split(",")), a.scale))

@@ -2,10 +2,12 @@
 
 Everything goes through the services' public REST APIs. At the end the script prints its own ground
 truth (the plan counted by DOMAIN.md's rules) beside the metrics service's ``GET /v1/summary`` and
-exits non-zero if any indicator differs. ``--scale 0.05`` replays the same campaign, smaller.
+exits non-zero if any indicator differs. ``--scale 0.05`` replays the same campaign, smaller;
+``--scale 100`` the province-wide rollout (the same communes, a hundred times the teams and records).
 
     make demo                                  # the article's figures (about 20 000 records)
     make demo ARGS="--seed 3 --scale 0.1 --out /tmp/demo.json"
+    make demo ARGS="--scale 10"                # about 200 000 records
 """
 
 from __future__ import annotations
@@ -24,12 +26,14 @@ from typing import Any
 import httpx
 
 from scripts.run import REPO, SERVICES, _state
+from scripts.simulator.closing import WeekCloser
 from scripts.simulator.driver import Api, DemoError, Progress, Replay, estimate_requests
-from scripts.simulator.plan import Plan, build_plan
+from scripts.simulator.plan import TYPHOON_WEEK, Plan, build_plan
 from scripts.simulator.truth import Tally, campaign_actuals, flatten, tally
 from shared.auth import issue_token
 from shared.settings import DEV_JWT_SECRET
 
+MIN_SCALE, MAX_SCALE = 0.05, 100.0
 # What the article reports (DOMAIN.md), shown beside the replayed figures.
 ARTICLE = {
     "teams.permanent": "55",
@@ -71,6 +75,15 @@ class DemoResult:
     report_differences: dict[str, tuple[int, int | None]] = field(default_factory=dict)
     report_xlsx: bytes = b""
     report_filename: str = ""
+    # Closing the weeks (#21): the ISO weeks closed as the replay went, per closed week how its revised
+    # figures differ from the ground truth, the late records of the typhoon week's ISO weeks, and the
+    # province's narrative of the last closed week.
+    closed_weeks: list[str] = field(default_factory=list)
+    closing_differences: dict[str, dict[str, tuple[int, int | None]]] = field(default_factory=dict)
+    typhoon_adjustments: dict[str, int] = field(default_factory=dict)
+    narrative_week: str = ""
+    narrative_md: str = ""
+    narrative_html: str = ""
 
     @property
     def differences(self) -> dict[str, tuple[int, int]]:
@@ -141,7 +154,18 @@ async def run_demo(
     try:
         metrics = api.clients["metrics"]
         baseline = await fetch_summary(metrics)
-        await Replay(plan, api, checkpoint).run()
+        fresh = not any(baseline.values())
+        closer = WeekCloser(api.call, plan.units[0].code, plan.day0, lambda code: len(plan.path(code)) - 1)
+
+        async def reached(phase: str) -> None:
+            # A fresh system closes each ISO week once the replay has passed its Sunday.
+            if fresh and phase.startswith("week "):
+                progress.set_phase(f"closing the weeks up to {phase}")
+                await closer.after(plan.day0 + timedelta(days=7 * int(phase.split()[1]) - 1))
+            if checkpoint is not None:
+                await checkpoint(phase)
+
+        await Replay(plan, api, reached).run()
         progress.set_phase("waiting for the metrics to catch up")
         truth_flat = flatten(truth.summary())
         # Current-state and dated figures of earlier replays (another --tag) stay in the totals.
@@ -158,6 +182,7 @@ async def run_demo(
                 result.progress[c.code] = resp.json()["targets"]
                 result.progress_expected[c.code] = {f"{i}@{u}": v for (i, u), v in actuals[c.code].items()}
             await _weekly_report(metrics, result)
+            await _closed_weeks(closer, result)
         return result
     finally:
         progress.close()
@@ -182,6 +207,27 @@ async def _weekly_report(metrics: httpx.AsyncClient, result: DemoResult) -> None
     result.report_filename = disposition.partition('filename="')[2].rstrip('"') or f"bao-cao_{root}_{first}.xlsx"
 
 
+async def _closed_weeks(closer: WeekCloser, result: DemoResult) -> None:
+    """Every closed week's revised figures against the ground truth, and the last week's narrative."""
+    plan, root = result.plan, closer.root
+    typhoon = {plan.day0 + timedelta(days=7 * TYPHOON_WEEK + d) for d in range(7)}
+    for week in closer.closed:
+        monday, sunday = closer.weeks[week]
+        figures = await closer.figures(week)
+        want = flatten(result.truth.summary(root, monday, sunday))
+        got = figures["revised"]
+        wrong = {k: (v, got.get(k)) for k, v in want.items() if got.get(k) != v}
+        if wrong:
+            result.closing_differences[week] = wrong
+        if any(monday <= day <= sunday for day in typhoon):
+            result.typhoon_adjustments[week] = len(figures["adjustments"])
+    result.closed_weeks = list(closer.closed)
+    if closer.closed:
+        result.narrative_week = closer.closed[-1]
+        result.narrative_md = await closer.narrative(result.narrative_week, "md")
+        result.narrative_html = await closer.narrative(result.narrative_week, "html")
+
+
 def _stats(api: Api) -> dict[str, Any]:
     s = api.stats
     return {
@@ -203,6 +249,12 @@ def render(result: DemoResult) -> str:
     truth = flatten(result.truth.summary())
     it = len({m for t in p.teams if t.kind == "campaign" for m in t.members if "it" in p.volunteers[m].skills})
     far = sum(truth[f"households_by_area.{a}"] for a in ("remote", "border", "island"))
+    corrections = voids = late = 0
+    for v in p.visits:  # one pass: a province-wide plan makes its records again on every pass
+        corrections += v.correction is not None
+        voids += v.void_reason is not None
+        late += v.typhoon
+    voids += sum(x.void_reason is not None for x in p.posts)
     lines = [
         "",
         f"Seven-week campaign {p.day0} .. {p.last_day} (seed {p.seed}, scale {p.scale:g}): "
@@ -211,9 +263,7 @@ def render(result: DemoResult) -> str:
         f"permanent teams; {_fmt(it)} IT volunteers in campaign teams; {_fmt(far)} households visited in remote, "
         "border and island areas",
         f"  {result.stats['replays_answered_as_duplicate']:,} re-sent records answered as duplicates; "
-        f"{sum(v.correction is not None for v in p.visits)} corrections, "
-        f"{sum(v.void_reason is not None for v in p.visits) + sum(x.void_reason is not None for x in p.posts)} voids, "
-        f"{sum(v.typhoon for v in p.visits)} late typhoon-week records, "
+        f"{corrections:,} corrections, {voids:,} voids, {late:,} late typhoon-week records, "
         f"{sum(c.cancel_reason is not None for c in p.courses)} cancelled courses",
     ]
     if p.merge is not None:
@@ -266,7 +316,9 @@ def to_json(result: DemoResult) -> dict[str, Any]:
 def main(argv: list[str] | None = None) -> int:
     ap = argparse.ArgumentParser(prog="make demo", description=__doc__, formatter_class=argparse.RawTextHelpFormatter)
     ap.add_argument("--seed", type=int, default=7, help="random seed; the same seed replays the same campaign")
-    ap.add_argument("--scale", type=float, default=1.0, help="shrink every figure (e.g. 0.05); 1 = the article")
+    ap.add_argument(
+        "--scale", type=float, default=1.0, help=f"{MIN_SCALE:g} to {MAX_SCALE:g}; 1 = the article, 100 = province-wide"
+    )
     ap.add_argument("--tag", default="", help="suffix for codes, to replay again beside an earlier replay")
     ap.add_argument("--concurrency", type=int, default=16)
     ap.add_argument("--out", type=Path, help="write ground truth and metrics summary as JSON here")
@@ -276,8 +328,8 @@ def main(argv: list[str] | None = None) -> int:
     ap.add_argument("--no-progress", action="store_true")
     ap.add_argument("--metrics-timeout", type=float, default=60.0)
     a = ap.parse_args(argv)
-    if not 0 < a.scale <= 5:
-        ap.error("--scale must be in (0, 5]")
+    if not MIN_SCALE <= a.scale <= MAX_SCALE:
+        ap.error(f"--scale must be from {MIN_SCALE:g} to {MAX_SCALE:g}")
     urls = default_urls(a.data_dir)
     for s in SERVICES:
         override = getattr(a, f"{s.name}_url")
@@ -310,11 +362,24 @@ def main(argv: list[str] | None = None) -> int:
         assert result.report_week is not None
         verdict = "matches the ground truth" if not result.report_differences else "DIFFERS from the ground truth"
         print(f"Báo cáo tuần / weekly report {result.report_week[0]} .. {result.report_week[1]} ({verdict}): {path}")
+    if result.narrative_md:
+        print()
+        print(result.narrative_md)
+        for ext, text in (("md", result.narrative_md), ("html", result.narrative_html)):
+            out = a.data_dir / "reports" / f"tuong-thuat_{result.plan.units[0].code}_{result.narrative_week}.{ext}"
+            out.write_text(text, encoding="utf-8")
+        late = ", ".join(f"{w}: {n}" for w, n in result.typhoon_adjustments.items())
+        verdict = "match the ground truth" if not result.closing_differences else "DIFFER from the ground truth"
+        print(
+            f"Đã chốt / closed {len(result.closed_weeks)} weeks ({', '.join(result.closed_weeks)}); revised figures "
+            f"{verdict}; typhoon-week adjustments: {late or 'none'}; narrative: {out.with_suffix('.md')}"
+        )
     if a.out:
         a.out.parent.mkdir(parents=True, exist_ok=True)
         a.out.write_text(json.dumps(to_json(result), indent=2, ensure_ascii=False) + "\n", encoding="utf-8")
         print(f"Wrote {a.out}")
-    return 1 if result.differences or result.progress_differences or result.report_differences else 0
+    failed = result.differences or result.progress_differences or result.report_differences
+    return 1 if failed or result.closing_differences else 0
 
 
 if __name__ == "__main__":

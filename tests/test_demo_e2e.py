@@ -320,6 +320,17 @@ async def test_demo_replay_matches_summary_campaign_progress_and_prometheus_gaug
     assert header[:2] == ["Mã đơn vị / Unit code", "Đơn vị / Unit"]
     assert "Hộ gia đình được thăm / Households visited" in header
 
+    # Every ISO week was closed as the replay passed its Sunday; what reached the log later (the
+    # typhoon week's uploads, the corrections and voids) made the revised figures equal the ground
+    # truth, and the province's narrative of the last week shows the typhoon week's late records.
+    assert len(result.closed_weeks) >= 6
+    assert result.closing_differences == {}
+    assert sum(result.typhoon_adjustments.values()) > 0
+    assert result.narrative_md.startswith(f"# Báo cáo tuần {result.narrative_week} / Weekly report")
+    typhoon_week = max(result.typhoon_adjustments, key=lambda w: result.typhoon_adjustments[w])
+    assert f"- Tuần {typhoon_week} (đã chốt / closed): " in result.narrative_md
+    assert result.narrative_html.startswith("<!doctype html>")
+
     async with httpx.AsyncClient(base_url=urls["metrics"], headers=token("admin"), timeout=30) as metrics:
         # A commune's subtree figure, not only the province's.
         commune = next(result.plan.current_unit(t.unit) for t in result.plan.teams if t.kind == "mobile")

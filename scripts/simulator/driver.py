@@ -12,7 +12,7 @@ import itertools
 import sys
 import time
 from collections import defaultdict
-from collections.abc import Awaitable, Callable, Iterable, Mapping, Sequence
+from collections.abc import Awaitable, Callable, Container, Iterable, Mapping, Sequence
 from dataclasses import dataclass, field
 from typing import Any, TypeVar
 
@@ -84,7 +84,12 @@ class Api:
     """httpx clients for the four services, a concurrency limit and retries on transient failures."""
 
     def __init__(
-        self, urls: Mapping[str, str | Sequence[str]], token: str, concurrency: int, progress: Progress
+        self,
+        urls: Mapping[str, str | Sequence[str]],
+        token: str,
+        concurrency: int,
+        progress: Progress,
+        timeout: float = 60.0,
     ) -> None:
         limits = httpx.Limits(max_connections=concurrency, max_keepalive_connections=concurrency)
         headers = {"Authorization": f"Bearer {token}"}
@@ -92,7 +97,7 @@ class Api:
         # cannot reach a replica (killed, restarting) is sent again to the next.
         self.replicas = {
             name: [
-                httpx.AsyncClient(base_url=url, headers=headers, timeout=60.0, limits=limits)
+                httpx.AsyncClient(base_url=url, headers=headers, timeout=timeout, limits=limits)
                 for url in ([given] if isinstance(given, str) else given)
             ]
             for name, given in urls.items()
@@ -132,6 +137,7 @@ class Api:
         count: bool = True,
     ) -> httpx.Response:
         delay = 0.2
+        lost = False  # a request sent again after its answer was lost may have been applied already
         for attempt in range(8):
             try:
                 replicas = self.replicas[service]
@@ -142,12 +148,19 @@ class Api:
                 if attempt == 7:
                     raise DemoError(f"{service} {method} {path}: {exc!r}") from exc
                 resp = None
+                lost = lost or not isinstance(exc, httpx.ConnectError)
             if resp is not None and resp.status_code in ok:
+                resp.extensions["resent_after_lost_answer"] = lost
                 if count:
                     self.stats.requests += 1
                     self.progress.advance()
                 return resp
-            busy = resp is not None and resp.status_code == 409 and "busy" in resp.text
+            # "busy" and "concurrent-change" conflicts ask the client to retry (a merge moving hundreds of teams).
+            busy = (
+                resp is not None
+                and resp.status_code == 409
+                and ("busy" in resp.text or "concurrent-change" in resp.text)
+            )
             if resp is not None and resp.status_code not in RETRYABLE and not busy:
                 raise DemoError(f"{service} {method} {path} -> {resp.status_code}: {resp.text[:500]}")
             self.stats.retried_after_error += 1
@@ -173,20 +186,27 @@ def chunks(items: Sequence[T], size: int = BATCH) -> list[Sequence[T]]:
 
 
 def estimate_requests(plan: Plan) -> int:
-    """Roughly how many requests :class:`Replay` makes (for the progress bar)."""
-    vb = {(v.team, plan.week_of(v.visited_on)) for v in plan.visits if not v.single}
-    pb = {(p.unit, plan.week_of(p.published_on)) for p in plan.posts}
+    """Roughly how many requests :class:`Replay` makes (for the progress bar): one pass over the plan."""
+    vb: dict[tuple[str, int], int] = defaultdict(int)
+    pb: dict[tuple[str, int], int] = defaultdict(int)
     n = len(plan.units) + len(plan.campaigns) + len(plan.teams) + 1
     n += -(-len(plan.volunteers) // ROSTER_BATCH) + -(-sum(v.retry for v in plan.volunteers) // ROSTER_BATCH)
     n += sum(v.leaves_on is not None for v in plan.volunteers)
-    n += len(vb) + len(plan.duplicate_visit_batches) + sum(1 + v.retry for v in plan.visits if v.single)
-    n += len(pb) + len(plan.duplicate_post_batches)
+    for v in plan.visits:
+        if v.single:
+            n += 1 + v.retry
+        else:
+            vb[(v.team, plan.week_of(v.visited_on))] += 1
+        n += (1 + v.correction_retry if v.correction else 0) + bool(v.void_reason)
+    for p in plan.posts:
+        pb[(p.unit, plan.week_of(p.published_on))] += 1
+        n += bool(p.void_reason)
+    n += sum(-(-k // BATCH) for k in vb.values()) + len(plan.duplicate_visit_batches)
+    n += sum(-(-k // BATCH) for k in pb.values()) + len(plan.duplicate_post_batches)
     for c in plan.courses:
         n += 1 + c.retry + bool(c.participants) + bool(c.sessions) + c.duplicate_session_upload
         n += len(c.marked_complete) + (c.completes or bool(c.cancel_reason))
-    n += sum(1 + v.correction_retry for v in plan.visits if v.correction)
-    n += sum(bool(v.void_reason) for v in plan.visits)
-    return n + sum(bool(p.void_reason) for p in plan.posts) + 1
+    return n + 1
 
 
 class Replay:
@@ -199,9 +219,11 @@ class Replay:
         # kill and restart replicas there, while consumers are still working off that phase.
         self._checkpoint = checkpoint
         self.volunteer_ids: dict[int, str] = {}
+        # Ids of the records corrected or voided later only: a province-wide replay sends half a million.
         self.visit_ids: dict[str, str] = {}
         self.post_ids: dict[str, str] = {}
         self.rejected: list[str] = []
+        self._void_twice: str | None = None  # the post whose void is sent twice
 
     # --- registry ---------------------------------------------------------------------------------
 
@@ -234,18 +256,24 @@ class Replay:
         # teams they join, a few hundred rows per upload.
         teams_of: dict[int, list[dict[str, str]]] = {}
         for t in p.teams:
-            since = (t.since or p.day0).isoformat()
+            membership = {"code": t.code, "since": (t.since or p.day0).isoformat()}  # one dict per team
             for k in t.members:
-                teams_of.setdefault(k, []).append({"code": t.code, "since": since})
+                teams_of.setdefault(k, []).append(membership)
         prefix = f"roster-{p.seed}-{p.day0}-{p.campaigns[0].code}"
-        rows = {
-            v.key: {**v.body(), "client_ref": f"{prefix}/{v.key}", "teams": teams_of.get(v.key, [])}
-            for v in p.volunteers
-        }
-        await gather_all(chunks(list(rows.items()), ROSTER_BATCH), self._roster)
+
+        def rows(keys: Sequence[int]) -> list[tuple[int, dict[str, Any]]]:
+            # Made per upload: 300,000 roster rows at once would be most of the replay's memory.
+            out = []
+            for key in keys:
+                v = p.volunteers[key]
+                out.append((key, {**v.body(), "client_ref": f"{prefix}/{key}", "teams": teams_of.get(key, [])}))
+            return out
+
+        everyone = range(len(p.volunteers))
+        await gather_all(chunks(everyone, ROSTER_BATCH), lambda keys: self._roster(rows(keys)))
         # Offices whose connection dropped before the answer send those rows again.
-        resent = [(v.key, rows[v.key]) for v in p.volunteers if v.retry]
-        await gather_all(chunks(resent, ROSTER_BATCH), lambda part: self._roster(part, resend=True))
+        resent = [v.key for v in p.volunteers if v.retry]
+        await gather_all(chunks(resent, ROSTER_BATCH), lambda keys: self._roster(rows(keys), resend=True))
 
     async def _team(self, t: Team) -> None:
         await self.api.call("registry", "POST", "/v1/teams", t.body())
@@ -255,9 +283,11 @@ class Replay:
 
     async def _roster(self, part: Sequence[tuple[int, dict[str, Any]]], *, resend: bool = False) -> None:
         resp = await self.api.call("registry", "POST", "/v1/volunteers:import", {"items": [r for _, r in part]})
-        want = "duplicate" if resend else "created"
+        want = {"duplicate"} if resend else {"created"}
+        if resp.extensions.get("resent_after_lost_answer"):
+            want.add("duplicate")  # the lost attempt created them
         for (key, r), got in zip(part, resp.json()["items"], strict=True):
-            if got["status"] != want or got["teams"] != [t["code"] for t in r["teams"]]:
+            if got["status"] not in want or got["teams"] != [t["code"] for t in r["teams"]]:
                 raise DemoError(f"roster row {r['client_ref']}: expected {want}, got {got}")
             if resend and got["id"] != self.volunteer_ids[key]:
                 raise DemoError("a re-sent roster row created a second volunteer")
@@ -273,7 +303,9 @@ class Replay:
 
     # --- visits and outreach ------------------------------------------------------------------------
 
-    def _check_items(self, what: str, refs: Sequence[str], result: dict[str, Any], ids: dict[str, str]) -> None:
+    def _check_items(
+        self, what: str, refs: Sequence[str], result: dict[str, Any], ids: dict[str, str], keep: Container[str]
+    ) -> None:
         items = result["items"]
         if len(items) != len(refs):
             raise DemoError(f"{what}: {len(items)} results for {len(refs)} items")
@@ -283,16 +315,17 @@ class Replay:
             self.api.stats.resolved_from_old_codes += bool(item.get("resolved_from"))
             if item["status"] == "rejected":
                 self.rejected.append(f"{what} {ref}: {item.get('problem')}")
-            elif item.get("id"):
+            elif item.get("id") and ref in keep:
                 ids[ref] = item["id"]
 
     async def _visit_batch(self, visits: Sequence[Visit], twice: bool) -> None:
         for part in chunks(visits):
             body = {"items": [v.body(self.volunteer_ids) for v in part]}
             refs = [v.client_ref for v in part]
+            later = {v.client_ref for v in part if v.correction or v.void_reason}
             for attempt in range(2 if twice else 1):
                 resp = await self.api.call("visits", "POST", "/v1/visits:batch", body)
-                self._check_items("visit", refs, resp.json(), self.visit_ids)
+                self._check_items("visit", refs, resp.json(), self.visit_ids, later)
                 if attempt:
                     dup = sum(i["status"] == "duplicate" for i in resp.json()["items"])
                     self.api.stats.replays_answered_as_duplicate += dup
@@ -300,10 +333,12 @@ class Replay:
     async def _single_visit(self, v: Visit) -> None:
         body = v.body(self.volunteer_ids)
         resp = await self.api.call("visits", "POST", "/v1/visits", body)
-        self.visit_ids[v.client_ref] = resp.json()["id"]
+        first = resp.json()["id"]
+        if v.correction or v.void_reason:
+            self.visit_ids[v.client_ref] = first
         if v.retry:
             again = await self.api.call("visits", "POST", "/v1/visits", body)
-            if again.status_code != 200 or again.json()["id"] != self.visit_ids[v.client_ref]:
+            if again.status_code != 200 or again.json()["id"] != first:
                 raise DemoError(f"a re-sent visit ({v.client_ref}) was not recognised as the same record")
             self.api.stats.replays_answered_as_duplicate += 1
 
@@ -311,9 +346,10 @@ class Replay:
         for part in chunks(posts):
             body = {"items": [p.body() for p in part]}
             refs = [p.client_ref for p in part]
+            later = {p.client_ref for p in part if p.void_reason}
             for attempt in range(2 if twice else 1):
                 resp = await self.api.call("visits", "POST", "/v1/outreach:batch", body)
-                self._check_items("post", refs, resp.json(), self.post_ids)
+                self._check_items("post", refs, resp.json(), self.post_ids, later)
                 if attempt:
                     dup = sum(i["status"] == "duplicate" for i in resp.json()["items"])
                     self.api.stats.replays_answered_as_duplicate += dup
@@ -338,7 +374,8 @@ class Replay:
         ids: dict[str, str] = {}
         for part in chunks(c.participants):
             resp = await self.api.call("training", "POST", f"/v1/courses/{c.code}/participants", {"items": list(part)})
-            self._check_items("participant", [p["client_ref"] for p in part], resp.json(), ids)
+            refs = [p["client_ref"] for p in part]
+            self._check_items("participant", refs, resp.json(), ids, refs)
         pid = [ids.get(p["client_ref"], "") for p in c.participants]
         if c.sessions:
             items = []
@@ -356,7 +393,7 @@ class Replay:
                 )
             for attempt in range(2 if c.duplicate_session_upload else 1):
                 resp = await self.api.call("training", "POST", f"/v1/courses/{c.code}/sessions:batch", {"items": items})
-                self._check_items("session", [s.client_ref for s in c.sessions], resp.json(), {})
+                self._check_items("session", [s.client_ref for s in c.sessions], resp.json(), {}, ())
                 if attempt:
                     self.api.stats.replays_answered_as_duplicate += len(items)
         for i in c.marked_complete:
@@ -399,38 +436,44 @@ class Replay:
         p = self.plan
         await self.registry()
         await self._reached("registry")
-        normal = [v for v in p.visits if not v.typhoon and not v.single]
-        late = [v for v in p.visits if v.typhoon]
         for week in range(WEEKS):
             label = " (typhoon No. 3: field devices offline)" if week == TYPHOON_WEEK else ""
             self.api.progress.set_phase(f"week {week + 1}/{WEEKS}{label}")
+            # Only this week's records are made: a province-wide plan is never held whole.
+            visits = [v for v in p.in_week(p.visits, week, lambda v: v.visited_on) if not v.typhoon]
             jobs: list[Awaitable[Any]] = []
-            for key, group in self._visit_batches(v for v in normal if p.week_of(v.visited_on) == week):
+            for key, group in self._visit_batches(v for v in visits if not v.single):
                 jobs.append(self._visit_batch(group, key in p.duplicate_visit_batches))
-            jobs += [self._single_visit(v) for v in p.visits if v.single and p.week_of(v.visited_on) == week]
+            jobs += [self._single_visit(v) for v in visits if v.single]
             posts: dict[tuple[str, int], list[Post]] = defaultdict(list)
-            for post in p.posts:
-                if p.week_of(post.published_on) == week:
-                    posts[(post.unit, week)].append(post)
+            for post in p.in_week(p.posts, week, lambda x: x.published_on):
+                posts[(post.unit, week)].append(post)
             jobs += [self._post_batch(g, k in p.duplicate_post_batches) for k, g in sorted(posts.items())]
-            jobs += [self._course(c) for c in p.courses if p.week_of(c.starts_on) == week]
+            jobs += [self._course(c) for c in p.in_week(p.courses, week, lambda c: c.starts_on)]
             jobs += [
                 self._leave(v.key) for v in p.volunteers if v.leaves_on is not None and p.week_of(v.leaves_on) == week
             ]
+            del visits, posts
             await asyncio.gather(*jobs)
+            del jobs
             if p.merge is not None and week == p.merge.after_week:
                 await self._merge()
             await self._reached(f"week {week + 1}")
         self.api.progress.set_phase("late uploads from the typhoon week")
+        late = [v for v in p.in_week(p.visits, TYPHOON_WEEK, lambda v: v.visited_on) if v.typhoon]
         await asyncio.gather(
             *(self._visit_batch(g, k in p.duplicate_visit_batches) for k, g in self._visit_batches(late))
         )
+        del late
         self.api.progress.set_phase("corrections and voids")
         await self._until_no_pending("/v1/visits")
         await self._until_no_pending("/v1/outreach")
-        await asyncio.gather(*(self._correct(v) for v in p.visits if v.correction))
-        await asyncio.gather(*(self._void_visit(v) for v in p.visits if v.void_reason))
-        await asyncio.gather(*(self._void_post(x) for x in p.posts if x.void_reason))
+        fixes = [v for v in p.visits if v.correction or v.void_reason]
+        await asyncio.gather(*(self._correct(v) for v in fixes if v.correction))
+        await asyncio.gather(*(self._void_visit(v) for v in fixes if v.void_reason))
+        voided = [x for x in p.posts if x.void_reason]
+        self._void_twice = voided[0].client_ref if voided else None
+        await asyncio.gather(*(self._void_post(x) for x in voided))
         if self.rejected:
             raise DemoError(f"{len(self.rejected)} records were rejected, e.g. {self.rejected[0]}")
 
@@ -460,6 +503,6 @@ class Replay:
     async def _void_post(self, post: Post) -> None:
         path = f"/v1/outreach/{self.post_ids[post.client_ref]}:void"
         await self.api.call("visits", "POST", path, {"reason": post.void_reason})
-        if post is next(x for x in self.plan.posts if x.void_reason):
+        if post.client_ref == self._void_twice:
             # Voiding twice is the same request arriving twice: it must change nothing.
             await self.api.call("visits", "POST", path, {"reason": post.void_reason})

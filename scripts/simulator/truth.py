@@ -53,36 +53,50 @@ class Fact:
 
 
 class Tally:
-    def __init__(self, facts: Iterable[Fact]) -> None:
-        self.facts = [f for f in facts if f.value]
+    """Facts summed by (indicator, key, unit path, day) as they are added: a province-wide campaign's
+    millions of facts take a few thousand sums, and a summary reads those."""
 
-    def _select(self, unit: str, first: date | None, last: date | None) -> Iterable[Fact]:
-        for f in self.facts:
-            if unit not in f.path:
+    def __init__(self, facts: Iterable[Fact] = ()) -> None:
+        self.sums: dict[str, dict[tuple[str, tuple[str, ...], date | None], int]] = defaultdict(dict)
+        for f in facts:
+            self.add(f.indicator, f.key, f.path, f.day, f.value)
+
+    def add(self, indicator: str, key: str, path: tuple[str, ...], day: date | None, value: int) -> None:
+        if value:
+            per = self.sums[indicator]
+            per[(key, path, day)] = per.get((key, path, day), 0) + value
+
+    @property
+    def facts(self) -> list[Fact]:
+        return [Fact(i, k, p, d, v) for i, per in self.sums.items() for (k, p, d), v in per.items() if v]
+
+    def _select(self, indicator: str, unit: str, first: date | None, last: date | None) -> Iterable[tuple[str, int]]:
+        for (key, path, day), value in self.sums.get(indicator, {}).items():
+            if unit not in path:
                 continue
-            if f.day is not None and ((first and f.day < first) or (last and f.day > last)):
+            if day is not None and ((first and day < first) or (last and day > last)):
                 continue
-            yield f
+            yield key, value
 
     def summary(self, unit: str = "QN", first: date | None = None, last: date | None = None) -> dict[str, Any]:
         """The same shape as the metrics service's GET /v1/summary (without ``as_of`` and ``scope``)."""
-        sums: dict[tuple[str, str], int] = defaultdict(int)
-        for f in self._select(unit, first, last):
-            sums[(f.indicator, f.key)] += f.value
         out: dict[str, Any] = {}
         for indicator, keys in KEYS.items():
+            sums: dict[str, int] = defaultdict(int)
+            for key, value in self._select(indicator, unit, first, last):
+                sums[key] += value
             if keys:
-                split = {k: sums[(indicator, k)] for k in keys}
+                split = {k: sums[k] for k in keys}
                 out[indicator] = {**split, "total": sum(split.values())}
             else:
-                out[indicator] = sums[(indicator, "total")]
+                out[indicator] = sums["total"]
         return out
 
     def total(self, indicator: str, unit: str = "QN", first: date | None = None, last: date | None = None) -> int:
-        return sum(f.value for f in self._select(unit, first, last) if f.indicator == indicator)
+        return sum(value for _, value in self._select(indicator, unit, first, last))
 
     def units(self) -> set[str]:
-        return {u for f in self.facts for u in f.path}
+        return {u for per in self.sums.values() for (_, path, _), v in per.items() if v for u in path}
 
 
 def flatten(summary: dict[str, Any]) -> dict[str, int]:
@@ -101,52 +115,69 @@ def flatten(summary: dict[str, Any]) -> dict[str, int]:
 
 def tally(plan: Plan) -> Tally:
     """Facts at the unit each thing is counted for at the end: teams and volunteers of a merged unit
-    at its successor, and records naming it at the successor if they were sent after the merge."""
-    facts: list[Fact] = []
-    path = plan.path
+    at its successor, and records naming it at the successor if they were sent after the merge.
+
+    A plan built by :func:`~scripts.simulator.plan.build_plan` was counted once already (its targets
+    come from the count); that count is returned."""
+    if plan.truth is not None:
+        return plan.truth
+    out = Tally()
+    add = out.add
+    paths: dict[tuple[str, int | None], tuple[str, ...]] = {}
+
+    def path(code: str, sent: int | None = None) -> tuple[str, ...]:
+        """The path a record of ``code`` sent in week ``sent`` counts at (None: after the seven weeks;
+        -1: a team or volunteer, counted where its unit is at the end)."""
+        if (code, sent) not in paths:
+            unit = plan.current_unit(code) if sent == -1 else plan.stored_unit(code, sent)
+            paths[(code, sent)] = plan.path(unit)
+        return paths[(code, sent)]
+
     for t in plan.teams:
         if t.deactivate:
             continue
-        team_path = path(plan.current_unit(t.unit))
-        facts.append(Fact("teams", t.kind, team_path, None, 1))
+        team_path = path(t.unit, -1)
+        add("teams", t.kind, team_path, None, 1)
         # Leaving ends every membership the volunteer holds (the registry closes them with the leave).
         members = sum(1 for k in t.members if plan.volunteers[k].leaves_on is None)
-        facts.append(Fact("team_members", t.kind, team_path, None, members))
+        add("team_members", t.kind, team_path, None, members)
     for v in plan.volunteers:
         if v.leaves_on is None:
-            p = path(plan.current_unit(v.unit))
-            facts.append(Fact("volunteers", "total", p, None, 1))
-            facts += [Fact("volunteers_by_role", role, p, None, 1) for role in v.roles]
-            facts += [Fact("volunteers_by_skill", skill, p, None, 1) for skill in v.skills]
+            p = path(v.unit, -1)
+            add("volunteers", "total", p, None, 1)
+            for role in v.roles:
+                add("volunteers_by_role", role, p, None, 1)
+            for skill in v.skills:
+                add("volunteers_by_skill", skill, p, None, 1)
+    groups = KEYS["people_supported_by_group"]
     for visit in plan.visits:
         if visit.void_reason:
             continue  # a voided visit no longer counts
         households, people, services = visit.figures  # a correction replaces the recorded figures
         # Late typhoon uploads and corrections are sent after the seven weeks.
         sent = None if visit.typhoon or visit.correction else plan.week_of(visit.visited_on)
-        p, d = path(plan.stored_unit(visit.unit, sent)), visit.visited_on
-        facts += [
-            Fact("households_visited", "total", p, d, households),
-            Fact("people_supported", "total", p, d, people["total"]),
-            Fact("vneid_installs", "total", p, d, services["vneid_installed"]),
-            Fact("online_applications", "l3", p, d, services["online_applications_l3"]),
-            Fact("online_applications", "l4", p, d, services["online_applications_l4"]),
-            # A correction replaces people and services but keeps the area the visit was recorded in.
-            Fact("people_supported_by_area", visit.area, p, d, people["total"]),
-            Fact("households_by_area", visit.area, p, d, households),
-            Fact("vneid_activations", "total", p, d, services["vneid_activated"]),
-        ]
-        facts += [Fact("people_supported_by_group", g, p, d, people[g]) for g in KEYS["people_supported_by_group"]]
+        p, d = path(visit.unit, sent), visit.visited_on
+        add("households_visited", "total", p, d, households)
+        add("people_supported", "total", p, d, people["total"])
+        add("vneid_installs", "total", p, d, services["vneid_installed"])
+        add("online_applications", "l3", p, d, services["online_applications_l3"])
+        add("online_applications", "l4", p, d, services["online_applications_l4"])
+        # A correction replaces people and services but keeps the area the visit was recorded in.
+        add("people_supported_by_area", visit.area, p, d, people["total"])
+        add("households_by_area", visit.area, p, d, households)
+        add("vneid_activations", "total", p, d, services["vneid_activated"])
+        for g in groups:
+            add("people_supported_by_group", g, p, d, people[g])
     for post in plan.posts:
         if not post.void_reason:
-            p = path(plan.stored_unit(post.unit, plan.week_of(post.published_on)))
-            facts.append(Fact("outreach_posts", post.channel, p, post.published_on, 1))
+            p = path(post.unit, plan.week_of(post.published_on))
+            add("outreach_posts", post.channel, p, post.published_on, 1)
     for c in plan.courses:
         if c.cancel_reason:
             continue  # cancelled courses count nowhere
-        p = path(plan.stored_unit(c.unit, plan.week_of(c.starts_on)))
-        facts.append(Fact("courses", c.audience, p, c.starts_on, 1))
-        facts.append(Fact("courses_by_mode", c.mode, p, c.starts_on, 1))
+        p = path(c.unit, plan.week_of(c.starts_on))
+        add("courses", c.audience, p, c.starts_on, 1)
+        add("courses_by_mode", c.mode, p, c.starts_on, 1)
         if c.counting == "roster":
             participants: int | None = len(c.participants)
             completions = c.final_completions if c.completes else len(c.marked_complete)
@@ -154,10 +185,10 @@ def tally(plan: Plan) -> Tally:
             largest = max((s.count or 0 for s in c.sessions), default=0)
             participants = c.final_participants if c.completes else largest
             completions = c.final_completions if c.completes else 0
-        facts.append(Fact("course_participants", c.audience, p, c.starts_on, participants or 0))
-        facts.append(Fact("course_participants_by_mode", c.mode, p, c.starts_on, participants or 0))
-        facts.append(Fact("course_completions", "total", p, c.ends_on, completions or 0))
-    return Tally(facts)
+        add("course_participants", c.audience, p, c.starts_on, participants or 0)
+        add("course_participants_by_mode", c.mode, p, c.starts_on, participants or 0)
+        add("course_completions", "total", p, c.ends_on, completions or 0)
+    return out
 
 
 def campaign_actuals(plan: Plan, facts: Tally) -> dict[str, dict[tuple[str, str], int]]:

@@ -1,0 +1,71 @@
+"""The scale part's table (bench/scale.py) without running it: each of the issue's targets is marked met
+or missed from the measured figures, and a replay stopped at its budget is reported as partial."""
+
+from __future__ import annotations
+
+from typing import Any
+
+from bench.scale import notes, rows
+
+
+def _run(**over: Any) -> dict[str, Any]:
+    r: dict[str, Any] = {
+        "scale": 10.0,
+        "concurrency": 16,
+        "plan": {"visits": 26600, "posts": 28880, "courses": 2640, "volunteers": 31531},
+        "replay_finished": True,
+        "replay_s": 600.0,
+        "requests": 30000,
+        "records_sent": 200000,
+        "requests_per_s": 50.0,
+        "records_per_s": 333.3,
+        "catch_up_s": 4.0,
+        "wall_s": 604.0,
+        "events": 250000,
+        "events_per_s": 413.9,
+        "exactness": {
+            "exact": True,
+            "indicator_values_checked": 3591,
+            "units_checked": 57,
+            "targets_checked": 120,
+            "n_units_differing": 0,
+            "targets_differing": 0,
+        },
+        "exact_after_restart": True,
+        "lag": {
+            "max_seconds": 3.2,
+            "samples": 120,
+            "every_s": 5.0,
+            "median_of_sample_max_seconds": 0.4,
+            "per_group": {"metrics.projector": {"max_seconds": 3.2, "max_events": 900}},
+        },
+        "rss_max_mb": {"registry": 120.0, "visits": 151.0},
+        "restart_to_ready_s": {"registry": 2.5, "metrics": 12.0},
+        "cpu_s": {},
+        "logs": "logs",
+    }
+    r.update(over)
+    return r
+
+
+def test_each_target_is_marked_met_or_missed_from_its_measured_value() -> None:
+    table = {row["figure"]: row for row in rows(_run())}
+    assert table["scale 10x: every indicator and target exact"]["value"] == "yes (met)"
+    assert table["scale 10x: consumer lag, max over the run"]["value"] == "3.2 s (met)"
+    assert table["scale 10x: RSS max, registry"]["value"] == "120.0 MB (met)"
+    assert table["scale 10x: RSS max, visits"]["value"] == "151.0 MB (MISSED)"
+    assert table["scale 10x: restart to ready, metrics"]["value"] == "12.0 s (MISSED)"
+    assert table["scale 10x: restart to ready, registry"]["target"] == "< 10 s"
+    missed = [n for n in notes(_run()) if "targets missed" in n]
+    assert missed == ["scale 10x: targets missed: RSS max, visits; restart to ready, metrics"]
+
+
+def test_a_replay_stopped_at_its_budget_is_partial_and_not_judged_exact() -> None:
+    run = _run(
+        replay_finished=False, requests_planned=90000, estimated_full_replay_s=1800.0, exactness=None, scale=100.0
+    )
+    run.pop("exactness")
+    table = {row["figure"]: row for row in rows(run)}
+    assert table["scale 100x: every indicator and target exact"]["value"] == "not judged (-)"
+    assert "full replay ~30 min" in table["scale 100x: campaign through the APIs (wall time)"]["measured"]
+    assert any("stopped at its budget" in n for n in notes(run))
