@@ -3,14 +3,15 @@ figures that grow with the scale while the province keeps its communes, and an e
 
 from __future__ import annotations
 
-import resource
-import time
+import subprocess
+import sys
 from collections import Counter, defaultdict
 from datetime import date
 from typing import Any
 
 import pytest
 
+from scripts.run import REPO
 from scripts.simulator.plan import (
     ELDERLY_COURSES,
     FANPAGE_POSTS,
@@ -39,20 +40,32 @@ def n(full: int, scale: float) -> int:
     return max(1, round(full * scale))
 
 
-def rss_mb() -> float:
+# Built in a fresh interpreter: the test process's own high-water mark (earlier tests) says nothing
+# about the plan. Prints CPU seconds and the peak RSS growth over the interpreter with its imports.
+MEASURE = """
+import sys, time
+from datetime import date
+from scripts.simulator.plan import build_plan
+def status(field):
     with open("/proc/self/status") as f:
-        return next(int(line.split()[1]) / 1024 for line in f if line.startswith("VmRSS:"))
+        return next(int(line.split()[1]) / 1024 for line in f if line.startswith(field))
+before = status("VmRSS:")
+with open("/proc/self/clear_refs", "w") as f:
+    f.write("5")  # resets the high-water mark (VmHWM) to the current RSS: imports no longer count
+started = time.process_time()
+build_plan(7, float(sys.argv[1]), today=date(2025, 8, 20))
+print(time.process_time() - started, status("VmHWM:") - before)
+"""
 
 
 @pytest.fixture(scope="module", params=SCALES, ids=lambda s: f"scale-{s:g}")
 def built(request: pytest.FixtureRequest) -> tuple[Plan, float, dict[str, Any]]:
     scale: float = request.param
-    before = rss_mb()
-    started = time.process_time()  # CPU seconds: CI's cores are shared, wall time says little
+    measured = subprocess.run(
+        [sys.executable, "-c", MEASURE, str(scale)], capture_output=True, text=True, check=True, cwd=REPO
+    )
+    seconds, growth = (float(x) for x in measured.stdout.split())  # CPU seconds: CI's cores are shared
     plan = build_plan(7, scale, today=TODAY)
-    seconds = time.process_time() - started
-    # The process's peak while building, at most (an earlier, higher peak only hides growth).
-    growth = resource.getrusage(resource.RUSAGE_SELF).ru_maxrss / 1024 - before
     seen = _recount(plan)
     seen["peak_growth_mb"] = growth
     return plan, seconds, seen
