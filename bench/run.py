@@ -276,7 +276,7 @@ async def run(selected: set[str], scale: float) -> dict[str, Any]:
                 {
                     "figure": "outbox relay (publish + empty) / raw producer",
                     "value": r["ratio"],
-                    "target": ">= 0.5",
+                    "target": ">= 0.7",
                     "baseline": f"{r['raw_producer_events_per_s']} ev/s",
                     "measured": f"{r['relay_events_per_s']} ev/s"
                     + (
