@@ -12,19 +12,8 @@ from datetime import date, datetime
 
 from metrics.closing import NarrativeInputs
 from metrics.schemas import Freshness, ReportRow
-from metrics.service import COLUMN_LABELS, LOCAL_TZ
+from metrics.service import COLUMN_LABELS, HEADLINE_KEYS, LOCAL_TZ
 
-HEADLINE_KEYS = (
-    "households_visited",
-    "people_supported",
-    "vneid_installs",
-    "vneid_activations",
-    "online_applications.total",
-    "courses.total",
-    "course_participants.total",
-    "course_completions",
-    "outreach_posts.total",
-)
 RANKED_BY = "people_supported"
 SHOWN = 3
 STATUS_LABELS = {

@@ -33,7 +33,7 @@ from fastapi.responses import HTMLResponse, RedirectResponse, Response
 from metrics.generations import LiveProjection, base_topics
 from metrics.repository import path_of
 from metrics.schemas import CampaignProgress, CampaignRisk, Freshness, ReportTable, RiskStatus, Summary
-from metrics.service import COLUMN_LABELS, LOCAL_TZ, MetricsService, local_today
+from metrics.service import COLUMN_LABELS, HEADLINE_KEYS, LOCAL_TZ, MetricsService, local_today
 from shared.auth import Authenticator, Principal
 from shared.errors import ProblemError, Unauthorized
 
@@ -53,20 +53,7 @@ SECURITY_HEADERS = {
 }
 
 # Indicator cards, in the order an operator reads them.
-CARDS = (
-    "households_visited",
-    "people_supported",
-    "vneid_installs",
-    "vneid_activations",
-    "online_applications.total",
-    "courses.total",
-    "course_participants.total",
-    "course_completions",
-    "outreach_posts.total",
-    "teams.total",
-    "volunteers",
-    "team_members.total",
-)
+CARDS = (*HEADLINE_KEYS, "teams.total", "volunteers", "team_members.total")
 # Columns of the communes table: the dated indicators campaigns set targets on.
 UNIT_COLUMNS = (
     "households_visited",

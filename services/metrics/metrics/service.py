@@ -228,6 +228,18 @@ COLUMN_LABELS: dict[str, tuple[str, str]] = {
     "team_members.campaign": ("Thành viên đội hình chiến dịch", "Members of campaign teams"),
     "team_members.total": ("Tổng số thành viên đội hình", "Team members, total"),
 }
+# The dated figures a weekly report leads with (the narrative's table, the campaign page's first cards).
+HEADLINE_KEYS = (
+    "households_visited",
+    "people_supported",
+    "vneid_installs",
+    "vneid_activations",
+    "online_applications.total",
+    "courses.total",
+    "course_participants.total",
+    "course_completions",
+    "outreach_posts.total",
+)
 # (flattened key, indicator, split key): the summary's indicators in its own order.
 FLAT_KEYS: tuple[tuple[str, IndicatorSpec, str], ...] = tuple(
     (f"{name}.{key}" if spec.keys else name, spec, key)
