@@ -1,7 +1,8 @@
 """The operator's view of ``make run``: Prometheus, the campaign page in a real Chromium, and /docs offline.
 
-One system is started as ``make run`` starts it (:class:`scripts.run.System`, with Prometheus and a
-second visits replica) and ``make demo`` replays a small campaign into it through the public APIs.
+One system is started as ``make run`` starts it (:class:`scripts.run.System`, with Prometheus; one
+replica each: several replicas are tests/test_replicas_e2e.py's subject, and the scrape config of
+several is checked below without a system) and ``make demo`` replays a small campaign into it.
 The browser is Debian's ``/usr/bin/chromium`` (``make setup`` installs it), driven by Playwright;
 no browser is downloaded. The screenshot of the page is kept in ``.artifacts/campaign-page.png``.
 """
@@ -100,7 +101,6 @@ def system(tmp_path_factory: pytest.TempPathFactory) -> Iterator[System]:
         kafka_controller_port=free_port(),
         mongo_port=free_port(),
         ports={s.name: free_port() for s in SERVICES},
-        replica_ports={"visits": [free_port()]},
         topic_prefix="operator.",
         echo_logs=False,
         prometheus_port=free_port(),
@@ -150,7 +150,7 @@ def test_make_run_starts_prometheus_scraping_every_replica_with_the_alert_rules(
         assert prom.get(system.prometheus.page(page)).status_code == 200
 
     expected = {(svc.spec.name, svc.url.removeprefix("http://")) for svc in system.services.values()}
-    assert ("visits", urlsplit(system.replica_urls()["visits"][1]).netloc) in expected
+    assert {job for job, _ in expected} == {s.name for s in SERVICES}
 
     def scraped() -> set[tuple[str, str]] | None:
         active = prom.get("/api/v1/targets").json()["data"]["activeTargets"]
