@@ -7,11 +7,13 @@ from typing import Any
 
 import pytest
 
+from shared.consumer import Consumed
 from shared.contracts import visits as ev
 from shared.envelope import Envelope
 from shared.outbox import PENDING
+from shared.registry_view import RegistryView
 from shared.testing import collect_events, token, wait_until
-from shared.topics import VISITS_TOPIC
+from shared.topics import REGISTRY_TOPIC, VISITS_TOPIC
 
 from .conftest import Visits
 from .factories import HL, QL, VD, joined, team, unit, visit_body, volunteer
@@ -209,3 +211,28 @@ async def test_a_membership_heard_before_its_team_leaves_the_record_pending_not_
         return bool(got.json()["status"] == "recorded")
 
     await wait_until(recorded, timeout=20)
+
+
+async def test_a_team_another_replica_applied_after_this_one_cached_its_stub_is_seen_after_insert(
+    visits_app: Visits,
+) -> None:
+    # Replica A caches the team's stub (a membership came first); replica B then applies the team event
+    # and its listener finds nothing pending yet. A's record must not wait for another registry event.
+    await visits_app.registry_sends(
+        unit("QN", "Tỉnh Quảng Ninh", ["QN"], kind="province"),
+        unit("QN-VD", "Đặc khu Vân Đồn", VD, kind="special_zone"),
+        volunteer("vol-thu", VD),
+        joined("VD-LATE", "vol-thu"),
+    )
+    body = visit_body(team_code="VD-LATE", volunteer_ids=["vol-thu"])
+    first = await visits_app.client.post("/v1/visits", json=body, headers=ADMIN)
+    assert first.status_code == 202, first.text  # the stub is now in this replica's cache
+
+    other_replica = RegistryView(visits_app.runtime.db)  # its own cache: ours is never told
+    await other_replica.apply([Consumed(team("VD-LATE", VD), REGISTRY_TOPIC, 0, 10**9)])
+
+    second = await visits_app.client.post(
+        "/v1/visits", json=visit_body(team_code="VD-LATE", volunteer_ids=["vol-thu"]), headers=ADMIN
+    )
+    assert second.status_code == 201, second.text
+    assert second.json()["status"] == "recorded"

@@ -153,6 +153,15 @@ class RegistryReader:
         self._db = db
         self._cache = cache
 
+    def uncached(self) -> RegistryReader:
+        """The same lookups straight from the database, for re-checking pending records.
+
+        A replica's cache may hold a document that another replica has changed since (a team stub
+        before its team event), and that replica's listener may have looked for pending records before
+        ours was stored: only a fresh read after our insert closes that window.
+        """
+        return RegistryReader(self._db) if self._cache is not None else self
+
     async def _by_id(self, collection: str, keys: Iterable[str]) -> dict[str, Document]:
         col = self._db[collection]
         found: dict[str, Document] = {}

@@ -459,7 +459,7 @@ class Intake(Generic[ItemT]):
 
     async def _resolve(self, docs: Sequence[Document], *, again: bool = True) -> dict[str, Document]:
         """Re-check pending records; those whose references are now known are recorded or rejected."""
-        facts = await load_facts(self.reader, [self._doc_refs(d) for d in docs])
+        facts = await load_facts(self.reader.uncached(), [self._doc_refs(d) for d in docs])
         changed: dict[str, Document] = {}
         emitted: list[str] = []
         rewaiting: list[str] = []
