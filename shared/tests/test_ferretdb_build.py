@@ -22,7 +22,7 @@ from contextlib import asynccontextmanager
 from typing import Any
 
 import pytest
-from pymongo import ReturnDocument
+from pymongo import ReturnDocument, UpdateOne
 from pymongo.asynchronous.collection import AsyncCollection
 
 from shared.infra import FerretDB
@@ -186,3 +186,24 @@ async def test_conditional_delete_and_update_racing_on_one_document_never_both_s
     assert both == []
     assert all(d != c for d, c in zip(deleted, closed, strict=True))
     assert stored == {h: "closed" for h, c in zip(ids, closed, strict=True) if c}
+
+
+async def test_the_write_ahead_log_restarts_under_a_stream_of_updates(own_ferretdb: FerretDB, run_id: str) -> None:
+    # unblock-wal-checkpoints.patch: upstream kept each update's read open across its write, so the
+    # SQLite log never restarted and grew by every commit (5,000 updates of 1 kB documents: 20 MB+).
+    client = connect(own_ferretdb.url)
+    name = f"wal_{run_id}"
+    try:
+        col = client[name]["counters"]
+        await col.insert_many([{"_id": f"u{i}|2026-06-01", "pad": "x" * 1000, "n": 0} for i in range(200)])
+        for round_ in range(50):
+            ops = [UpdateOne({"_id": f"u{(round_ + i) % 200}|2026-06-01"}, {"$inc": {"n": 1}}) for i in range(100)]
+            result = await col.bulk_write(ops, ordered=False)
+            assert result.modified_count == 100
+        stored = await (await col.aggregate([{"$group": {"_id": None, "n": {"$sum": "$n"}}}])).to_list()
+        assert stored[0]["n"] == 5000
+    finally:
+        await client.close()
+    wal = own_ferretdb.data_dir / "sqlite" / f"{name}.sqlite-wal"
+    assert wal.exists()
+    assert wal.stat().st_size < 8 * 1024 * 1024, f"write-ahead log at {wal.stat().st_size / 1e6:.1f} MB"
