@@ -1,5 +1,5 @@
 #!/usr/bin/env bash
-# Installs everything the project needs, idempotently: the Python venv, the Kafka jars (Maven) and the
+# Installs everything the project needs, idempotently: the Python venv (uv), the Kafka jars (Maven) and the
 # FerretDB binary (Go). Downloads and builds are cached per user, so a fresh clone (CI) reuses them.
 set -euo pipefail
 cd "$(dirname "$0")/.."
@@ -28,17 +28,27 @@ step_done() {
 }
 trap '[ -z "$HEARTBEAT" ] || kill "$HEARTBEAT" 2>/dev/null || true' EXIT
 
-# --- Python ---------------------------------------------------------------------------------------
+# --- Python: .venv from uv.lock (the uv workspace: shared/, services/*/ and the dev group) ---------
 PY=${PYTHON:-python3}
-stamp=".venv/.installed-$(cat requirements.txt shared/pyproject.toml services/*/pyproject.toml | sha1sum | cut -c1-12)"
+stamp=".venv/.installed-$(cat uv.lock pyproject.toml shared/pyproject.toml services/*/pyproject.toml | sha1sum | cut -c1-12)"
 if [ ! -f "$stamp" ]; then
-  step "installing Python dependencies into .venv (~450 MB)" "about 2-4 min, mostly downloads"
-  [ -x .venv/bin/python ] || "$PY" -m venv .venv
-  .venv/bin/python -m pip install -q --upgrade pip
-  .venv/bin/python -m pip install -q -r requirements.txt
-  .venv/bin/python -m pip install -q --no-deps -e shared -e services/registry -e services/visits \
-      -e services/training -e services/metrics
+  if [ ! -x "$UV" ]; then
+    step "fetching uv $UV_VERSION from PyPI (~20 MB)" "a few seconds"
+    # A venv of its own, so the prerequisite stays Python with its venv module (no system pip needed).
+    uv_dir=${UV%/bin/uv}
+    rm -rf "$uv_dir.tmp"
+    "$PY" -m venv "$uv_dir.tmp"
+    "$uv_dir.tmp/bin/python" -m pip install -q --disable-pip-version-check "uv==$UV_VERSION"
+    rm -rf "$uv_dir" && mv "$uv_dir.tmp" "$uv_dir"
+  fi
+  step "installing Python dependencies into .venv from uv.lock (~360 MB)" "about 5-10 s, under 1 s from uv's cache"
   rm -f .venv/.installed-*
+  # --locked: a pyproject changed without `uv lock` fails here, not later in CI. Packages come from uv's
+  # own per-user cache (~/.cache/uv), so a fresh clone links them instead of downloading them again.
+  UV_PYTHON_DOWNLOADS=never "$UV" sync --locked --quiet --python "$PY" || {
+    echo "setup: uv sync failed; if uv.lock is out of date: . scripts/versions.sh && \"\$UV\" lock" >&2
+    exit 1
+  }
   touch "$stamp"
 fi
 

@@ -5,6 +5,9 @@ export FERRETDB_VERSION=v1.24.2
 # Bump the suffix whenever deploy/ferretdb/*.patch changes, so cached binaries are rebuilt.
 export FERRETDB_BUILD="$FERRETDB_VERSION-idindex1-notrack1-atomic1-walreset1"
 export CACHE="${XDG_CACHE_HOME:-$HOME/.cache}/digital-bridge"
+# uv installs .venv from uv.lock (scripts/setup.sh fetches this version from PyPI; the Dockerfiles pin it too).
+export UV_VERSION=0.13.9
+export UV="$CACHE/uv-$UV_VERSION/bin/uv"
 export KAFKA_HOME="$CACHE/kafka-$KAFKA_VERSION"
 export FERRETDB_BIN="$CACHE/ferretdb-$FERRETDB_BUILD"
 # The official AsyncAPI JSON Schemas (npm @asyncapi/specs); tests validate docs/events/asyncapi.yaml against 3.0.0.

@@ -214,7 +214,12 @@ def test_service_dockerfile_is_pinned_non_root_and_health_checked(name: str) -> 
     assert user[-1] not in ("root", "0"), "the service must not run as root"
     assert re.search(r"^HEALTHCHECK .*", text, re.MULTILINE)
     assert "/readyz" in text
-    assert "requirements" in text
-    assert "-e shared" in text
+    # Runtime dependencies from uv.lock with the uv that scripts/versions.sh pins; shared in place (editable).
+    uv = re.search(r"^export UV_VERSION=(\S+)$", (REPO / "scripts" / "versions.sh").read_text(), re.MULTILINE)
+    assert uv is not None
+    assert f"pip install uv=={uv.group(1)}" in text
+    assert f"uv sync --frozen --no-dev --package digital-bridge-{name}" in text
+    assert "--no-editable" not in text
+    assert "COPY pyproject.toml uv.lock ./" in text
     assert f"services/{name}" in text
     assert f'CMD ["python", "-m", "{name}"]' in text
