@@ -188,6 +188,7 @@ class Folder:
 
     def __init__(self) -> None:
         self.written: list[str] = []
+        self.released: list[str] = []
         self.folds = 0
         self.forgets = 0
 
@@ -203,6 +204,9 @@ class Folder:
 
     def forget(self) -> None:
         self.forgets += 1
+
+    async def release(self, events: AsyncIterable[Consumed]) -> None:
+        self.released += [c.envelope.data["code"] async for c in events]
 
 
 async def test_whole_fetch_mode_dead_letters_the_undecodable_and_the_failing_event_and_commits(
@@ -243,6 +247,7 @@ async def test_whole_fetch_mode_dead_letters_the_undecodable_and_the_failing_eve
         await runner.stop()
         await producer.stop()
     assert folder.written == ["A", "C"]  # each alone after the whole fetch kept failing
+    assert folder.released == ["BAD"]  # so that its replay from the DLQ is not taken for a copy
     assert folder.forgets >= 2  # memory dropped after every failed write
     errors = sorted(h["dlq_error"].decode() for h in dead)
     assert errors[0].startswith("ValueError: fetch contains BAD")

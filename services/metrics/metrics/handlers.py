@@ -95,6 +95,10 @@ class Projector:
     def forget(self) -> None:
         self.processed.forget()
 
+    async def release(self, events: AsyncIterable[Consumed]) -> None:
+        async for c in events:
+            await self.processed.release(c)
+
     async def fold(self, events: AsyncIterable[Consumed]) -> Folded:
         """One pass over the events, decoding each once and keeping only their sums."""
         folded = Folded(events)

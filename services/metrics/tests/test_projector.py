@@ -216,6 +216,25 @@ async def test_same_event_republished_at_a_later_offset_counts_once(ev, repo) ->
     assert [o for i, o in await processed_pairs(repo) if i == visit.id] == [0]
 
 
+async def test_a_dead_lettered_event_released_counts_once_when_replayed_from_the_dlq(ev, repo) -> None:
+    # The runner's single-event fallback: ids go first, the counters' write fails for good, the
+    # event is dead-lettered and released; `dlq replay` publishes it again at a later offset.
+    visit = ev.visit("v-dlq", ev.figures(HALONG, date(2025, 7, 3), people=4))
+    first = at_offsets([visit], start=7)
+    projector = projector_on(repo)
+    folded = await projector.fold(Listed(first))
+    await projector.processed.record_ids(folded.fresh)
+    projector.forget()
+    await projector.release(Listed(first))
+
+    replayed = at_offsets([visit], start=12)
+    restarted = projector_on(repo)  # nothing in memory: the release must be in the database
+    await restarted(replayed)
+    await restarted(replayed)  # and redelivered, it is still counted once
+    assert (await stored(repo))[counter_id("QN-HALONG", "2025-07-03")]["people_supported"] == 4
+    assert [o for i, o in await processed_pairs(repo) if i == visit.id] == [12]
+
+
 # --- replicas and zombies ---------------------------------------------------------------------------
 
 

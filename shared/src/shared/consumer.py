@@ -208,7 +208,9 @@ class FetchHandler(Protocol):
     re-iterable: iterating again reads and decodes again) and ``write`` does the I/O; the runner folds fetch
     N+1 while fetch N is being written, and writes and commits strictly in order. ``write``
     returns the newest ce_time it applied per topic. ``forget`` drops whatever the handler keeps
-    in memory after a failed write, so the next fold starts again from the database.
+    in memory after a failed write, so the next fold starts again from the database. ``release``
+    forgets that dead-lettered events were seen, so their replay from the dead-letter topic (the same
+    ids at later offsets) is applied rather than skipped as a copy.
     """
 
     async def fold(self, events: AsyncIterable[Consumed]) -> Any: ...
@@ -216,6 +218,8 @@ class FetchHandler(Protocol):
     async def write(self, folded: Any) -> Mapping[str, float]: ...
 
     def forget(self) -> None: ...
+
+    async def release(self, events: AsyncIterable[Consumed]) -> None: ...
 
 
 class TypeDispatch:
@@ -662,6 +666,7 @@ class ConsumerRunner:
                 if got is None:
                     handler.forget()
                     await self._dead_letter(record, self._last_error)
+                    await handler.release(single)
                     log.error("dead_lettered", consumer=self.name, topic=record.topic, offset=record.offset)
                 else:
                     for t, ts in got.items():
