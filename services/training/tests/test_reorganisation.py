@@ -203,3 +203,37 @@ async def test_a_pending_course_is_scheduled_in_the_successor_once_the_merge_is_
     assert (got["unit_code"], got["unit_path"], got["resolved_from"]) == ("QN-DH-MOI", moi, "QN-DH")
     (event,) = await training.events("DH-01", 1)
     assert event.envelope.data["course"]["unit_path"] == moi
+
+
+async def test_the_successors_office_reads_lists_and_manages_a_merged_units_earlier_courses(
+    training, registry_events
+) -> None:
+    qy = ["QN", "QN-QY"]
+    await training.registry(
+        registry_events.unit("QN-QY", "Xã Quảng Yên", "commune", qy),
+        registry_events.team("LIT-QY", "literacy", qy, "Đội hình Bình dân học vụ số Xã Quảng Yên"),
+    )
+    await statuses(training, {"QN-QY": None})
+    r = await training.client.post("/v1/courses", json=course("QY-DVC-01", "LIT-QY", "QN-QY"), headers=ADMIN)
+    assert (r.status_code, r.json()["unit_path"]) == (201, qy), r.text
+    halong = token("manager", "QN-HL", sub="manager-hl")
+    coto = token("manager", "QN-CT", sub="manager-ct")
+    assert (await training.client.get("/v1/courses/QY-DVC-01", headers=halong)).status_code == 403  # not merged yet
+
+    await training.registry(team_moved("LIT-QY", HL, qy), merged("QN-QY", HL))
+    await statuses(training, {"QN-QY": "merged"})
+
+    got = await training.client.get("/v1/courses/QY-DVC-01", headers=halong)
+    assert (got.status_code, got.json()["unit_path"]) == (200, qy)  # its history keeps the old path
+    listed = await training.client.get("/v1/courses", headers=halong)
+    assert "QY-DVC-01" in [c["code"] for c in listed.json()["items"]]
+    audience = await training.client.get("/v1/courses", params={"audience": "general"}, headers=halong)
+    assert "QY-DVC-01" in [c["code"] for c in audience.json()["items"]]
+    elsewhere = await training.client.get("/v1/courses", headers=coto)
+    assert "QY-DVC-01" not in [c["code"] for c in elsewhere.json()["items"]]
+    assert (await training.client.get("/v1/courses/QY-DVC-01", headers=coto)).status_code == 403
+
+    cancelled = await training.client.post(
+        "/v1/courses/QY-DVC-01:cancel", json={"reason": "Sáp nhập vào Phường Hạ Long"}, headers=halong
+    )
+    assert (cancelled.status_code, cancelled.json()["status"]) == (200, "cancelled"), cancelled.text

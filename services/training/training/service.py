@@ -199,15 +199,26 @@ class TrainingService:
 
     # --- authorization -----------------------------------------------------------------------------
 
-    @staticmethod
-    def _authorize_read(p: Principal, c: Document) -> None:
+    async def _merged(self, p: Principal) -> list[str]:
+        """Units merged into the principal's subtree: their courses keep the old path, and the
+        successor's office now answers for them."""
+        if p.role is Role.admin or not p.unit:
+            return []
+        return await self._view.merged_into(p.unit)
+
+    async def _require_scope(self, p: Principal, c: Document) -> None:
+        path = _scope_path(c)
+        if p.in_scope(path) or not set(path).isdisjoint(await self._merged(p)):
+            return
+        require_scope(p, path, what=f"course {c['_id']}")  # raises, with the usual problem
+
+    async def _authorize_read(self, p: Principal, c: Document) -> None:
         require_role(p, *READ_ROLES)
         if p.role is Role.field and c["team_code"] in p.teams:
             return
-        require_scope(p, _scope_path(c), what=f"course {c['_id']}")
+        await self._require_scope(p, c)
 
-    @staticmethod
-    def _authorize_write(p: Principal, c: Document) -> None:
+    async def _authorize_write(self, p: Principal, c: Document) -> None:
         require_role(p, *WRITE_ROLES)
         if p.role is Role.field:
             if c["team_code"] not in p.teams:
@@ -215,7 +226,7 @@ class TrainingService:
                     f"course {c['_id']} belongs to team {c['team_code']}, not one of yours", slug="not-your-team"
                 )
             return
-        require_scope(p, _scope_path(c), what=f"course {c['_id']}")
+        await self._require_scope(p, c)
 
     async def known_unit(self, code: str) -> KnownUnit:
         """How a course naming ``code`` is judged here now."""
@@ -228,7 +239,7 @@ class TrainingService:
         c = await self._repo.get_course(code)
         if c is None:
             raise NotFound(f"course {code} does not exist")
-        (self._authorize_write if write else self._authorize_read)(p, c)
+        await (self._authorize_write if write else self._authorize_read)(p, c)
         return c
 
     # --- registry checks ---------------------------------------------------------------------------
@@ -339,7 +350,7 @@ class TrainingService:
         # retry that changed the code still lands on the client_ref unique index at insert.
         existing = await self._repo.get_course(body.code)
         if existing is not None and existing.get("client_ref") == body.client_ref:
-            self._authorize_read(p, existing)
+            await self._authorize_read(p, existing)
             return existing, False
         creator = {"sub": p.sub, "role": p.role.value, "unit": p.unit}
         v = await self._check_refs(body.team_code, body.unit_code, creator)
@@ -385,7 +396,7 @@ class TrainingService:
         entry = _audit(p, action, body.code, doc, after={k: doc[k] for k in COURSE_AUDITED})
         stored, created = await self._repo.insert_course(doc, events, [entry])
         if not created:
-            self._authorize_read(p, stored)
+            await self._authorize_read(p, stored)
             return stored, False
         if events:
             self._notify(COURSES, [stored["_id"]])
@@ -407,7 +418,16 @@ class TrainingService:
         for field in ("team_code", "audience", "mode", "status"):
             if filters.get(field) is not None:
                 query[field] = filters[field]
-        units = [u for u in (filters.get("unit_code"),) if u]
+        if filters.get("unit_code"):
+            query["unit_path"] = filters["unit_code"]
+        dates: dict[str, str] = {}
+        if filters.get("starts_from") is not None:
+            dates["$gte"] = filters["starts_from"].isoformat()
+        if filters.get("starts_to") is not None:
+            dates["$lte"] = filters["starts_to"].isoformat()
+        if dates:
+            query["starts_on"] = dates
+        scope: dict[str, Any] = {}
         if p.role is Role.field:
             team = filters.get("team_code")
             if team is not None and team not in p.teams:
@@ -417,18 +437,12 @@ class TrainingService:
         elif p.role is not Role.admin:
             if p.unit is None:
                 raise Forbidden("your token has no unit scope", slug="out-of-scope")
-            units.append(p.unit)
-        if len(units) == 1:
-            query["unit_path"] = units[0]
-        elif units:
-            query["unit_path"] = {"$all": units}
-        dates: dict[str, str] = {}
-        if filters.get("starts_from") is not None:
-            dates["$gte"] = filters["starts_from"].isoformat()
-        if filters.get("starts_to") is not None:
-            dates["$lte"] = filters["starts_to"].isoformat()
-        if dates:
-            query["starts_on"] = dates
+            merged = await self._merged(p)
+            scope = {"unit_path": {"$in": [p.unit, *merged]}} if merged else {"unit_path": p.unit}
+        if scope and query:
+            query = {"$and": [scope, query]}
+        else:
+            query = scope or query
         return await self._repo.list_courses(query, cursor, limit)
 
     async def cancel_course(self, p: Principal, code: str, body: CancelIn) -> Document:

@@ -136,10 +136,6 @@ class RegistryFacts:
     volunteers: dict[str, bool] = field(default_factory=dict)
 
 
-# A chain of merges longer than this is bad data; reading stops rather than loops.
-MAX_MERGED = 10_000
-
-
 class RegistryReader:
     """Lookups in the read model that :class:`shared.registry_view.RegistryView` maintains.
 
@@ -176,15 +172,8 @@ class RegistryReader:
         return found
 
     async def merged_into(self, unit: str) -> list[str]:
-        """Units merged into ``unit`` or a unit below it (and those merged into them), whose records
-        keep their old paths: a manager of the successor reads them."""
-        found: list[str] = []
-        todo = [unit]
-        while todo and len(found) < MAX_MERGED:
-            batch = self._db[rm.UNITS].find({"status": rm.MERGED, "successor_path": {"$in": todo}}, {"_id": 1})
-            todo = [d["_id"] async for d in batch if d["_id"] not in found]
-            found += todo
-        return found
+        """See :func:`shared.registry_view.merged_into`."""
+        return await rm.merged_into(self._db, unit)
 
     async def teams(self, codes: Iterable[str]) -> dict[str, Document]:
         # A membership event can arrive before its team's event (another key, so no order between

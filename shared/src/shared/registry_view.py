@@ -183,6 +183,10 @@ class RegistryView:
     async def _unit_document(self, key: str) -> dict[str, Any] | None:
         return await self._db[UNITS].find_one({"_id": key})
 
+    async def merged_into(self, unit: str) -> list[str]:
+        """See :func:`merged_into`."""
+        return await merged_into(self._db, unit)
+
     async def team(self, code: str) -> dict[str, Any] | None:
         """``{"code", "kind", "unit_code", "unit_path", "active"}`` or None if never seen."""
         doc = await self._db[TEAMS].find_one({"_id": code})
@@ -539,3 +543,19 @@ _FOLDS: dict[str, Fold] = {
     ev.MEMBERSHIP_STARTED: _membership,
     ev.MEMBERSHIP_ENDED: _membership,
 }
+
+
+# A chain of merges longer than this is bad data; reading stops rather than loops.
+MAX_MERGED = 10_000
+
+
+async def merged_into(db: AsyncDatabase[dict[str, Any]], unit: str) -> list[str]:
+    """Units merged into ``unit`` or a unit below it (and those merged into them), whose records
+    keep their old paths: a manager of the successor reads them."""
+    found: list[str] = []
+    todo = [unit]
+    while todo and len(found) < MAX_MERGED:
+        batch = db[UNITS].find({"status": MERGED, "successor_path": {"$in": todo}}, {"_id": 1})
+        todo = [d["_id"] async for d in batch if d["_id"] not in found]
+        found += todo
+    return found
