@@ -193,16 +193,23 @@ async def test_a_pending_record_can_be_voided_without_any_event(visits_app: Visi
     ).status_code == 409
 
 
-async def test_a_membership_heard_before_its_team_leaves_the_record_pending_not_failing(visits_app: Visits) -> None:
-    # Membership events are keyed by team/volunteer, team events by team: no order between them.
-    await visits_app.registry_sends(
+async def membership_before_team(app: Visits, team_code: str, volunteer_id: str) -> Any:
+    """A team's membership heard before the team itself, then a visit by that team.
+
+    Membership events are keyed by team/volunteer, team events by team: no order between them.
+    """
+    await app.registry_sends(
         unit("QN", "Tỉnh Quảng Ninh", ["QN"], kind="province"),
         unit("QN-VD", "Đặc khu Vân Đồn", VD, kind="special_zone"),
-        volunteer("vol-tam", VD),
-        joined("VD-EARLY", "vol-tam"),
+        volunteer(volunteer_id, VD),
+        joined(team_code, volunteer_id),
     )
-    body = visit_body(team_code="VD-EARLY", volunteer_ids=["vol-tam"])
-    r = await visits_app.client.post("/v1/visits", json=body, headers=ADMIN)
+    body = visit_body(team_code=team_code, volunteer_ids=[volunteer_id])
+    return await app.client.post("/v1/visits", json=body, headers=ADMIN)
+
+
+async def test_a_membership_heard_before_its_team_leaves_the_record_pending_not_failing(visits_app: Visits) -> None:
+    r = await membership_before_team(visits_app, "VD-EARLY", "vol-tam")
     assert r.status_code == 202, r.text  # held until the team is known, not a 500 on the membership's stub
     await visits_app.registry_sends(team("VD-EARLY", VD))
 
@@ -218,14 +225,7 @@ async def test_a_team_another_replica_applied_after_this_one_cached_its_stub_is_
 ) -> None:
     # Replica A caches the team's stub (a membership came first); replica B then applies the team event
     # and its listener finds nothing pending yet. A's record must not wait for another registry event.
-    await visits_app.registry_sends(
-        unit("QN", "Tỉnh Quảng Ninh", ["QN"], kind="province"),
-        unit("QN-VD", "Đặc khu Vân Đồn", VD, kind="special_zone"),
-        volunteer("vol-thu", VD),
-        joined("VD-LATE", "vol-thu"),
-    )
-    body = visit_body(team_code="VD-LATE", volunteer_ids=["vol-thu"])
-    first = await visits_app.client.post("/v1/visits", json=body, headers=ADMIN)
+    first = await membership_before_team(visits_app, "VD-LATE", "vol-thu")
     assert first.status_code == 202, first.text  # the stub is now in this replica's cache
 
     other_replica = RegistryView(visits_app.runtime.db)  # its own cache: ours is never told
