@@ -12,7 +12,6 @@ projector skips it, so the log read here adds up to the counters.
 
 from __future__ import annotations
 
-import asyncio
 from collections.abc import AsyncIterator, Mapping, Sequence
 from dataclasses import dataclass, field
 from datetime import UTC, datetime
@@ -21,6 +20,7 @@ from aiokafka import AIOKafkaConsumer, TopicPartition
 
 from metrics.projection import Change, fold_into
 from shared.envelope import EnvelopeError, decode
+from shared.kafka import read_spans
 from shared.logging import get_logger
 
 log = get_logger(__name__)
@@ -129,59 +129,43 @@ class EventLog:
             stop = {tp: min(int(ends[tp]), (until or {}).get(self._key(tp), int(ends[tp]))) for tp in tps}
             # A copy is recognised only if its first copy is read too: callers start a day before the period.
             begin = {tp: (int(starts[tp].offset) if starts.get(tp) is not None else stop[tp]) for tp in tps}
-            todo = {tp for tp in tps if begin[tp] < stop[tp]}
-            if not todo:
-                return
-            consumer.assign(list(todo))
-            for tp in todo:
-                consumer.seek(tp, begin[tp])
-            loop = asyncio.get_running_loop()
-            progress = loop.time()
-            while todo:
-                got = await consumer.getmany(*todo, timeout_ms=500, max_records=READ_RECORDS)
-                for tp, records in got.items():
-                    for r in records:
-                        if r.offset >= stop[tp]:
-                            break
-                        progress = loop.time()
-                        try:
-                            env = decode(r.key, r.value, r.headers)
-                        except EnvelopeError:
-                            continue  # dead-lettered by the projector; it never counted
-                        if env.id in seen:
-                            continue
-                        seen.add(env.id)
-                        entry = Entry(
-                            key=self._key(tp),
-                            offset=r.offset,
-                            appended_at=datetime.fromtimestamp(r.timestamp / 1000, UTC),
-                            event_id=env.id,
-                            event_type=env.type,
-                            subject=env.subject,
-                        )
-
-                        def emit(
-                            path: Sequence[str],
-                            when: object,
-                            changes: Sequence[Change],
-                            team: str | None,
-                            entry: Entry = entry,
-                        ) -> None:
-                            if path and when is not None and path[-1] in wanted:
-                                day = when.isoformat()  # type: ignore[attr-defined]
-                                if first_day <= day <= last_day:
-                                    entry.changes.append(DayChange(path[-1], day, team, tuple(changes)))
-
-                        try:
-                            fold_into(env.payload(), emit)
-                        except (EnvelopeError, ValueError):
-                            continue
-                        if entry.changes:
-                            yield entry
-                for tp in list(todo):
-                    if await consumer.position(tp) >= stop[tp]:
-                        todo.discard(tp)
-                if todo and loop.time() - progress > STALL_SECONDS:
-                    raise RuntimeError(f"reading the event log: no record for {STALL_SECONDS:.0f} s")
         finally:
             await consumer.stop()
+        spans = {tp: (begin[tp], stop[tp] - 1) for tp in tps}
+        async for chunk in read_spans(self._bootstrap, spans, max_records=READ_RECORDS, stall_seconds=STALL_SECONDS):
+            for tp, records in chunk.items():
+                for r in records:
+                    try:
+                        env = decode(r.key, r.value, r.headers)
+                    except EnvelopeError:
+                        continue  # dead-lettered by the projector; it never counted
+                    if env.id in seen:
+                        continue
+                    seen.add(env.id)
+                    entry = Entry(
+                        key=self._key(tp),
+                        offset=r.offset,
+                        appended_at=datetime.fromtimestamp(r.timestamp / 1000, UTC),
+                        event_id=env.id,
+                        event_type=env.type,
+                        subject=env.subject,
+                    )
+
+                    def emit(
+                        path: Sequence[str],
+                        when: object,
+                        changes: Sequence[Change],
+                        team: str | None,
+                        entry: Entry = entry,
+                    ) -> None:
+                        if path and when is not None and path[-1] in wanted:
+                            day = when.isoformat()  # type: ignore[attr-defined]
+                            if first_day <= day <= last_day:
+                                entry.changes.append(DayChange(path[-1], day, team, tuple(changes)))
+
+                    try:
+                        fold_into(env.payload(), emit)
+                    except (EnvelopeError, ValueError):
+                        continue
+                    if entry.changes:
+                        yield entry

@@ -21,7 +21,7 @@ from pymongo.asynchronous.collection import AsyncCollection
 from pymongo.errors import ConnectionFailure
 
 from shared.envelope import Envelope, EnvelopeError, decode
-from shared.kafka import EventProducer
+from shared.kafka import Chunk, EventProducer, Records, read_spans
 from shared.logging import bind_context, get_logger, unbind_context
 from shared.mongo import insert_ignoring_duplicates
 from shared.settings import ServiceSettings
@@ -71,9 +71,6 @@ class BatchHandler(Protocol):
 EventHandler = Callable[[Any, Envelope], Awaitable[None]]
 
 
-Records = list[ConsumerRecord[bytes, bytes]]
-# What one getmany returns, and what a replay yields: records per partition, in offset order.
-Chunk = Mapping[TopicPartition, Records]
 # The first pass of a streamed fetch takes its records from the consumer this many at a time.
 CHUNK_RECORDS = 1000
 # A replay that gets no record for this long gives up (the runner then restarts the consumer).
@@ -599,34 +596,15 @@ class ConsumerRunner:
         A consumer of its own, outside the group, so the running one keeps its position.
         """
         log.info("fetch_replay", consumer=self.name, records=sum(last - first + 1 for first, last in spans.values()))
-        consumer = AIOKafkaConsumer(
-            bootstrap_servers=self._bootstrap,
-            group_id=None,
-            enable_auto_commit=False,
+        async for chunk in read_spans(
+            self._bootstrap,
+            spans,
+            max_records=CHUNK_RECORDS,
+            stall_seconds=REPLAY_STALL_SECONDS,
             max_partition_fetch_bytes=self._partition_fetch_bytes,
             fetch_max_bytes=self._fetch_max_bytes,
-        )
-        await consumer.start()
-        try:
-            consumer.assign(list(spans))
-            for tp, (first, _) in spans.items():
-                consumer.seek(tp, first)
-            todo = dict(spans)
-            last_progress = asyncio.get_running_loop().time()
-            while todo:
-                got = await consumer.getmany(*todo, timeout_ms=500, max_records=CHUNK_RECORDS)
-                chunk = {tp: [r for r in records if r.offset <= todo[tp][1]] for tp, records in got.items()}
-                chunk = {tp: records for tp, records in chunk.items() if records}
-                if chunk:
-                    last_progress = asyncio.get_running_loop().time()
-                    yield chunk
-                for tp in list(todo):
-                    if await consumer.position(tp) > todo[tp][1]:
-                        del todo[tp]
-                if todo and asyncio.get_running_loop().time() - last_progress > REPLAY_STALL_SECONDS:
-                    raise RuntimeError(f"replaying a fetch: no record for {REPLAY_STALL_SECONDS:.0f} s")
-        finally:
-            await consumer.stop()
+        ):
+            yield chunk
 
     @property
     def _fetch_handler(self) -> FetchHandler:

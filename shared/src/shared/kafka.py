@@ -3,10 +3,10 @@
 from __future__ import annotations
 
 import asyncio
-from collections.abc import Sequence
+from collections.abc import AsyncIterator, Mapping, Sequence
 from typing import Any
 
-from aiokafka import AIOKafkaProducer
+from aiokafka import AIOKafkaConsumer, AIOKafkaProducer, ConsumerRecord, TopicPartition
 
 from shared.envelope import Envelope, Headers
 from shared.logging import get_logger
@@ -123,3 +123,49 @@ async def _quiet_stop(producer: AIOKafkaProducer) -> None:
         await asyncio.wait_for(producer.stop(), timeout=5)
     except Exception:  # noqa: S110 - closing a broken connection; nothing to report
         pass
+
+
+Records = list[ConsumerRecord[bytes, bytes]]
+# Records of one read, per partition, in offset order.
+Chunk = Mapping[TopicPartition, Records]
+
+
+async def read_spans(
+    bootstrap: str,
+    spans: Mapping[TopicPartition, tuple[int, int]],
+    *,
+    max_records: int,
+    stall_seconds: float,
+    **consumer_options: Any,
+) -> AsyncIterator[Chunk]:
+    """The records at ``spans`` (first and last offset, both included, per partition), a chunk at a time.
+
+    A consumer of its own, outside every group, so running consumers keep their positions. Raises
+    if no record comes for ``stall_seconds`` while some are still expected (a truncated partition).
+    """
+    todo = {tp: span for tp, span in spans.items() if span[0] <= span[1]}
+    if not todo:
+        return
+    options = {"group_id": None, "enable_auto_commit": False, **consumer_options}
+    consumer = AIOKafkaConsumer(bootstrap_servers=bootstrap, **options)
+    await consumer.start()
+    try:
+        consumer.assign(list(todo))
+        for tp, (first, _) in todo.items():
+            consumer.seek(tp, first)
+        loop = asyncio.get_running_loop()
+        progress = loop.time()
+        while todo:
+            got = await consumer.getmany(*todo, timeout_ms=500, max_records=max_records)
+            chunk = {tp: [r for r in records if r.offset <= todo[tp][1]] for tp, records in got.items()}
+            chunk = {tp: records for tp, records in chunk.items() if records}
+            if chunk:
+                progress = loop.time()
+                yield chunk
+            for tp in list(todo):
+                if await consumer.position(tp) > todo[tp][1]:
+                    del todo[tp]
+            if todo and loop.time() - progress > stall_seconds:
+                raise RuntimeError(f"reading the event log: no record for {stall_seconds:.0f} s")
+    finally:
+        await consumer.stop()
