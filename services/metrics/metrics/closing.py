@@ -334,18 +334,23 @@ class ClosingService:
             not_closed=[r.unit for r in rows if r.status == "open"],
         )
 
-    async def figures(self, principal: Principal, period_id: str, unit: str) -> PeriodFigures:
+    async def _period_log(self, period: Period, units: Sequence[str]) -> list[Entry]:
+        """The events of ``period``'s days for ``units``, read from the log once per request."""
+        return [e async for e in self._log.entries(period.starts_at - READ_MARGIN, None, period.days, units)]
+
+    async def figures(
+        self, principal: Principal, period_id: str, unit: str, *, log: Sequence[Entry] | None = None
+    ) -> PeriodFigures:
+        """``log``: :meth:`_period_log` for at least the units closed with the period and those now below."""
         _repo, tree, period, code = await self._context(principal, period_id, unit)
         doc = await self._periods.get(period.id, code)
         if doc is None or doc.get("cut") is None:
             raise Conflict(f"{period.id} has never been closed for {code}", slug="period-not-closed")
         units = sorted(set(doc["units"]) | set(subtree_of(tree, code)))
         cut: Cut = doc["cut"]
-        late = [
-            e
-            async for e in self._log.entries(period.starts_at - READ_MARGIN, None, period.days, units)
-            if e.offset >= cut.get(e.key, 0)
-        ]
+        if log is None:
+            log = await self._period_log(period, units)
+        late = [e for e in log if e.offset >= cut.get(e.key, 0)]
         reported = _flat(doc["reported"])
         late.sort(key=lambda e: (e.appended_at, e.key, e.offset))
         adjustments = [adjustment_of(e) for e in late]
@@ -433,15 +438,19 @@ class ClosingService:
                     return candidate, _flat(doc["reported"])
         raise Conflict(f"no closed period {first}..{last} for {code}", slug="period-not-closed")
 
-    async def completeness(self, principal: Principal, period_id: str, unit: str) -> Completeness:
+    async def completeness(
+        self, principal: Principal, period_id: str, unit: str, *, log: Sequence[Entry] | None = None
+    ) -> Completeness:
+        """``log``: :meth:`_period_log` for at least the units now below ``unit``."""
         repo, tree, period, code = await self._context(principal, period_id, unit)
         units = subtree_of(tree, code)
+        below = set(units)
         doc = await self._periods.get(period.id, code)
         cut: Cut | None = doc.get("cut") if doc is not None and doc["status"] != "open" else None
         on_time: set[str] = set()
         late: set[str] = set()
-        async for e in self._log.entries(period.starts_at - READ_MARGIN, None, period.days, units):
-            teams = {c.team for c in e.changes if c.team}
+        for e in await self._period_log(period, units) if log is None else log:
+            teams = {c.team for c in e.changes if c.team and c.unit in below}
             if cut is None or e.offset < cut.get(e.key, 0):
                 on_time |= teams
             else:
@@ -493,8 +502,11 @@ class ClosingService:
                     risks.append(await self._metrics.campaign_risk(principal, c["_id"], period.last))
                 except Forbidden:
                     continue
+        closed = await self._periods.get(period.id, code)
+        closed_units = set(closed["units"]) if closed else set()
+        log = await self._period_log(period, sorted(closed_units | set(subtree_of(tree, code))))
         try:
-            figures = await self.figures(principal, period_id, code)
+            figures = await self.figures(principal, period_id, code, log=log)
         except Conflict:
             figures = None
         return NarrativeInputs(
@@ -502,7 +514,7 @@ class ClosingService:
             table=table,
             risks=risks,
             figures=figures,
-            completeness=await self.completeness(principal, period_id, code),
+            completeness=await self.completeness(principal, period_id, code, log=log),
             earlier=await self._late_for_earlier_weeks(tree, code, period),
         )
 
