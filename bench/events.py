@@ -18,8 +18,36 @@ def unit_paths(n_units: int = 60) -> list[list[str]]:
     return [[PROVINCE, f"QN-C{i:03d}"] for i in range(n_units)]
 
 
-def mixed_events(n: int, *, seed: int = 7, n_units: int = 60, days: int = 50) -> list[Envelope]:
-    """``n`` events over ``n_units`` communes and ``days`` days, in a field-work-like mix."""
+# How late field records reach the log in the campaign order: most the same day, some a few days
+# later (a tablet offline in a border commune), a few weeks later (a typhoon). Shares of records.
+LATE_1_3_DAYS = 0.12
+LATE_4_14_DAYS = 0.03
+
+
+def event_day(rng: random.Random, start: date, days: int, i: int, n: int, arrival: str) -> date:
+    """The day the ``i``-th of ``n`` events is about.
+
+    ``campaign``: the log follows the campaign, so the day advances through the stream, with the
+    late shares above. ``uniform``: any day of the ``days`` at random, as replaying a whole campaign
+    shuffled would be; every fetch then touches nearly every unit's every day (the worst case).
+    """
+    if arrival == "uniform":
+        return start + timedelta(days=rng.randrange(days))
+    today = i * days // max(n, 1)
+    roll = rng.random()
+    late = 0
+    if roll < LATE_1_3_DAYS:
+        late = rng.randint(1, 3)
+    elif roll < LATE_1_3_DAYS + LATE_4_14_DAYS:
+        late = rng.randint(4, 14)
+    return start + timedelta(days=max(0, today - late))
+
+
+def mixed_events(
+    n: int, *, seed: int = 7, n_units: int = 60, days: int = 50, arrival: str = "campaign"
+) -> list[Envelope]:
+    """``n`` events over ``n_units`` communes and ``days`` days, in a field-work-like mix; ``arrival``
+    says how their days run through the stream (see :func:`event_day`)."""
     rng = random.Random(seed)
     paths = unit_paths(n_units)
     start = date(2026, 7, 1)
@@ -28,7 +56,7 @@ def mixed_events(n: int, *, seed: int = 7, n_units: int = 60, days: int = 50) ->
     while len(out) < n:
         roll = rng.random()
         path = rng.choice(paths)
-        day = start + timedelta(days=rng.randrange(days))
+        day = event_day(rng, start, days, len(out), n, arrival)
         if roll < 0.55:
             out.append(visit(path, day, rng))
         elif roll < 0.62 or not courses:
