@@ -42,10 +42,12 @@ def build_app(settings: RegistrySettings | None = None) -> FastAPI:
     async def lifespan(app: FastAPI) -> AsyncIterator[None]:
         runtime = Runtime(settings, outbox_collections=COLLECTIONS, indexes=INDEXES)
         app.state.runtime = runtime
-        app.state.registry = RegistryService(Repository(runtime.db, runtime.notify_relay))
+        repo = Repository(runtime.db, runtime.notify_relay)
+        app.state.registry = RegistryService(repo)
         app.state.audit = AuditTrail(runtime.db, COLLECTIONS)
         await runtime.start()
         try:
+            await repo.migrate_joined_teams()
             yield
         finally:
             await runtime.stop()

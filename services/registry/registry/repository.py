@@ -11,6 +11,7 @@ from pymongo.errors import BulkWriteError, DuplicateKeyError
 
 from shared.audit import audit_fields, audit_update
 from shared.envelope import Envelope
+from shared.migrations import applied, record_applied
 from shared.mongo import Document
 from shared.outbox import outbox_fields, outbox_update
 from shared.pagination import decode_cursor, next_cursor
@@ -32,6 +33,9 @@ INDEXES: dict[str, list[IndexModel]] = {
 DUPLICATE_KEY = 11000
 # Reads of aggregates leave out what only the relay and the audit log read.
 HIDDEN = {"outbox": 0, "audit": 0}
+# On a volunteer: every team it ever had a membership in (Repository.note_joined).
+JOINED_TEAMS = "joined_teams"
+JOINED_TEAMS_MIGRATION = "0002-volunteer-joined-teams"
 
 
 class Repository:
@@ -51,6 +55,35 @@ class Repository:
 
     async def root_unit(self) -> Document | None:
         return await self._db[UNITS].find_one({"parent_code": None}, HIDDEN)
+
+    async def note_joined(self, volunteer_id: str, team_code: str) -> None:
+        """Add ``team_code`` to the volunteer's ``joined_teams``, before its membership is written.
+
+        The list only grows, so it always holds every team the volunteer has a membership document in
+        (and at worst one whose membership write failed after it): a volunteer's memberships are then
+        ``_id`` reads, where a query on ``volunteer_id`` scans every membership on FerretDB (50 s per
+        departure with the 10x campaign's 31,000 memberships).
+        """
+        await self._db[VOLUNTEERS].update_one({"_id": volunteer_id}, {"$addToSet": {JOINED_TEAMS: team_code}})
+
+    async def migrate_joined_teams(self) -> None:
+        """Give volunteers registered before ``joined_teams`` existed the list, from their memberships.
+
+        Once per database, before the service answers; ``$addToSet`` keeps it right if a membership
+        starts meanwhile (or another replica runs it at the same time).
+        """
+        if await applied(self._db, JOINED_TEAMS_MIGRATION):
+            return
+        volunteers = self._db[VOLUNTEERS]
+        async for m in self._db[MEMBERSHIPS].find({}, {"volunteer_id": 1, "team_code": 1}):
+            await volunteers.update_one({"_id": m["volunteer_id"]}, {"$addToSet": {JOINED_TEAMS: m["team_code"]}})
+        result = await volunteers.update_many({JOINED_TEAMS: {"$exists": False}}, {"$set": {JOINED_TEAMS: []}})
+        await record_applied(self._db, JOINED_TEAMS_MIGRATION, result.modified_count)
+
+    async def memberships_of(self, volunteer_id: str, teams: Sequence[str]) -> list[Document]:
+        """The volunteer's membership documents in ``teams`` (its ``joined_teams``), by ``_id``."""
+        found = [await self.get(MEMBERSHIPS, f"{team}/{volunteer_id}") for team in teams]
+        return [d for d in found if d is not None]
 
     async def active_member_ids(self, team_code: str) -> list[str]:
         docs = await self._db[MEMBERSHIPS].find({"team_code": team_code, "active": True}, {"volunteer_id": 1}).to_list()

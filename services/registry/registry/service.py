@@ -14,7 +14,7 @@ from typing import Any
 
 from pydantic import BaseModel, ValidationError
 
-from registry.repository import CAMPAIGNS, MEMBERSHIPS, TEAMS, UNITS, VOLUNTEERS, Repository
+from registry.repository import CAMPAIGNS, JOINED_TEAMS, MEMBERSHIPS, TEAMS, UNITS, VOLUNTEERS, Repository
 from registry.schemas import (
     MASK,
     CampaignIn,
@@ -304,6 +304,8 @@ def _new_volunteer(body: VolunteerIn, unit: Document, volunteer_id: str) -> tupl
         "email": body.email,
         "active": True,
         "left_on": None,
+        # Every team the volunteer ever had a membership in (see Repository.note_joined).
+        JOINED_TEAMS: [],
         "created_at": _now(),
     }
     payload = ev.VolunteerRegisteredV2(
@@ -1093,6 +1095,7 @@ class RegistryService:
             else:
                 registered.add(volunteer_id)
                 doc, event = _new_volunteer(row, unit, volunteer_id)
+                doc[JOINED_TEAMS] = sorted({m.code for m in row.teams})
                 entry = _audit(
                     principal, "volunteer.registered", doc, unit["path"], after={k: doc[k] for k in VOLUNTEER_AUDITED}
                 )
@@ -1106,6 +1109,11 @@ class RegistryService:
         for i, doc, _ in volunteers:
             if doc["_id"] in taken:
                 results[i] = results[i].model_copy(update={"status": BatchStatus.duplicate})
+        listed = {d["_id"]: set(d[JOINED_TEAMS]) for _, d, _ in volunteers if d["_id"] not in taken}
+        for d, _ in memberships.values():
+            # A volunteer registered before, or a repeated row naming other teams: note the team.
+            if d["team_code"] not in listed.get(d["volunteer_id"], ()):
+                await self._repo.note_joined(d["volunteer_id"], d["team_code"])
         # Memberships of re-sent rows too: the first attempt may have stopped between the two inserts.
         # One that exists already (possibly ended since) is left as it is.
         await self._repo.insert_new(MEMBERSHIPS, [(d, [e]) for d, e in memberships.values()])
@@ -1188,7 +1196,9 @@ class RegistryService:
         # Someone who left is no longer a current member anywhere; repeating the request closes any
         # membership an interrupted earlier attempt left open.
         left = date.fromisoformat(doc["left_on"])
-        for membership in await self._repo.find_all(MEMBERSHIPS, {"volunteer_id": volunteer_id, "active": True}):
+        for membership in await self._repo.memberships_of(volunteer_id, doc[JOINED_TEAMS]):
+            if not membership["active"]:
+                continue
             since = date.fromisoformat(membership["periods"][-1]["since"])
             team = await self._team_or_404(membership["team_code"])
             await self._close_membership(principal, membership, team, max(left, since))
@@ -1213,6 +1223,7 @@ class RegistryService:
         key = f"{team_code}/{body.volunteer_id}"
         doc, event = _new_membership(team, body.volunteer_id, body.since)
         existing = await self._repo.get(MEMBERSHIPS, key)
+        await self._repo.note_joined(body.volunteer_id, team_code)
         entry = _membership_audit(principal, "membership.started", doc, team)
         if existing is None:
             if not await self._repo.insert(MEMBERSHIPS, doc, [event], [entry]):

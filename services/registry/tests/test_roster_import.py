@@ -329,3 +329,42 @@ async def test_a_roster_file_of_another_content_type_is_415(client) -> None:
     # Who may not import learns that before the file is looked at.
     field = token("field", unit="QN-HALONG")
     assert (await upload(client, b"\x00garbage", XLSX, headers=field)).status_code == 403
+
+
+async def test_leaving_ends_the_memberships_of_imported_and_of_earlier_volunteers(settings) -> None:
+    # A volunteer's memberships are read by _id through its joined_teams: from the roster row, from a
+    # later join, from a re-sent row naming another team, and, for volunteers stored before the list
+    # existed, from the one-off migration.
+    app = build_app(settings)
+    async with running_app(app) as client:
+        await seed_tree(client)
+        for code in ("HL-TT01", "HL-LD02", "HL-TT03"):
+            assert (await client.post("/v1/teams", json=team_body(code), headers=ADMIN)).status_code == 201
+        since = "2025-07-01"
+        rows = [row("j/1", teams=[{"code": "HL-TT01", "since": since}]), row("j/2")]
+        got = (await client.post("/v1/volunteers:import", json={"items": rows}, headers=ADMIN)).json()["items"]
+        imported, earlier = got[0]["id"], got[1]["id"]
+        joined = await client.post(
+            "/v1/teams/HL-LD02/members", json={"volunteer_id": imported, "since": since}, headers=ADMIN
+        )
+        assert joined.status_code == 201
+        resent = [row("j/1", teams=[{"code": "HL-TT03", "since": since}])]
+        assert (await client.post("/v1/volunteers:import", json={"items": resent}, headers=ADMIN)).status_code == 200
+        member = {"volunteer_id": earlier, "since": since}
+        assert (await client.post("/v1/teams/HL-TT01/members", json=member, headers=ADMIN)).status_code == 201
+
+        db = app.state.runtime.db
+        stored = await db["volunteers"].find_one({"_id": imported})
+        assert sorted(stored["joined_teams"]) == ["HL-LD02", "HL-TT01", "HL-TT03"]
+        # `earlier` as stored before joined_teams existed: the migration must rebuild it.
+        await db["volunteers"].update_one({"_id": earlier}, {"$unset": {"joined_teams": ""}})
+        await db["migrations"].delete_one({"_id": "0002-volunteer-joined-teams"})
+        await app.state.registry._repo.migrate_joined_teams()
+        assert (await db["volunteers"].find_one({"_id": earlier}))["joined_teams"] == ["HL-TT01"]
+
+        for volunteer in (imported, earlier):
+            r = await client.post(f"/v1/volunteers/{volunteer}:leave", json={"left_on": "2025-08-15"}, headers=ADMIN)
+            assert r.status_code == 200, r.text
+        for team in ("HL-TT01", "HL-LD02", "HL-TT03"):
+            members = (await client.get(f"/v1/teams/{team}/members", headers=ADMIN)).json()["items"]
+            assert members == [], (team, members)

@@ -87,9 +87,21 @@ def _unpublished(entries: Sequence[Any], published: set[str]) -> list[dict[str, 
     return [e for e in plain if e["id"] not in published]
 
 
+async def applied(db: AsyncDatabase[dict[str, Any]], name: str) -> bool:
+    """Whether migration ``name`` finished in this database."""
+    return await db[MIGRATIONS].find_one({"_id": name}) is not None
+
+
+async def record_applied(db: AsyncDatabase[dict[str, Any]], name: str, documents: int) -> None:
+    await db[MIGRATIONS].update_one(
+        {"_id": name}, {"$set": {"applied_at": datetime.now(UTC), "documents": documents}}, upsert=True
+    )
+    log.info("migration_applied", migration=name, documents=documents)
+
+
 async def migrate_outboxes(db: AsyncDatabase[dict[str, Any]], collections: Sequence[str]) -> None:
     """Rewrite outboxes of earlier forms as plain entries, dropping what was published already."""
-    if not collections or await db[MIGRATIONS].find_one({"_id": PLAIN_OUTBOX}) is not None:
+    if not collections or await applied(db, PLAIN_OUTBOX):
         return
     published = await _published_before(db)
     moved = 0
@@ -107,7 +119,4 @@ async def migrate_outboxes(db: AsyncDatabase[dict[str, Any]], collections: Seque
                 doc = await col.find_one({"_id": doc["_id"]}, {"outbox": 1, "rev": 1})
     for retired in RETIRED:
         await db[retired].drop()
-    await db[MIGRATIONS].update_one(
-        {"_id": PLAIN_OUTBOX}, {"$set": {"applied_at": datetime.now(UTC), "documents": moved}}, upsert=True
-    )
-    log.info("migration_applied", migration=PLAIN_OUTBOX, documents=moved)
+    await record_applied(db, PLAIN_OUTBOX, moved)
