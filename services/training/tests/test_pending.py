@@ -121,3 +121,25 @@ async def test_cancelling_a_pending_course_emits_nothing(training, registry_even
     await training.events("P-CANCEL", 0, settle=1.5)
     assert training.events_of("P-CANCEL") == []
     assert (await training.course_doc("P-CANCEL"))["status"] == "cancelled"
+
+
+async def test_a_course_held_pending_before_the_index_existed_is_indexed_once_and_decided(
+    training, registry_events
+) -> None:
+    r = await training.client.post("/v1/courses", json=course("P-OLD", "LIT-OLD", "QN-HL"), headers=ADMIN)
+    assert r.json()["status"] == "pending"
+    index = training.db["pending_courses"]
+    assert await index.find_one({"_id": "P-OLD"}) is not None
+    # As stored by the service before the index: no entry, and the migration not yet recorded.
+    await index.delete_one({"_id": "P-OLD"})
+    await training.db["migrations"].delete_one({"_id": "0003-pending-courses-index"})
+    await training.app.state.training._repo.migrate_pending_index()
+    assert await index.find_one({"_id": "P-OLD"}) is not None
+
+    await training.registry(registry_events.team("LIT-OLD", "literacy", ["QN", "QN-HL"]))
+    await status_becomes(training, "P-OLD", "scheduled")
+
+    async def released() -> bool:
+        return await index.find_one({"_id": "P-OLD"}) is None
+
+    await wait_until(released, timeout=10)

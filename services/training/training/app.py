@@ -39,11 +39,14 @@ def build_app(settings: TrainingSettings | None = None) -> FastAPI:
         # Every training event lives in its course's document, so one outbox collection keeps per-course order.
         runtime = Runtime(settings, outbox_collections=[COURSES], indexes=INDEXES)
         view = RegistryView(runtime.db)
-        service = TrainingService(TrainingRepository(runtime.db), view, runtime.notify_relay)
+        repo = TrainingRepository(runtime.db)
+        service = TrainingService(repo, view, runtime.notify_relay)
         runtime.add_consumer("registry-view", [REGISTRY_TOPIC], registry_handlers(view, service), per_event=False)
         app.state.runtime = runtime
         app.state.training = service
         app.state.audit = AuditTrail(runtime.db, [COURSES, PARTICIPANTS, SESSIONS])
+        # Before the registry-view consumer starts: its listener reads the index.
+        await repo.migrate_pending_index()
         await runtime.start()
         try:
             yield

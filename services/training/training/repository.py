@@ -16,13 +16,17 @@ from pymongo.asynchronous.database import AsyncDatabase
 from shared import registry_view
 from shared.audit import audit_fields, audit_update
 from shared.envelope import Envelope
-from shared.mongo import Document, insert_once
+from shared.migrations import applied, record_applied
+from shared.mongo import Document, insert_ignoring_duplicates, insert_once
 from shared.outbox import outbox_fields, outbox_update
 from shared.pagination import after_filter
 
 COURSES = "courses"
 PARTICIPANTS = "participants"
 SESSIONS = "sessions"
+# ``{_id: course code}`` of the courses held as pending: what a registry change re-checks.
+PENDING_COURSES = "pending_courses"
+PENDING_MIGRATION = "0003-pending-courses-index"
 
 INDEXES: dict[str, list[IndexModel]] = {
     COURSES: [
@@ -54,6 +58,7 @@ class TrainingRepository:
         self._courses = db[COURSES]
         self._participants = db[PARTICIPANTS]
         self._sessions = db[SESSIONS]
+        self._pending = db[PENDING_COURSES]
 
     # --- courses -----------------------------------------------------------------------------------
 
@@ -80,8 +85,33 @@ class TrainingRepository:
         )
         return res.matched_count == 1
 
-    async def pending_courses(self, query: dict[str, Any]) -> list[Document]:
-        return await self._courses.find({"status": "pending", **query}, HIDDEN).to_list()
+    async def hold(self, code: str) -> None:
+        """Note a course about to be stored as pending (before its insert: a crash between the two
+        leaves an entry that :meth:`pending_courses` drops, never a pending course nobody re-checks)."""
+        await insert_ignoring_duplicates(self._pending, [{"_id": code}])
+
+    async def pending_courses(self) -> list[Document]:
+        """The pending courses, read by ``_id`` from the small index: a query on ``status`` reads every
+        course on FerretDB, and each registry batch asks."""
+        out = []
+        for entry in await self._pending.find({}).to_list():
+            course = await self.get_course(entry["_id"])
+            if course is not None and course["status"] == "pending":
+                out.append(course)
+            else:  # scheduled, rejected or cancelled since, or never stored
+                await self.release(entry["_id"])
+        return out
+
+    async def release(self, code: str) -> None:
+        await self._pending.delete_one({"_id": code})
+
+    async def migrate_pending_index(self) -> None:
+        """Index the courses held as pending before the index existed; once per database."""
+        if await applied(self._db, PENDING_MIGRATION):
+            return
+        codes = [{"_id": c["_id"]} async for c in self._courses.find({"status": "pending"}, {"_id": 1})]
+        await insert_ignoring_duplicates(self._pending, codes)
+        await record_applied(self._db, PENDING_MIGRATION, len(codes))
 
     async def list_courses(self, query: dict[str, Any], cursor: str | None, limit: int) -> list[Document]:
         return (

@@ -311,6 +311,7 @@ class TrainingService:
             await self._repo.update_course(
                 code, {"status": "pending"}, {"$set": {"status": "rejected", "problem": v.detail}}, [], [entry]
             )
+            await self._repo.release(code)
             log.info("course_rejected", course=code, reason=v.detail)
             return
         changes = {
@@ -327,6 +328,7 @@ class TrainingService:
             code, {"status": "pending"}, {"$set": changes}, [_scheduled_event({**c, **changes})], [entry]
         ):
             self._notify(COURSES, [code])
+        await self._repo.release(code)  # scheduled now, by this call or another replica's
 
     async def on_registry_change(self, changes: Sequence[tuple[str, str]]) -> None:
         """RegistryView listener: re-check the pending courses a batch of changes may unblock."""
@@ -336,7 +338,7 @@ class TrainingService:
         anyone = any(kind == "volunteer" for kind, _ in changes)  # a teacher may have joined
         if not (teams or units or anyone):
             return
-        for c in await self._repo.pending_courses({}):
+        for c in await self._repo.pending_courses():
             if anyone or units or c["team_code"] in teams:
                 await self.revalidate(c)
 
@@ -394,6 +396,8 @@ class TrainingService:
         events = [_scheduled_event(doc)] if v.outcome == "ok" else []
         action = "course.scheduled" if v.outcome == "ok" else "course.held_pending"
         entry = _audit(p, action, body.code, doc, after={k: doc[k] for k in COURSE_AUDITED})
+        if not events:
+            await self._repo.hold(body.code)
         stored, created = await self._repo.insert_course(doc, events, [entry])
         if not created:
             await self._authorize_read(p, stored)
