@@ -47,7 +47,7 @@ def build_app(settings: RegistrySettings | None = None) -> FastAPI:
         app.state.audit = AuditTrail(runtime.db, COLLECTIONS)
         await runtime.start()
         try:
-            await repo.migrate_joined_teams()
+            await repo.migrate_membership_hints()
             yield
         finally:
             await runtime.stop()

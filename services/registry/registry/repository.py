@@ -35,7 +35,9 @@ DUPLICATE_KEY = 11000
 HIDDEN = {"outbox": 0, "audit": 0}
 # On a volunteer: every team it ever had a membership in (Repository.note_joined).
 JOINED_TEAMS = "joined_teams"
-JOINED_TEAMS_MIGRATION = "0002-volunteer-joined-teams"
+# On a team: every volunteer it ever had a membership of (Repository.note_joined).
+JOINED_MEMBERS = "joined_members"
+HINTS_MIGRATION = "0002-membership-hints"
 
 
 class Repository:
@@ -57,28 +59,40 @@ class Repository:
         return await self._db[UNITS].find_one({"parent_code": None}, HIDDEN)
 
     async def note_joined(self, volunteer_id: str, team_code: str) -> None:
-        """Add ``team_code`` to the volunteer's ``joined_teams``, before its membership is written.
+        """Add the team to the volunteer's ``joined_teams`` and the volunteer to the team's
+        ``joined_members``, before their membership document is written.
 
-        The list only grows, so it always holds every team the volunteer has a membership document in
-        (and at worst one whose membership write failed after it): a volunteer's memberships are then
-        ``_id`` reads, where a query on ``volunteer_id`` scans every membership on FerretDB (50 s per
-        departure with the 10x campaign's 31,000 memberships).
+        Both lists only grow, so they always hold every membership document there is (and at worst one
+        whose write failed after them): a volunteer's or a team's memberships are then ``_id`` reads,
+        where a query on ``volunteer_id`` or ``team_code`` scans every membership on FerretDB (50 s per
+        departure and 10 s per team update with the 10x campaign's 31,000 memberships).
         """
         await self._db[VOLUNTEERS].update_one({"_id": volunteer_id}, {"$addToSet": {JOINED_TEAMS: team_code}})
+        await self.note_members(team_code, [volunteer_id])
 
-    async def migrate_joined_teams(self) -> None:
-        """Give volunteers registered before ``joined_teams`` existed the list, from their memberships.
+    async def note_members(self, team_code: str, volunteer_ids: Sequence[str]) -> None:
+        """The team's half of :meth:`note_joined`, for many volunteers at once (a roster upload)."""
+        await self._db[TEAMS].update_one(
+            {"_id": team_code}, {"$addToSet": {JOINED_MEMBERS: {"$each": list(volunteer_ids)}}}
+        )
 
-        Once per database, before the service answers; ``$addToSet`` keeps it right if a membership
-        starts meanwhile (or another replica runs it at the same time).
-        """
-        if await applied(self._db, JOINED_TEAMS_MIGRATION):
+    async def migrate_membership_hints(self) -> None:
+        """Fill ``joined_teams`` and ``joined_members`` of volunteers and teams stored before the lists
+        existed, from the memberships. Once per database, before the service answers; ``$addToSet``
+        keeps the lists right if a membership starts meanwhile (or another replica runs it too)."""
+        if await applied(self._db, HINTS_MIGRATION):
             return
-        volunteers = self._db[VOLUNTEERS]
+        volunteers, teams = self._db[VOLUNTEERS], self._db[TEAMS]
+        members: dict[str, list[str]] = {}
         async for m in self._db[MEMBERSHIPS].find({}, {"volunteer_id": 1, "team_code": 1}):
             await volunteers.update_one({"_id": m["volunteer_id"]}, {"$addToSet": {JOINED_TEAMS: m["team_code"]}})
-        result = await volunteers.update_many({JOINED_TEAMS: {"$exists": False}}, {"$set": {JOINED_TEAMS: []}})
-        await record_applied(self._db, JOINED_TEAMS_MIGRATION, result.modified_count)
+            members.setdefault(m["team_code"], []).append(m["volunteer_id"])
+        for team_code, ids in members.items():
+            await self.note_members(team_code, ids)
+        filled = 0
+        for col, field in ((volunteers, JOINED_TEAMS), (teams, JOINED_MEMBERS)):
+            filled += (await col.update_many({field: {"$exists": False}}, {"$set": {field: []}})).modified_count
+        await record_applied(self._db, HINTS_MIGRATION, filled)
 
     async def memberships_of(self, volunteer_id: str, teams: Sequence[str]) -> list[Document]:
         """The volunteer's membership documents in ``teams`` (its ``joined_teams``), by ``_id``."""
@@ -86,12 +100,17 @@ class Repository:
         return [d for d in found if d is not None]
 
     async def active_member_ids(self, team_code: str) -> list[str]:
-        docs = await self._db[MEMBERSHIPS].find({"team_code": team_code, "active": True}, {"volunteer_id": 1}).to_list()
-        return [d["volunteer_id"] for d in docs]
+        """Current members of the team, read by ``_id`` through its ``joined_members``."""
+        team = await self._db[TEAMS].find_one({"_id": team_code}, {JOINED_MEMBERS: 1})
+        ids: list[str] = []
+        for volunteer_id in (team or {}).get(JOINED_MEMBERS, []):
+            m = await self._db[MEMBERSHIPS].find_one({"_id": f"{team_code}/{volunteer_id}"}, {"active": 1})
+            if m is not None and m["active"]:
+                ids.append(volunteer_id)
+        return ids
 
     async def count_active_members(self, team_code: str) -> int:
-        """Current members of a team; a scan on FerretDB, acceptable because team changes are rare."""
-        return await self._db[MEMBERSHIPS].count_documents({"team_code": team_code, "active": True})
+        return len(await self.active_member_ids(team_code))
 
     async def page(
         self, collection: str, query: dict[str, Any], limit: int, cursor: str | None

@@ -14,7 +14,16 @@ from typing import Any
 
 from pydantic import BaseModel, ValidationError
 
-from registry.repository import CAMPAIGNS, JOINED_TEAMS, MEMBERSHIPS, TEAMS, UNITS, VOLUNTEERS, Repository
+from registry.repository import (
+    CAMPAIGNS,
+    JOINED_MEMBERS,
+    JOINED_TEAMS,
+    MEMBERSHIPS,
+    TEAMS,
+    UNITS,
+    VOLUNTEERS,
+    Repository,
+)
 from registry.schemas import (
     MASK,
     CampaignIn,
@@ -910,6 +919,7 @@ class RegistryService:
             "base": body.base,
             "campaign_code": body.campaign_code,
             "active": True,
+            JOINED_MEMBERS: [],  # see Repository.note_joined
             "created_at": _now(),
         }
         event = _event(
@@ -1110,10 +1120,14 @@ class RegistryService:
             if doc["_id"] in taken:
                 results[i] = results[i].model_copy(update={"status": BatchStatus.duplicate})
         listed = {d["_id"]: set(d[JOINED_TEAMS]) for _, d, _ in volunteers if d["_id"] not in taken}
+        by_team: dict[str, list[str]] = {}
         for d, _ in memberships.values():
+            by_team.setdefault(d["team_code"], []).append(d["volunteer_id"])
             # A volunteer registered before, or a repeated row naming other teams: note the team.
             if d["team_code"] not in listed.get(d["volunteer_id"], ()):
                 await self._repo.note_joined(d["volunteer_id"], d["team_code"])
+        for team_code, ids in by_team.items():
+            await self._repo.note_members(team_code, ids)
         # Memberships of re-sent rows too: the first attempt may have stopped between the two inserts.
         # One that exists already (possibly ended since) is left as it is.
         await self._repo.insert_new(MEMBERSHIPS, [(d, [e]) for d, e in memberships.values()])

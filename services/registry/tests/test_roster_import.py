@@ -358,9 +358,13 @@ async def test_leaving_ends_the_memberships_of_imported_and_of_earlier_volunteer
         assert sorted(stored["joined_teams"]) == ["HL-LD02", "HL-TT01", "HL-TT03"]
         # `earlier` as stored before joined_teams existed: the migration must rebuild it.
         await db["volunteers"].update_one({"_id": earlier}, {"$unset": {"joined_teams": ""}})
-        await db["migrations"].delete_one({"_id": "0002-volunteer-joined-teams"})
-        await app.state.registry._repo.migrate_joined_teams()
+        await db["teams"].update_one({"_id": "HL-TT01"}, {"$unset": {"joined_members": ""}})
+        await db["migrations"].delete_one({"_id": "0002-membership-hints"})
+        await app.state.registry._repo.migrate_membership_hints()
         assert (await db["volunteers"].find_one({"_id": earlier}))["joined_teams"] == ["HL-TT01"]
+        assert sorted((await db["teams"].find_one({"_id": "HL-TT01"}))["joined_members"]) == sorted([imported, earlier])
+        listed = await client.get("/v1/volunteers", params={"team": "HL-TT01"}, headers=ADMIN)
+        assert sorted(v["id"] for v in listed.json()["items"]) == sorted([imported, earlier])
 
         for volunteer in (imported, earlier):
             r = await client.post(f"/v1/volunteers/{volunteer}:leave", json={"left_on": "2025-08-15"}, headers=ADMIN)
