@@ -1404,7 +1404,9 @@ async def metrics_history(b: Bench, prefix: str, db: str) -> dict[str, Any]:
             ),
             1,
         )
-        out["counter_documents"] = await client[db]["counts_g1"].count_documents({})
+        out["counter_documents"] = sum(
+            [await client[db][name].count_documents({}) for name in ("counts_g1", "team_counts_g1")]
+        )
         stored = [d async for d in client[db]["processed_events_g1"].find({}, {"ids": 1})]
         out["processed_events_docs"] = len(stored)
         out["processed_event_ids"] = sum(len(d["ids"]) for d in stored)

@@ -65,7 +65,8 @@ HERE = Path(__file__).resolve().parent
 PEER_DIR = HERE / "peer"
 PEER_JAR = PEER_DIR / "target" / "streams-peer.jar"
 PEER_EVENTS = 100_000  # at scale 1; the projector part drains 200,000 three times already
-PROJECTOR_COLLECTION = "counts_g1"  # the first generation's counters (metrics.generations)
+# The first generation's counters (metrics.generations): the units' and the teams'.
+PROJECTOR_COLLECTIONS = ("counts_g1", "team_counts_g1")
 PEER_COLLECTION = "counts"
 # Java's default heap is a quarter of the machine's memory; the peer needs far less.
 JVM_OPTS = ("-Xms128m", "-Xmx768m", "-XX:+UseParallelGC")
@@ -270,11 +271,11 @@ def _drained(
     }
 
 
-async def counter_docs(mongo_url: str, db: str, collection: str) -> dict[str, dict[str, int]]:
-    """Every counter document of ``db``, without its watermarks and zero fields."""
+async def counter_docs(mongo_url: str, db: str, collections: Sequence[str]) -> dict[str, dict[str, int]]:
+    """Every counter document of ``db``'s ``collections``, without its watermarks and zero fields."""
     client = connect(mongo_url)
     try:
-        docs = await client[db][collection].find({}, {MARKS: 0}).to_list()
+        docs = [d for name in collections for d in await client[db][name].find({}, {MARKS: 0}).to_list()]
     finally:
         await client.close()
     return {
@@ -333,8 +334,8 @@ async def throughput(b: Bench, log_dir: Path) -> dict[str, Any]:
             proj.append(await drain_projector(b, prefix, pdb, expected, timeout))
             peer.append(await drain_peer(b, prefix, sdb, expected, timeout, log_dir))
             if rep == 0:
-                reference = await counter_docs(b.ferret.url, pdb, PROJECTOR_COLLECTION)
-            got = await counter_docs(b.ferret.url, sdb, PEER_COLLECTION)
+                reference = await counter_docs(b.ferret.url, pdb, PROJECTOR_COLLECTIONS)
+            got = await counter_docs(b.ferret.url, sdb, [PEER_COLLECTION])
             assert reference is not None
             diff = differences(reference, got)
             gate.append({"documents": len(got), "equal": not diff and bool(got), "differences": diff})
@@ -417,7 +418,7 @@ async def freshness_of(b: Bench, which: str, rate: float, seconds: float, log_di
     b.prefix, b.probe_seq = prefix, {}
     process: Service | Peer
     if which == "projector":
-        process, collection = b.service("metrics", prefix, db, group_prefix=f"{db}."), PROJECTOR_COLLECTION
+        process, collection = b.service("metrics", prefix, db, group_prefix=f"{db}."), PROJECTOR_COLLECTIONS[0]
     else:
         process, collection = Peer(b.kafka.bootstrap, b.ferret.url, prefix, db, log_dir), PEER_COLLECTION
     probes: list[Probe] = []

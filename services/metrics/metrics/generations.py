@@ -100,6 +100,7 @@ class LiveProjection:
 
     async def start(self) -> None:
         await self._meta.migrate_layout()  # once per process, before the first projector starts
+        await self._meta.split_team_counters()
         await self.sync()
         self._task = asyncio.create_task(self._watch(), name="metrics-generation-watch")
 

@@ -35,8 +35,8 @@ from shared.contracts.common import Area, Audience, Channel, Mode, Role, Skill, 
 from shared.contracts.common import Change as Transition
 
 STATE_DAY = "state"
-# Team counter documents: ``{_id: "team:<code>|<day>", team, day, ...}`` (no ``unit`` field, so unit
-# queries never see them).
+# Team counter documents: ``{_id: "team:<code>|<day>", team, day, ...}``, kept in a collection of their
+# own (``ProjectionRepository.team_counts``).
 TEAM_PREFIX = "team:"
 # Sorts after every ISO date, so date-range filters never select it.
 ALL_DAY = "all"

@@ -10,19 +10,22 @@ from __future__ import annotations
 
 import asyncio
 import contextlib
+import re
 import time
 from collections.abc import Callable, Iterable, Mapping, Sequence
 from datetime import UTC, datetime
 from typing import Any
 
 from pymongo import ASCENDING, ReturnDocument, UpdateOne
+from pymongo.asynchronous.collection import AsyncCollection
 from pymongo.asynchronous.database import AsyncDatabase
 from pymongo.errors import DuplicateKeyError
 
-from metrics.projection import ALL_DAY, STATE_DAY, counter_id, counter_owner
+from metrics.projection import ALL_DAY, STATE_DAY, TEAM_PREFIX, counter_id, counter_owner
 from shared.audit import audit_fields, audit_update
 from shared.envelope import Envelope
 from shared.logging import get_logger
+from shared.migrations import applied, record_applied
 from shared.mongo import insert_ignoring_duplicates
 from shared.outbox import outbox_fields, outbox_update
 
@@ -33,6 +36,10 @@ log = get_logger(__name__)
 # The counter layout of this code; earlier ones are migrated once by MetaRepository.migrate_layout.
 LAYOUT_VERSION = 2
 LEGACY_PREFIXES = ("counters_g", "applied_events_g")
+TEAM_COUNTS_PREFIX = "team_counts_g"
+COUNTS_NAME = re.compile(r"counts_g(\d+)")
+TEAM_COUNTS_MIGRATION = "0003-team-counters-apart"
+MIGRATION_BATCH = 1000
 
 
 class MetaRepository:
@@ -94,6 +101,24 @@ class MetaRepository:
                 await self._db[name].drop()
             log.info("metrics_layout_migrated", generation=generation, dropped=old)
 
+    async def split_team_counters(self) -> None:
+        """Move the team counter documents that earlier code kept among the units' (in ``counts_gN``)
+        to ``team_counts_gN``, watermarks and all, once, before any projector starts. A replica that
+        races here inserts what is there already (ignored) and deletes what was moved."""
+        if await applied(self._db, TEAM_COUNTS_MIGRATION):
+            return
+        moved = 0
+        for name in await self._db.list_collection_names():
+            found = COUNTS_NAME.fullmatch(name)
+            if found is None:
+                continue
+            source, target = self._db[name], self._db[f"{TEAM_COUNTS_PREFIX}{found[1]}"]
+            while batch := await source.find({"team": {"$exists": True}}).limit(MIGRATION_BATCH).to_list():
+                await insert_ignoring_duplicates(target, batch)
+                await source.delete_many({"_id": {"$in": [d["_id"] for d in batch]}})
+                moved += len(batch)
+        await record_applied(self._db, TEAM_COUNTS_MIGRATION, moved)
+
     async def rebuild_status(self) -> Document | None:
         return await self._col.find_one({"_id": "rebuild"}, {"_id": 0})
 
@@ -132,6 +157,9 @@ class ProjectionRepository:
         self._cache_seconds = cache_seconds
         self._tree_cache: tuple[float, dict[str, Document]] | None = None
         self.counters = db[f"counts_g{generation}"]
+        # Team counters (``team:<code>|<day>``) apart from the units': every read of unit rows scans on
+        # FerretDB, and there are many more team rows (a 10x campaign: ~60,000 against ~3,000).
+        self.team_counts = db[f"{TEAM_COUNTS_PREFIX}{generation}"]
         # Counter documents known to exist: a cache (a wrong entry only makes an update miss and be
         # planned again exactly).
         self._existing: set[str] = set()
@@ -144,12 +172,15 @@ class ProjectionRepository:
     async def ensure_indexes(self) -> None:
         # Readers select by unit and day; FerretDB scans regardless, MongoDB uses these.
         await self.counters.create_index([("unit", ASCENDING), ("day", ASCENDING)])
-        await self.counters.create_index([("team", ASCENDING), ("day", ASCENDING)])
+        await self.team_counts.create_index([("team", ASCENDING), ("day", ASCENDING)])
         await self.processed_events.create_index([("group", ASCENDING), ("topic", ASCENDING), ("partition", ASCENDING)])
 
     async def drop(self) -> None:
-        for col in (self.counters, self.processed_events, self.units, self.campaigns, self.teams):
+        for col in (self.counters, self.team_counts, self.processed_events, self.units, self.campaigns, self.teams):
             await col.drop()
+
+    def _collection(self, doc_id: str) -> AsyncCollection[Document]:
+        return self.team_counts if doc_id.startswith(TEAM_PREFIX) else self.counters
 
     # --- projector writes ------------------------------------------------------------------------
 
@@ -173,10 +204,12 @@ class ProjectionRepository:
         ids = list(changes)
         unknown = [d for d in ids if d not in self._existing]
         if unknown:
-            skeletons = [
-                {"_id": d, owner: code, "day": day} for d in unknown for owner, code, day in [counter_owner(d)]
-            ]
-            await insert_ignoring_duplicates(self.counters, skeletons)
+            skeletons: dict[str, list[Document]] = {}
+            for d in unknown:
+                owner, code, day = counter_owner(d)
+                skeletons.setdefault(self._collection(d).name, []).append({"_id": d, owner: code, "day": day})
+            for docs in skeletons.values():
+                await insert_ignoring_duplicates(self._collection(docs[0]["_id"]), docs)
             self._existing.update(unknown)
 
         def statement(doc_id: str) -> UpdateOne:
@@ -187,13 +220,17 @@ class ProjectionRepository:
             return UpdateOne({"_id": doc_id, **guard}, update)
 
         async def command(chunk: list[str]) -> list[str]:
-            result = await self.counters.bulk_write([statement(d) for d in chunk], ordered=False)
+            result = await self._collection(chunk[0]).bulk_write([statement(d) for d in chunk], ordered=False)
             if result.matched_count == len(chunk):
                 return []
             self._existing.difference_update(chunk)  # created again next round, should one be missing
             return chunk
 
-        chunks = [ids[i : i + UPDATES_PER_COMMAND] for i in range(0, len(ids), UPDATES_PER_COMMAND)]
+        units = [d for d in ids if not d.startswith(TEAM_PREFIX)]
+        teams = [d for d in ids if d.startswith(TEAM_PREFIX)]
+        # A command writes one collection.
+        step = UPDATES_PER_COMMAND
+        chunks = [part[i : i + step] for part in (units, teams) for i in range(0, len(part), step)]
         missed: set[str] = set()
         for short in await asyncio.gather(*(command(c) for c in chunks)):
             missed.update(short)
@@ -201,7 +238,7 @@ class ProjectionRepository:
 
     async def marks(self, doc_ids: Iterable[str]) -> dict[str, dict[str, int]]:
         """The watermarks of these counter documents (absent ones: none)."""
-        found = await asyncio.gather(*(self.counters.find_one({"_id": d}, {MARKS: 1}) for d in doc_ids))
+        found = await asyncio.gather(*(self._collection(d).find_one({"_id": d}, {MARKS: 1}) for d in doc_ids))
         return {d["_id"]: dict(d.get(MARKS) or {}) for d in found if d is not None}
 
     async def set_state(self, kind: str, key: str, fields: Mapping[str, Any], position: tuple[str, int]) -> None:
@@ -262,7 +299,7 @@ class ProjectionRepository:
 
     async def all_counters(self) -> list[Document]:
         """Every unit counter row (one read for all of the gauges)."""
-        return [counter_row(d) async for d in self.counters.find({"unit": {"$exists": True}}, {MARKS: 0})]
+        return [counter_row(d) async for d in self.counters.find({}, {MARKS: 0})]
 
     async def teams_of(self, units: Sequence[str]) -> list[Document]:
         """The teams the registry last placed in one of these units, active or not."""
@@ -272,7 +309,8 @@ class ProjectionRepository:
         """``{team, day, c}`` rows of these teams with ``first <= day <= last``, plus their state rows."""
         query = {"team": {"$in": list(teams)}, "$or": [{"day": STATE_DAY}, {"day": {"$gte": first, "$lte": last}}]}
         return [
-            {"team": d["team"], "day": d["day"], "c": _counts(d)} async for d in self.counters.find(query, {MARKS: 0})
+            {"team": d["team"], "day": d["day"], "c": _counts(d)}
+            async for d in self.team_counts.find(query, {MARKS: 0})
         ]
 
 

@@ -181,6 +181,7 @@ async def test_sigkill_while_applying_a_backlog_then_restart_and_cli_rebuild_lea
             assert summary["households_visited"] == visits - voided + 3
             names = await db.list_collection_names()
             assert "counts_g1" not in names
+            assert "team_counts_g1" not in names
             assert "processed_events_g1" not in names
     finally:
         await client.close()

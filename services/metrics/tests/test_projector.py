@@ -15,7 +15,7 @@ from pymongo.asynchronous.database import AsyncDatabase
 
 from metrics.handlers import Listed, Projector, watermark_key
 from metrics.projection import ALL_DAY, CounterSums, counter_id, increments, nonzero
-from metrics.repository import Document, ProjectionRepository
+from metrics.repository import Document, MetaRepository, ProjectionRepository
 from shared.consumer import Consumed, ProcessedEvents
 from shared.contracts import registry as reg
 from shared.envelope import Envelope, make_event
@@ -233,6 +233,43 @@ async def test_a_dead_lettered_event_released_counts_once_when_replayed_from_the
     await restarted(replayed)  # and redelivered, it is still counted once
     assert (await stored(repo))[counter_id("QN-HALONG", "2025-07-03")]["people_supported"] == 4
     assert [o for i, o in await processed_pairs(repo) if i == visit.id] == [12]
+
+
+async def test_team_counters_stored_among_the_units_move_apart_once_with_their_watermarks(ev, db, repo) -> None:
+    day = date(2025, 7, 2)
+    mark = watermark_key(VISITS_TOPIC, 0)
+    # As earlier code stored them: unit and team rows in one collection.
+    await db["counts_g1"].insert_many(
+        [
+            {
+                "_id": counter_id("QN-HALONG", "2025-07-02"),
+                "unit": "QN-HALONG",
+                "day": "2025-07-02",
+                "people_supported": 5,
+                "wm": {mark: 3},
+            },
+            {
+                "_id": "team:T-HL|2025-07-02",
+                "team": "T-HL",
+                "day": "2025-07-02",
+                "people_supported": 5,
+                "wm": {mark: 3},
+            },
+        ]
+    )
+    meta = MetaRepository(db)
+    await meta.split_team_counters()
+    await meta.split_team_counters()  # recorded: a second start moves nothing
+    assert [d["_id"] async for d in db["counts_g1"].find({})] == [counter_id("QN-HALONG", "2025-07-02")]
+    assert [r["c"] for r in await repo.team_counters(["T-HL"], "2025-07-01", "2025-07-31")] == [{"people_supported": 5}]
+    # The watermark moved with it: offset 3 is in already, offset 4 adds once.
+    visit = ev.visit("v-moved", ev.figures(HALONG, day, people=2, team="T-HL"))
+    later = ev.visit("v-later", ev.figures(HALONG, day, people=4, team="T-HL"))
+    await projector_on(repo)(at_offsets([visit, later], start=3))
+    await projector_on(repo)(at_offsets([later], start=4))  # redelivered
+    rows = await repo.team_counters(["T-HL"], "2025-07-01", "2025-07-31")
+    assert [r["c"]["people_supported"] for r in rows if r["day"] == "2025-07-02"] == [9]
+    assert (await stored(repo))[counter_id("QN-HALONG", "2025-07-02")]["people_supported"] == 9
 
 
 # --- replicas and zombies ---------------------------------------------------------------------------
