@@ -3,7 +3,7 @@
 from __future__ import annotations
 
 import asyncio
-from collections.abc import Sequence
+from collections.abc import Mapping, Sequence
 from datetime import date
 from typing import Any
 
@@ -303,10 +303,10 @@ async def test_an_older_batch_redelivered_after_a_newer_one_leaves_the_newer_sta
 class _DiesBeforeMembershipWrites(RegistryView):
     """A replica that crashes after its team member changes, before the membership documents."""
 
-    async def _set_if_newer(self, collection: str, key: str, write: _Write) -> None:
+    async def _set_all_if_newer(self, collection: str, writes: Mapping[str, _Write]) -> None:
         if collection == MEMBERSHIPS:
             raise ConnectionError("process died")
-        await super()._set_if_newer(collection, key, write)
+        await super()._set_all_if_newer(collection, writes)
 
 
 async def test_a_crash_between_the_member_change_and_the_membership_write_is_repaired_on_redelivery(

@@ -16,18 +16,19 @@ from __future__ import annotations
 
 import asyncio
 import time
-from collections.abc import Awaitable, Callable, Iterable, Sequence
+from collections.abc import Awaitable, Callable, Iterable, Mapping, Sequence
 from dataclasses import dataclass, field
 from functools import partial
 from typing import Any, Literal, NamedTuple
 
 from pydantic import BaseModel, Field
-from pymongo import IndexModel
+from pymongo import IndexModel, UpdateOne
 from pymongo.asynchronous.database import AsyncDatabase
 from pymongo.errors import DuplicateKeyError
 
 from shared.consumer import Consumed
 from shared.contracts import registry as ev
+from shared.mongo import insert_ignoring_duplicates
 
 UNITS = "rm_units"
 TEAMS = "rm_teams"
@@ -257,30 +258,35 @@ class RegistryView:
             for (team_code, started), offsets in moves.items():
                 teams.setdefault(team_code, []).append((started, offsets))
             await _in_chunks([partial(self._move_members, code, team_moves) for code, team_moves in teams.items()])
-            await _in_chunks([partial(self._set_if_newer, col, key, write) for (col, key), write in sets.items()])
+            by_collection: dict[str, dict[str, _Write]] = {}
+            for (col, key), write in sets.items():
+                by_collection.setdefault(col, {})[key] = write
+            for col, writes in by_collection.items():
+                await self._set_all_if_newer(col, writes)
         finally:
             if self.cache is not None:
                 self.cache.forget(changed)  # also after a failed write: some documents may have changed
         await self._changed(list(changed))
 
-    async def _set_if_newer(self, collection: str, key: str, write: _Write) -> None:
+    async def _set_all_if_newer(self, collection: str, writes: Mapping[str, _Write]) -> None:
+        """Write each document's folded fields unless it already holds a later event: new documents
+        by one unordered insert, existing ones by conditional updates, many to a command.
+
+        A document the insert created holds this batch's offset, so its update matches nothing; one
+        that existed (``_id`` taken: ignored) is updated only over an older offset. Not ``$lt``: a
+        document without an offset (a team stub, or one written before offsets were kept) must match
+        too. Before, each document was its own upsert round trip: a roster of 31,000 volunteers kept
+        the read models of visits and training 15 minutes behind in the 10x campaign.
+        """
         col = self._db[collection]
-        fields = {**write.fields, "partition": write.partition, "offset": write.offset}
-        for _ in range(_ATTEMPTS):
-            try:
-                # Not $lt: a document without an offset (a team stub, or one written before offsets
-                # were kept) must match too. When nothing matches, the upsert's insert hits the
-                # existing _id.
-                flt = {"_id": key, "offset": {"$not": {"$gte": write.offset}}}
-                await col.update_one(flt, {"$set": fields}, upsert=True)
-                return
-            except DuplicateKeyError:
-                doc = await col.find_one({"_id": key}, {"offset": 1})
-                if doc is not None and _applied(doc.get("offset"), write.offset):
-                    return  # already holds this event or a later one
-                # Otherwise another writer created the document between our filter and our insert
-                # (a membership's team stub): the next attempt finds and updates it.
-        raise RuntimeError(f"{collection} {key}: conditional write kept colliding")
+        fields = {key: {**w.fields, "partition": w.partition, "offset": w.offset} for key, w in writes.items()}
+        await insert_ignoring_duplicates(col, [{"_id": key, **f} for key, f in fields.items()])
+        updates = [
+            UpdateOne({"_id": key, "offset": {"$not": {"$gte": writes[key].offset}}}, {"$set": f})
+            for key, f in fields.items()
+        ]
+        commands = [updates[i : i + _PER_COMMAND] for i in range(0, len(updates), _PER_COMMAND)]
+        await _in_chunks([partial(col.bulk_write, command, ordered=False) for command in commands])
 
     async def _move_members(self, team_code: str, team_moves: list[tuple[bool, dict[str, int]]]) -> None:
         """Add (``started``) or remove the volunteers of ``team_moves`` from the team's ``members``.
@@ -423,6 +429,8 @@ class _Write:
 _ATTEMPTS = 4
 # Concurrent single-document writes per step of a batch (the client's pool queues the rest).
 _CHUNK = 50
+# Update statements per command (FerretDB v1.24 never answered one of 100 or more).
+_PER_COMMAND = 50
 
 
 def _applied(stored: Any, offset: int) -> bool:
@@ -435,7 +443,7 @@ def _field(volunteer_id: str) -> str:
     return volunteer_id.replace("%", "%25").replace(".", "%2E").replace("$", "%24")
 
 
-async def _in_chunks(writes: Sequence[Callable[[], Awaitable[None]]]) -> None:
+async def _in_chunks(writes: Sequence[Callable[[], Awaitable[Any]]]) -> None:
     for i in range(0, len(writes), _CHUNK):
         # Every write of a chunk finishes before an error is raised, so none is left running.
         outcomes = await asyncio.gather(*(w() for w in writes[i : i + _CHUNK]), return_exceptions=True)
