@@ -136,6 +136,10 @@ def _targets_changed(old: Sequence[Document], new: Sequence[Document]) -> tuple[
     )
 
 
+# Compare-and-set attempts of one team's or volunteer's move before a reorganisation gives up (409).
+MOVE_ATTEMPTS = 5
+
+
 def _lost_race(what: str) -> Conflict:
     return Conflict(f"{what} was changed by another request at the same time; retry", slug="concurrent-change")
 
@@ -563,17 +567,43 @@ class RegistryService:
 
     async def _move_team(self, principal: Principal, team: Document, unit: Document) -> None:
         moved = {"unit_code": unit["_id"], "unit_path": unit["path"]}
-        event = await self._team_updated({**team, **moved}, team)
-        entry = _audit_change(principal, "team.moved", team, {**team, **moved}, list(moved), unit["path"])
-        await self._update(TEAMS, team, {**moved, "updated_at": _now()}, [event], entry)
+        for _ in range(MOVE_ATTEMPTS):
+            event = await self._team_updated({**team, **moved}, team)
+            entry = _audit_change(principal, "team.moved", team, {**team, **moved}, list(moved), unit["path"])
+            if await self._repo.update(TEAMS, team, {**moved, "updated_at": _now()}, [event], [entry]):
+                return
+            fresh = await self._moving_again(TEAMS, team["_id"], unit)
+            if fresh is None:
+                return
+            team = fresh
+        raise _lost_race(f"team {team['_id']}")
 
     async def _move_volunteer(self, principal: Principal, volunteer: Document, unit: Document) -> None:
         moved = {"unit_code": unit["_id"], "unit_path": unit["path"]}
-        event = self._volunteer_updated({**volunteer, **moved}, volunteer)
-        entry = _audit_change(
-            principal, "volunteer.moved", volunteer, {**volunteer, **moved}, list(moved), unit["path"]
-        )
-        await self._update(VOLUNTEERS, volunteer, {**moved, "updated_at": _now()}, [event], entry)
+        for _ in range(MOVE_ATTEMPTS):
+            event = self._volunteer_updated({**volunteer, **moved}, volunteer)
+            entry = _audit_change(
+                principal, "volunteer.moved", volunteer, {**volunteer, **moved}, list(moved), unit["path"]
+            )
+            if await self._repo.update(VOLUNTEERS, volunteer, {**moved, "updated_at": _now()}, [event], [entry]):
+                return
+            fresh = await self._moving_again(VOLUNTEERS, volunteer["_id"], unit)
+            if fresh is None:
+                return
+            volunteer = fresh
+        raise _lost_race(f"volunteer {volunteer['_id']}")
+
+    async def _moving_again(self, collection: str, key: str, unit: Document) -> Document | None:
+        """After a move lost its compare-and-set: the document as it is now if it still has to move.
+
+        A reorganisation moves hundreds of teams and thousands of volunteers while their offices keep
+        editing them; one edit in between used to fail the whole request (409), and each retry of a
+        10x merge lost another race and took 35 s, until the client gave up.
+        """
+        doc = await self._repo.get(collection, key)
+        if doc is None or doc["unit_path"] == unit["path"]:
+            return None
+        return doc
 
     async def _move_children(self, principal: Principal, codes: Sequence[str], into: Document) -> None:
         """Move the units right below ``codes`` (with their subtrees) under ``into``.

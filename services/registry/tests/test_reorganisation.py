@@ -255,6 +255,36 @@ async def test_a_merge_interrupted_halfway_through_a_subtree_is_finished_by_rese
         assert order["THPT-01"] == [ev.TEAM_CREATED, ev.TEAM_UPDATED]
 
 
+async def test_a_merge_finishes_when_an_office_edits_a_moving_team_and_volunteer_at_the_same_moment(settings) -> None:
+    app = build_app(settings)
+    async with running_app(app) as client:
+        _, ids = await seed_communes(client)
+        repo = app.state.registry._repo
+        original = repo.update
+        raced: list[str] = []
+
+        async def racing_update(collection: str, current: Any, changes: Any, events: Any, audit: Any = ()) -> bool:
+            if "unit_path" in changes and current["_id"] in (ids["honggai"], "BD-LD01") and current["_id"] not in raced:
+                raced.append(current["_id"])
+                # The office's own edit wins the compare-and-set between the merge's read and its write.
+                await repo._db[collection].update_one(
+                    {"_id": current["_id"]}, {"$set": {"name_note": "sửa cùng lúc"}, "$inc": {"rev": 1}}
+                )
+            return bool(await original(collection, current, changes, events, audit))
+
+        repo.update = racing_update
+        r = await client.post("/v1/units:merge", json=MERGE, headers=ADMIN)
+        assert r.status_code == 200, r.text
+        assert sorted(raced) == sorted([ids["honggai"], "BD-LD01"])
+        volunteer = (await client.get(f"/v1/volunteers/{ids['honggai']}", headers=ADMIN)).json()
+        assert volunteer["unit_path"] == ["QN", "QN-HALONG"]
+        assert (await client.get("/v1/teams/BD-LD01", headers=ADMIN)).json()["unit_path"] == ["QN", "QN-HALONG"]
+        for collection, key in (("volunteers", ids["honggai"]), ("teams", "BD-LD01")):
+            doc = await repo._db[collection].find_one({"_id": key})
+            assert doc["name_note"] == "sửa cùng lúc"  # both changes kept
+            assert [e["action"] for e in doc["audit"]][-1].endswith(".moved")
+
+
 async def test_merging_into_a_new_unit_creates_it_first_and_the_merged_units_refuse_new_records(
     client, settings
 ) -> None:
