@@ -398,3 +398,42 @@ async def test_inserted_documents_handed_to_the_relay_are_published_without_read
     names = [(e.envelope.key, e.envelope.data["name"]) for e in got]
     assert sorted(names) == sorted([*((f"QN-H{i}", "v0") for i in range(5)), ("QN-H0", "v1")])
     assert [n for k, n in names if k == "QN-H0"] == ["v0", "v1"]
+
+
+async def test_a_relay_far_behind_keeps_a_bounded_number_of_inserted_documents_and_reads_the_rest(
+    make_settings, kafka: KafkaBroker
+) -> None:
+    from shared.contracts import registry as ev
+    from shared.envelope import make_event
+    from shared.kafka import EventProducer
+    from shared.mongo import connect
+    from shared.outbox import OutboxRelay, outbox_fields
+
+    settings = make_settings(SampleSettings)
+    ensure_topics_sync(kafka.bootstrap, prefix=settings.topic_prefix)
+    topic_of = {"registry.events.v1": settings.topic("registry.events.v1")}
+    client = connect(settings.mongo_url)
+    db = client[settings.mongo_db]
+    collection = f"kept_{settings.mongo_db[-6:]}"
+
+    def unit(code: str) -> Any:
+        payload = ev.UnitUpdated(
+            code=code, name="Phường Hạ Long", kind="commune", parent_code="QN", path=["QN"], previous_path=["QN"]
+        )
+        return make_event(ev.UNIT_UPDATED, payload, source="/t", key=code)
+
+    docs = [{"_id": f"QN-K{i}", **outbox_fields([unit(f"QN-K{i}")])} for i in range(5)]
+    await db[collection].insert_many(docs)
+    producer = EventProducer(settings.kafka_bootstrap, client_id="outbox-test")
+    relay = OutboxRelay(db, [collection], producer, service="t", topic_of=topic_of, keep_written=2)
+    try:
+        relay.notify(collection, written=docs)
+        assert sorted(relay._written[collection]) == ["QN-K0", "QN-K1"]  # memory holds two documents
+        assert sorted(relay._hints[collection]) == ["QN-K2", "QN-K3", "QN-K4"]  # the rest by _id
+        assert await relay.drain_once(relay._hints, relay._written) == 5
+        got = await collect_events(kafka.bootstrap, list(topic_of.values()), count=5, timeout=30, settle=1.0)
+        assert await db[collection].count_documents({"outbox.0": {"$exists": True}}) == 0
+    finally:
+        await producer.stop()
+        await client.close()
+    assert sorted(e.envelope.key for e in got) == [f"QN-K{i}" for i in range(5)]

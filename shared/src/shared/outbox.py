@@ -139,6 +139,7 @@ class OutboxRelay:
         batch_size: int = 1000,
         heartbeat_seconds: float = 2.0,
         stale_after_seconds: float = 10.0,
+        keep_written: int = 2000,
     ) -> None:
         self._db = db
         self._collections = list(collections)
@@ -153,6 +154,10 @@ class OutboxRelay:
         self._sweep_due = True
         self._hints: dict[str, set[Any]] = {}
         self._written: dict[str, dict[Any, dict[str, Any]]] = {}
+        # Inserted documents kept per collection for publishing without a read. Unbounded, they held
+        # a 10x roster upload's tens of thousands of documents while the relay caught up (registry
+        # and visits above 160 MB RSS).
+        self._keep_written = keep_written
         # Ids queued to Kafka and not yet removed: a cache that spares re-sending them when a later
         # hint reads the same document meanwhile. Losing it only costs a duplicate send.
         self._in_flight: set[str] = set()
@@ -179,8 +184,12 @@ class OutboxRelay:
                 hinted.add(doc_id)
                 given.pop(doc_id, None)
             for d in written:
-                if d["_id"] not in hinted:
+                if d["_id"] in hinted:
+                    continue
+                if len(given) < self._keep_written:
                     given[d["_id"]] = d
+                else:  # a relay this far behind reads the rest back by _id rather than hold them
+                    hinted.add(d["_id"])
         self._wake.set()
 
     async def start(self) -> None:
