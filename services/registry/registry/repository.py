@@ -7,12 +7,12 @@ from typing import Any
 
 from pymongo import IndexModel
 from pymongo.asynchronous.database import AsyncDatabase
-from pymongo.errors import BulkWriteError, DuplicateKeyError
+from pymongo.errors import DuplicateKeyError
 
 from shared.audit import audit_fields, audit_update
 from shared.envelope import Envelope
 from shared.migrations import applied, record_applied
-from shared.mongo import Document
+from shared.mongo import Document, insert_missing
 from shared.outbox import outbox_fields, outbox_update
 from shared.pagination import decode_cursor, next_cursor
 
@@ -141,16 +141,7 @@ class Repository:
 
         Audit entries come inside each document (``shared.audit.audit_fields``).
         """
-        if not docs:
-            return set()
-        taken: set[Any] = set()
-        try:
-            await self._db[collection].insert_many([{**d, **outbox_fields(e)} for d, e in docs], ordered=False)
-        except BulkWriteError as exc:
-            errors = exc.details.get("writeErrors", [])
-            if any(e.get("code") != DUPLICATE_KEY for e in errors) or exc.details.get("writeConcernErrors"):
-                raise
-            taken = {docs[e["index"]][0]["_id"] for e in errors}
+        taken = await insert_missing(self._db[collection], [{**d, **outbox_fields(e)} for d, e in docs])
         self._notify(collection, [d["_id"] for d, _ in docs if d["_id"] not in taken])
         return taken
 

@@ -112,21 +112,26 @@ async def ensure_indexes(db: AsyncDatabase[Document], indexes: Mapping[str, Sequ
 DUPLICATE_KEY = 11000
 
 
-async def insert_ignoring_duplicates(col: AsyncCollection[Document], docs: Sequence[Document]) -> int:
+async def insert_missing(col: AsyncCollection[Document], docs: Sequence[Document]) -> set[Any]:
     """``insert_many(ordered=False)`` where documents whose ``_id`` exists already are fine.
 
-    Returns how many were new. Any other write error is raised.
+    Returns the ``_id``s that existed (their documents were not written). Any other write error is raised.
     """
     if not docs:
-        return 0
+        return set()
     try:
         await col.insert_many(list(docs), ordered=False)
     except BulkWriteError as exc:
         errors = exc.details.get("writeErrors", [])
         if any(e.get("code") != DUPLICATE_KEY for e in errors) or exc.details.get("writeConcernErrors"):
             raise
-        return len(docs) - len(errors)
-    return len(docs)
+        return {docs[e["index"]]["_id"] for e in errors}
+    return set()
+
+
+async def insert_ignoring_duplicates(col: AsyncCollection[Document], docs: Sequence[Document]) -> int:
+    """:func:`insert_missing`, answering how many documents were new."""
+    return len(docs) - len(await insert_missing(col, docs))
 
 
 class InsertBatcher:

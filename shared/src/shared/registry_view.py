@@ -28,7 +28,7 @@ from pymongo.errors import DuplicateKeyError
 
 from shared.consumer import Consumed
 from shared.contracts import registry as ev
-from shared.mongo import insert_ignoring_duplicates
+from shared.mongo import insert_missing
 
 UNITS = "rm_units"
 TEAMS = "rm_teams"
@@ -272,18 +272,19 @@ class RegistryView:
         """Write each document's folded fields unless it already holds a later event: new documents
         by one unordered insert, existing ones by conditional updates, many to a command.
 
-        A document the insert created holds this batch's offset, so its update matches nothing; one
-        that existed (``_id`` taken: ignored) is updated only over an older offset. Not ``$lt``: a
-        document without an offset (a team stub, or one written before offsets were kept) must match
-        too. Before, each document was its own upsert round trip: a roster of 31,000 volunteers kept
-        the read models of visits and training 15 minutes behind in the 10x campaign.
+        A document the insert created holds this batch already and is not updated; one that existed
+        (``_id`` taken) is updated only over an older offset. Not ``$lt``: a document without an
+        offset (a team stub, or one written before offsets were kept) must match too. Before, each
+        document was its own upsert round trip: a roster of 31,000 volunteers kept the read models of
+        visits and training 15 minutes behind in the 10x campaign.
         """
         col = self._db[collection]
         fields = {key: {**w.fields, "partition": w.partition, "offset": w.offset} for key, w in writes.items()}
-        await insert_ignoring_duplicates(col, [{"_id": key, **f} for key, f in fields.items()])
+        existed = await insert_missing(col, [{"_id": key, **f} for key, f in fields.items()])
         updates = [
             UpdateOne({"_id": key, "offset": {"$not": {"$gte": writes[key].offset}}}, {"$set": f})
             for key, f in fields.items()
+            if key in existed  # an inserted document holds this batch already
         ]
         commands = [updates[i : i + _PER_COMMAND] for i in range(0, len(updates), _PER_COMMAND)]
         await _in_chunks([partial(col.bulk_write, command, ordered=False) for command in commands])
