@@ -22,6 +22,8 @@ from scripts.simulator.plan import TYPHOON_WEEK, WEEKS, Course, Plan, Post, Team
 
 T = TypeVar("T")
 BATCH = 500
+# How long the services that take records may need to hear of a merge, at scale 1.
+KNOWN_WITHIN_SECONDS = 60.0
 ROSTER_BATCH = 250
 RETRYABLE = {502, 503, 504}
 
@@ -113,7 +115,9 @@ class Api:
             for c in replicas:
                 await c.aclose()
 
-    async def until_known(self, services: Sequence[str], codes: Sequence[str], into: str, timeout: float = 60) -> None:
+    async def until_known(
+        self, services: Sequence[str], codes: Sequence[str], into: str, timeout: float = KNOWN_WITHIN_SECONDS
+    ) -> None:
         """Wait until every replica of ``services`` stores records naming ``codes`` for ``into``."""
         deadline = time.monotonic() + timeout
         for service in services:
@@ -488,7 +492,9 @@ class Replay:
             raise DemoError(f"merge answered {result}")
         # Field devices go on sending the old codes at once; wait until every replica of the
         # services that take records resolves them, as an office would check before announcing it.
-        await self.api.until_known(["visits", "training"], m.sources, m.into)
+        # Their read models may be behind by a bigger roster's registry events at a larger scale.
+        timeout = KNOWN_WITHIN_SECONDS * max(1.0, self.plan.scale)
+        await self.api.until_known(["visits", "training"], m.sources, m.into, timeout=timeout)
 
     async def _correct(self, v: Visit) -> None:
         path = f"/v1/visits/{self.visit_ids[v.client_ref]}:correct"
