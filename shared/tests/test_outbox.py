@@ -347,29 +347,35 @@ async def test_two_relays_on_one_database_and_a_dead_peers_leftovers(make_settin
     assert first_copy["QN-ORPHAN"] == ["v0"]
 
 
-async def test_inserted_documents_handed_to_the_relay_are_published_without_reading_them_back(
-    make_settings, kafka: KafkaBroker
-) -> None:
-    from prometheus_client import REGISTRY
-
-    from shared.contracts import registry as ev
-    from shared.envelope import make_event
-    from shared.kafka import EventProducer
+def relay_setup(make_settings: Any, kafka: KafkaBroker, name: str) -> tuple[Any, dict[str, str], Any, Any, str]:
+    """Settings, topics, a client, its database and a collection of its own for one relay test."""
     from shared.mongo import connect
-    from shared.outbox import OutboxRelay, outbox_fields, outbox_update
 
     settings = make_settings(SampleSettings)
     ensure_topics_sync(kafka.bootstrap, prefix=settings.topic_prefix)
     topic_of = {"registry.events.v1": settings.topic("registry.events.v1")}
     client = connect(settings.mongo_url)
-    db = client[settings.mongo_db]
-    collection = f"handed_{settings.mongo_db[-6:]}"
+    return settings, topic_of, client, client[settings.mongo_db], f"{name}_{settings.mongo_db[-6:]}"
 
-    def unit(code: str, name: str) -> Any:
-        payload = ev.UnitUpdated(
-            code=code, name=name, kind="commune", parent_code="QN", path=["QN"], previous_path=["QN"]
-        )
-        return make_event(ev.UNIT_UPDATED, payload, source="/t", key=code)
+
+def unit_updated(code: str, name: str) -> Any:
+    from shared.contracts import registry as ev
+    from shared.envelope import make_event
+
+    payload = ev.UnitUpdated(code=code, name=name, kind="commune", parent_code="QN", path=["QN"], previous_path=["QN"])
+    return make_event(ev.UNIT_UPDATED, payload, source="/t", key=code)
+
+
+async def test_inserted_documents_handed_to_the_relay_are_published_without_reading_them_back(
+    make_settings, kafka: KafkaBroker
+) -> None:
+    from prometheus_client import REGISTRY
+
+    from shared.kafka import EventProducer
+    from shared.outbox import OutboxRelay, outbox_fields, outbox_update
+
+    settings, topic_of, client, db, collection = relay_setup(make_settings, kafka, "handed")
+    unit = unit_updated
 
     def finds() -> float:
         return (
@@ -403,26 +409,11 @@ async def test_inserted_documents_handed_to_the_relay_are_published_without_read
 async def test_a_relay_far_behind_keeps_a_bounded_number_of_inserted_documents_and_reads_the_rest(
     make_settings, kafka: KafkaBroker
 ) -> None:
-    from shared.contracts import registry as ev
-    from shared.envelope import make_event
     from shared.kafka import EventProducer
-    from shared.mongo import connect
     from shared.outbox import OutboxRelay, outbox_fields
 
-    settings = make_settings(SampleSettings)
-    ensure_topics_sync(kafka.bootstrap, prefix=settings.topic_prefix)
-    topic_of = {"registry.events.v1": settings.topic("registry.events.v1")}
-    client = connect(settings.mongo_url)
-    db = client[settings.mongo_db]
-    collection = f"kept_{settings.mongo_db[-6:]}"
-
-    def unit(code: str) -> Any:
-        payload = ev.UnitUpdated(
-            code=code, name="Phường Hạ Long", kind="commune", parent_code="QN", path=["QN"], previous_path=["QN"]
-        )
-        return make_event(ev.UNIT_UPDATED, payload, source="/t", key=code)
-
-    docs = [{"_id": f"QN-K{i}", **outbox_fields([unit(f"QN-K{i}")])} for i in range(5)]
+    settings, topic_of, client, db, collection = relay_setup(make_settings, kafka, "kept")
+    docs = [{"_id": f"QN-K{i}", **outbox_fields([unit_updated(f"QN-K{i}", "Phường Hạ Long")])} for i in range(5)]
     await db[collection].insert_many(docs)
     producer = EventProducer(settings.kafka_bootstrap, client_id="outbox-test")
     relay = OutboxRelay(db, [collection], producer, service="t", topic_of=topic_of, keep_written=2)

@@ -8,7 +8,7 @@ birth years.
 from __future__ import annotations
 
 import uuid
-from collections.abc import Sequence
+from collections.abc import Awaitable, Callable, Sequence
 from datetime import UTC, date, datetime
 from typing import Any
 
@@ -566,44 +566,44 @@ class RegistryService:
     # re-sending the request after a crash finishes the job, and re-sending it afterwards writes nothing.
 
     async def _move_team(self, principal: Principal, team: Document, unit: Document) -> None:
-        moved = {"unit_code": unit["_id"], "unit_path": unit["path"]}
-        for _ in range(MOVE_ATTEMPTS):
-            event = await self._team_updated({**team, **moved}, team)
-            entry = _audit_change(principal, "team.moved", team, {**team, **moved}, list(moved), unit["path"])
-            if await self._repo.update(TEAMS, team, {**moved, "updated_at": _now()}, [event], [entry]):
-                return
-            fresh = await self._moving_again(TEAMS, team["_id"], unit)
-            if fresh is None:
-                return
-            team = fresh
-        raise _lost_race(f"team {team['_id']}")
+        async def event(current: Document, moved: Document) -> Envelope:
+            return await self._team_updated({**current, **moved}, current)
+
+        await self._move(principal, TEAMS, "team", team, unit, event)
 
     async def _move_volunteer(self, principal: Principal, volunteer: Document, unit: Document) -> None:
-        moved = {"unit_code": unit["_id"], "unit_path": unit["path"]}
-        for _ in range(MOVE_ATTEMPTS):
-            event = self._volunteer_updated({**volunteer, **moved}, volunteer)
-            entry = _audit_change(
-                principal, "volunteer.moved", volunteer, {**volunteer, **moved}, list(moved), unit["path"]
-            )
-            if await self._repo.update(VOLUNTEERS, volunteer, {**moved, "updated_at": _now()}, [event], [entry]):
-                return
-            fresh = await self._moving_again(VOLUNTEERS, volunteer["_id"], unit)
-            if fresh is None:
-                return
-            volunteer = fresh
-        raise _lost_race(f"volunteer {volunteer['_id']}")
+        async def event(current: Document, moved: Document) -> Envelope:
+            return self._volunteer_updated({**current, **moved}, current)
 
-    async def _moving_again(self, collection: str, key: str, unit: Document) -> Document | None:
-        """After a move lost its compare-and-set: the document as it is now if it still has to move.
+        await self._move(principal, VOLUNTEERS, "volunteer", volunteer, unit, event)
+
+    async def _move(
+        self,
+        principal: Principal,
+        collection: str,
+        entity: str,
+        doc: Document,
+        unit: Document,
+        event: Callable[[Document, Document], Awaitable[Envelope]],
+    ) -> None:
+        """Move a team or volunteer to ``unit``; after a lost compare-and-set, read it again and move
+        it again if it still has to go.
 
         A reorganisation moves hundreds of teams and thousands of volunteers while their offices keep
         editing them; one edit in between used to fail the whole request (409), and each retry of a
         10x merge lost another race and took 35 s, until the client gave up.
         """
-        doc = await self._repo.get(collection, key)
-        if doc is None or doc["unit_path"] == unit["path"]:
-            return None
-        return doc
+        moved = {"unit_code": unit["_id"], "unit_path": unit["path"]}
+        for _ in range(MOVE_ATTEMPTS):
+            entry = _audit_change(principal, f"{entity}.moved", doc, {**doc, **moved}, list(moved), unit["path"])
+            changes = {**moved, "updated_at": _now()}
+            if await self._repo.update(collection, doc, changes, [await event(doc, moved)], [entry]):
+                return
+            fresh = await self._repo.get(collection, doc["_id"])
+            if fresh is None or fresh["unit_path"] == unit["path"]:
+                return
+            doc = fresh
+        raise _lost_race(f"{entity} {doc['_id']}")
 
     async def _move_children(self, principal: Principal, codes: Sequence[str], into: Document) -> None:
         """Move the units right below ``codes`` (with their subtrees) under ``into``.
