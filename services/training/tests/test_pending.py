@@ -143,3 +143,16 @@ async def test_a_course_held_pending_before_the_index_existed_is_indexed_once_an
         return await index.find_one({"_id": "P-OLD"}) is None
 
     await wait_until(released, timeout=10)
+
+
+async def test_a_registry_change_keeps_the_entry_of_a_course_being_stored_and_drops_an_old_orphan(training) -> None:
+    from datetime import UTC, datetime, timedelta
+
+    repo = training.app.state.training._repo
+    index = training.db["pending_courses"]
+    await repo.hold("P-SOON")  # written before the course's insert
+    assert await repo.pending_courses() == []
+    assert await index.find_one({"_id": "P-SOON"}) is not None
+    await index.update_one({"_id": "P-SOON"}, {"$set": {"at": datetime.now(UTC) - timedelta(minutes=6)}})
+    await repo.pending_courses()
+    assert await index.find_one({"_id": "P-SOON"}) is None  # a crash's leftover, once old

@@ -8,6 +8,7 @@ Participants and sessions live in their own collections because a course can hav
 from __future__ import annotations
 
 from collections.abc import Sequence
+from datetime import UTC, datetime, timedelta
 from typing import Any
 
 from pymongo import ASCENDING, IndexModel
@@ -27,6 +28,8 @@ SESSIONS = "sessions"
 # ``{_id: course code}`` of the courses held as pending: what a registry change re-checks.
 PENDING_COURSES = "pending_courses"
 PENDING_MIGRATION = "0003-pending-courses-index"
+# How long an index entry may wait for its course's insert before it counts as a crash's leftover.
+UNSTORED_GRACE = timedelta(minutes=5)
 
 INDEXES: dict[str, list[IndexModel]] = {
     COURSES: [
@@ -86,19 +89,23 @@ class TrainingRepository:
         return res.matched_count == 1
 
     async def hold(self, code: str) -> None:
-        """Note a course about to be stored as pending (before its insert: a crash between the two
-        leaves an entry that :meth:`pending_courses` drops, never a pending course nobody re-checks)."""
-        await insert_ignoring_duplicates(self._pending, [{"_id": code}])
+        """Note a course about to be stored as pending, or still pending after a re-check (before its
+        insert: a crash between the two leaves an entry that :meth:`pending_courses` drops later,
+        never a pending course nobody re-checks)."""
+        await insert_ignoring_duplicates(self._pending, [{"_id": code, "at": datetime.now(UTC)}])
 
     async def pending_courses(self) -> list[Document]:
         """The pending courses, read by ``_id`` from the small index: a query on ``status`` reads every
         course on FerretDB, and each registry batch asks."""
         out = []
+        now = datetime.now(UTC)
         for entry in await self._pending.find({}).to_list():
             course = await self.get_course(entry["_id"])
             if course is not None and course["status"] == "pending":
                 out.append(course)
-            else:  # scheduled, rejected or cancelled since, or never stored
+            elif course is not None or now - entry.get("at", now - UNSTORED_GRACE) >= UNSTORED_GRACE:
+                # Scheduled, rejected or cancelled since; or never stored (a crash). A young entry
+                # without its course is a course being stored right now: keep it.
                 await self.release(entry["_id"])
         return out
 

@@ -297,6 +297,7 @@ class TrainingService:
         if v.outcome in ("pending", "no_teacher"):
             if c.get("problem") != v.detail:
                 await self._repo.update_course(code, {"status": "pending"}, {"$set": {"problem": v.detail}}, [])
+            await self._repo.hold(code)  # its entry again, should a listener have taken it before the insert
             return
         if v.outcome in ("invalid", "out_of_scope", "closed"):
             entry = _audit(

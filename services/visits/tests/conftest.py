@@ -31,6 +31,7 @@ class Visits:
     runtime: Runtime
     settings: VisitsSettings
     producer: EventProducer
+    app: Any = None
 
     async def registry_sends(self, *events: Envelope) -> None:
         """Publish registry contract events and wait until the read model has applied them all."""
@@ -58,7 +59,7 @@ async def visits_app(make_settings: Callable[..., Any]) -> AsyncIterator[Visits]
     producer = EventProducer(settings.kafka_bootstrap, client_id="visits-tests")
     async with running_app(app) as client:
         try:
-            yield Visits(client, app.state.runtime, settings, producer)
+            yield Visits(client, app.state.runtime, settings, producer, app)
         finally:
             await producer.stop()
 

@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import uuid
+from datetime import timedelta
 from typing import Any
 
 import pytest
@@ -14,6 +15,7 @@ from shared.outbox import PENDING
 from shared.registry_view import RegistryView
 from shared.testing import collect_events, token, wait_until
 from shared.topics import REGISTRY_TOPIC, VISITS_TOPIC
+from visits.service import utcnow
 
 from .conftest import Visits
 from .factories import HL, QL, VD, joined, team, unit, visit_body, volunteer
@@ -236,3 +238,19 @@ async def test_a_team_another_replica_applied_after_this_one_cached_its_stub_is_
     )
     assert second.status_code == 201, second.text
     assert second.json()["status"] == "recorded"
+
+
+async def test_a_registry_change_keeps_the_index_entry_of_a_record_being_stored_and_drops_an_old_orphan(
+    visits_app: Visits,
+) -> None:
+    # The entry is written before its record; a listener that runs in between must not take it away,
+    # or the record, still waiting on another key after its own re-check, is never looked at again.
+    service = visits_app.app.state.visits
+    index = visits_app.runtime.db["pending_index"]
+    await service.pending.add("visit", ["being-stored"], [["team:VD-SOON"]])
+    await service.on_registry_change([("team", "VD-SOON")])
+    assert await index.find_one({"_id": "visit:being-stored"}) is not None
+    # A crash between index and insert leaves an entry that never gets its record: dropped once old.
+    await index.update_one({"_id": "visit:being-stored"}, {"$set": {"at": utcnow() - timedelta(minutes=6)}})
+    await service.on_registry_change([("team", "VD-SOON")])
+    assert await index.find_one({"_id": "visit:being-stored"}) is None

@@ -5,6 +5,7 @@ from __future__ import annotations
 from collections.abc import Iterable, Sequence
 from collections.abc import Set as AbstractSet
 from dataclasses import dataclass, field
+from datetime import UTC, datetime
 from typing import Any
 
 from pymongo import ASCENDING, IndexModel
@@ -96,8 +97,9 @@ class PendingIndex:
 
     async def add(self, kind: str, record_ids: Sequence[str], keys: Sequence[Sequence[str]]) -> None:
         if record_ids:
+            now = datetime.now(UTC)
             docs = [
-                {"_id": f"{kind}:{rid}", "kind": kind, "record_id": rid, "keys": list(k)}
+                {"_id": f"{kind}:{rid}", "kind": kind, "record_id": rid, "keys": list(k), "at": now}
                 for rid, k in zip(record_ids, keys, strict=True)
             ]
             try:
@@ -106,20 +108,26 @@ class PendingIndex:
                 if any(e.get("code") != DUPLICATE_KEY for e in exc.details.get("writeErrors", [])):
                     raise
 
-    async def waiting_on(self, kind: str, keys: AbstractSet[str]) -> list[str]:
-        """Records of ``kind`` waiting on any of ``keys``: one read of the index for a whole batch."""
-        docs = await self._col.find({"kind": kind}, {"record_id": 1, "keys": 1}).to_list()
-        return [d["record_id"] for d in docs if not keys.isdisjoint(d["keys"])]
+    async def waiting_on(self, kind: str, keys: AbstractSet[str]) -> list[tuple[str, datetime | None]]:
+        """``(record id, when its entry was written)`` of the records of ``kind`` waiting on any of
+        ``keys``: one read of the index for a whole batch."""
+        docs = await self._col.find({"kind": kind}, {"record_id": 1, "keys": 1, "at": 1}).to_list()
+        return [(d["record_id"], d.get("at")) for d in docs if not keys.isdisjoint(d["keys"])]
 
     async def wait_also(self, kind: str, record_id: str, keys: Sequence[str]) -> bool:
-        """Add ``keys`` to what a pending record waits on (a merged unit's successor, found late).
-
-        True if some key was new.
+        """Make the record wait on ``keys`` too (a merged unit's successor, found late), writing its
+        entry again if a listener took it away before the record was stored (see
+        ``RecordService.on_registry_change``). True if some key was new.
         """
         result = await self._col.update_one(
-            {"_id": f"{kind}:{record_id}"}, {"$addToSet": {"keys": {"$each": list(keys)}}}
+            {"_id": f"{kind}:{record_id}"},
+            {
+                "$addToSet": {"keys": {"$each": list(keys)}},
+                "$setOnInsert": {"kind": kind, "record_id": record_id, "at": datetime.now(UTC)},
+            },
+            upsert=True,
         )
-        return result.modified_count > 0
+        return result.modified_count > 0 or result.upserted_id is not None
 
     async def remove(self, kind: str, record_id: str) -> None:
         await self._col.delete_one({"_id": f"{kind}:{record_id}"})

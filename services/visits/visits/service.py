@@ -6,7 +6,7 @@ from __future__ import annotations
 import uuid
 from collections.abc import Callable, Sequence
 from dataclasses import dataclass, field
-from datetime import UTC, date, datetime
+from datetime import UTC, date, datetime, timedelta
 from typing import Any, Generic, Literal, TypeVar
 
 from pydantic import BaseModel, TypeAdapter, ValidationError
@@ -44,6 +44,8 @@ VISIT_AUDITED = (
 )
 
 Outcome = Literal["created", "pending", "duplicate"]
+# How long a pending-index entry may wait for its record's insert before it counts as a crash's leftover.
+UNWRITTEN_GRACE = timedelta(minutes=5)
 Access = Literal["ok", "denied", "unknown"]
 ItemT = TypeVar("ItemT", bound=BaseModel)
 
@@ -467,7 +469,9 @@ class Intake(Generic[ItemT]):
             verdict = judge(self._doc_refs(doc), facts)
             expect = {"status": "pending", "rev": doc["rev"]}
             if verdict.outcome == "pending":
-                if verdict.wait_keys and await self.pending.wait_also(self.kind, doc["_id"], verdict.wait_keys):
+                # Every key it waits on now, and its entry written again should it be gone.
+                keys = pending_keys(self._doc_refs(doc), verdict)
+                if await self.pending.wait_also(self.kind, doc["_id"], keys):
                     rewaiting.append(doc["_id"])
                 if verdict.unit_path and doc.get("unit_path") != verdict.unit_path:
                     await self.records.update_if(
@@ -520,11 +524,15 @@ class Intake(Generic[ItemT]):
     async def on_registry_change(self, changes: Sequence[tuple[str, str]]) -> None:
         """Listener for :meth:`shared.registry_view.RegistryView.on_change`."""
         waiting: list[Document] = []
-        for rid in await self.pending.waiting_on(self.kind, {f"{kind}:{key}" for kind, key in changes}):
+        now = utcnow()
+        for rid, at in await self.pending.waiting_on(self.kind, {f"{kind}:{key}" for kind, key in changes}):
             doc = await self.records.get(rid)
             if doc is not None and doc["status"] == "pending":
                 waiting.append(doc)
-            else:  # resolved, voided or never written (a crash between index and insert)
+            elif doc is not None or at is None or now - at > UNWRITTEN_GRACE:
+                # Resolved or voided; or never written (a crash between index and insert). A young
+                # entry without its record is a record being stored right now: taking its entry away
+                # left it pending for good once its own re-check still found a key missing.
                 await self.pending.remove(self.kind, rid)
         if waiting:
             await self._resolve(waiting)
