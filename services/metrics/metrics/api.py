@@ -9,7 +9,6 @@ from typing import Annotated, Any, Literal
 
 from fastapi import APIRouter, Body, Depends, Path, Query, Request
 from fastapi.responses import Response, StreamingResponse
-from pydantic import AwareDatetime
 
 from metrics import narrative, page
 from metrics.closing import ClosingService, with_figures
@@ -38,7 +37,7 @@ from metrics.spreadsheets import CSV_MEDIA_TYPE, XLSX_MEDIA_TYPE, csv_chunks, fi
 from shared.auth import Role, require_role
 from shared.contracts.common import Indicator
 from shared.errors import InvalidInput
-from shared.http import PROBLEM_RESPONSES, CurrentPrincipal
+from shared.http import PROBLEM_RESPONSES, CurrentPrincipal, IsoDateTime
 from shared.settings import ServiceSettings
 
 router = APIRouter(prefix="/v1", tags=["metrics"])
@@ -98,7 +97,7 @@ AsOfParam = Annotated[
 
 
 KnownAtParam = Annotated[
-    AwareDatetime | None,
+    IsoDateTime | None,
     Query(
         description="Answer as the system knew it then: dated indicators from the event log up to this moment "
         "(current-state indicators as they are now; a summary needs a period: from/to or campaign).",

@@ -136,3 +136,13 @@ async def test_a_correction_that_moves_a_visit_shows_to_the_managers_of_both_uni
     assert moved["after"]["unit_code"] == "QN-VD"
     assert entries[0]["previous_unit_path"] is None
     assert await audit(seeded, HALONG_MANAGER, entity_id=vid) == []
+
+
+async def test_audit_times_are_iso_8601_text_only(seeded: Visits) -> None:
+    # Read as seconds since 1970 before; the OpenAPI says date-time (schemathesis found it).
+    for bad in ("89", "1720000000", "hôm qua"):
+        r = await seeded.client.get("/v1/audit", params={"until": bad}, headers=token("admin"))
+        assert r.status_code == 422, (bad, r.text)
+        assert r.headers["content-type"].startswith("application/problem+json")
+    ok = await seeded.client.get("/v1/audit", params={"until": "2025-07-14T09:00:00+07:00"}, headers=token("admin"))
+    assert ok.status_code == 200, ok.text

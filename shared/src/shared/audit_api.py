@@ -7,10 +7,9 @@ The app wires its trail into ``app.state.audit`` and includes :func:`audit_route
 from typing import Annotated
 
 from fastapi import APIRouter, Query, Request
-from pydantic import AwareDatetime
 
 from shared.audit import AuditEntry, AuditQuery, AuditTrail
-from shared.http import CurrentPrincipal
+from shared.http import CurrentPrincipal, IsoDateTime
 from shared.pagination import MAX_LIMIT, Page
 
 TEXT = 200  # longest code, id or subject a filter takes
@@ -38,8 +37,8 @@ def audit_router(entities: str) -> APIRouter:
         actor: Annotated[str | None, Query(max_length=TEXT, description="Token subject that made the change.")] = None,
         action: Annotated[str | None, Query(max_length=TEXT, description="e.g. `visit.corrected`.")] = None,
         unit: Annotated[str | None, Query(max_length=TEXT, description="Unit code: it and its subtree.")] = None,
-        since: Annotated[AwareDatetime | None, Query(description="From this moment, inclusive.")] = None,
-        until: Annotated[AwareDatetime | None, Query(description="Before this moment.")] = None,
+        since: Annotated[IsoDateTime | None, Query(description="From this moment, inclusive.")] = None,
+        until: Annotated[IsoDateTime | None, Query(description="Before this moment.")] = None,
         limit: Annotated[int, Query(ge=1, le=MAX_LIMIT, description=f"Page size, 1 to {MAX_LIMIT}.")] = 50,
         cursor: Annotated[str | None, Query(max_length=1000, description="`next_cursor` of the previous page.")] = None,
     ) -> Page[AuditEntry]:
