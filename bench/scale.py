@@ -40,6 +40,7 @@ import httpx
 from aiokafka import AIOKafkaConsumer, TopicPartition
 from aiokafka.admin import AIOKafkaAdminClient
 
+from bench.parts import cpu_seconds, rss_mb
 from scripts.demo import fetch_summary, wait_for_metrics
 from scripts.run import SERVICES, RunConfig, System
 from scripts.simulator.driver import Api, DemoError, Progress, Replay, estimate_requests
@@ -65,24 +66,12 @@ def now() -> float:
     return time.monotonic()
 
 
-def rss_mb(pid: int) -> float:
-    try:
-        with open(f"/proc/{pid}/status") as f:
-            for line in f:
-                if line.startswith("VmRSS:"):
-                    return round(int(line.split()[1]) / 1024, 1)
-    except OSError:
-        pass
-    return 0.0
-
-
 def cpu_s(pid: int) -> float:
+    """:func:`bench.parts.cpu_seconds`, 0 for a process that is gone."""
     try:
-        with open(f"/proc/{pid}/stat") as f:
-            fields = f.read().rsplit(")", 1)[1].split()
+        return cpu_seconds(pid)
     except OSError:
         return 0.0
-    return (int(fields[11]) + int(fields[12])) / os.sysconf("SC_CLK_TCK")
 
 
 # --- samplers -----------------------------------------------------------------------------------------

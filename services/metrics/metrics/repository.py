@@ -204,12 +204,11 @@ class ProjectionRepository:
         ids = list(changes)
         unknown = [d for d in ids if d not in self._existing]
         if unknown:
-            skeletons: dict[str, list[Document]] = {}
-            for d in unknown:
-                owner, code, day = counter_owner(d)
-                skeletons.setdefault(self._collection(d).name, []).append({"_id": d, owner: code, "day": day})
-            for docs in skeletons.values():
-                await insert_ignoring_duplicates(self._collection(docs[0]["_id"]), docs)
+            skeletons = [
+                {"_id": d, owner: code, "day": day} for d in unknown for owner, code, day in [counter_owner(d)]
+            ]
+            for col in (self.counters, self.team_counts):
+                await insert_ignoring_duplicates(col, [doc for doc in skeletons if self._collection(doc["_id"]) is col])
             self._existing.update(unknown)
 
         def statement(doc_id: str) -> UpdateOne:
