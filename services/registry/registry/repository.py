@@ -30,7 +30,6 @@ INDEXES: dict[str, list[IndexModel]] = {
     MEMBERSHIPS: [IndexModel("team_code"), IndexModel("volunteer_id")],
 }
 
-DUPLICATE_KEY = 11000
 # Reads of aggregates leave out what only the relay and the audit log read.
 HIDDEN = {"outbox": 0, "audit": 0}
 # On a volunteer: every team it ever had a membership in (Repository.note_joined).
