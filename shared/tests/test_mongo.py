@@ -9,7 +9,7 @@ from pymongo import ASCENDING, IndexModel
 from pymongo.errors import DuplicateKeyError
 
 from shared.infra import FerretDB
-from shared.mongo import MONGO_LATENCY, InsertBatcher, connect, ensure_indexes, insert_once
+from shared.mongo import IDS_PER_READ, MONGO_LATENCY, InsertBatcher, connect, ensure_indexes, find_by_ids, insert_once
 
 pytestmark = [pytest.mark.mongo]
 
@@ -51,4 +51,34 @@ async def test_concurrent_inserts_share_one_command_and_each_hears_its_duplicate
             await insert_once(col, {"_id": "other", "client_ref": "c1"}, {"_id": "other"}, inserts=batcher)
     finally:
         await client.drop_database(f"batcher_{run_id}")
+        await client.close()
+
+
+def commands_sent(command: str, collection: str) -> float:
+    return sum(
+        s.value
+        for metric in MONGO_LATENCY.collect()
+        for s in metric.samples
+        if s.name.endswith("_count") and s.labels == {"command": command, "collection": collection}
+    )
+
+
+async def test_find_by_ids_reads_a_bounded_in_list_per_command_and_leaves_out_unknown_ids(
+    ferretdb: FerretDB, run_id: str
+) -> None:
+    client = connect(ferretdb.url)
+    db = client[f"byids_{run_id}"]
+    col = db["docs"]
+    try:
+        await col.insert_many([{"_id": f"d{i:04d}", "n": i, "tên": "Đội Vân Đồn"} for i in range(1_100)])
+        wanted = [f"d{i:04d}" for i in range(0, 1_100, 1)] + ["nobody", "d0007"]  # one unknown, one repeated
+        before = commands_sent("find", "docs")
+        found = await find_by_ids(col, wanted, {"n": 1})
+        assert sorted(found) == [f"d{i:04d}" for i in range(1_100)]
+        assert found["d0420"] == {"_id": "d0420", "n": 420}
+        # 1,101 distinct ids, IDS_PER_READ to a command
+        assert commands_sent("find", "docs") - before == -(-1_101 // IDS_PER_READ)
+        assert await find_by_ids(col, []) == {}
+    finally:
+        await client.drop_database(f"byids_{run_id}")
         await client.close()

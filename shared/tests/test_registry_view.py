@@ -16,6 +16,7 @@ from shared.envelope import make_event
 from shared.infra import FerretDB
 from shared.mongo import connect
 from shared.registry_view import (
+    MEMBER_OFFSETS,
     MEMBERSHIPS,
     TEAMS,
     UNITS,
@@ -491,4 +492,68 @@ async def test_resolution_follows_a_chain_of_merges_and_stops_at_an_unknown_succ
         assert (unit["code"], resolved_from) == ("QN-BL-MOI", "QN-BL")
     finally:
         await client.drop_database(name)
+        await client.close()
+
+
+async def test_load_many_reads_the_missing_keys_together_and_waits_for_those_being_read() -> None:
+    cache = ReadModelCache()
+    cache.put(VOLUNTEERS, "v1", {"_id": "v1", "active": True}, cache.generation)
+    reads: list[list[str]] = []
+    release = asyncio.Event()
+
+    async def find(keys: Sequence[str]) -> dict[str, dict[str, Any]]:
+        reads.append(sorted(keys))
+        await release.wait()
+        return {k: {"_id": k, "active": True} for k in keys if k != "ghost"}
+
+    first = asyncio.ensure_future(cache.load_many(VOLUNTEERS, ["v1", "v2", "v3", "ghost"], find))
+    await asyncio.sleep(0)
+    second = asyncio.ensure_future(cache.load_many(VOLUNTEERS, ["v2", "v4"], find))
+    await asyncio.sleep(0)
+    release.set()
+    assert sorted(await first) == ["v1", "v2", "v3"]  # an unknown key is simply absent
+    assert sorted(await second) == ["v2", "v4"]
+    assert reads == [["ghost", "v2", "v3"], ["v4"]]  # v1 from memory, v2 read once for both callers
+    assert cache.get(VOLUNTEERS, "ghost") is None  # unknown keys are not remembered as unknown
+
+
+async def test_load_many_raises_the_read_error_to_every_caller_and_keeps_nothing() -> None:
+    cache = ReadModelCache()
+
+    async def find(keys: Sequence[str]) -> dict[str, dict[str, Any]]:
+        await asyncio.sleep(0)
+        raise ConnectionError("database away")
+
+    outcomes = await asyncio.gather(
+        cache.load_many(VOLUNTEERS, ["v1", "v2"], find),
+        cache.load_many(VOLUNTEERS, ["v2"], find),
+        return_exceptions=True,
+    )
+    assert [type(o) for o in outcomes] == [ConnectionError, ConnectionError]
+    assert cache.get(VOLUNTEERS, "v2") is None
+    assert await cache.load_many(VOLUNTEERS, ["v2"], lambda keys: _found(keys)) == {"v2": {"_id": "v2"}}
+
+
+async def _found(keys: Sequence[str]) -> dict[str, dict[str, Any]]:
+    return {k: {"_id": k} for k in keys}
+
+
+async def test_a_view_without_team_members_writes_memberships_but_no_member_lists(
+    ferretdb: FerretDB, run_id: str
+) -> None:
+    client = connect(ferretdb.url)
+    db = client[f"viewnomembers_{run_id}"]
+    view = RegistryView(db, team_members=False)
+    try:
+        await view.apply(
+            consumed([team_created("T1", "Đội Vân Đồn"), started("T1", "v1"), started("T1", "v2"), ended("T1", "v2")])
+        )
+        team = await db[TEAMS].find_one({"_id": "T1"})
+        assert team is not None
+        assert "members" not in team
+        assert MEMBER_OFFSETS not in team
+        memberships = {d["_id"]: d["active"] async for d in db[MEMBERSHIPS].find({})}
+        assert memberships == {"T1/v1": True, "T1/v2": False}
+    finally:
+        await client.drop_database(f"viewnomembers_{run_id}")
         await client.close()

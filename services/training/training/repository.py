@@ -18,7 +18,7 @@ from shared import registry_view
 from shared.audit import audit_fields, audit_update
 from shared.envelope import Envelope
 from shared.migrations import applied, record_applied
-from shared.mongo import Document, insert_ignoring_duplicates, insert_once
+from shared.mongo import IDS_PER_READ, Document, find_by_ids, insert_ignoring_duplicates, insert_once
 from shared.outbox import outbox_fields, outbox_update
 from shared.pagination import after_filter
 
@@ -97,16 +97,20 @@ class TrainingRepository:
     async def pending_courses(self) -> list[Document]:
         """The pending courses, read by ``_id`` from the small index: a query on ``status`` reads every
         course on FerretDB, and each registry batch asks."""
-        out = []
         now = datetime.now(UTC)
-        for entry in await self._pending.find({}).to_list():
-            course = await self.get_course(entry["_id"])
-            if course is not None and course["status"] == "pending":
-                out.append(course)
-            elif course is not None or now - entry.get("at", now - UNSTORED_GRACE) >= UNSTORED_GRACE:
-                # Scheduled, rejected or cancelled since; or never stored (a crash). A young entry
-                # without its course is a course being stored right now: keep it.
-                await self.release(entry["_id"])
+        entries = await self._pending.find({}).to_list()
+        courses = await find_by_ids(self._courses, (e["_id"] for e in entries), HIDDEN)
+        out = [c for c in courses.values() if c["status"] == "pending"]
+        # Scheduled, rejected or cancelled since; or never stored (a crash). A young entry without
+        # its course is a course being stored right now: keep it.
+        stale = [
+            e["_id"]
+            for e in entries
+            if ((course := courses.get(e["_id"])) is not None and course["status"] != "pending")
+            or (course is None and now - e.get("at", now - UNSTORED_GRACE) >= UNSTORED_GRACE)
+        ]
+        for i in range(0, len(stale), IDS_PER_READ):
+            await self._pending.delete_many({"_id": {"$in": stale[i : i + IDS_PER_READ]}})
         return out
 
     async def release(self, code: str) -> None:

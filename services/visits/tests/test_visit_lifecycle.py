@@ -230,7 +230,7 @@ async def test_a_team_another_replica_applied_after_this_one_cached_its_stub_is_
     first = await membership_before_team(visits_app, "VD-LATE", "vol-thu")
     assert first.status_code == 202, first.text  # the stub is now in this replica's cache
 
-    other_replica = RegistryView(visits_app.runtime.db)  # its own cache: ours is never told
+    other_replica = RegistryView(visits_app.runtime.db, team_members=False)  # its own cache: ours is never told
     await other_replica.apply([Consumed(team("VD-LATE", VD), REGISTRY_TOPIC, 0, 10**9)])
 
     second = await visits_app.client.post(
@@ -254,3 +254,34 @@ async def test_a_registry_change_keeps_the_index_entry_of_a_record_being_stored_
     await index.update_one({"_id": "visit:being-stored"}, {"$set": {"at": utcnow() - timedelta(minutes=6)}})
     await service.on_registry_change([("team", "VD-SOON")])
     assert await index.find_one({"_id": "visit:being-stored"}) is None
+
+
+async def test_one_registry_batch_settles_hundreds_of_pending_records_each_once(visits_app: Visits) -> None:
+    # A roster arriving after the field's uploads: every record waits on its volunteer's membership,
+    # and the batch that brings them all must settle all of them (one read, concurrent writes).
+    await visits_app.registry_sends(
+        unit("QN", "Tỉnh Quảng Ninh", ["QN"], kind="province"),
+        unit("QN-VD", "Đặc khu Vân Đồn", VD, kind="special_zone"),
+        team("VD-ROSTER", VD),
+    )
+    volunteers = [f"vol-r{i:03d}" for i in range(150)]
+    items = [visit_body(team_code="VD-ROSTER", volunteer_ids=[v]) for v in volunteers]
+    batch = await visits_app.client.post("/v1/visits:batch", json={"items": items}, headers=ADMIN)
+    assert batch.status_code == 200, batch.text
+    assert {i["status"] for i in batch.json()["items"]} == {"pending"}
+    assert await visits_app.runtime.db["pending_index"].count_documents({}) == 150
+
+    await visits_app.registry_sends(
+        *(volunteer(v, VD) for v in volunteers), *(joined("VD-ROSTER", v) for v in volunteers)
+    )
+
+    async def all_recorded() -> bool:
+        return await visits_app.visits().count_documents({"status": "recorded"}) == 150
+
+    await wait_until(all_recorded, timeout=30)
+    assert await visits_app.runtime.db["pending_index"].count_documents({}) == 0
+    events = await visit_events(visits_app, 150)  # and a second of quiet after it: none may come twice
+    assert len(events) == 150
+    assert {e.key for e in events} == {i["id"] for i in batch.json()["items"]}
+    # This service reads memberships by _id only, so its read model keeps no member lists.
+    assert "members" not in (await visits_app.runtime.db["rm_teams"].find_one({"_id": "VD-ROSTER"}) or {"members": 1})

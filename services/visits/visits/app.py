@@ -18,7 +18,16 @@ from shared.settings import ServiceSettings
 from shared.topics import REGISTRY_TOPIC
 from visits.api import router
 from visits.handlers import registry_handlers
-from visits.repository import INDEXES, OUTREACH, PENDING, VISITS, PendingIndex, RecordRepository, RegistryReader
+from visits.repository import (
+    INDEXES,
+    OUTREACH,
+    PENDING,
+    VISITS,
+    PendingIndex,
+    RecordRepository,
+    RegistryReader,
+    drop_team_members,
+)
 from visits.service import OutreachService, VisitService
 
 
@@ -67,13 +76,14 @@ def build_app(settings: VisitsSettings | None = None) -> FastAPI:
             reader,
             lambda ids, written: runtime.notify_relay(OUTREACH, ids, written),
         )
-        view = RegistryView(runtime.db, cache=cache)
+        view = RegistryView(runtime.db, cache=cache, team_members=False)
         handler = registry_handlers(view, visits.on_registry_change, outreach.on_registry_change)
         runtime.add_consumer("registry-view", [REGISTRY_TOPIC], handler, per_event=False)
         app.state.runtime = runtime
         app.state.visits = visits
         app.state.outreach = outreach
         app.state.audit = AuditTrail(runtime.db, [VISITS, OUTREACH])
+        await drop_team_members(runtime.db)
         await runtime.start()
         try:
             yield

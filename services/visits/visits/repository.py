@@ -11,10 +11,10 @@ from typing import Any
 from pymongo import ASCENDING, IndexModel
 from pymongo.asynchronous.collection import AsyncCollection
 from pymongo.asynchronous.database import AsyncDatabase
-from pymongo.errors import BulkWriteError
 
 from shared import registry_view as rm
-from shared.mongo import DUPLICATE_KEY, InsertBatcher, insert_once
+from shared.migrations import applied, record_applied
+from shared.mongo import IDS_PER_READ, InsertBatcher, find_by_ids, insert_missing, insert_once
 from shared.pagination import after_filter, next_cursor
 
 VISITS = "visits"
@@ -22,6 +22,8 @@ OUTREACH = "outreach"
 PENDING = "pending_index"
 
 Document = dict[str, Any]
+
+TEAM_MEMBERS_MIGRATION = "0002-read-model-without-team-members"
 
 INDEXES: dict[str, list[IndexModel]] = {
     VISITS: [
@@ -45,6 +47,15 @@ INDEXES: dict[str, list[IndexModel]] = {
 }
 
 
+async def drop_team_members(db: AsyncDatabase[Document]) -> None:
+    """Take ``members`` off the read model's teams, once per database: this service reads memberships
+    by ``_id`` only, and its view no longer keeps them up to date (``team_members=False``)."""
+    if await applied(db, TEAM_MEMBERS_MIGRATION):
+        return
+    result = await db[rm.TEAMS].update_many({}, {"$unset": {"members": "", rm.MEMBER_OFFSETS: ""}})
+    await record_applied(db, TEAM_MEMBERS_MIGRATION, result.modified_count)
+
+
 class RecordRepository:
     """One collection of field records. ``_id`` is derived from ``client_ref`` (see the service), so
     every lookup on the request path is an ``_id`` equality: FerretDB v1 on SQLite pushes down only
@@ -59,19 +70,13 @@ class RecordRepository:
 
     async def insert_new(self, docs: Sequence[Document]) -> set[str]:
         """Insert ``docs``; return the ids that already existed (those docs were not written)."""
-        if not docs:
-            return set()
-        try:
-            await self._col.insert_many(list(docs), ordered=False)
-        except BulkWriteError as exc:
-            errors = exc.details.get("writeErrors", [])
-            if any(e.get("code") != DUPLICATE_KEY for e in errors):
-                raise
-            return {docs[e["index"]]["_id"] for e in errors}
-        return set()
+        return await insert_missing(self._col, docs)
 
     async def get(self, record_id: str) -> Document | None:
         return await self._col.find_one({"_id": record_id})
+
+    async def get_many(self, record_ids: Iterable[str]) -> dict[str, Document]:
+        return await find_by_ids(self._col, record_ids)
 
     async def page(self, query: Document, limit: int, cursor: str | None) -> tuple[list[Document], str | None]:
         query = {**query, **after_filter(cursor)}
@@ -102,11 +107,7 @@ class PendingIndex:
                 {"_id": f"{kind}:{rid}", "kind": kind, "record_id": rid, "keys": list(k), "at": now}
                 for rid, k in zip(record_ids, keys, strict=True)
             ]
-            try:
-                await self._col.insert_many(docs, ordered=False)
-            except BulkWriteError as exc:
-                if any(e.get("code") != DUPLICATE_KEY for e in exc.details.get("writeErrors", [])):
-                    raise
+            await insert_missing(self._col, docs)
 
     async def waiting_on(self, kind: str, keys: AbstractSet[str]) -> list[tuple[str, datetime | None]]:
         """``(record id, when its entry was written)`` of the records of ``kind`` waiting on any of
@@ -129,8 +130,10 @@ class PendingIndex:
         )
         return result.modified_count > 0 or result.upserted_id is not None
 
-    async def remove(self, kind: str, record_id: str) -> None:
-        await self._col.delete_one({"_id": f"{kind}:{record_id}"})
+    async def remove(self, kind: str, record_ids: Sequence[str]) -> None:
+        for i in range(0, len(record_ids), IDS_PER_READ):
+            chunk = record_ids[i : i + IDS_PER_READ]
+            await self._col.delete_many({"_id": {"$in": [f"{kind}:{rid}" for rid in chunk]}})
 
 
 @dataclass
@@ -168,16 +171,11 @@ class RegistryReader:
 
     async def _by_id(self, collection: str, keys: Iterable[str]) -> dict[str, Document]:
         col = self._db[collection]
-        found: dict[str, Document] = {}
-        for key in sorted(set(keys)):
 
-            async def find(key: str = key) -> Document | None:
-                return await col.find_one({"_id": key})
+        async def find(missing: Sequence[str]) -> dict[str, Document]:
+            return await find_by_ids(col, missing)
 
-            doc = await (self._cache.load(collection, key, find) if self._cache is not None else find())
-            if doc is not None:
-                found[key] = doc
-        return found
+        return await (self._cache.load_many(collection, keys, find) if self._cache is not None else find(list(keys)))
 
     async def merged_into(self, unit: str) -> list[str]:
         """See :func:`shared.registry_view.merged_into`."""

@@ -7,7 +7,7 @@ no transactions, ``$group`` with ``$sum`` only.
 from __future__ import annotations
 
 import asyncio
-from collections.abc import Mapping, Sequence
+from collections.abc import Iterable, Mapping, Sequence
 from typing import Any
 
 from prometheus_client import Histogram
@@ -127,6 +127,24 @@ async def insert_missing(col: AsyncCollection[Document], docs: Sequence[Document
             raise
         return {docs[e["index"]]["_id"] for e in errors}
     return set()
+
+
+# Ids per ``$in`` read: the FerretDB we build pushes ``{_id: {$in: [...]}}`` down to its _id index
+# up to 1,000 values (deploy/ferretdb/), and a bounded command stays small on the wire.
+IDS_PER_READ = 500
+
+
+async def find_by_ids(
+    col: AsyncCollection[Document], ids: Iterable[Any], projection: Mapping[str, Any] | None = None
+) -> dict[Any, Document]:
+    """The documents of ``ids`` that exist, by ``_id``: one ``$in`` read per :data:`IDS_PER_READ`."""
+    wanted = list(dict.fromkeys(ids))
+    found: dict[Any, Document] = {}
+    for i in range(0, len(wanted), IDS_PER_READ):
+        chunk = wanted[i : i + IDS_PER_READ]
+        async for doc in col.find({"_id": {"$in": chunk}}, projection):
+            found[doc["_id"]] = doc
+    return found
 
 
 async def insert_ignoring_duplicates(col: AsyncCollection[Document], docs: Sequence[Document]) -> int:

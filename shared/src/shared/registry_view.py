@@ -26,9 +26,10 @@ from pymongo import IndexModel, UpdateOne
 from pymongo.asynchronous.database import AsyncDatabase
 from pymongo.errors import DuplicateKeyError
 
+from shared.concurrency import run_in_chunks
 from shared.consumer import Consumed
 from shared.contracts import registry as ev
-from shared.mongo import insert_missing
+from shared.mongo import find_by_ids, insert_missing
 
 UNITS = "rm_units"
 TEAMS = "rm_teams"
@@ -47,6 +48,8 @@ INDEXES: dict[str, list[IndexModel]] = {
 # so a service can re-check the records it had to hold as pending: one look per batch, not per key,
 # because a roster upload changes thousands of keys at once.
 ChangeListener = Callable[[Sequence[tuple[str, str]]], Awaitable[None]]
+# Reads the documents of some keys of one collection: ``{key: document}`` for those that exist.
+FindMany = Callable[[Sequence[str]], Awaitable[dict[str, dict[str, Any]]]]
 
 # ``status`` of a unit document; a unit without one is active.
 MERGED = "merged"
@@ -109,23 +112,52 @@ class ReadModelCache:
         self, collection: str, key: str, find: Callable[[], Awaitable[dict[str, Any] | None]]
     ) -> dict[str, Any] | None:
         """The cached document, or what ``find`` reads (kept if it exists); None if there is none."""
-        doc = self.get(collection, key)
-        if doc is not None:
-            return doc
-        # Only a read that started after the latest forget may answer: one from before could miss
-        # the change a listener is re-checking pending records for.
-        slot = (collection, key, self.generation)
-        loading = self._loading.get(slot)
-        if loading is None:
-            loading = self._loading[slot] = asyncio.ensure_future(self._read(slot, find))
-        return await asyncio.shield(loading)
 
-    async def _read(
-        self, slot: tuple[str, str, int], find: Callable[[], Awaitable[dict[str, Any] | None]]
+        async def find_one(keys: Sequence[str]) -> dict[str, dict[str, Any]]:
+            doc = await find()
+            return {key: doc} if doc is not None else {}
+
+        return (await self.load_many(collection, [key], find_one)).get(key)
+
+    async def load_many(self, collection: str, keys: Iterable[str], find: FindMany) -> dict[str, dict[str, Any]]:
+        """The documents of ``keys`` that exist: cached ones from memory, the rest by one ``find``.
+
+        ``find(missing)`` answers ``{key: document}`` for those it found. A key another caller is
+        reading already is awaited rather than read again. Only a read that started after the
+        latest forget may answer: one from before could miss the change a listener is re-checking
+        pending records for.
+        """
+        found: dict[str, dict[str, Any]] = {}
+        waiting: dict[str, asyncio.Future[dict[str, Any] | None]] = {}
+        missing: list[str] = []
+        generation = self.generation
+        for key in dict.fromkeys(keys):
+            doc = self.get(collection, key)
+            if doc is not None:
+                found[key] = doc
+            elif (loading := self._loading.get((collection, key, generation))) is not None:
+                waiting[key] = loading
+            else:
+                missing.append(key)
+        if missing:
+            read = asyncio.ensure_future(find(missing))
+            for key in missing:
+                slot = (collection, key, generation)
+                waiting[key] = self._loading[slot] = asyncio.ensure_future(self._settle(slot, read))
+        outcomes = await asyncio.gather(*(asyncio.shield(f) for f in waiting.values()), return_exceptions=True)
+        for key, outcome in zip(waiting, outcomes, strict=True):
+            if isinstance(outcome, BaseException):
+                raise outcome
+            if outcome is not None:
+                found[key] = outcome
+        return found
+
+    async def _settle(
+        self, slot: tuple[str, str, int], read: asyncio.Future[dict[str, dict[str, Any]]]
     ) -> dict[str, Any] | None:
         collection, key, generation = slot
         try:
-            doc = await find()
+            doc = (await asyncio.shield(read)).get(key)
             if doc is not None:
                 self.put(collection, key, doc, generation)
             return doc
@@ -149,10 +181,15 @@ class RegistryView:
         db: AsyncDatabase[dict[str, Any]],
         *,
         cache: ReadModelCache | None = None,
+        team_members: bool = True,
     ) -> None:
         self._db = db
         self._listeners: list[ChangeListener] = []
         self.cache = cache  # forgotten per applied batch; the queries below do not use it
+        # Whether team documents keep their ``members`` (for :meth:`active_members` and
+        # :meth:`team_has_skill`): one more write per team a batch of memberships touches, which a
+        # service that reads memberships only by ``_id`` need not pay.
+        self._team_members = team_members
 
     def on_change(self, listener: ChangeListener) -> None:
         self._listeners.append(listener)
@@ -204,20 +241,17 @@ class RegistryView:
         """Those of ``volunteer_ids`` who are current members of the team and have not left."""
         team = await self._db[TEAMS].find_one({"_id": team_code}, {"members": 1})
         current = set(team.get("members", [])) if team else set()
-        return {v for v in set(volunteer_ids) & current if await self._volunteer_active(v)}
+        return set(await self._active_volunteers(set(volunteer_ids) & current))
 
     async def team_has_skill(self, team_code: str, skill: str) -> bool:
         """True if any current member of the team (who has not left) has ``skill``."""
         team = await self._db[TEAMS].find_one({"_id": team_code}, {"members": 1})
-        for volunteer_id in team.get("members", []) if team else []:
-            doc = await self._db[VOLUNTEERS].find_one({"_id": volunteer_id})
-            if doc and doc.get("active") and skill in doc.get("skills", []):
-                return True
-        return False
+        members = await self._active_volunteers(team.get("members", []) if team else [])
+        return any(skill in doc.get("skills", []) for doc in members.values())
 
-    async def _volunteer_active(self, volunteer_id: str) -> bool:
-        doc = await self._db[VOLUNTEERS].find_one({"_id": volunteer_id}, {"active": 1})
-        return bool(doc and doc.get("active"))
+    async def _active_volunteers(self, volunteer_ids: Iterable[str]) -> dict[str, dict[str, Any]]:
+        found = await find_by_ids(self._db[VOLUNTEERS], volunteer_ids, {"active": 1, "skills": 1})
+        return {vid: doc for vid, doc in found.items() if doc.get("active")}
 
     # --- event handling ----------------------------------------------------------------------------
 
@@ -246,7 +280,7 @@ class RegistryView:
                 write = sets.setdefault((collection, key), _Write())
                 write.fields.update(fields)
                 write.partition, write.offset = c.partition, c.offset
-            if isinstance(payload, ev.MembershipStarted | ev.MembershipEnded):
+            if self._team_members and isinstance(payload, ev.MembershipStarted | ev.MembershipEnded):
                 started = isinstance(payload, ev.MembershipStarted)
                 moves.get((payload.team_code, not started), {}).pop(payload.volunteer_id, None)
                 moves.setdefault((payload.team_code, started), {})[payload.volunteer_id] = c.offset
@@ -257,7 +291,7 @@ class RegistryView:
             teams: dict[str, list[tuple[bool, dict[str, int]]]] = {}
             for (team_code, started), offsets in moves.items():
                 teams.setdefault(team_code, []).append((started, offsets))
-            await _in_chunks([partial(self._move_members, code, team_moves) for code, team_moves in teams.items()])
+            await run_in_chunks([partial(self._move_members, code, team_moves) for code, team_moves in teams.items()])
             by_collection: dict[str, dict[str, _Write]] = {}
             for (col, key), write in sets.items():
                 by_collection.setdefault(col, {})[key] = write
@@ -287,7 +321,7 @@ class RegistryView:
             if key in existed  # an inserted document holds this batch already
         ]
         commands = [updates[i : i + _PER_COMMAND] for i in range(0, len(updates), _PER_COMMAND)]
-        await _in_chunks([partial(col.bulk_write, command, ordered=False) for command in commands])
+        await run_in_chunks([partial(col.bulk_write, command, ordered=False) for command in commands])
 
     async def _move_members(self, team_code: str, team_moves: list[tuple[bool, dict[str, int]]]) -> None:
         """Add (``started``) or remove the volunteers of ``team_moves`` from the team's ``members``.
@@ -428,8 +462,6 @@ class _Write:
 # A conditional write that fails because its document appeared meanwhile is tried again; only a
 # concurrent creation of the same document can make it fail, so a few tries always suffice.
 _ATTEMPTS = 4
-# Concurrent single-document writes per step of a batch (the client's pool queues the rest).
-_CHUNK = 50
 # Update statements per command (FerretDB v1.24 never answered one of 100 or more).
 _PER_COMMAND = 50
 
@@ -442,15 +474,6 @@ def _applied(stored: Any, offset: int) -> bool:
 def _field(volunteer_id: str) -> str:
     """``volunteer_id`` as a field name: FerretDB rejects names with "." or a leading "$"."""
     return volunteer_id.replace("%", "%25").replace(".", "%2E").replace("$", "%24")
-
-
-async def _in_chunks(writes: Sequence[Callable[[], Awaitable[Any]]]) -> None:
-    for i in range(0, len(writes), _CHUNK):
-        # Every write of a chunk finishes before an error is raised, so none is left running.
-        outcomes = await asyncio.gather(*(w() for w in writes[i : i + _CHUNK]), return_exceptions=True)
-        for outcome in outcomes:
-            if isinstance(outcome, BaseException):
-                raise outcome
 
 
 Fold = Callable[[Any], list[tuple[str, str, dict[str, Any]]]]
