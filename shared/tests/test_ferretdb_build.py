@@ -5,6 +5,8 @@ its index, so SQLite never used the index: every update, delete or find by ``_id
 table (measured before the patch: an update by ``_id`` took 1.4 ms at 100 documents and 27 ms at
 10,000). ``deploy/ferretdb/sqlite-id-index.patch`` fixes it; these tests read SQLite's own query plan
 through the ``explain`` command, so they fail if setup ever builds an unpatched binary again.
+``deploy/ferretdb/sqlite-id-pushdown-in.patch`` does the same for ``{_id: {$in: [...]}}`` (services read
+batches of documents by ``_id``), which upstream answered by reading every document.
 
 It must also keep every single-document write atomic across connections. Upstream runs an update,
 findAndModify or delete as a read and a separate write with nothing held between, so concurrent
@@ -22,6 +24,8 @@ from contextlib import asynccontextmanager
 from typing import Any
 
 import pytest
+from bson import ObjectId
+from bson.raw_bson import RawBSONDocument
 from pymongo import ReturnDocument, UpdateOne
 from pymongo.asynchronous.collection import AsyncCollection
 
@@ -58,6 +62,98 @@ async def test_id_with_other_conditions_is_narrowed_by_the_index(ferretdb: Ferre
     plan, pushed = await _plan(ferretdb, run_id, {"_id": "u42|2026-06-01", "rev": 0})
     assert pushed
     assert any("USING INDEX" in step for step in plan), plan
+
+
+# --- {_id: {$in: [...]}} (deploy/ferretdb/sqlite-id-pushdown-in.patch) -------------------------
+
+# Ids that JSON escapes or spells in more than one byte, as SQLite compares the _id's JSON text.
+NAMES = ["Nguyễn Văn An", 'Trần "Bình" <&> \\ Minh', "Đặc khu Vân Đồn"]
+
+
+@asynccontextmanager
+async def _households(ferretdb: FerretDB, run_id: str) -> AsyncIterator[tuple[Col, list[Any]]]:
+    """A collection of 300 string ids, 3 ObjectIds and 3 int ids; ``rev`` is 0, 1 or 2."""
+    client = connect(ferretdb.url)
+    try:
+        col = client[f"fdb_{run_id}"]["households"]
+        oids = [ObjectId() for _ in range(3)]
+        ids: list[Any] = [f"{NAMES[i % 3]} {i}" for i in range(300)] + oids + [7, 8, 9]
+        await col.insert_many([{"_id": i, "rev": n % 3} for n, i in enumerate(ids)])
+        yield col, ids
+    finally:
+        await client.close()
+
+
+async def _explain(col: Col, flt: dict[str, Any]) -> tuple[list[str], bool]:
+    out = await col.database.command({"explain": {"find": col.name, "filter": flt}})
+    return [str(step) for step in out["queryPlanner"]["Plan"]], bool(out["filterPushdown"])
+
+
+async def _ids(col: Col, flt: dict[str, Any]) -> list[Any]:
+    return [d["_id"] async for d in col.find(flt)]
+
+
+def _same(found: list[Any], expected: list[Any]) -> bool:
+    """Equal as multisets (ObjectIds, strings and ints do not sort together)."""
+    return sorted(map(repr, found)) == sorted(map(repr, expected))
+
+
+async def test_find_by_id_in_uses_the_id_index_and_finds_exactly_the_matches(ferretdb: FerretDB, run_id: str) -> None:
+    async with _households(ferretdb, run_id) as (col, ids):
+        wanted = ids[0:300:3] + ids[1:30] + [ids[300], ids[302]]  # every third, repeats, two ObjectIds
+        missing = [f"{NAMES[0]} 9999", "", str(ids[301]), ObjectId()]  # ids[301] as a string: not its ObjectId
+        rev0 = [i for n, i in enumerate(ids) if n % 3 == 0]
+        cases: list[tuple[dict[str, Any], list[Any]]] = [
+            ({"_id": {"$in": wanted + missing}}, list(dict.fromkeys(wanted))),
+            # Another condition beside _id: the index narrows, the handler filters the rest out.
+            ({"_id": {"$in": wanted + missing}, "rev": 0}, [i for i in rev0 if i in wanted]),
+            ({"_id": {"$in": [ids[5]]}}, [ids[5]]),
+            ({"_id": {"$in": missing}}, []),
+        ]
+        for flt, expected in cases:
+            plan, pushed = await _explain(col, flt)
+            assert pushed, flt
+            assert any("USING INDEX" in step and "__id_" in step for step in plan), plan
+            assert not any("SCAN" in step for step in plan), plan
+            found = await _ids(col, flt)
+            assert _same(found, expected), (flt, found)
+            assert len(found) == len(set(map(repr, found)))
+
+
+async def test_id_in_that_cannot_use_the_index_is_still_answered_correctly(ferretdb: FerretDB, run_id: str) -> None:
+    async with _households(ferretdb, run_id) as (col, ids):
+        strings = ids[:300]
+        too_many = [f"{NAMES[1]} {i}" for i in range(1001)]  # above the patch's cap of 1,000
+        cases: list[tuple[dict[str, Any], list[Any]]] = [
+            ({"_id": {"$in": [ids[4], 7, ids[301]]}}, [ids[4], 7, ids[301]]),  # an int among the values
+            ({"_id": {"$in": [ids[4], None]}}, [ids[4]]),
+            ({"_id": {"$nin": strings[1:]}}, [strings[0], *ids[300:]]),
+            ({"_id": {"$in": strings[:10], "$nin": strings[:5]}}, strings[5:10]),  # two operators
+            ({"_id": {"$in": too_many}}, [i for i in too_many if i in strings]),
+            ({"_id": {"$in": []}}, []),
+        ]
+        for flt, expected in cases:
+            _, pushed = await _explain(col, flt)
+            assert not pushed, flt
+            found = await _ids(col, flt)
+            assert _same(found, expected), (flt, found)
+
+
+def _raw_filter(*pairs: tuple[str, str]) -> RawBSONDocument:
+    """A BSON document that may repeat a key (a dict cannot)."""
+    body = b""
+    for key, value in pairs:
+        v = value.encode() + b"\0"
+        body += b"\x02" + key.encode() + b"\0" + len(v).to_bytes(4, "little") + v
+    return RawBSONDocument((len(body) + 5).to_bytes(4, "little") + body + b"\0")
+
+
+async def test_a_filter_that_repeats_id_is_answered(ferretdb: FerretDB, run_id: str) -> None:
+    # sqlite-id-index.patch looked _id up with types.Document.Get, which panics on a repeated key:
+    # FerretDB dropped the client's connection. Now both conditions apply (an AND).
+    async with _households(ferretdb, run_id) as (col, ids):
+        assert await col.find(_raw_filter(("_id", ids[1]), ("_id", ids[2]))).to_list() == []
+        assert [d["_id"] for d in await col.find(_raw_filter(("_id", ids[1]), ("_id", ids[1]))).to_list()] == [ids[1]]
 
 
 # --- single-document atomicity across connections (deploy/ferretdb/serialise-writes.patch) -------
