@@ -557,3 +557,19 @@ async def test_a_view_without_team_members_writes_memberships_but_no_member_list
     finally:
         await client.drop_database(f"viewnomembers_{run_id}")
         await client.close()
+
+
+def test_the_cache_holds_only_its_last_seconds_of_documents_and_never_more_than_its_bound() -> None:
+    now = [0.0]
+    cache = ReadModelCache(ttl_seconds=5.0, max_entries=100, clock=lambda: now[0])
+    for i in range(60):
+        cache.put(VOLUNTEERS, f"v{i}", {"_id": f"v{i}"}, cache.generation)
+    now[0] = 5.0
+    cache.put(VOLUNTEERS, "late", {"_id": "late"}, cache.generation)
+    assert len(cache) == 1  # the 60 expired ones went when the next was kept
+
+    for i in range(150):
+        cache.put(VOLUNTEERS, f"w{i}", {"_id": f"w{i}"}, cache.generation)
+    assert len(cache) == 100
+    assert cache.get(VOLUNTEERS, "w149") is not None  # the newest stay, the oldest go first
+    assert cache.get(VOLUNTEERS, "w49") is None

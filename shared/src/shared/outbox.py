@@ -43,6 +43,7 @@ from pymongo.asynchronous.database import AsyncDatabase
 from shared.envelope import Envelope, ce_time, parse_ce_time
 from shared.kafka import EventProducer, Record, record_of
 from shared.logging import get_logger
+from shared.mongo import find_by_ids
 from shared.tracing import enabled as tracing_enabled
 from shared.tracing import end_all, start_publish, traceparent_of
 
@@ -390,11 +391,9 @@ async def _given_then_by_id(
     for d in given:
         yield d
     for i in range(0, len(ids), batch):
-        # By _id: the one lookup FerretDB answers from an index; the reads of a batch run at once.
-        found = await asyncio.gather(*(col.find_one({"_id": doc_id}, _OUTBOX) for doc_id in ids[i : i + batch]))
-        for doc in found:
-            if doc is not None:
-                yield doc
+        # By _id: the lookup FerretDB answers from an index, a bounded list to a command.
+        for doc in (await find_by_ids(col, ids[i : i + batch], _OUTBOX)).values():
+            yield doc
 
 
 async def _read_ahead(items: AsyncGenerator[Chunk, None]) -> AsyncGenerator[Chunk, None]:
