@@ -37,6 +37,9 @@ log = get_logger(__name__)
 LAYOUT_VERSION = 2
 LEGACY_PREFIXES = ("counters_g", "applied_events_g")
 TEAM_COUNTS_PREFIX = "team_counts_g"
+# Counter documents the projector remembers as created. One per unit or team and day, so at 100x
+# more than half a million: bounded, it holds the recent days, which are the ones being counted.
+EXISTING_CACHE_MAX = 50_000
 COUNTS_NAME = re.compile(r"counts_g(\d+)")
 TEAM_COUNTS_MIGRATION = "0003-team-counters-apart"
 MIGRATION_BATCH = 1000
@@ -209,6 +212,8 @@ class ProjectionRepository:
             ]
             for col in (self.counters, self.team_counts):
                 await insert_ignoring_duplicates(col, [doc for doc in skeletons if self._collection(doc["_id"]) is col])
+            if len(self._existing) + len(unknown) > EXISTING_CACHE_MAX:
+                self._existing.clear()  # a miss only costs one insert of skeletons that exist
             self._existing.update(unknown)
 
         def statement(doc_id: str) -> UpdateOne:
