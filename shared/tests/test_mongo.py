@@ -14,13 +14,13 @@ from shared.mongo import IDS_PER_READ, MONGO_LATENCY, InsertBatcher, connect, en
 pytestmark = [pytest.mark.mongo]
 
 
-def inserts_sent(collection: str) -> float:
-    """Insert commands sent so far (every command is timed into MONGO_LATENCY)."""
+def commands_sent(command: str, collection: str) -> float:
+    """Commands sent so far (every command is timed into MONGO_LATENCY)."""
     return sum(
         s.value
         for metric in MONGO_LATENCY.collect()
         for s in metric.samples
-        if s.name.endswith("_count") and s.labels == {"command": "insert", "collection": collection}
+        if s.name.endswith("_count") and s.labels == {"command": command, "collection": collection}
     )
 
 
@@ -34,7 +34,7 @@ async def test_concurrent_inserts_share_one_command_and_each_hears_its_duplicate
     await col.insert_one({"_id": "r0", "client_ref": "c0"})
     batcher = InsertBatcher(col)
     try:
-        before = inserts_sent("records")
+        before = commands_sent("insert", "records")
         docs = [{"_id": f"r{i}", "client_ref": f"c{i}"} for i in range(1, 21)]
         results = await asyncio.gather(
             *(insert_once(col, d, {"_id": d["_id"]}, inserts=batcher) for d in docs),
@@ -44,7 +44,7 @@ async def test_concurrent_inserts_share_one_command_and_each_hears_its_duplicate
         assert [created for _, created in results] == [True] * 20 + [False, False]
         assert results[20][0] == {"_id": "r0", "client_ref": "c0"}  # the first copy, not the re-sent one
         assert await col.count_documents({}) == 21
-        assert inserts_sent("records") - before == 1
+        assert commands_sent("insert", "records") - before == 1
 
         # Another unique key taken: not a duplicate of the same record, so the caller hears the error.
         with pytest.raises(DuplicateKeyError):
@@ -52,15 +52,6 @@ async def test_concurrent_inserts_share_one_command_and_each_hears_its_duplicate
     finally:
         await client.drop_database(f"batcher_{run_id}")
         await client.close()
-
-
-def commands_sent(command: str, collection: str) -> float:
-    return sum(
-        s.value
-        for metric in MONGO_LATENCY.collect()
-        for s in metric.samples
-        if s.name.endswith("_count") and s.labels == {"command": command, "collection": collection}
-    )
 
 
 async def test_find_by_ids_reads_a_bounded_in_list_per_command_and_leaves_out_unknown_ids(
@@ -71,7 +62,7 @@ async def test_find_by_ids_reads_a_bounded_in_list_per_command_and_leaves_out_un
     col = db["docs"]
     try:
         await col.insert_many([{"_id": f"d{i:04d}", "n": i, "tên": "Đội Vân Đồn"} for i in range(1_100)])
-        wanted = [f"d{i:04d}" for i in range(0, 1_100, 1)] + ["nobody", "d0007"]  # one unknown, one repeated
+        wanted = [f"d{i:04d}" for i in range(1_100)] + ["nobody", "d0007"]  # one unknown, one repeated
         before = commands_sent("find", "docs")
         found = await find_by_ids(col, wanted, {"n": 1})
         assert sorted(found) == [f"d{i:04d}" for i in range(1_100)]
