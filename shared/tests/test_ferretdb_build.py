@@ -14,6 +14,9 @@ writers lost changes (measured on the unpatched binary: 500 ``$inc`` stored 166-
 acknowledged compare-and-sets left rev at 67-98; a close and a delete of one household were both
 acknowledged). ``deploy/ferretdb/serialise-writes.patch`` serialises those statements; the tests
 below race separate clients against one document.
+
+``deploy/ferretdb/update-many-one-transaction.patch`` writes a multi-document update in one SQLite
+transaction (upstream: one per document); the tests check its counts and that it is all or nothing.
 """
 
 from __future__ import annotations
@@ -28,6 +31,7 @@ from bson import ObjectId
 from bson.raw_bson import RawBSONDocument
 from pymongo import ReturnDocument, UpdateOne
 from pymongo.asynchronous.collection import AsyncCollection
+from pymongo.errors import OperationFailure
 
 from shared.infra import FerretDB
 from shared.mongo import Document, connect
@@ -303,3 +307,142 @@ async def test_the_write_ahead_log_restarts_under_a_stream_of_updates(own_ferret
     wal = own_ferretdb.data_dir / "sqlite" / f"{name}.sqlite-wal"
     assert wal.exists()
     assert wal.stat().st_size < 8 * 1024 * 1024, f"write-ahead log at {wal.stat().st_size / 1e6:.1f} MB"
+
+
+# --- a multi-document update is one write (deploy/ferretdb/update-many-one-transaction.patch) ----
+
+
+def _entry(doc: int, k: int) -> dict[str, Any]:
+    """An outbox-like subdocument; the relay removes acknowledged ones whole with ``$pullAll``."""
+    return {"id": f"e{doc}-{k}", "type": "household.registered", "subject": f"{NAMES[doc % 3]} {doc}", "n": k}
+
+
+KEEP = {"id": "keep", "type": "household.visited", "n": -1}
+
+
+async def test_update_many_by_id_in_pulls_exactly_the_matched_documents_entries(
+    ferretdb: FerretDB, run_id: str
+) -> None:
+    client = connect(ferretdb.url)
+    try:
+        col = client[f"fdb_{run_id}"]["outboxes"]
+        ids = [f"{NAMES[i % 3]} {i}" for i in range(200)]
+        # About 1 kB each; every fourth also holds an entry nobody pulls.
+        original = {i: [_entry(n, 0), _entry(n, 1)] + ([KEEP] if n % 4 == 0 else []) for n, i in enumerate(ids)}
+        await col.insert_many([{"_id": i, "pad": "x" * 700, "outbox": original[i]} for i in ids])
+        # As the relay does: one $pullAll of every entry of the chunk. It names the entries of all
+        # 200 documents, so a document updated outside the filter would lose its entries too.
+        every_entry = [_entry(n, k) for n in range(200) for k in range(2)]
+
+        async def pull(wanted: list[str]) -> tuple[int, int]:
+            res = await col.update_many({"_id": {"$in": [*wanted, "nobody 1"]}}, {"$pullAll": {"outbox": every_entry}})
+            return res.matched_count, res.modified_count
+
+        def emptied(n: int) -> list[dict[str, Any]]:
+            return [KEEP] if n % 4 == 0 else []
+
+        assert await pull(ids[:150]) == (150, 150)
+        stored = {d["_id"]: d["outbox"] async for d in col.find({})}
+        assert stored == {i: emptied(n) if n < 150 else original[i] for n, i in enumerate(ids)}
+
+        # Matched but already empty: counted as matched, not as modified, and left alone.
+        assert await pull(ids[140:160]) == (20, 10)
+        assert await pull(ids[140:160]) == (20, 0)
+        stored = {d["_id"]: d["outbox"] async for d in col.find({})}
+        assert stored == {i: emptied(n) if n < 160 else original[i] for n, i in enumerate(ids)}
+        assert await col.count_documents({}) == 200
+    finally:
+        await client.close()
+
+
+async def test_a_failing_update_many_writes_none_of_its_documents(ferretdb: FerretDB, run_id: str) -> None:
+    # All modified documents are written by one UpdateAll (one SQLite transaction) after all were
+    # processed; upstream wrote each as it went, so the documents before the failing one kept the
+    # change (measured on the previous build: 50 of 99). MongoDB allows either.
+    client = connect(ferretdb.url)
+    try:
+        col = client[f"fdb_{run_id}"]["counters"]
+        await col.insert_many([{"_id": f"u{i}", "n": "not a number" if i == 50 else 0} for i in range(100)])
+        with pytest.raises(OperationFailure, match="non-numeric"):
+            await col.update_many({}, {"$inc": {"n": 1}})
+        stored = {d["_id"]: d["n"] async for d in col.find({})}
+        assert stored == {f"u{i}": "not a number" if i == 50 else 0 for i in range(100)}
+    finally:
+        await client.close()
+
+
+async def test_a_reader_sees_all_or_none_of_an_update_many(ferretdb: FerretDB, run_id: str) -> None:
+    # One transaction per update_many: a read running beside it (reads take no lock) sees the
+    # documents from one snapshot, before or after the whole statement. Upstream committed each
+    # document on its own, so readers saw statements half applied (previous build: most reads).
+    rounds = 30
+    client = connect(ferretdb.url, max_pool_size=4)
+    try:
+        col = client[f"fdb_{run_id}"]["households"]
+        ids = [f"{NAMES[i % 3]} {i}" for i in range(200)]
+        await col.insert_many([{"_id": i, "pad": "x" * 700, "v": 0} for i in ids])
+        done = asyncio.Event()
+        seen: list[set[int]] = []
+
+        async def write() -> None:
+            try:
+                for r in range(1, rounds + 1):
+                    res = await col.update_many({"_id": {"$in": ids}}, {"$set": {"v": r}})
+                    assert (res.matched_count, res.modified_count) == (200, 200)
+            finally:
+                done.set()
+
+        async def read() -> None:
+            while not done.is_set():
+                docs = await col.find({}, {"v": 1}, batch_size=1000).to_list()
+                assert len(docs) == 200
+                seen.append({d["v"] for d in docs})
+
+        await asyncio.gather(write(), read(), read())
+    finally:
+        await client.close()
+    mixed = [s for s in seen if len(s) != 1]
+    assert mixed == [], f"{len(mixed)} of {len(seen)} reads saw a half-applied update_many"
+    assert len({v for s in seen for v in s}) > 2, "the reads never overlapped the writes"
+
+
+async def test_single_document_updates_and_upserts_report_as_before(ferretdb: FerretDB, run_id: str) -> None:
+    # findAndModify and upserts go through the same code path as update_many.
+    client = connect(ferretdb.url)
+    try:
+        col = client[f"fdb_{run_id}"]["visits"]
+        res = await col.update_one({"_id": "Phường Hạ Long"}, {"$set": {"n": 1}}, upsert=True)
+        assert (res.matched_count, res.modified_count, res.upserted_id) == (0, 0, "Phường Hạ Long")
+        res = await col.update_one({"_id": "Phường Hạ Long"}, {"$set": {"n": 2}}, upsert=True)
+        assert (res.matched_count, res.modified_count, res.upserted_id) == (1, 1, None)
+        res = await col.update_one({"_id": "Phường Hạ Long"}, {"$set": {"n": 2}})
+        assert (res.matched_count, res.modified_count) == (1, 0)
+        res = await col.update_many({"_id": "Đặc khu Vân Đồn", "n": 5}, {"$set": {"m": 1}}, upsert=True)
+        assert (res.matched_count, res.modified_count, res.upserted_id) == (0, 0, "Đặc khu Vân Đồn")
+
+        before = await col.find_one_and_update({"_id": "Phường Hạ Long"}, {"$inc": {"n": 1}})
+        after = await col.find_one_and_update(
+            {"_id": "Phường Hạ Long"}, {"$inc": {"n": 1}}, return_document=ReturnDocument.AFTER
+        )
+        same = await col.find_one_and_update(
+            {"_id": "Phường Hạ Long"}, {"$set": {"n": 4}}, return_document=ReturnDocument.AFTER
+        )
+        new = await col.find_one_and_update(
+            {"_id": "Đặc khu Vân Đồn 2"}, {"$set": {"n": 7}}, upsert=True, return_document=ReturnDocument.AFTER
+        )
+        missing = await col.find_one_and_update({"_id": "nobody"}, {"$set": {"n": 7}})
+        assert (before, after, same, new, missing) == (
+            {"_id": "Phường Hạ Long", "n": 2},
+            {"_id": "Phường Hạ Long", "n": 4},
+            {"_id": "Phường Hạ Long", "n": 4},
+            {"_id": "Đặc khu Vân Đồn 2", "n": 7},
+            None,
+        )
+        stored = {d["_id"]: d async for d in col.find({})}
+        assert stored == {
+            "Phường Hạ Long": {"_id": "Phường Hạ Long", "n": 4},
+            "Đặc khu Vân Đồn": {"_id": "Đặc khu Vân Đồn", "n": 5, "m": 1},
+            "Đặc khu Vân Đồn 2": {"_id": "Đặc khu Vân Đồn 2", "n": 7},
+        }
+    finally:
+        await client.close()
