@@ -140,7 +140,7 @@ class OutboxRelay:
         batch_size: int = 1000,
         heartbeat_seconds: float = 2.0,
         stale_after_seconds: float = 10.0,
-        keep_written: int = 2000,
+        keep_written: int = 500,
     ) -> None:
         self._db = db
         self._collections = list(collections)
@@ -157,7 +157,7 @@ class OutboxRelay:
         self._written: dict[str, dict[Any, dict[str, Any]]] = {}
         # Inserted documents kept per collection for publishing without a read. Unbounded, they held
         # a 10x roster upload's tens of thousands of documents while the relay caught up (registry
-        # and visits above 160 MB RSS).
+        # and visits above 160 MB RSS); beyond the bound the relay reads them back, 500 to an ``$in``.
         self._keep_written = keep_written
         # Ids queued to Kafka and not yet removed: a cache that spares re-sending them when a later
         # hint reads the same document meanwhile. Losing it only costs a duplicate send.
