@@ -156,3 +156,18 @@ async def test_a_registry_change_keeps_the_entry_of_a_course_being_stored_and_dr
     await index.update_one({"_id": "P-SOON"}, {"$set": {"at": datetime.now(UTC) - timedelta(minutes=6)}})
     await repo.pending_courses()
     assert await index.find_one({"_id": "P-SOON"}) is None  # a crash's leftover, once old
+
+
+async def test_a_member_who_learns_to_teach_later_unblocks_their_teams_course(training, registry_events) -> None:
+    # The volunteer's change alone (no membership in the batch): the listener finds the course
+    # through its team's members.
+    await training.registry(
+        registry_events.team("CAMP-LEARN", "campaign", ["QN", "QN-HL"], "Đội hình Tình nguyện Hạ Long"),
+        registry_events.volunteer("V-LEARN", ["QN", "QN-HL"], []),
+        registry_events.membership("CAMP-LEARN", "V-LEARN"),
+    )
+    r = await training.client.post("/v1/courses", json=course("P-LEARN", "CAMP-LEARN", "QN-HL"), headers=ADMIN)
+    assert r.json()["status"] == "pending"
+    await training.registry(registry_events.volunteer("V-LEARN", ["QN", "QN-HL"], ["teaching"]))
+    await status_becomes(training, "P-LEARN", "scheduled")
+    assert [p.envelope.type for p in await training.events("P-LEARN", 1)] == [ev.COURSE_SCHEDULED]

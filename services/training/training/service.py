@@ -338,10 +338,17 @@ class TrainingService:
         teams = {key.split("/", 1)[0] for kind, key in changes if kind in ("team", "membership")}
         # Any unit: a course naming a merged unit waits on its successor, which is another key.
         units = any(kind == "unit" for kind, _ in changes)
-        anyone = any(kind == "volunteer" for kind, _ in changes)  # a teacher may have joined
-        if not (teams or units or anyone):
+        volunteers = {key for kind, key in changes if kind == "volunteer"}  # a member may have learnt to teach
+        if not (teams or units or volunteers):
             return
-        courses = [c for c in await self._repo.pending_courses() if anyone or units or c["team_code"] in teams]
+        courses = await self._repo.pending_courses()
+        if not units:
+            # A volunteer's change matters to the teams it is a member of (a membership that arrives
+            # later is a change of its own); re-checking every pending course for every roster batch
+            # held training's read model minutes behind at 10x.
+            others = {c["team_code"] for c in courses} - teams
+            teams |= await self._view.teams_with_members(others, volunteers) if volunteers and others else set()
+            courses = [c for c in courses if c["team_code"] in teams]
         # Concurrently: one at a time, hundreds of courses held the read model's consumer at 10x.
         await run_in_chunks([partial(self.revalidate, c) for c in courses])
 

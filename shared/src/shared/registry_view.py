@@ -17,6 +17,7 @@ from __future__ import annotations
 import asyncio
 import time
 from collections.abc import Awaitable, Callable, Iterable, Mapping, Sequence
+from collections.abc import Set as AbstractSet
 from dataclasses import dataclass, field
 from functools import partial
 from typing import Any, Literal, NamedTuple
@@ -259,6 +260,11 @@ class RegistryView:
         team = await self._db[TEAMS].find_one({"_id": team_code}, {"members": 1})
         members = await self._active_volunteers(team.get("members", []) if team else [])
         return any(skill in doc.get("skills", []) for doc in members.values())
+
+    async def teams_with_members(self, team_codes: Iterable[str], volunteer_ids: AbstractSet[str]) -> set[str]:
+        """Those of ``team_codes`` that count any of ``volunteer_ids`` among their members."""
+        teams = await find_by_ids(self._db[TEAMS], team_codes, {"members": 1})
+        return {code for code, doc in teams.items() if not volunteer_ids.isdisjoint(doc.get("members", ()))}
 
     async def _active_volunteers(self, volunteer_ids: Iterable[str]) -> dict[str, dict[str, Any]]:
         found = await find_by_ids(self._db[VOLUNTEERS], volunteer_ids, {"active": 1, "skills": 1})
