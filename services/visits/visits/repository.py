@@ -150,10 +150,10 @@ class RegistryFacts:
 class RegistryReader:
     """Lookups in the read model that :class:`shared.registry_view.RegistryView` maintains.
 
-    One ``_id`` lookup per key: the view's ``active_members`` filters on ``team_code`` (a scan of
-    every membership on FerretDB v1) and cannot tell an ended membership from one not seen yet.
-    With a ``cache`` (the one the view forgets changes in) known documents come from memory: the
-    request path then makes no read-model round trip at all.
+    By ``_id`` only, the keys of one collection in one ``$in`` read: memberships by
+    ``team/volunteer``, which also tells an ended membership from one not seen yet (this view keeps
+    no member lists). With a ``cache`` (the one the view forgets changes in) known documents come
+    from memory: the request path then makes no read-model round trip at all.
     """
 
     def __init__(self, db: AsyncDatabase[Document], cache: rm.ReadModelCache | None = None) -> None:
