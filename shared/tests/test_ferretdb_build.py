@@ -12,8 +12,9 @@ It must also keep every single-document write atomic across connections. Upstrea
 findAndModify or delete as a read and a separate write with nothing held between, so concurrent
 writers lost changes (measured on the unpatched binary: 500 ``$inc`` stored 166-473; 100
 acknowledged compare-and-sets left rev at 67-98; a close and a delete of one household were both
-acknowledged). ``deploy/ferretdb/serialise-writes.patch`` serialises those statements; the tests
-below race separate clients against one document.
+acknowledged). ``deploy/ferretdb/serialise-writes.patch`` serialises those statements, and queues inserts
+with them, per database (one SQLite file); the tests below race separate clients against one document,
+and every kind of write against one database.
 
 ``deploy/ferretdb/update-many-one-transaction.patch`` writes a multi-document update in one SQLite
 transaction (upstream: one per document); the tests check its counts and that it is all or nothing.
@@ -286,6 +287,58 @@ async def test_conditional_delete_and_update_racing_on_one_document_never_both_s
     assert both == []
     assert all(d != c for d, c in zip(deleted, closed, strict=True))
     assert stored == {h: "closed" for h, c in zip(ids, closed, strict=True) if c}
+
+
+async def test_every_kind_of_write_to_one_database_at_once_is_applied_exactly(ferretdb: FerretDB, run_id: str) -> None:
+    # The write mutex is per database (one SQLite file) and inserts take it too: inserts into a
+    # collection that does not exist yet, upserts that create theirs, updates, findAndModify and
+    # deletes of five collections, all at once from separate clients. Every write must be applied
+    # exactly once, and none may wait forever: a holder that took the lock again (say, on the way
+    # to creating a new collection) would hang here, not fail.
+    rounds = 6
+    async with _collections(ferretdb, run_id, "households") as households:
+        db = [col.database for col in households]
+        await households[0].insert_many([{"_id": f"{NAMES[i % 3]} {i}", "n": 0, "m": 0} for i in range(80)])
+        await db[0]["trash"].insert_many([{"_id": f"t{k}-{i}"} for k in range(CLIENTS) for i in range(rounds)])
+        ids = [f"{NAMES[i % 3]} {i}" for i in range(80)]
+
+        async def client(k: int) -> list[int]:
+            taken: list[int] = []
+            for r in range(rounds):
+                results = await asyncio.gather(
+                    # ~1 kB each, 150 a statement: two backend batches; "visits" is new at first
+                    db[k]["visits"].insert_many(
+                        [{"_id": f"v{k}-{r}-{i}", "pad": "x" * 1000} for i in range(150)], ordered=False
+                    ),
+                    households[k].update_one({"_id": ids[(k * rounds + r) % 80]}, {"$inc": {"n": 1}}),
+                    households[k].update_many({"_id": {"$in": ids[r * 10 : r * 10 + 20]}}, {"$inc": {"m": 1}}),
+                    db[k]["tallies"].update_one({"_id": f"day {r}"}, {"$inc": {"n": 1}}, upsert=True),
+                    db[k]["sequences"].find_one_and_update(
+                        {"_id": "visit_no"}, {"$inc": {"n": 1}}, upsert=True, return_document=ReturnDocument.AFTER
+                    ),
+                    db[k]["trash"].delete_one({"_id": f"t{k}-{r}"}),
+                )
+                assert results[0].inserted_ids == [f"v{k}-{r}-{i}" for i in range(150)]
+                assert results[1].modified_count == 1
+                assert results[2].modified_count == 20
+                assert results[5].deleted_count == 1
+                taken.append(results[4]["n"])
+            return taken
+
+        async with asyncio.timeout(60):
+            taken = [n for ns in await asyncio.gather(*(client(k) for k in range(CLIENTS))) for n in ns]
+        stored = {d["_id"]: (d["n"], d["m"]) async for d in households[0].find({})}
+        visits = await db[0]["visits"].count_documents({})
+        tallies = {d["_id"]: d["n"] async for d in db[0]["tallies"].find({})}
+        trash = await db[0]["trash"].count_documents({})
+    assert visits == CLIENTS * rounds * 150
+    assert sum(n for n, _ in stored.values()) == CLIENTS * rounds
+    assert {i: m for i, (_, m) in stored.items()} == {
+        i: CLIENTS * sum(1 for r in range(rounds) if r * 10 <= n < r * 10 + 20) for n, i in enumerate(ids)
+    }
+    assert tallies == {f"day {r}": CLIENTS for r in range(rounds)}
+    assert sorted(taken) == list(range(1, CLIENTS * rounds + 1))
+    assert trash == 0
 
 
 async def test_the_write_ahead_log_restarts_under_a_stream_of_updates(own_ferretdb: FerretDB, run_id: str) -> None:
