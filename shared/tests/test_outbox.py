@@ -428,3 +428,30 @@ async def test_a_relay_far_behind_keeps_a_bounded_number_of_inserted_documents_a
         await producer.stop()
         await client.close()
     assert sorted(e.envelope.key for e in got) == [f"QN-K{i}" for i in range(5)]
+
+
+async def test_a_relay_hinted_past_its_bound_forgets_the_ids_and_sweeps_instead(
+    make_settings, kafka: KafkaBroker
+) -> None:
+    from shared.kafka import EventProducer
+    from shared.outbox import OutboxRelay, outbox_fields
+
+    settings, topic_of, client, db, collection = relay_setup(make_settings, kafka, "swept")
+    docs = [{"_id": f"QN-S{i}", **outbox_fields([unit_updated(f"QN-S{i}", "Phường Cẩm Phả")])} for i in range(8)]
+    await db[collection].insert_many(docs)
+    producer = EventProducer(settings.kafka_bootstrap, client_id="outbox-test")
+    relay = OutboxRelay(db, [collection], producer, service="t", topic_of=topic_of, keep_written=2, max_hints=3)
+    try:
+        relay.notify(collection, ids=[d["_id"] for d in docs[:3]])
+        assert sorted(relay._hints[collection]) == ["QN-S0", "QN-S1", "QN-S2"]
+        relay._sweep_due = False  # as after the start-up sweep
+        relay.notify(collection, written=docs[3:])  # 2 kept, 3 more hinted: past the bound
+        assert collection not in relay._hints
+        assert collection not in relay._written  # memory holds nothing of them now
+        assert await relay.drain_once(relay._hints, relay._written) == 8  # the sweep found every one
+        got = await collect_events(kafka.bootstrap, list(topic_of.values()), count=8, timeout=30, settle=1.0)
+        assert await db[collection].count_documents({"outbox.0": {"$exists": True}}) == 0
+    finally:
+        await producer.stop()
+        await client.close()
+    assert sorted(e.envelope.key for e in got) == [f"QN-S{i}" for i in range(8)]

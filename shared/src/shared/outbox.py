@@ -141,6 +141,7 @@ class OutboxRelay:
         heartbeat_seconds: float = 2.0,
         stale_after_seconds: float = 10.0,
         keep_written: int = 500,
+        max_hints: int = 20_000,
     ) -> None:
         self._db = db
         self._collections = list(collections)
@@ -159,6 +160,10 @@ class OutboxRelay:
         # a 10x roster upload's tens of thousands of documents while the relay caught up (registry
         # and visits above 160 MB RSS); beyond the bound the relay reads them back, 500 to an ``$in``.
         self._keep_written = keep_written
+        # Ids hinted per collection before the relay gives them up for a sweep (which finds every
+        # document with entries anyway). Unbounded, a relay 300,000 documents behind in a 100x roster
+        # upload held their ids, and the registry passed 270 MB RSS.
+        self._max_hints = max_hints
         # Ids queued to Kafka and not yet removed: a cache that spares re-sending them when a later
         # hint reads the same document meanwhile. Losing it only costs a duplicate send.
         self._in_flight: set[str] = set()
@@ -191,7 +196,15 @@ class OutboxRelay:
                     given[d["_id"]] = d
                 else:  # a relay this far behind reads the rest back by _id rather than hold them
                     hinted.add(d["_id"])
+            if len(hinted) > self._max_hints:
+                self._overflow(collection)
         self._wake.set()
+
+    def _overflow(self, collection: str) -> None:
+        """Forget the hints of ``collection`` and sweep instead: bounded memory however far behind."""
+        self._hints.pop(collection, None)
+        self._written.pop(collection, None)
+        self._sweep_due = True
 
     async def start(self) -> None:
         for name in self._collections:
@@ -250,6 +263,8 @@ class OutboxRelay:
                     self._hints.setdefault(name, set()).update(ids)
                 for name, given in written.items():  # read them back next time
                     self._hints.setdefault(name, set()).update(given)
+                for name in [n for n, ids in self._hints.items() if len(ids) > self._max_hints]:
+                    self._overflow(name)
                 self._in_flight.clear()
                 log.warning("outbox_relay_retry", error=str(exc) or type(exc).__name__, in_seconds=backoff)
                 await self._producer.reset()
