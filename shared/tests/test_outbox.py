@@ -2,6 +2,8 @@
 
 from __future__ import annotations
 
+from collections.abc import AsyncIterator
+from contextlib import asynccontextmanager
 from datetime import UTC, datetime
 from typing import Any
 
@@ -406,52 +408,47 @@ async def test_inserted_documents_handed_to_the_relay_are_published_without_read
     assert [n for k, n in names if k == "QN-H0"] == ["v0", "v1"]
 
 
-async def test_a_relay_far_behind_keeps_a_bounded_number_of_inserted_documents_and_reads_the_rest(
-    make_settings, kafka: KafkaBroker
-) -> None:
+@asynccontextmanager
+async def relay_behind(
+    make_settings: Any, kafka: KafkaBroker, name: str, n: int, **relay_args: Any
+) -> AsyncIterator[tuple[Any, list[dict[str, Any]], str]]:
+    """``n`` stored unit documents with an outbox entry each, and a relay over their collection that
+    has not heard of them yet."""
     from shared.kafka import EventProducer
     from shared.outbox import OutboxRelay, outbox_fields
 
-    settings, topic_of, client, db, collection = relay_setup(make_settings, kafka, "kept")
-    docs = [{"_id": f"QN-K{i}", **outbox_fields([unit_updated(f"QN-K{i}", "Phường Hạ Long")])} for i in range(5)]
+    settings, topic_of, client, db, collection = relay_setup(make_settings, kafka, name)
+    docs = [{"_id": f"QN-{i}", **outbox_fields([unit_updated(f"QN-{i}", "Phường Hạ Long")])} for i in range(n)]
     await db[collection].insert_many(docs)
     producer = EventProducer(settings.kafka_bootstrap, client_id="outbox-test")
-    relay = OutboxRelay(db, [collection], producer, service="t", topic_of=topic_of, keep_written=2)
+    relay = OutboxRelay(db, [collection], producer, service="t", topic_of=topic_of, **relay_args)
     try:
-        relay.notify(collection, written=docs)
-        assert sorted(relay._written[collection]) == ["QN-K0", "QN-K1"]  # memory holds two documents
-        assert sorted(relay._hints[collection]) == ["QN-K2", "QN-K3", "QN-K4"]  # the rest by _id
-        assert await relay.drain_once(relay._hints, relay._written) == 5
-        got = await collect_events(kafka.bootstrap, list(topic_of.values()), count=5, timeout=30, settle=1.0)
+        yield relay, docs, collection
+        assert await relay.drain_once(relay._hints, relay._written) == n
+        got = await collect_events(kafka.bootstrap, list(topic_of.values()), count=n, timeout=30, settle=1.0)
         assert await db[collection].count_documents({"outbox.0": {"$exists": True}}) == 0
+        assert sorted(e.envelope.key for e in got) == sorted(d["_id"] for d in docs)  # each once
     finally:
         await producer.stop()
         await client.close()
-    assert sorted(e.envelope.key for e in got) == [f"QN-K{i}" for i in range(5)]
+
+
+async def test_a_relay_far_behind_keeps_a_bounded_number_of_inserted_documents_and_reads_the_rest(
+    make_settings, kafka: KafkaBroker
+) -> None:
+    async with relay_behind(make_settings, kafka, "kept", 5, keep_written=2) as (relay, docs, collection):
+        relay.notify(collection, written=docs)
+        assert sorted(relay._written[collection]) == ["QN-0", "QN-1"]  # memory holds two documents
+        assert sorted(relay._hints[collection]) == ["QN-2", "QN-3", "QN-4"]  # the rest by _id
 
 
 async def test_a_relay_hinted_past_its_bound_forgets_the_ids_and_sweeps_instead(
     make_settings, kafka: KafkaBroker
 ) -> None:
-    from shared.kafka import EventProducer
-    from shared.outbox import OutboxRelay, outbox_fields
-
-    settings, topic_of, client, db, collection = relay_setup(make_settings, kafka, "swept")
-    docs = [{"_id": f"QN-S{i}", **outbox_fields([unit_updated(f"QN-S{i}", "Phường Cẩm Phả")])} for i in range(8)]
-    await db[collection].insert_many(docs)
-    producer = EventProducer(settings.kafka_bootstrap, client_id="outbox-test")
-    relay = OutboxRelay(db, [collection], producer, service="t", topic_of=topic_of, keep_written=2, max_hints=3)
-    try:
+    async with relay_behind(make_settings, kafka, "swept", 8, keep_written=2, max_hints=3) as (relay, docs, collection):
         relay.notify(collection, ids=[d["_id"] for d in docs[:3]])
-        assert sorted(relay._hints[collection]) == ["QN-S0", "QN-S1", "QN-S2"]
+        assert sorted(relay._hints[collection]) == ["QN-0", "QN-1", "QN-2"]
         relay._sweep_due = False  # as after the start-up sweep
         relay.notify(collection, written=docs[3:])  # 2 kept, 3 more hinted: past the bound
         assert collection not in relay._hints
-        assert collection not in relay._written  # memory holds nothing of them now
-        assert await relay.drain_once(relay._hints, relay._written) == 8  # the sweep found every one
-        got = await collect_events(kafka.bootstrap, list(topic_of.values()), count=8, timeout=30, settle=1.0)
-        assert await db[collection].count_documents({"outbox.0": {"$exists": True}}) == 0
-    finally:
-        await producer.stop()
-        await client.close()
-    assert sorted(e.envelope.key for e in got) == [f"QN-S{i}" for i in range(8)]
+        assert collection not in relay._written  # memory holds nothing of them now; the sweep finds them
