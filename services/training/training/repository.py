@@ -18,7 +18,7 @@ from shared import registry_view
 from shared.audit import audit_fields, audit_update
 from shared.envelope import Envelope
 from shared.migrations import applied, record_applied
-from shared.mongo import IDS_PER_READ, Document, find_by_ids, insert_ignoring_duplicates, insert_once
+from shared.mongo import Document, delete_by_ids, find_by_ids, insert_ignoring_duplicates, insert_once
 from shared.outbox import outbox_fields, outbox_update
 from shared.pagination import after_filter
 
@@ -109,8 +109,7 @@ class TrainingRepository:
             if ((course := courses.get(e["_id"])) is not None and course["status"] != "pending")
             or (course is None and now - e.get("at", now - UNSTORED_GRACE) >= UNSTORED_GRACE)
         ]
-        for i in range(0, len(stale), IDS_PER_READ):
-            await self._pending.delete_many({"_id": {"$in": stale[i : i + IDS_PER_READ]}})
+        await delete_by_ids(self._pending, stale)
         return out
 
     async def release(self, code: str) -> None:

@@ -14,7 +14,7 @@ from pymongo.asynchronous.database import AsyncDatabase
 
 from shared import registry_view as rm
 from shared.migrations import applied, record_applied
-from shared.mongo import IDS_PER_READ, InsertBatcher, find_by_ids, insert_missing, insert_once
+from shared.mongo import InsertBatcher, delete_by_ids, find_by_ids, insert_missing, insert_once
 from shared.pagination import after_filter, next_cursor
 
 VISITS = "visits"
@@ -131,9 +131,7 @@ class PendingIndex:
         return result.modified_count > 0 or result.upserted_id is not None
 
     async def remove(self, kind: str, record_ids: Sequence[str]) -> None:
-        for i in range(0, len(record_ids), IDS_PER_READ):
-            chunk = record_ids[i : i + IDS_PER_READ]
-            await self._col.delete_many({"_id": {"$in": [f"{kind}:{rid}" for rid in chunk]}})
+        await delete_by_ids(self._col, [f"{kind}:{rid}" for rid in record_ids])
 
 
 @dataclass

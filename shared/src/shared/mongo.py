@@ -147,6 +147,12 @@ async def find_by_ids(
     return found
 
 
+async def delete_by_ids(col: AsyncCollection[Document], ids: Sequence[Any]) -> None:
+    """Delete the documents of ``ids``: one ``$in`` delete per :data:`IDS_PER_READ`."""
+    for i in range(0, len(ids), IDS_PER_READ):
+        await col.delete_many({"_id": {"$in": list(ids[i : i + IDS_PER_READ])}})
+
+
 async def insert_ignoring_duplicates(col: AsyncCollection[Document], docs: Sequence[Document]) -> int:
     """:func:`insert_missing`, answering how many documents were new."""
     return len(docs) - len(await insert_missing(col, docs))
