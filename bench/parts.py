@@ -32,6 +32,7 @@ from aiokafka.admin import AIOKafkaAdminClient
 from aiokafka.partitioner import DefaultPartitioner
 
 from shared.auth import issue_token
+from shared.consumer import PROCESSED_EVENTS
 from shared.contracts import registry as reg
 from shared.contracts import training as tr
 from shared.contracts import visits as vi
@@ -40,7 +41,7 @@ from shared.envelope import Envelope, decode, make_event
 from shared.infra import FerretDB, KafkaBroker, free_port
 from shared.kafka import EventProducer, Record, record_of
 from shared.mongo import connect
-from shared.settings import DEV_JWT_SECRET
+from shared.settings import DEV_JWT_SECRET, ServiceSettings
 from shared.topics import EVENT_TOPICS, REGISTRY_TOPIC, VISITS_TOPIC, ensure_topics, load_topics
 
 from .events import LATE_1_3_DAYS, LATE_4_14_DAYS, PROVINCE, mixed_events, unit_paths, visit, visit_body
@@ -1303,12 +1304,18 @@ async def time_start(b: Bench, name: str, prefix: str, db: str, *, sweep: bool) 
     return ready, swept, quiet
 
 
+def view_db_of(db: str) -> str:
+    """The registry read model's database of a service on ``db``."""
+    return ServiceSettings(mongo_db=db).view_db_name
+
+
 async def _drop(b: Bench, dbs: Sequence[str]) -> None:
     client = connect(b.ferret.url)
     try:
         for db in dbs:
-            with contextlib.suppress(Exception):
-                await client.drop_database(db)
+            for name in (db, view_db_of(db)):
+                with contextlib.suppress(Exception):
+                    await client.drop_database(name)
     finally:
         await client.close()
 
@@ -1372,7 +1379,8 @@ async def visits_history(b: Bench, prefix: str, db: str) -> dict[str, Any]:
                 )
             await col.insert_many(docs, ordered=False)
         out["visits_insert_s"] = round(now() - t, 1)
-        pe = client[db]["processed_events"]
+        # The read model's consumer keeps its processed ids in the read model's database.
+        pe = client[view_db_of(db)][PROCESSED_EVENTS]
         stored = [d async for d in pe.find({"group": group}, {"ids": 1})]
         out["processed_events_docs"] = len(stored)
         out["processed_event_ids"] = sum(len(d["ids"]) for d in stored)

@@ -47,6 +47,11 @@ class Training:
     def db(self) -> Any:
         return self.app.state.runtime.db
 
+    @property
+    def view_db(self) -> Any:
+        """The registry read model's own database."""
+        return self.app.state.runtime.view_db
+
     async def registry(self, *events: tuple[str, BaseModel, str]) -> None:
         """Publish registry contract events (type, payload, key), as the registry service would."""
         envelopes = [make_event(t, payload, source="/registry", key=key) for t, payload, key in events]
@@ -182,11 +187,11 @@ async def training(kafka: KafkaBroker, ferretdb: FerretDB) -> AsyncIterator[Trai
 
         async def world_known() -> bool:
             return (
-                await t.db["rm_units"].count_documents({}) == 4
-                and await t.db["rm_teams"].count_documents({}) == 5
-                and await t.db["rm_teams"].count_documents({"_id": "OLD-HL", "active": False}) == 1
-                and await t.db["rm_memberships"].count_documents({}) == 1
-                and await t.db["rm_volunteers"].count_documents({}) == 1
+                await t.view_db["rm_units"].count_documents({}) == 4
+                and await t.view_db["rm_teams"].count_documents({}) == 5
+                and await t.view_db["rm_teams"].count_documents({"_id": "OLD-HL", "active": False}) == 1
+                and await t.view_db["rm_memberships"].count_documents({}) == 1
+                and await t.view_db["rm_volunteers"].count_documents({}) == 1
             )
 
         await wait_until(world_known, timeout=60)

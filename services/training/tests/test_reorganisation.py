@@ -66,7 +66,7 @@ async def statuses(training: Any, expected: dict[str, str | None]) -> None:
 
     async def applied() -> bool:
         for code, status in expected.items():
-            doc = await training.db["rm_units"].find_one({"_id": code})
+            doc = await training.view_db["rm_units"].find_one({"_id": code})
             if doc is None or doc.get("status") != status:
                 return False
         return True

@@ -8,10 +8,12 @@ from contextlib import asynccontextmanager
 from fastapi import FastAPI
 from pydantic_settings import SettingsConfigDict
 
+from shared import registry_view as rm
 from shared.audit import AuditTrail
 from shared.audit_api import audit_router
 from shared.http import create_app, serve
 from shared.logging import configure_logging
+from shared.migrations import move_registry_view
 from shared.registry_view import RegistryView
 from shared.runtime import Runtime
 from shared.settings import ServiceSettings
@@ -37,16 +39,19 @@ def build_app(settings: TrainingSettings | None = None) -> FastAPI:
     @asynccontextmanager
     async def lifespan(app: FastAPI) -> AsyncIterator[None]:
         # Every training event lives in its course's document, so one outbox collection keeps per-course order.
-        runtime = Runtime(settings, outbox_collections=[COURSES], indexes=INDEXES)
-        view = RegistryView(runtime.db)
+        runtime = Runtime(settings, outbox_collections=[COURSES], indexes=INDEXES, view_indexes=rm.INDEXES)
+        view = RegistryView(runtime.view_db)
         repo = TrainingRepository(runtime.db)
         service = TrainingService(repo, view, runtime.notify_relay)
-        runtime.add_consumer("registry-view", [REGISTRY_TOPIC], registry_handlers(view, service), per_event=False)
+        runtime.add_consumer(
+            "registry-view", [REGISTRY_TOPIC], registry_handlers(view, service), per_event=False, db=runtime.view_db
+        )
         app.state.runtime = runtime
         app.state.training = service
         app.state.audit = AuditTrail(runtime.db, [COURSES, PARTICIPANTS, SESSIONS])
         # Before the registry-view consumer starts: its listener reads the index.
         await repo.migrate_pending_index()
+        await move_registry_view(runtime.db, runtime.view_db, rm.COLLECTIONS, [runtime.group_of("registry-view")])
         await runtime.start()
         try:
             yield

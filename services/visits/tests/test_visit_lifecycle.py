@@ -230,7 +230,7 @@ async def test_a_team_another_replica_applied_after_this_one_cached_its_stub_is_
     first = await membership_before_team(visits_app, "VD-LATE", "vol-thu")
     assert first.status_code == 202, first.text  # the stub is now in this replica's cache
 
-    other_replica = RegistryView(visits_app.runtime.db, team_members=False)  # its own cache: ours is never told
+    other_replica = RegistryView(visits_app.runtime.view_db, team_members=False)  # its own cache: ours is never told
     await other_replica.apply([Consumed(team("VD-LATE", VD), REGISTRY_TOPIC, 0, 10**9)])
 
     second = await visits_app.client.post(
@@ -284,4 +284,6 @@ async def test_one_registry_batch_settles_hundreds_of_pending_records_each_once(
     assert len(events) == 150
     assert {e.key for e in events} == {i["id"] for i in batch.json()["items"]}
     # This service reads memberships by _id only, so its read model keeps no member lists.
-    assert "members" not in (await visits_app.runtime.db["rm_teams"].find_one({"_id": "VD-ROSTER"}) or {"members": 1})
+    stored = await visits_app.runtime.view_db["rm_teams"].find_one({"_id": "VD-ROSTER"})
+    assert stored is not None
+    assert "members" not in stored

@@ -8,10 +8,12 @@ from contextlib import asynccontextmanager
 from fastapi import FastAPI
 from pydantic_settings import SettingsConfigDict
 
+from shared import registry_view as rm
 from shared.audit import AuditTrail
 from shared.audit_api import audit_router
 from shared.http import create_app, serve
 from shared.logging import configure_logging
+from shared.migrations import move_registry_view
 from shared.registry_view import ReadModelCache, RegistryView
 from shared.runtime import Runtime, tune_gc
 from shared.settings import ServiceSettings
@@ -60,9 +62,9 @@ def build_app(settings: VisitsSettings | None = None) -> FastAPI:
 
     @asynccontextmanager
     async def lifespan(app: FastAPI) -> AsyncIterator[None]:
-        runtime = Runtime(cfg, outbox_collections=[VISITS, OUTREACH], indexes=INDEXES)
+        runtime = Runtime(cfg, outbox_collections=[VISITS, OUTREACH], indexes=INDEXES, view_indexes=rm.INDEXES)
         cache = ReadModelCache(cfg.read_model_cache_seconds)
-        reader = RegistryReader(runtime.db, cache)
+        reader = RegistryReader(runtime.view_db, cache)
         pending = PendingIndex(runtime.db[PENDING])
         visits = VisitService(
             RecordRepository(runtime.db[VISITS]),
@@ -76,14 +78,16 @@ def build_app(settings: VisitsSettings | None = None) -> FastAPI:
             reader,
             lambda ids, written: runtime.notify_relay(OUTREACH, ids, written),
         )
-        view = RegistryView(runtime.db, cache=cache, team_members=False)
+        view = RegistryView(runtime.view_db, cache=cache, team_members=False)
         handler = registry_handlers(view, visits.on_registry_change, outreach.on_registry_change)
-        runtime.add_consumer("registry-view", [REGISTRY_TOPIC], handler, per_event=False)
+        runtime.add_consumer("registry-view", [REGISTRY_TOPIC], handler, per_event=False, db=runtime.view_db)
         app.state.runtime = runtime
         app.state.visits = visits
         app.state.outreach = outreach
         app.state.audit = AuditTrail(runtime.db, [VISITS, OUTREACH])
-        await drop_team_members(runtime.db)
+        # Before the registry-view consumer starts.
+        await move_registry_view(runtime.db, runtime.view_db, rm.COLLECTIONS, [runtime.group_of("registry-view")])
+        await drop_team_members(runtime.view_db)
         await runtime.start()
         try:
             yield

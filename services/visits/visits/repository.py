@@ -43,7 +43,6 @@ INDEXES: dict[str, list[IndexModel]] = {
         IndexModel("status"),
     ],
     PENDING: [IndexModel("keys")],
-    **rm.INDEXES,
 }
 
 

@@ -237,6 +237,10 @@ class TypeDispatch:
             await handler(payload, c.envelope)
 
 
+# The collection of ProcessedEvents' documents in a service's database.
+PROCESSED_EVENTS = "processed_events"
+
+
 class ProcessedEvents:
     """The ids of events a consumer group has applied, per partition, kept in the database.
 

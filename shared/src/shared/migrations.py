@@ -13,16 +13,22 @@ from datetime import UTC, datetime
 from typing import Any
 
 import orjson
+from pymongo.asynchronous.collection import AsyncCollection
 from pymongo.asynchronous.database import AsyncDatabase
 
+from shared.consumer import PROCESSED_EVENTS
 from shared.contracts import TOPIC_OF_TYPE
 from shared.envelope import ce_time
 from shared.logging import get_logger
+from shared.mongo import insert_ignoring_duplicates
 
 log = get_logger(__name__)
 
 MIGRATIONS = "migrations"
 PLAIN_OUTBOX = "0001-plain-outbox"
+OWN_VIEW_DATABASE = "0005-registry-view-in-its-own-database"
+# Documents per insert while moving collections.
+MOVE_CHUNK = 500
 # Collections of the old relay and consumer bookkeeping that nothing reads any more.
 RETIRED = ("outbox_published", "consumed_events")
 
@@ -120,3 +126,42 @@ async def migrate_outboxes(db: AsyncDatabase[dict[str, Any]], collections: Seque
     for retired in RETIRED:
         await db[retired].drop()
     await record_applied(db, PLAIN_OUTBOX, moved)
+
+
+async def _copy(
+    source: AsyncCollection[dict[str, Any]], target: AsyncCollection[dict[str, Any]], query: dict[str, Any]
+) -> int:
+    """Insert every document of ``source`` matching ``query`` into ``target`` (those there already are kept)."""
+    copied = 0
+    chunk: list[dict[str, Any]] = []
+    async for doc in source.find(query):
+        chunk.append(doc)
+        if len(chunk) >= MOVE_CHUNK:
+            copied += await insert_ignoring_duplicates(target, chunk)
+            chunk = []
+    return copied + await insert_ignoring_duplicates(target, chunk)
+
+
+async def move_registry_view(
+    db: AsyncDatabase[dict[str, Any]],
+    view_db: AsyncDatabase[dict[str, Any]],
+    collections: Sequence[str],
+    groups: Sequence[str],
+) -> None:
+    """Move the registry read model (``collections``, and the processed event ids of its consumer
+    ``groups``) from the service's database to its own, once; before its consumer starts.
+
+    Copy first, then drop: a start that dies in between copies again (documents there already are
+    kept) and drops. Every replica must run this code: a replica of the earlier code would keep
+    writing the old collections.
+    """
+    if db.name == view_db.name or await applied(db, OWN_VIEW_DATABASE):
+        return
+    moved = 0
+    for name in collections:
+        moved += await _copy(db[name], view_db[name], {})
+        await db[name].drop()
+    ids = {"group": {"$in": list(groups)}}
+    moved += await _copy(db[PROCESSED_EVENTS], view_db[PROCESSED_EVENTS], ids)
+    await db[PROCESSED_EVENTS].delete_many(ids)
+    await record_applied(db, OWN_VIEW_DATABASE, moved)

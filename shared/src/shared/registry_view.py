@@ -36,6 +36,8 @@ UNITS = "rm_units"
 TEAMS = "rm_teams"
 VOLUNTEERS = "rm_volunteers"
 MEMBERSHIPS = "rm_memberships"
+# Every collection of the read model, in the database of its own (``ServiceSettings.view_db_name``).
+COLLECTIONS = (UNITS, TEAMS, VOLUNTEERS, MEMBERSHIPS)
 # On a team document: per volunteer id (see ``_field``), the offset of the membership event that
 # last changed ``members``.
 MEMBER_OFFSETS = "member_offsets"

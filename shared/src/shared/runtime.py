@@ -13,14 +13,15 @@ from collections.abc import Coroutine, Iterable, Mapping, Sequence
 from typing import Any
 
 from pymongo import IndexModel
+from pymongo.asynchronous.database import AsyncDatabase
 
 from shared.auth import Authenticator
-from shared.consumer import BatchHandler, ConsumerRunner, ProcessedEvents
+from shared.consumer import PROCESSED_EVENTS, BatchHandler, ConsumerRunner, ProcessedEvents
 from shared.http import ReadinessCheck
 from shared.kafka import EventProducer
 from shared.logging import get_logger
 from shared.migrations import migrate_outboxes
-from shared.mongo import connect, ensure_indexes, ping
+from shared.mongo import Document, connect, ensure_indexes, ping
 from shared.outbox import OutboxRelay
 from shared.settings import ServiceSettings
 from shared.topics import EVENT_TOPICS, ensure_topics
@@ -69,6 +70,7 @@ class Runtime:
         *,
         outbox_collections: Sequence[str] = (),
         indexes: Mapping[str, Sequence[IndexModel]] | None = None,
+        view_indexes: Mapping[str, Sequence[IndexModel]] | None = None,
     ) -> None:
         self.settings = settings
         # Spans are exported only when an OTLP endpoint is set (``otlp_endpoint`` or OTEL_EXPORTER_OTLP_ENDPOINT).
@@ -77,10 +79,13 @@ class Runtime:
             settings.mongo_url, max_pool_size=settings.mongo_max_pool_size, slow_ms=settings.mongo_slow_ms
         )
         self.db = self.client[settings.mongo_db]
+        # The registry read model's database (``settings.view_db_name``), for the services that keep one.
+        self.view_db = self.client[settings.view_db_name]
         self.producer = EventProducer(settings.kafka_bootstrap, client_id=settings.service_name)
         self.authenticator = Authenticator.from_settings(settings)
         self.topic_of = {t: settings.topic(t) for t in EVENT_TOPICS}
         self._indexes = dict(indexes or {})
+        self._view_indexes = dict(view_indexes or {})
         self._outbox_collections = list(outbox_collections)
         self.relay = (
             OutboxRelay(
@@ -108,12 +113,15 @@ class Runtime:
         *,
         per_event: bool = True,
         dedup: bool = True,
+        db: AsyncDatabase[Document] | None = None,
     ) -> ConsumerRunner:
         """Register a consumer group (started with the runtime). ``topics`` are base names.
 
         A batch handler (``per_event=False``) gets the configured linger, so it sees real batches.
+        The group's processed event ids are kept in ``db`` (default: the service's database), the
+        database its handler writes.
         """
-        group = self.settings.group(f"{self.settings.service_name}.{name}")
+        group = self.group_of(name)
         runner = ConsumerRunner.from_settings(
             self.settings,
             name=f"{self.settings.service_name}.{name}",
@@ -121,11 +129,15 @@ class Runtime:
             group_id=group,
             handler=handler,
             producer=self.producer,
-            dedup=ProcessedEvents(self.db["processed_events"], group) if dedup else None,
+            dedup=ProcessedEvents((self.db if db is None else db)[PROCESSED_EVENTS], group) if dedup else None,
             per_event=per_event,
         )
         self.consumers.append(runner)
         return runner
+
+    def group_of(self, consumer: str) -> str:
+        """The consumer group id of this service's consumer ``consumer``."""
+        return self.settings.group(f"{self.settings.service_name}.{consumer}")
 
     def notify_relay(
         self, collection: str | None = None, ids: Iterable[Any] = (), written: Sequence[dict[str, Any]] = ()
@@ -137,6 +149,8 @@ class Runtime:
 
     async def start(self) -> None:
         await ensure_indexes(self.db, self._indexes)
+        if self._view_indexes:
+            await ensure_indexes(self.view_db, self._view_indexes)
         if self.settings.create_topics:
             self._background.append(asyncio.create_task(self._create_topics()))
         if self.relay:

@@ -68,6 +68,10 @@ class ServiceSettings(BaseSettings):
     kafka_bootstrap: str = "127.0.0.1:9092"
     mongo_url: str = "mongodb://127.0.0.1:27017/"
     mongo_db: str = "bridge"
+    # The database of the registry read model (visits, training); empty: ``<mongo_db>_registry_view``.
+    # Its own database, because FerretDB keeps a database in one SQLite file with one writer: in one
+    # file, the read model's consumer queued behind the service's own writes (ADR 0005, third pass).
+    registry_view_db: str = ""
     mongo_max_pool_size: int = 16
     # Commands slower than this are logged with their filter's field names; 0 turns the log off.
     mongo_slow_ms: float = 250
@@ -146,3 +150,7 @@ class ServiceSettings(BaseSettings):
 
     def group(self, name: str) -> str:
         return self.consumer_group_prefix + name
+
+    @property
+    def view_db_name(self) -> str:
+        return self.registry_view_db or f"{self.mongo_db}_registry_view"
