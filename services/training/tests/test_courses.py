@@ -217,10 +217,10 @@ async def test_enrolment_interrupted_between_its_writes_is_counted_exactly_once_
     c = training.client
     assert (await c.post("/v1/courses", json=course("CRASH"), headers=ADMIN)).status_code == 201
     repo = training.app.state.training._repo
-    real_mark = repo.mark_child_applied
+    real_mark = repo.mark_children_applied
     real_update = repo.update_course
 
-    async def crash_after_course_update(kind: str, child_id: str) -> None:
+    async def crash_after_course_update(kind: str, ids: list[str]) -> None:
         raise ConnectionError("process died after the course write")
 
     async def crash_before_course_update(*args: Any, **kwargs: Any) -> bool:
@@ -230,10 +230,10 @@ async def test_enrolment_interrupted_between_its_writes_is_counted_exactly_once_
         return c.post("/v1/courses/CRASH/participants", json={"client_ref": ref, "group": "elderly"}, headers=ADMIN)
 
     # Crash after the course write (counted, participant not flagged): the retry must not count again.
-    monkeypatch.setattr(repo, "mark_child_applied", crash_after_course_update)
+    monkeypatch.setattr(repo, "mark_children_applied", crash_after_course_update)
     with pytest.raises(ConnectionError):  # the in-process transport re-raises what would be a 500
         await enrol("CRASH/p1")
-    monkeypatch.setattr(repo, "mark_child_applied", real_mark)
+    monkeypatch.setattr(repo, "mark_children_applied", real_mark)
     r = await enrol("CRASH/p1")
     assert r.status_code == 200, r.text
 

@@ -14,11 +14,18 @@ from typing import Any
 from pymongo import ASCENDING, IndexModel
 from pymongo.asynchronous.database import AsyncDatabase
 
-from shared import registry_view
 from shared.audit import audit_fields, audit_update
 from shared.envelope import Envelope
 from shared.migrations import applied, record_applied
-from shared.mongo import Document, delete_by_ids, find_by_ids, insert_ignoring_duplicates, insert_once
+from shared.mongo import (
+    Document,
+    delete_by_ids,
+    find_by_ids,
+    id_chunks,
+    insert_ignoring_duplicates,
+    insert_missing,
+    insert_once,
+)
 from shared.outbox import outbox_fields, outbox_update
 from shared.pagination import after_filter
 
@@ -28,6 +35,8 @@ SESSIONS = "sessions"
 # ``{_id: course code}`` of the courses held as pending: what a registry change re-checks.
 PENDING_COURSES = "pending_courses"
 PENDING_MIGRATION = "0003-pending-courses-index"
+# A course's ``last_applied`` marker names a list of children (``ids``), no longer one (``id``).
+LAST_APPLIED_MIGRATION = "0004-last-applied-ids"
 # How long an index entry may wait for its course's insert before it counts as a crash's leftover.
 UNSTORED_GRACE = timedelta(minutes=5)
 
@@ -41,7 +50,6 @@ INDEXES: dict[str, list[IndexModel]] = {
     ],
     PARTICIPANTS: [IndexModel("client_ref", unique=True), IndexModel([("course_code", ASCENDING), ("_id", ASCENDING)])],
     SESSIONS: [IndexModel("client_ref", unique=True), IndexModel("course_code")],
-    **registry_view.INDEXES,
 }
 
 # Course reads leave out what only the relay and the audit log read.
@@ -116,12 +124,35 @@ class TrainingRepository:
         await self._pending.delete_one({"_id": code})
 
     async def migrate_pending_index(self) -> None:
-        """Index the courses held as pending before the index existed; once per database."""
-        if await applied(self._db, PENDING_MIGRATION):
+        """The training database's one-off migrations, each once per database (start-up calls this).
+
+        Indexes the courses held as pending before the index existed, and rewrites the old
+        ``last_applied`` markers as lists.
+        """
+        if not await applied(self._db, PENDING_MIGRATION):
+            codes = [{"_id": c["_id"]} async for c in self._courses.find({"status": "pending"}, {"_id": 1})]
+            await insert_ignoring_duplicates(self._pending, codes)
+            await record_applied(self._db, PENDING_MIGRATION, len(codes))
+        await self._migrate_last_applied_ids()
+
+    async def _migrate_last_applied_ids(self) -> None:
+        """``last_applied = {kind, id, by?}`` becomes ``{kind, ids: [id], by?}``."""
+        if await applied(self._db, LAST_APPLIED_MIGRATION):
             return
-        codes = [{"_id": c["_id"]} async for c in self._courses.find({"status": "pending"}, {"_id": 1})]
-        await insert_ignoring_duplicates(self._pending, codes)
-        await record_applied(self._db, PENDING_MIGRATION, len(codes))
+        old = {"last_applied.id": {"$exists": True}}
+        moved = 0
+        for found in await self._courses.find(old, {"last_applied": 1, "rev": 1}).to_list():
+            doc: Document | None = found
+            # Conditional on rev, and moving it: a writer that read the course before meanwhile misses
+            # its compare-and-set and reads the list; a course written meanwhile is read again.
+            while doc is not None and (marker := doc.get("last_applied")) and "id" in marker:
+                as_list = {k: v for k, v in marker.items() if k != "id"} | {"ids": [marker["id"]]}
+                update = {"$set": {"last_applied": as_list}, "$inc": {"rev": 1}}
+                if (await self._courses.update_one({"_id": doc["_id"], "rev": doc["rev"]}, update)).matched_count:
+                    moved += 1
+                    break
+                doc = await self._courses.find_one({"_id": doc["_id"]}, {"last_applied": 1, "rev": 1})
+        await record_applied(self._db, LAST_APPLIED_MIGRATION, moved)
 
     async def list_courses(self, query: dict[str, Any], cursor: str | None, limit: int) -> list[Document]:
         return (
@@ -133,8 +164,9 @@ class TrainingRepository:
 
     # --- children: participants and sessions -------------------------------------------------------
 
-    async def insert_participant(self, doc: Document, audit: Sequence[Document] = ()) -> tuple[Document, bool]:
-        return await insert_once(self._participants, {**doc, **audit_fields(audit)}, {"client_ref": doc["client_ref"]})
+    async def insert_participants(self, docs: Sequence[tuple[Document, Document]]) -> set[str]:
+        """Insert participants, each with its audit entry, in one command; the ids that existed already."""
+        return await insert_missing(self._participants, [{**doc, **audit_fields([entry])} for doc, entry in docs])
 
     async def get_participant(self, participant_id: str) -> Document | None:
         return await self._participants.find_one({"_id": participant_id})
@@ -167,20 +199,23 @@ class TrainingRepository:
             .to_list()
         )
 
-    async def get_child(self, kind: str, child_id: str) -> Document | None:
+    async def get_children(self, kind: str, ids: Sequence[str]) -> dict[str, Document]:
         collection, _ = CHILD_FLAGS[kind]
-        return await self._db[collection].find_one({"_id": child_id})
+        return await find_by_ids(self._db[collection], ids)
 
-    async def mark_child_applied(self, kind: str, child_id: str, audit: Document | None = None) -> None:
-        """Flag a child as applied; with ``audit``, only if not flagged yet, pushing the entry in the same write."""
+    async def mark_children_applied(self, kind: str, ids: Sequence[str]) -> None:
+        """Flag children as applied: one write for a request's children."""
         collection, flag = CHILD_FLAGS[kind]
-        if audit is None:
-            await self._db[collection].update_one({"_id": child_id}, {"$set": flag})
-            return
+        for chunk in id_chunks(ids):
+            await self._db[collection].update_many({"_id": {"$in": chunk}}, {"$set": flag})
+
+    async def mark_child_applied(self, kind: str, child_id: str, audit: Document) -> None:
+        """Flag a child as applied, if not flagged yet, pushing its audit entry in the same write."""
+        collection, flag = CHILD_FLAGS[kind]
         not_yet = {k: {"$ne": v} for k, v in flag.items()}
         await self._db[collection].update_one({"_id": child_id, **not_yet}, audit_update({"$set": flag}, [audit]))
 
-    async def discard_unapplied_child(self, kind: str, child_id: str) -> None:
-        """Remove a participant or session that was stored but never counted (its course refused it)."""
+    async def discard_unapplied_children(self, kind: str, ids: Sequence[str]) -> None:
+        """Remove participants or sessions that were stored but never counted (their course refused them)."""
         collection, _ = CHILD_FLAGS[kind]
-        await self._db[collection].delete_one({"_id": child_id, "counted": False})
+        await delete_by_ids(self._db[collection], ids, {"counted": False})

@@ -12,17 +12,19 @@ Counting (``participants_counted`` / ``completions_counted`` on the course docum
 - Cancelling sets both figures to 0.
 
 Crash safety without transactions (enrolments, sessions, participant completions):
-1. the child document (participant or session) is inserted, idempotent by ``client_ref``, not yet
-   applied (``counted: false``);
-2. the course document is updated with a compare-and-set on its ``rev``: counters, events and
-   ``last_applied = {kind, id}`` in one single-document write;
-3. the child is flagged as applied.
-Before any course write moves ``last_applied`` on, the child it names is flagged (roll-forward), so
-an unflagged child is either not yet counted or is exactly ``last_applied``. A retry reads the
-course *before* the child: flagged child, or ``last_applied`` naming it, means already counted
-(finish step 3, answer as a duplicate); otherwise its compare-and-set only succeeds if the course
-did not change since that read, so a count can never be applied twice. The course document stays
-small however many participants it has.
+1. the child documents (participants, or a session) are inserted, idempotent by ``client_ref``, not
+   yet applied (``counted: false``): a roster's participants in one insert;
+2. the course document is updated with one compare-and-set on its ``rev``: counters, one event per
+   child and ``last_applied = {kind, ids}`` naming every child it counted, in one single-document
+   write however many children a request brings;
+3. those children are flagged as applied, in one write.
+Before any course write moves ``last_applied`` on, every child it names is flagged (roll-forward), so
+an unflagged child is either not yet counted or is one of ``last_applied.ids``. A retry reads the
+course *before* the children: a flagged child, or one ``last_applied`` names, is already counted
+(finish step 3, answer as a duplicate); the rest are counted by a compare-and-set that only succeeds
+if the course did not change since that read, so a count can never be applied twice. Children the
+course refuses (past its capacity, closed) are deleted while unflagged and unnamed. The course
+document stays small however many participants it has: the marker names one request's children.
 """
 
 from __future__ import annotations
@@ -187,7 +189,29 @@ def _require_open(c: Document, action: str) -> None:
     raise Conflict(f"course {c['_id']} is {status}; cannot {action}", slug="course-closed")
 
 
-Plan = Callable[[Document], Awaitable[tuple[dict[str, Any], list[Envelope]]]]
+@dataclass(frozen=True)
+class Planned:
+    """One compare-and-set of a course: its update and events, the pending children it counts (in
+    order) and those the course refuses, with why."""
+
+    update: dict[str, Any]
+    events: list[Envelope]
+    counted: list[str]
+    refused: dict[str, ProblemError]
+
+
+@dataclass(frozen=True)
+class Applied:
+    """Children counted into their course by this call, and those refused; any other was counted before."""
+
+    counted: list[str]
+    refused: dict[str, ProblemError]
+
+
+# What a course write makes of the children not counted yet (as of the course document given).
+Plan = Callable[[Document, list[str]], Awaitable[Planned]]
+# One participant of a request: the stored participant and whether this request counted it, or why not.
+Enrolment = tuple[Document, bool] | ProblemError
 
 
 class TrainingService:
@@ -564,141 +588,239 @@ class TrainingService:
                 return await self._course_for(p, code, write=False)
         raise Conflict(f"course {code} is busy; retry", slug="course-busy")
 
-    # --- the two-step apply (see the module docstring) ---------------------------------------------
+    # --- the three-step apply (see the module docstring) -------------------------------------------
 
     @staticmethod
     def _child_applied(kind: str, child: Document) -> bool:
         return child.get("status") == "completed" if kind == "complete" else bool(child.get("counted"))
 
-    async def _apply_to_course(
-        self, code: str, kind: str, child_id: str, plan: Plan, by: Principal | None = None
-    ) -> bool:
-        """Count a stored child into its course exactly once; True if this call counted it.
+    @staticmethod
+    def _named(c: Document, kind: str) -> set[str]:
+        """The children course ``c`` counted last: counted, even while they are not flagged."""
+        last = c.get("last_applied")
+        return set(last["ids"]) if last and last["kind"] == kind else set()
 
+    async def _apply_to_course(
+        self, c: Document, kind: str, ids: Sequence[str], plan: Plan, by: Principal | None = None
+    ) -> Applied:
+        """Count stored children into course ``c`` exactly once, all in one compare-and-set.
+
+        ``c`` must have been read before any of the children (the first attempt compares with it).
         ``by`` (who marked a participant complete) rides in the marker, for the audit entry that step 3
         writes with the participant's flag, whichever request finishes step 3.
         """
-        marker: Document = {"kind": kind, "id": child_id}
+        code = c["_id"]
+        marker: Document = {"kind": kind}
         if by is not None:
             marker["by"] = {"sub": by.sub, "role": by.role.value}
-        for _ in range(CAS_ATTEMPTS):
-            c = await self._repo.get_course(code)  # the course first, then the child: the order matters
-            if c is None:
-                raise NotFound(f"course {code} does not exist")
-            child = await self._repo.get_child(kind, child_id)
-            if child is None:
-                raise NotFound(f"{kind} {child_id} does not exist")
-            if self._child_applied(kind, child):
-                return False
-            last = c.get("last_applied")
-            if last and (last["kind"], last["id"]) == (kind, child_id):
-                await self._mark_applied(kind, child_id, c, last.get("by"))
-                return False
-            update, events = await plan(c)
-            await self._settle_last_applied(c)
-            update.setdefault("$set", {})["last_applied"] = marker
-            if await self._repo.update_course(code, {"rev": c["rev"]}, update, events):
-                await self._mark_applied(kind, child_id, c, marker.get("by"))
-                self._notify(COURSES, [code])
-                return True
+        for attempt in range(CAS_ATTEMPTS):
+            if attempt:  # the course first, then the children: the order matters
+                found = await self._repo.get_course(code)
+                if found is None:
+                    raise NotFound(f"course {code} does not exist")
+                c = found
+            children = await self._repo.get_children(kind, ids)
+            named = self._named(c, kind)
+            # Gone: a concurrent request for the same client_ref was refused by the course and discarded it.
+            refused: dict[str, ProblemError] = {
+                i: Conflict(f"course {code} is busy; retry", slug="course-busy") for i in ids if i not in children
+            }
+            pending = [
+                i for i in ids if i in children and i not in named and not self._child_applied(kind, children[i])
+            ]
+            await self._settle_last_applied(c)  # finishes step 3 of the children ``named`` too
+            if not pending:
+                return Applied([], refused)
+            try:
+                planned = await plan(c, pending)
+            except ProblemError as exc:
+                return Applied([], refused | dict.fromkeys(pending, exc))
+            refused |= planned.refused
+            if not planned.counted:
+                return Applied([], refused)
+            update = planned.update
+            update.setdefault("$set", {})["last_applied"] = {**marker, "ids": planned.counted}
+            if await self._repo.update_course(code, {"rev": c["rev"]}, update, planned.events):
+                self._notify(COURSES, [code])  # first: the events go out even if step 3 fails
+                await self._mark_applied(kind, planned.counted, c, marker.get("by"))
+                return Applied(planned.counted, refused)
         raise Conflict(f"course {code} is busy; retry", slug="course-busy")
 
-    async def _mark_applied(
-        self, kind: str, child_id: str, c: Document | None = None, by: Document | None = None
-    ) -> None:
-        if kind == "complete" and c is not None:
+    async def _mark_applied(self, kind: str, ids: Sequence[str], c: Document, by: Document | None = None) -> None:
+        if kind == "complete":
             # Audited with the participant's own flag: one write, and only the write that sets it.
+            # Completions are marked one participant at a time, so this is one write too.
             actor = Actor(**by) if by else SYSTEM
-            entry = _audit(
-                actor,
-                "participant.completed",
-                child_id,
-                c,
-                before={"status": "enrolled"},
-                after={"status": "completed"},
-            )
-            await self._repo.mark_child_applied(kind, child_id, entry)
+            for participant_id in ids:
+                entry = _audit(
+                    actor,
+                    "participant.completed",
+                    participant_id,
+                    c,
+                    before={"status": "enrolled"},
+                    after={"status": "completed"},
+                )
+                await self._repo.mark_child_applied(kind, participant_id, entry)
         else:
-            await self._repo.mark_child_applied(kind, child_id)
-        self._flagged[(kind, child_id)] = None
-        if len(self._flagged) > FLAGGED_MEMORY:
+            await self._repo.mark_children_applied(kind, ids)
+        for i in ids:
+            self._flagged[(kind, i)] = None
+        while len(self._flagged) > FLAGGED_MEMORY:
             del self._flagged[next(iter(self._flagged))]
 
     async def _settle_last_applied(self, c: Document) -> None:
         """Finish step 3 of the last apply (roll-forward), unless this process already did."""
         last = c.get("last_applied")
-        if last and (last["kind"], last["id"]) not in self._flagged:
-            await self._mark_applied(last["kind"], last["id"], c, last.get("by"))
+        if not last:
+            return
+        unflagged = [i for i in last["ids"] if (last["kind"], i) not in self._flagged]
+        if unflagged:
+            await self._mark_applied(last["kind"], unflagged, c, last.get("by"))
 
     # --- participants ------------------------------------------------------------------------------
 
-    def _plan_enrolment(self, participant_id: str, group: str) -> Plan:
-        async def plan(c: Document) -> tuple[dict[str, Any], list[Envelope]]:
+    @staticmethod
+    def _plan_enrolments(groups: dict[str, str]) -> Plan:
+        """Enrol the pending participants in order, as many as the course has places for."""
+
+        async def plan(c: Document, pending: list[str]) -> Planned:
             _require_open(c, "enrol participants")
             capacity = c.get("capacity")
-            if capacity is not None and c["enrolled"] >= capacity:
-                raise Conflict(f"course {c['_id']} is full ({capacity} places)", slug="course-full")
-            before = c["participants_counted"]
-            after = participants_figure(c["enrolled"] + 1, c["largest_head_count"])
-            event = _event(
-                ev.PARTICIPANT_ENROLLED,
-                ev.ParticipantEnrolled(
-                    course=_course_ref(c),
+            places = len(pending) if capacity is None else max(0, capacity - c["enrolled"])
+            counted, full = pending[:places], pending[places:]
+            ref = _course_ref(c)
+            enrolled, figure = c["enrolled"], c["participants_counted"]
+            events: list[Envelope] = []
+            for participant_id in counted:
+                enrolled += 1
+                before, figure = figure, participants_figure(enrolled, c["largest_head_count"])
+                payload = ev.ParticipantEnrolled(
+                    course=ref,
                     participant_id=participant_id,
-                    group=ParticipantGroup(group),
-                    participants=Change(before=before, after=after),
-                ),
-                c["_id"],
-            )
-            return {"$inc": {"enrolled": 1}, "$set": {"participants_counted": after}}, [event]
+                    group=ParticipantGroup(groups[participant_id]),
+                    participants=Change(before=before, after=figure),
+                )
+                events.append(_event(ev.PARTICIPANT_ENROLLED, payload, c["_id"]))
+            refused: dict[str, ProblemError] = {}
+            if full:
+                refused = dict.fromkeys(
+                    full, Conflict(f"course {c['_id']} is full ({capacity} places)", slug="course-full")
+                )
+            update = {"$inc": {"enrolled": len(counted)}, "$set": {"participants_counted": figure}}
+            return Planned(update, events, counted, refused)
 
         return plan
 
+    async def _enrol(self, p: Principal, c: Document, bodies: Sequence[ParticipantIn]) -> list[Enrolment]:
+        """Enrol ``bodies`` in course ``c`` with one insert, one compare-and-set and one flag write.
+
+        One outcome per body, in order. A client_ref seen earlier in ``bodies`` shares that one's
+        outcome, as a duplicate if it was enrolled.
+        """
+        code = c["_id"]
+        pids = [child_id("participant", b.client_ref) for b in bodies]
+        stored = await self._repo.get_children("enrol", pids)
+        outcome: dict[str, Enrolment] = {}
+        to_count: dict[str, Document] = {}  # the participants this request may count, in request order
+        for body, pid in zip(bodies, pids, strict=True):
+            if pid in outcome or pid in to_count:
+                continue
+            found = stored.get(pid)
+            if found is not None and found["course_code"] != code:
+                outcome[pid] = Conflict(
+                    f"client_ref {body.client_ref} already enrolled someone in course {found['course_code']}",
+                    slug="client-ref-reused",
+                )
+            elif found is not None and found["counted"]:
+                outcome[pid] = (found, False)
+            else:
+                to_count[pid] = found or {
+                    "_id": pid,
+                    "client_ref": body.client_ref,
+                    "course_code": code,
+                    "display_name": body.display_name,
+                    "birth_year": body.birth_year,
+                    "group": body.group.value,
+                    "status": "enrolled",
+                    "counted": False,
+                    "enrolled_at": _now(),
+                }
+        if not to_count:
+            return self._in_request_order(pids, outcome)
+        # Refuse what the course refuses now before writing anything; the compare-and-set checks again.
+        named = self._named(c, "enrol")
+        try:
+            groups = {pid: d["group"] for pid, d in to_count.items()}
+            refused_now = (await self._plan_enrolments(groups)(c, [i for i in to_count if i not in named])).refused
+        except ProblemError as exc:
+            refused_now = dict.fromkeys(to_count, exc)
+        new = [d for pid, d in to_count.items() if pid not in stored]
+        for d in new:
+            if d["_id"] in refused_now:
+                outcome[d["_id"]] = refused_now[d["_id"]]
+                del to_count[d["_id"]]
+        if not to_count:
+            return self._in_request_order(pids, outcome)
+        # Who was enrolled stays in the participant record; the log names the group only.
+        entries = [
+            (d, _audit(p, "participant.enrolled", d["_id"], c, after={"course_code": code, "group": d["group"]}))
+            for d in new
+            if d["_id"] in to_count
+        ]
+        existed = await self._repo.insert_participants(entries)
+        for pid, found in (await self._repo.get_children("enrol", sorted(existed))).items():
+            # Stored meanwhile by a concurrent request with the same client_ref: count its copy.
+            if found["course_code"] != code:
+                outcome[pid] = Conflict(
+                    f"client_ref {found['client_ref']} is used in another course", slug="client-ref-reused"
+                )
+                del to_count[pid]
+            else:
+                to_count[pid] = found
+        groups = {pid: d["group"] for pid, d in to_count.items()}
+        try:
+            applied = await self._apply_to_course(c, "enrol", list(to_count), self._plan_enrolments(groups))
+        except ProblemError as exc:  # nothing counted; the stored participants wait for a retry
+            applied = Applied([], dict.fromkeys(to_count, exc))
+        else:
+            await self._repo.discard_unapplied_children("enrol", list(applied.refused))
+        counted = set(applied.counted)
+        for pid, d in to_count.items():
+            problem = applied.refused.get(pid)
+            outcome[pid] = problem if problem is not None else ({**d, "counted": True}, pid in counted)
+        return self._in_request_order(pids, outcome)
+
+    @staticmethod
+    def _in_request_order(pids: list[str], outcome: dict[str, Enrolment]) -> list[Enrolment]:
+        ordered: list[Enrolment] = []
+        seen: set[str] = set()
+        for pid in pids:
+            one = outcome[pid]
+            ordered.append((one[0], False) if pid in seen and isinstance(one, tuple) else one)
+            seen.add(pid)
+        return ordered
+
     async def enrol(self, p: Principal, code: str, body: ParticipantIn) -> tuple[Document, bool]:
         c = await self._course_for(p, code, write=True)
-        existing = await self._repo.get_participant(child_id("participant", body.client_ref))
-        if existing is not None and existing["course_code"] != code:
-            raise Conflict(
-                f"client_ref {body.client_ref} already enrolled someone in course {existing['course_code']}",
-                slug="client-ref-reused",
-            )
-        if existing is not None and existing["counted"]:
-            return existing, False
-        plan = self._plan_enrolment("", body.group.value)
-        if existing is None:
-            await plan(c)  # refuse before writing anything; re-checked at the compare-and-set
-            doc: Document = {
-                "_id": child_id("participant", body.client_ref),
-                "client_ref": body.client_ref,
-                "course_code": code,
-                "display_name": body.display_name,
-                "birth_year": body.birth_year,
-                "group": body.group.value,
-                "status": "enrolled",
-                "counted": False,
-                "enrolled_at": _now(),
-            }
-            # Who was enrolled stays in the participant record; the log names the group only.
-            entry = _audit(p, "participant.enrolled", doc["_id"], c, after={"course_code": code, "group": doc["group"]})
-            existing, _ = await self._repo.insert_participant(doc, [entry])
-            if existing["course_code"] != code:
-                raise Conflict(f"client_ref {body.client_ref} is used in another course", slug="client-ref-reused")
-        pid = existing["_id"]
-        try:
-            counted = await self._apply_to_course(code, "enrol", pid, self._plan_enrolment(pid, existing["group"]))
-        except ProblemError:
-            await self._repo.discard_unapplied_child("enrol", pid)
-            raise
-        return {**existing, "counted": True}, counted
+        (outcome,) = await self._enrol(p, c, [body])
+        if isinstance(outcome, ProblemError):
+            raise outcome
+        return outcome
 
     async def enrol_batch(self, p: Principal, code: str, items: list[dict[str, Any]]) -> list[BatchItemResult]:
-        await self._course_for(p, code, write=True)
-
-        async def one(item: dict[str, Any]) -> tuple[str, bool]:
-            doc, created = await self.enrol(p, code, ParticipantIn.model_validate(item))
-            return doc["_id"], created
-
-        return [await self._batch_item(item, one) for item in items]
+        c = await self._course_for(p, code, write=True)
+        parsed: list[ParticipantIn | ValidationError] = []
+        for item in items:
+            try:
+                parsed.append(ParticipantIn.model_validate(item))
+            except ValidationError as exc:
+                parsed.append(exc)
+        enrolled = iter(await self._enrol(p, c, [b for b in parsed if isinstance(b, ParticipantIn)]))
+        results = []
+        for item, body in zip(items, parsed, strict=True):
+            one = body if isinstance(body, ValidationError) else next(enrolled)
+            results.append(_item_result(item, (one[0]["_id"], one[1]) if isinstance(one, tuple) else one))
+        return results
 
     async def complete_participant(self, p: Principal, code: str, participant_id: str) -> tuple[Document, bool]:
         c = await self._course_for(p, code, write=True)
@@ -709,7 +831,7 @@ class TrainingService:
         if participant["status"] == "completed":
             return participant, False
 
-        async def plan(c: Document) -> tuple[dict[str, Any], list[Envelope]]:
+        async def plan(c: Document, pending: list[str]) -> Planned:
             _require_open(c, "mark participants complete")
             before = c["completions_counted"]
             event = _event(
@@ -721,10 +843,12 @@ class TrainingService:
                 ),
                 c["_id"],
             )
-            return {"$inc": {"completed": 1, "completions_counted": 1}}, [event]
+            return Planned({"$inc": {"completed": 1, "completions_counted": 1}}, [event], pending, {})
 
-        counted = await self._apply_to_course(code, "complete", participant_id, plan, by=p)
-        return {**participant, "status": "completed"}, counted
+        applied = await self._apply_to_course(c, "complete", [participant_id], plan, by=p)
+        if participant_id in applied.refused:
+            raise applied.refused[participant_id]
+        return {**participant, "status": "completed"}, participant_id in applied.counted
 
     async def list_participants(self, p: Principal, code: str, cursor: str | None, limit: int) -> list[Document]:
         c = await self._course_for(p, code, write=False)
@@ -734,7 +858,7 @@ class TrainingService:
     # --- sessions ----------------------------------------------------------------------------------
 
     def _plan_session(self, session_id: str, body: SessionIn) -> Plan:
-        async def plan(c: Document) -> tuple[dict[str, Any], list[Envelope]]:
+        async def plan(c: Document, pending: list[str]) -> Planned:
             code = c["_id"]
             _require_open(c, "record sessions")
             held_on = body.held_on
@@ -788,7 +912,7 @@ class TrainingService:
                     code,
                 )
             )
-            return {"$set": fields, "$inc": {"sessions_held": 1}}, events
+            return Planned({"$set": fields, "$inc": {"sessions_held": 1}}, events, pending, {})
 
         return plan
 
@@ -803,7 +927,7 @@ class TrainingService:
         if existing is not None and existing["counted"]:
             return existing, False
         if existing is None:
-            await self._plan_session("", body)(c)  # refuse before writing anything
+            await self._plan_session("", body)(c, [""])  # refuse before writing anything
             roster = None if isinstance(body.attendance, HeadCount) else body.attendance.participant_ids
             doc: Document = {
                 "_id": child_id("session", body.client_ref),
@@ -823,12 +947,11 @@ class TrainingService:
             if existing["course_code"] != code:
                 raise Conflict(f"client_ref {body.client_ref} is used in another course", slug="client-ref-reused")
         sid = existing["_id"]
-        try:
-            counted = await self._apply_to_course(code, "session", sid, self._plan_session(sid, body))
-        except ProblemError:
-            await self._repo.discard_unapplied_child("session", sid)
-            raise
-        return {**existing, "counted": True}, counted
+        applied = await self._apply_to_course(c, "session", [sid], self._plan_session(sid, body))
+        if sid in applied.refused:
+            await self._repo.discard_unapplied_children("session", [sid])
+            raise applied.refused[sid]
+        return {**existing, "counted": True}, sid in applied.counted
 
     async def record_sessions_batch(
         self, p: Principal, code: str, items: list[dict[str, Any]]
@@ -850,13 +973,21 @@ class TrainingService:
     async def _batch_item(
         item: dict[str, Any], one: Callable[[dict[str, Any]], Awaitable[tuple[str, bool]]]
     ) -> BatchItemResult:
-        ref = item.get("client_ref")
-        client_ref = ref if isinstance(ref, str) else None
         try:
-            item_id, created = await one(item)
-        except ValidationError as exc:
-            return BatchItemResult(client_ref=client_ref, status=BatchStatus.rejected, problem=validation_problem(exc))
-        except ProblemError as exc:
-            return BatchItemResult(client_ref=client_ref, status=BatchStatus.rejected, problem=exc.to_problem())
-        status = BatchStatus.created if created else BatchStatus.duplicate
-        return BatchItemResult(client_ref=client_ref, status=status, id=item_id)
+            outcome = await one(item)
+        except (ValidationError, ProblemError) as exc:
+            return _item_result(item, exc)
+        return _item_result(item, outcome)
+
+
+def _item_result(item: dict[str, Any], outcome: tuple[str, bool] | ValidationError | ProblemError) -> BatchItemResult:
+    """A batch item's answer: its id and whether this request created it, or why it was rejected."""
+    ref = item.get("client_ref")
+    client_ref = ref if isinstance(ref, str) else None
+    if isinstance(outcome, ValidationError):
+        return BatchItemResult(client_ref=client_ref, status=BatchStatus.rejected, problem=validation_problem(outcome))
+    if isinstance(outcome, ProblemError):
+        return BatchItemResult(client_ref=client_ref, status=BatchStatus.rejected, problem=outcome.to_problem())
+    item_id, created = outcome
+    status = BatchStatus.created if created else BatchStatus.duplicate
+    return BatchItemResult(client_ref=client_ref, status=status, id=item_id)

@@ -7,7 +7,7 @@ no transactions, ``$group`` with ``$sum`` only.
 from __future__ import annotations
 
 import asyncio
-from collections.abc import Iterable, Mapping, Sequence
+from collections.abc import Iterable, Iterator, Mapping, Sequence
 from typing import Any
 
 from prometheus_client import Histogram
@@ -134,23 +134,30 @@ async def insert_missing(col: AsyncCollection[Document], docs: Sequence[Document
 IDS_PER_READ = 500
 
 
+def id_chunks(ids: Iterable[Any]) -> Iterator[list[Any]]:
+    """``ids`` in lists of at most :data:`IDS_PER_READ`, one ``{_id: {$in}}`` command each."""
+    listed = list(ids)
+    for i in range(0, len(listed), IDS_PER_READ):
+        yield listed[i : i + IDS_PER_READ]
+
+
 async def find_by_ids(
     col: AsyncCollection[Document], ids: Iterable[Any], projection: Mapping[str, Any] | None = None
 ) -> dict[Any, Document]:
     """The documents of ``ids`` that exist, by ``_id``: one ``$in`` read per :data:`IDS_PER_READ`."""
-    wanted = list(dict.fromkeys(ids))
     found: dict[Any, Document] = {}
-    for i in range(0, len(wanted), IDS_PER_READ):
-        chunk = wanted[i : i + IDS_PER_READ]
+    for chunk in id_chunks(dict.fromkeys(ids)):
         async for doc in col.find({"_id": {"$in": chunk}}, projection):
             found[doc["_id"]] = doc
     return found
 
 
-async def delete_by_ids(col: AsyncCollection[Document], ids: Sequence[Any]) -> None:
-    """Delete the documents of ``ids``: one ``$in`` delete per :data:`IDS_PER_READ`."""
-    for i in range(0, len(ids), IDS_PER_READ):
-        await col.delete_many({"_id": {"$in": list(ids[i : i + IDS_PER_READ])}})
+async def delete_by_ids(
+    col: AsyncCollection[Document], ids: Sequence[Any], where: Mapping[str, Any] | None = None
+) -> None:
+    """Delete the documents of ``ids`` (those matching ``where``): one ``$in`` delete per :data:`IDS_PER_READ`."""
+    for chunk in id_chunks(ids):
+        await col.delete_many({**(where or {}), "_id": {"$in": chunk}})
 
 
 async def insert_ignoring_duplicates(col: AsyncCollection[Document], docs: Sequence[Document]) -> int:
