@@ -172,10 +172,9 @@ class TrainingRepository:
         return await self._participants.find_one({"_id": participant_id})
 
     async def counted_participant_ids(self, course_code: str, ids: Sequence[str]) -> set[str]:
-        # One _id lookup each: FerretDB reads the whole collection for an ``$in`` (every participant
-        # of every course), and a roster names at most a few hundred.
-        found = [await self._participants.find_one({"_id": i}, {"course_code": 1, "counted": 1}) for i in set(ids)]
-        return {d["_id"] for d in found if d is not None and d.get("course_code") == course_code and d.get("counted")}
+        """Those of ``ids`` counted in the course: the rosters of a whole request, read by ``_id``."""
+        found = await find_by_ids(self._participants, ids, {"course_code": 1, "counted": 1})
+        return {i for i, d in found.items() if d.get("course_code") == course_code and d.get("counted")}
 
     async def list_participants(self, course_code: str, cursor: str | None, limit: int) -> list[Document]:
         return (
@@ -185,11 +184,9 @@ class TrainingRepository:
             .to_list()
         )
 
-    async def insert_session(self, doc: Document, audit: Sequence[Document] = ()) -> tuple[Document, bool]:
-        return await insert_once(self._sessions, {**doc, **audit_fields(audit)}, {"client_ref": doc["client_ref"]})
-
-    async def get_session(self, session_id: str) -> Document | None:
-        return await self._sessions.find_one({"_id": session_id})
+    async def insert_sessions(self, docs: Sequence[tuple[Document, Document]]) -> set[str]:
+        """Insert sessions, each with its audit entry, in one command; the ids that existed already."""
+        return await insert_missing(self._sessions, [{**doc, **audit_fields([entry])} for doc, entry in docs])
 
     async def list_sessions(self, course_code: str, cursor: str | None, limit: int) -> list[Document]:
         return (

@@ -12,8 +12,8 @@ Counting (``participants_counted`` / ``completions_counted`` on the course docum
 - Cancelling sets both figures to 0.
 
 Crash safety without transactions (enrolments, sessions, participant completions):
-1. the child documents (participants, or a session) are inserted, idempotent by ``client_ref``, not
-   yet applied (``counted: false``): a roster's participants in one insert;
+1. the child documents (participants, or sessions) are inserted, idempotent by ``client_ref``, not
+   yet applied (``counted: false``): a request's participants or sessions in one insert;
 2. the course document is updated with one compare-and-set on its ``rev``: counters, one event per
    child and ``last_applied = {kind, ids}`` naming every child it counted, in one single-document
    write however many children a request brings;
@@ -23,18 +23,19 @@ an unflagged child is either not yet counted or is one of ``last_applied.ids``. 
 course *before* the children: a flagged child, or one ``last_applied`` names, is already counted
 (finish step 3, answer as a duplicate); the rest are counted by a compare-and-set that only succeeds
 if the course did not change since that read, so a count can never be applied twice. Children the
-course refuses (past its capacity, closed) are deleted while unflagged and unnamed. The course
-document stays small however many participants it has: the marker names one request's children.
+course refuses (past its capacity, closed, a session outside its dates) are deleted while unflagged
+and unnamed. The course document stays small however many participants it has: the marker names one
+request's children.
 """
 
 from __future__ import annotations
 
 import uuid
-from collections.abc import Awaitable, Callable, Sequence
+from collections.abc import Awaitable, Callable, Iterable, Mapping, Sequence
 from dataclasses import dataclass
 from datetime import UTC, date, datetime
 from functools import partial
-from typing import Any
+from typing import Any, TypeVar
 from zoneinfo import ZoneInfo
 
 from pydantic import BaseModel, ValidationError
@@ -88,6 +89,9 @@ COURSE_AUDITED = (
     "status",
 )
 FIGURES = ("status", "participants_counted", "completions_counted")
+SESSION_AUDITED = ("course_code", "held_on", "duration_minutes", "attendance_kind", "attendance")
+
+Body = TypeVar("Body", bound=BaseModel)
 
 
 def local_today() -> date:
@@ -177,16 +181,77 @@ def _audit(
     return audit_entry(actor, action, entity, entity_id, _scope_path(c), before=before, after=after, reason=reason)
 
 
-def _require_open(c: Document, action: str) -> None:
+def _why_not_open(c: Document, action: str) -> ProblemError | None:
     status = c["status"]
     if status in OPEN:
-        return
+        return None
     if status == "pending":
-        raise Conflict(
+        return Conflict(
             f"course {c['_id']} is waiting for the registry to confirm its team and unit; {action} later",
             slug="course-pending",
         )
-    raise Conflict(f"course {c['_id']} is {status}; cannot {action}", slug="course-closed")
+    return Conflict(f"course {c['_id']} is {status}; cannot {action}", slug="course-closed")
+
+
+def _require_open(c: Document, action: str) -> None:
+    problem = _why_not_open(c, action)
+    if problem is not None:
+        raise problem
+
+
+def _session_doc(code: str, body: SessionIn) -> Document:
+    """The session document of ``body``, not counted yet."""
+    attendance = body.attendance
+    roster = None if isinstance(attendance, HeadCount) else attendance.participant_ids
+    return {
+        "_id": child_id("session", body.client_ref),
+        "client_ref": body.client_ref,
+        "course_code": code,
+        "held_on": body.held_on.isoformat(),
+        "duration_minutes": body.duration_minutes,
+        "attendance_kind": "head_count" if roster is None else "roster",
+        "attendance": attendance.count if isinstance(attendance, HeadCount) else len(attendance.participant_ids),
+        "participant_ids": roster,
+        "counted": False,
+        "recorded_at": _now(),
+    }
+
+
+def _roster_ids(sessions: Iterable[Document]) -> set[str]:
+    return {i for s in sessions for i in s.get("participant_ids") or ()}
+
+
+def _session_refusal(c: Document, s: Document, attending: set[str]) -> ProblemError | None:
+    """Why course ``c`` does not take session ``s``, if it does not. ``attending``: the participants
+    counted in ``c`` among those ``s`` names (others may be in it too)."""
+    closed = _why_not_open(c, "record sessions")
+    if closed is not None:
+        return closed
+    code = c["_id"]
+    held_on = date.fromisoformat(s["held_on"])
+    if not (date.fromisoformat(c["starts_on"]) <= held_on <= date.fromisoformat(c["ends_on"])):
+        return InvalidInput(
+            f"held_on {held_on} is outside the course dates {c['starts_on']}..{c['ends_on']}",
+            slug="session-outside-course",
+        )
+    if held_on > local_today():
+        return InvalidInput(f"held_on {held_on} is in the future", slug="session-in-future")
+    if s["attendance_kind"] == "head_count":
+        count = s["attendance"]
+        if c["enrolled"] > 0 and count > c["enrolled"]:
+            return InvalidInput(
+                f"attendance {count} is larger than the {c['enrolled']} enrolled in course {code}",
+                slug="attendance-over-enrolment",
+            )
+        return None
+    unknown = [i for i in s["participant_ids"] if i not in attending]
+    if unknown:
+        return InvalidInput(
+            f"not enrolled in course {code}: {', '.join(unknown[:10])}",
+            slug="participant-not-enrolled",
+            participant_ids=unknown[:100],
+        )
+    return None
 
 
 @dataclass(frozen=True)
@@ -210,8 +275,9 @@ class Applied:
 
 # What a course write makes of the children not counted yet (as of the course document given).
 Plan = Callable[[Document, list[str]], Awaitable[Planned]]
-# One participant of a request: the stored participant and whether this request counted it, or why not.
-Enrolment = tuple[Document, bool] | ProblemError
+# One participant or session of a request: the stored document and whether this request counted it,
+# or why not.
+Outcome = tuple[Document, bool] | ProblemError
 
 
 class TrainingService:
@@ -711,7 +777,7 @@ class TrainingService:
 
         return plan
 
-    async def _enrol(self, p: Principal, c: Document, bodies: Sequence[ParticipantIn]) -> list[Enrolment]:
+    async def _enrol(self, p: Principal, c: Document, bodies: Sequence[ParticipantIn]) -> list[Outcome]:
         """Enrol ``bodies`` in course ``c`` with one insert, one compare-and-set and one flag write.
 
         One outcome per body, in order. A client_ref seen earlier in ``bodies`` shares that one's
@@ -720,7 +786,7 @@ class TrainingService:
         code = c["_id"]
         pids = [child_id("participant", b.client_ref) for b in bodies]
         stored = await self._repo.get_children("enrol", pids)
-        outcome: dict[str, Enrolment] = {}
+        outcome: dict[str, Outcome] = {}
         to_count: dict[str, Document] = {}  # the participants this request may count, in request order
         for body, pid in zip(bodies, pids, strict=True):
             if pid in outcome or pid in to_count:
@@ -791,13 +857,21 @@ class TrainingService:
         return self._in_request_order(pids, outcome)
 
     @staticmethod
-    def _in_request_order(pids: list[str], outcome: dict[str, Enrolment]) -> list[Enrolment]:
-        ordered: list[Enrolment] = []
+    def _in_request_order(
+        ids: list[str], outcome: dict[str, Outcome], alone: Mapping[int, ProblemError] | None = None
+    ) -> list[Outcome]:
+        """One outcome per item of a request, whose children have ``ids``: the items refused on their
+        own (``alone``, by position) keep their problem; any other shares the outcome of its id, as a
+        duplicate after the first item of that id."""
+        ordered: list[Outcome] = []
         seen: set[str] = set()
-        for pid in pids:
-            one = outcome[pid]
-            ordered.append((one[0], False) if pid in seen and isinstance(one, tuple) else one)
-            seen.add(pid)
+        for index, one_id in enumerate(ids):
+            if alone and index in alone:
+                ordered.append(alone[index])
+                continue
+            one = outcome[one_id]
+            ordered.append((one[0], False) if one_id in seen and isinstance(one, tuple) else one)
+            seen.add(one_id)
         return ordered
 
     async def enrol(self, p: Principal, code: str, body: ParticipantIn) -> tuple[Document, bool]:
@@ -809,18 +883,7 @@ class TrainingService:
 
     async def enrol_batch(self, p: Principal, code: str, items: list[dict[str, Any]]) -> list[BatchItemResult]:
         c = await self._course_for(p, code, write=True)
-        parsed: list[ParticipantIn | ValidationError] = []
-        for item in items:
-            try:
-                parsed.append(ParticipantIn.model_validate(item))
-            except ValidationError as exc:
-                parsed.append(exc)
-        enrolled = iter(await self._enrol(p, c, [b for b in parsed if isinstance(b, ParticipantIn)]))
-        results = []
-        for item, body in zip(items, parsed, strict=True):
-            one = body if isinstance(body, ValidationError) else next(enrolled)
-            results.append(_item_result(item, (one[0]["_id"], one[1]) if isinstance(one, tuple) else one))
-        return results
+        return await _answer_items(items, ParticipantIn, lambda bodies: self._enrol(p, c, bodies))
 
     async def complete_participant(self, p: Principal, code: str, participant_id: str) -> tuple[Document, bool]:
         c = await self._course_for(p, code, write=True)
@@ -857,127 +920,165 @@ class TrainingService:
 
     # --- sessions ----------------------------------------------------------------------------------
 
-    def _plan_session(self, session_id: str, body: SessionIn) -> Plan:
+    @staticmethod
+    def _plan_sessions(sessions: Mapping[str, Document], attending: set[str]) -> Plan:
+        """Hold the pending sessions in order, each counted as if recorded alone after those before it.
+
+        ``attending``: the counted participants among those the sessions' rosters name. A participant
+        once counted stays counted, so it holds for every compare-and-set of the request.
+        """
+
         async def plan(c: Document, pending: list[str]) -> Planned:
-            code = c["_id"]
-            _require_open(c, "record sessions")
-            held_on = body.held_on
-            if not (date.fromisoformat(c["starts_on"]) <= held_on <= date.fromisoformat(c["ends_on"])):
-                raise InvalidInput(
-                    f"held_on {held_on} is outside the course dates {c['starts_on']}..{c['ends_on']}",
-                    slug="session-outside-course",
-                )
-            if held_on > local_today():
-                raise InvalidInput(f"held_on {held_on} is in the future", slug="session-in-future")
-            attendance = body.attendance
-            if isinstance(attendance, HeadCount):
-                kind, count = "head_count", attendance.count
-                if c["enrolled"] > 0 and count > c["enrolled"]:
-                    raise InvalidInput(
-                        f"attendance {count} is larger than the {c['enrolled']} enrolled in course {code}",
-                        slug="attendance-over-enrolment",
-                    )
-            else:
-                kind, count = "roster", len(attendance.participant_ids)
-                await self._settle_last_applied(c)
-                known = await self._repo.counted_participant_ids(code, attendance.participant_ids)
-                unknown = [i for i in attendance.participant_ids if i not in known]
-                if unknown:
-                    raise InvalidInput(
-                        f"not enrolled in course {code}: {', '.join(unknown[:10])}",
-                        slug="participant-not-enrolled",
-                        participant_ids=unknown[:100],
-                    )
-            before = c["participants_counted"]
-            largest = max(c["largest_head_count"], count)
-            after = participants_figure(c["enrolled"], largest)
-            ref = _course_ref(c)
+            code, ref = c["_id"], _course_ref(c)
+            status, largest, figure = c["status"], c["largest_head_count"], c["participants_counted"]
+            fields: dict[str, Any] = {}
             events: list[Envelope] = []
-            fields: dict[str, Any] = {"largest_head_count": largest, "participants_counted": after}
-            if c["status"] == "scheduled":
-                fields.update(status="running", started_on=held_on.isoformat())
-                events.append(_event(ev.COURSE_STARTED, ev.CourseStarted(course=ref, started_on=held_on), code))
-            events.append(
-                _event(
-                    ev.SESSION_HELD,
-                    ev.SessionHeld(
-                        course=ref,
-                        session_id=session_id,
-                        held_on=held_on,
-                        duration_minutes=body.duration_minutes,
-                        attendance_kind=kind,
-                        attendance=count,
-                        participants=Change(before=before, after=after),
-                    ),
-                    code,
+            counted: list[str] = []
+            refused: dict[str, ProblemError] = {}
+            for session_id in pending:
+                s = sessions[session_id]
+                problem = _session_refusal(c, s, attending)
+                if problem is not None:
+                    refused[session_id] = problem
+                    continue
+                held_on = date.fromisoformat(s["held_on"])
+                if status == "scheduled":
+                    status = "running"
+                    fields.update(status=status, started_on=s["held_on"])
+                    events.append(_event(ev.COURSE_STARTED, ev.CourseStarted(course=ref, started_on=held_on), code))
+                before, largest = figure, max(largest, s["attendance"])
+                figure = participants_figure(c["enrolled"], largest)
+                held = ev.SessionHeld(
+                    course=ref,
+                    session_id=session_id,
+                    held_on=held_on,
+                    duration_minutes=s["duration_minutes"],
+                    attendance_kind=s["attendance_kind"],
+                    attendance=s["attendance"],
+                    participants=Change(before=before, after=figure),
                 )
-            )
-            return Planned({"$set": fields, "$inc": {"sessions_held": 1}}, events, pending, {})
+                events.append(_event(ev.SESSION_HELD, held, code))
+                counted.append(session_id)
+            fields.update(largest_head_count=largest, participants_counted=figure)
+            return Planned({"$set": fields, "$inc": {"sessions_held": len(counted)}}, events, counted, refused)
 
         return plan
 
+    async def _attending(self, c: Document, ids: set[str]) -> set[str]:
+        """Those of ``ids`` counted in course ``c``, including the ones its last enrolment counted."""
+        if not ids:
+            return set()
+        await self._settle_last_applied(c)
+        return await self._repo.counted_participant_ids(c["_id"], sorted(ids))
+
+    async def _record_sessions(self, p: Principal, c: Document, bodies: Sequence[SessionIn]) -> list[Outcome]:
+        """Record ``bodies`` in course ``c`` with one insert, one compare-and-set and one flag write.
+
+        One outcome per body, in order, as recording them one at a time would give: a new session the
+        course does not take is refused on its own, with nothing written; a client_ref seen earlier in
+        ``bodies`` shares the outcome of the first one not refused so, as a duplicate if it was recorded.
+        """
+        code = c["_id"]
+        sids = [child_id("session", b.client_ref) for b in bodies]
+        stored = await self._repo.get_children("session", sids)
+        # Each body's session: its stored copy, or as it would be stored.
+        sessions = [
+            s if (s := stored.get(sid)) is not None else _session_doc(code, body)
+            for body, sid in zip(bodies, sids, strict=True)
+        ]
+        # Counted sessions and those of other courses need no check: the others' rosters in one read.
+        asked = _roster_ids(s for s in sessions if s["course_code"] == code and not s["counted"])
+        attending = await self._attending(c, asked)
+        outcome: dict[str, Outcome] = {}
+        alone: dict[int, ProblemError] = {}
+        to_count: dict[str, Document] = {}  # the sessions this request may count, in request order
+        new: list[Document] = []
+        for index, (body, s) in enumerate(zip(bodies, sessions, strict=True)):
+            sid = s["_id"]
+            if sid in outcome or sid in to_count:
+                continue
+            found = stored.get(sid)
+            if found is not None and found["course_code"] != code:
+                outcome[sid] = Conflict(
+                    f"client_ref {body.client_ref} already recorded a session of course {found['course_code']}",
+                    slug="client-ref-reused",
+                )
+            elif found is not None and found["counted"]:
+                outcome[sid] = (found, False)
+            elif found is not None:
+                to_count[sid] = found  # stored by an earlier attempt: the compare-and-set decides
+            elif (problem := _session_refusal(c, s, attending)) is not None:
+                alone[index] = problem  # refused before writing anything; a later item may record it
+            else:
+                to_count[sid] = s
+                new.append(s)
+        if not to_count:
+            return self._in_request_order(sids, outcome, alone)
+        entries = [
+            (s, _audit(p, "session.recorded", s["_id"], c, after={k: s[k] for k in SESSION_AUDITED})) for s in new
+        ]
+        existed = await self._repo.insert_sessions(entries)
+        for sid, found in (await self._repo.get_children("session", sorted(existed))).items():
+            # Stored meanwhile by a concurrent request with the same client_ref: count its copy.
+            if found["course_code"] != code:
+                outcome[sid] = Conflict(
+                    f"client_ref {found['client_ref']} is used in another course", slug="client-ref-reused"
+                )
+                del to_count[sid]
+            else:
+                to_count[sid] = found
+        # That copy may name other participants.
+        if more := _roster_ids(to_count.values()) - asked:
+            attending |= await self._attending(c, more)
+        try:
+            applied = await self._apply_to_course(
+                c, "session", list(to_count), self._plan_sessions(to_count, attending)
+            )
+        except ProblemError as exc:  # nothing counted; the stored sessions wait for a retry
+            applied = Applied([], dict.fromkeys(to_count, exc))
+        else:
+            await self._repo.discard_unapplied_children("session", list(applied.refused))
+        counted = set(applied.counted)
+        for sid, s in to_count.items():
+            problem = applied.refused.get(sid)
+            outcome[sid] = problem if problem is not None else ({**s, "counted": True}, sid in counted)
+        return self._in_request_order(sids, outcome, alone)
+
     async def record_session(self, p: Principal, code: str, body: SessionIn) -> tuple[Document, bool]:
         c = await self._course_for(p, code, write=True)
-        existing = await self._repo.get_session(child_id("session", body.client_ref))
-        if existing is not None and existing["course_code"] != code:
-            raise Conflict(
-                f"client_ref {body.client_ref} already recorded a session of course {existing['course_code']}",
-                slug="client-ref-reused",
-            )
-        if existing is not None and existing["counted"]:
-            return existing, False
-        if existing is None:
-            await self._plan_session("", body)(c, [""])  # refuse before writing anything
-            roster = None if isinstance(body.attendance, HeadCount) else body.attendance.participant_ids
-            doc: Document = {
-                "_id": child_id("session", body.client_ref),
-                "client_ref": body.client_ref,
-                "course_code": code,
-                "held_on": body.held_on.isoformat(),
-                "duration_minutes": body.duration_minutes,
-                "attendance_kind": "head_count" if roster is None else "roster",
-                "attendance": body.attendance.count if isinstance(body.attendance, HeadCount) else len(roster or []),
-                "participant_ids": roster,
-                "counted": False,
-                "recorded_at": _now(),
-            }
-            fields = ("course_code", "held_on", "duration_minutes", "attendance_kind", "attendance")
-            entry = _audit(p, "session.recorded", doc["_id"], c, after={k: doc[k] for k in fields})
-            existing, _ = await self._repo.insert_session(doc, [entry])
-            if existing["course_code"] != code:
-                raise Conflict(f"client_ref {body.client_ref} is used in another course", slug="client-ref-reused")
-        sid = existing["_id"]
-        applied = await self._apply_to_course(c, "session", [sid], self._plan_session(sid, body))
-        if sid in applied.refused:
-            await self._repo.discard_unapplied_children("session", [sid])
-            raise applied.refused[sid]
-        return {**existing, "counted": True}, sid in applied.counted
+        (outcome,) = await self._record_sessions(p, c, [body])
+        if isinstance(outcome, ProblemError):
+            raise outcome
+        return outcome
 
     async def record_sessions_batch(
         self, p: Principal, code: str, items: list[dict[str, Any]]
     ) -> list[BatchItemResult]:
-        await self._course_for(p, code, write=True)
-
-        async def one(item: dict[str, Any]) -> tuple[str, bool]:
-            doc, created = await self.record_session(p, code, SessionIn.model_validate(item))
-            return doc["_id"], created
-
-        return [await self._batch_item(item, one) for item in items]
+        c = await self._course_for(p, code, write=True)
+        return await _answer_items(items, SessionIn, lambda bodies: self._record_sessions(p, c, bodies))
 
     async def list_sessions(self, p: Principal, code: str, cursor: str | None, limit: int) -> list[Document]:
         c = await self._course_for(p, code, write=False)
         await self._settle_last_applied(c)
         return await self._repo.list_sessions(code, cursor, limit)
 
-    @staticmethod
-    async def _batch_item(
-        item: dict[str, Any], one: Callable[[dict[str, Any]], Awaitable[tuple[str, bool]]]
-    ) -> BatchItemResult:
+
+async def _answer_items(
+    items: list[dict[str, Any]], model: type[Body], record: Callable[[list[Body]], Awaitable[list[Outcome]]]
+) -> list[BatchItemResult]:
+    """A batch's answers in request order: the valid items recorded together, the invalid ones rejected."""
+    parsed: list[Body | ValidationError] = []
+    for item in items:
         try:
-            outcome = await one(item)
-        except (ValidationError, ProblemError) as exc:
-            return _item_result(item, exc)
-        return _item_result(item, outcome)
+            parsed.append(model.model_validate(item))
+        except ValidationError as exc:
+            parsed.append(exc)
+    recorded = iter(await record([b for b in parsed if not isinstance(b, ValidationError)]))
+    results = []
+    for item, body in zip(items, parsed, strict=True):
+        one = body if isinstance(body, ValidationError) else next(recorded)
+        results.append(_item_result(item, (one[0]["_id"], one[1]) if isinstance(one, tuple) else one))
+    return results
 
 
 def _item_result(item: dict[str, Any], outcome: tuple[str, bool] | ValidationError | ProblemError) -> BatchItemResult:
