@@ -3,7 +3,7 @@
 from __future__ import annotations
 
 import asyncio
-from collections.abc import AsyncIterable, Mapping, Sequence
+from collections.abc import AsyncIterable, Iterable, Mapping, Sequence
 
 import pytest
 from aiokafka import AIOKafkaConsumer, ConsumerRecord, TopicPartition
@@ -191,6 +191,7 @@ class Folder:
         self.released: list[str] = []
         self.folds = 0
         self.forgets = 0
+        self.assignments = 0
 
     async def fold(self, events: AsyncIterable[Consumed]) -> list[str]:
         self.folds += 1
@@ -204,6 +205,9 @@ class Folder:
 
     def forget(self) -> None:
         self.forgets += 1
+
+    def assigned(self, partitions: Iterable[TopicPartition]) -> None:
+        self.assignments += 1
 
     async def release(self, events: AsyncIterable[Consumed]) -> None:
         self.released += [c.envelope.data["code"] async for c in events]
@@ -249,6 +253,7 @@ async def test_whole_fetch_mode_dead_letters_the_undecodable_and_the_failing_eve
     assert folder.written == ["A", "C"]  # each alone after the whole fetch kept failing
     assert folder.released == ["BAD"]  # so that its replay from the DLQ is not taken for a copy
     assert folder.forgets >= 2  # memory dropped after every failed write
+    assert folder.assignments >= 1  # the group's assignment reached the handler
     errors = sorted(h["dlq_error"].decode() for h in dead)
     assert errors[0].startswith("ValueError: fetch contains BAD")
     assert errors[1].startswith("undecodable:")

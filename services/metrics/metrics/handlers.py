@@ -95,6 +95,9 @@ class Projector:
     def forget(self) -> None:
         self.processed.forget()
 
+    def assigned(self, partitions: Iterable[TopicPartition]) -> None:
+        self.processed.assigned(partitions)
+
     async def release(self, events: AsyncIterable[Consumed]) -> None:
         async for c in events:
             await self.processed.release(c)

@@ -10,6 +10,7 @@ from collections.abc import AsyncIterator, Iterable, Sequence
 from datetime import date
 
 import pytest
+from aiokafka import TopicPartition
 from prometheus_client import REGISTRY
 from pymongo.asynchronous.database import AsyncDatabase
 
@@ -214,6 +215,32 @@ async def test_same_event_republished_at_a_later_offset_counts_once(ev, repo) ->
     await projector_on(repo)(at_offsets([visit]))
     assert (await stored(repo))[doc]["people_supported"] == 8
     assert [o for i, o in await processed_pairs(repo) if i == visit.id] == [0]
+
+
+async def test_the_processed_ids_of_every_assigned_partition_are_read_in_one_query(ev, repo) -> None:
+    # Six partitions with history, then a process that is assigned them: each partition's ids are
+    # read (a scan on FerretDB) with the first one needed, all six in one query, and a copy on any
+    # of them is still recognised.
+    visits = [ev.visit(f"v-p{p}", ev.figures(HALONG, date(2025, 7, 4), people=1)) for p in range(6)]
+    await projector_on(repo)([c for p, v in enumerate(visits) for c in at_offsets([v], start=10, partition=p)])
+    restarted = projector_on(repo)
+    queries = 0
+    find = repo.processed_events.find
+
+    def counted_find(*args: object, **kwargs: object) -> object:
+        nonlocal queries
+        queries += 1
+        return find(*args, **kwargs)
+
+    repo.processed_events.find = counted_find  # type: ignore[method-assign]
+    try:
+        restarted.assigned([TopicPartition(VISITS_TOPIC, p) for p in range(6)])
+        copies = [c for p, v in enumerate(visits) for c in at_offsets([v], start=20, partition=p)]
+        await restarted(copies)
+        assert queries == 1
+    finally:
+        del repo.processed_events.find
+    assert (await stored(repo))[counter_id("QN-HALONG", "2025-07-04")]["people_supported"] == 6
 
 
 async def test_a_dead_lettered_event_released_counts_once_when_replayed_from_the_dlq(ev, repo) -> None:

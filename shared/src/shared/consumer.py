@@ -207,7 +207,8 @@ class FetchHandler(Protocol):
     returns the newest ce_time it applied per topic. ``forget`` drops whatever the handler keeps
     in memory after a failed write, so the next fold starts again from the database. ``release``
     forgets that dead-lettered events were seen, so their replay from the dead-letter topic (the same
-    ids at later offsets) is applied rather than skipped as a copy.
+    ids at later offsets) is applied rather than skipped as a copy. ``assigned`` names the
+    partitions the group just gave this process (see :meth:`ProcessedEvents.assigned`).
     """
 
     async def fold(self, events: AsyncIterable[Consumed]) -> Any: ...
@@ -215,6 +216,8 @@ class FetchHandler(Protocol):
     async def write(self, folded: Any) -> Mapping[str, float]: ...
 
     def forget(self) -> None: ...
+
+    def assigned(self, partitions: Iterable[TopicPartition]) -> None: ...
 
     async def release(self, events: AsyncIterable[Consumed]) -> None: ...
 
@@ -269,17 +272,38 @@ class ProcessedEvents:
         # one, still called copies from outside the window duplicates.
         self._first: dict[TopicPartition, dict[str, int]] = {}
         self._docs: dict[TopicPartition, list[tuple[str, list[str]]]] = {}
+        # Partitions assigned to this process and not read yet: the next read takes them all at once.
+        self._unread: set[TopicPartition] = set()
+
+    def assigned(self, partitions: Iterable[TopicPartition]) -> None:
+        """The group gave this process ``partitions``: drop what memory holds of them and read them
+        all with the first one needed.
+
+        Each read is a scan on FerretDB (the filter is not by ``_id``): at 10x, the six partitions of
+        a topic whose first events arrived mid-run were read one after the other, 1.4-2.4 s each,
+        and the projector stood still for 20 s.
+        """
+        # The whole assignment comes at once (aiokafka rebalances eagerly): nothing else is ours.
+        self._first, self._docs = {}, {}
+        self._unread = set(partitions)
 
     async def _load(self, tp: TopicPartition) -> dict[str, int]:
-        first: dict[str, int] = {}
-        docs: list[tuple[str, list[str]]] = []
-        query = {"group": self._group, "topic": tp.topic, "partition": tp.partition}
+        wanted = self._unread | {tp}
+        self._unread = set()
+        firsts: dict[TopicPartition, dict[str, int]] = {p: {} for p in wanted}
+        docs: dict[TopicPartition, list[tuple[str, list[str]]]] = {p: [] for p in wanted}
+        query: dict[str, Any] = {"group": self._group, "topic": {"$in": sorted({p.topic for p in wanted})}}
         async for d in self._col.find(query).sort("first", 1):
+            at = TopicPartition(d["topic"], d["partition"])
+            first = firsts.get(at)
+            if first is None:  # not this process's
+                continue
             for event_id, offset in zip(d["ids"], d["offsets"], strict=True):
                 first.setdefault(event_id, offset)
-            docs.append((d["_id"], list(d["ids"])))
-        self._first[tp], self._docs[tp] = first, docs
-        return first
+            docs[at].append((d["_id"], list(d["ids"])))
+        self._first.update(firsts)
+        self._docs.update(docs)
+        return firsts[tp]
 
     def cached(self) -> int:
         """How many event ids this process holds in memory (about ``window`` per partition read)."""
@@ -367,9 +391,14 @@ class ProcessedEvents:
 
     def forget(self, partitions: Iterable[TopicPartition] | None = None) -> None:
         """Drop the cache of ``partitions`` (all when None); they are read again when next needed."""
-        for tp in list(self._first) if partitions is None else partitions:
+        if partitions is None:  # still ours: read them again, together, when next needed
+            self._unread |= set(self._first)
+            self._first, self._docs = {}, {}
+            return
+        for tp in partitions:
             self._first.pop(tp, None)
             self._docs.pop(tp, None)
+            self._unread.discard(tp)
 
 
 class _Rebalance(ConsumerRebalanceListener):  # type: ignore[misc]
@@ -382,7 +411,9 @@ class _Rebalance(ConsumerRebalanceListener):  # type: ignore[misc]
         log.info("partitions_revoked", consumer=self._runner.name, partitions=len(partitions))
 
     async def on_partitions_assigned(self, assigned: Iterable[TopicPartition]) -> None:
-        log.info("partitions_assigned", consumer=self._runner.name, partitions=len(list(assigned)))
+        partitions = list(assigned)
+        self._runner.assigned(partitions)
+        log.info("partitions_assigned", consumer=self._runner.name, partitions=len(partitions))
 
 
 class ConsumerRunner:
@@ -510,6 +541,13 @@ class ConsumerRunner:
             self.processed.forget(partitions)
         if self._whole_fetch:
             self._fetch_handler.forget()
+
+    def assigned(self, partitions: Sequence[TopicPartition]) -> None:
+        """Partitions came to this process: the processed ids of all of them are read at once."""
+        if self.processed:
+            self.processed.assigned(partitions)
+        if self._whole_fetch:
+            self._fetch_handler.assigned(partitions)
 
     @property
     def running(self) -> bool:
