@@ -280,6 +280,19 @@ Plan = Callable[[Document, list[str]], Awaitable[Planned]]
 Outcome = tuple[Document, bool] | ProblemError
 
 
+def _stored_outcome(found: Document | None, code: str, client_ref: str, reused: str) -> Outcome | None:
+    """The answer for a child stored by an earlier request, if it has one: refused (``client_ref``
+    ``reused`` its course) when it belongs to another course, a duplicate when counted; None when it
+    is still to count."""
+    if found is None:
+        return None
+    if found["course_code"] != code:
+        return Conflict(f"client_ref {client_ref} {reused} {found['course_code']}", slug="client-ref-reused")
+    if found["counted"]:
+        return (found, False)
+    return None
+
+
 class TrainingService:
     def __init__(self, repo: TrainingRepository, view: RegistryView, notify: Callable[[str, list[str]], None]) -> None:
         self._repo = repo
@@ -792,13 +805,15 @@ class TrainingService:
             if pid in outcome or pid in to_count:
                 continue
             found = stored.get(pid)
-            if found is not None and found["course_code"] != code:
-                outcome[pid] = Conflict(
-                    f"client_ref {body.client_ref} already enrolled someone in course {found['course_code']}",
-                    slug="client-ref-reused",
+            if (
+                earlier := _stored_outcome(
+                    found,
+                    code,
+                    body.client_ref,
+                    "already enrolled someone in course",
                 )
-            elif found is not None and found["counted"]:
-                outcome[pid] = (found, False)
+            ) is not None:
+                outcome[pid] = earlier
             else:
                 to_count[pid] = found or {
                     "_id": pid,
@@ -834,27 +849,43 @@ class TrainingService:
             if d["_id"] in to_count
         ]
         existed = await self._repo.insert_participants(entries)
-        for pid, found in (await self._repo.get_children("enrol", sorted(existed))).items():
-            # Stored meanwhile by a concurrent request with the same client_ref: count its copy.
-            if found["course_code"] != code:
-                outcome[pid] = Conflict(
-                    f"client_ref {found['client_ref']} is used in another course", slug="client-ref-reused"
-                )
-                del to_count[pid]
-            else:
-                to_count[pid] = found
+        await self._take_concurrent_copies("enrol", existed, code, to_count, outcome)
         groups = {pid: d["group"] for pid, d in to_count.items()}
+        await self._count(c, "enrol", to_count, self._plan_enrolments(groups), outcome)
+        return self._in_request_order(pids, outcome)
+
+    async def _count(
+        self, c: Document, kind: str, to_count: dict[str, Document], plan: Plan, outcome: dict[str, Outcome]
+    ) -> None:
+        """Count ``to_count`` (stored children) into course ``c``; each one's outcome into ``outcome``.
+
+        Children the course refuses are deleted; when the compare-and-set stays busy they are kept
+        for a retry.
+        """
         try:
-            applied = await self._apply_to_course(c, "enrol", list(to_count), self._plan_enrolments(groups))
-        except ProblemError as exc:  # nothing counted; the stored participants wait for a retry
+            applied = await self._apply_to_course(c, kind, list(to_count), plan)
+        except ProblemError as exc:  # nothing counted; the stored children wait for a retry
             applied = Applied([], dict.fromkeys(to_count, exc))
         else:
-            await self._repo.discard_unapplied_children("enrol", list(applied.refused))
+            await self._repo.discard_unapplied_children(kind, list(applied.refused))
         counted = set(applied.counted)
-        for pid, d in to_count.items():
-            problem = applied.refused.get(pid)
-            outcome[pid] = problem if problem is not None else ({**d, "counted": True}, pid in counted)
-        return self._in_request_order(pids, outcome)
+        for child, d in to_count.items():
+            problem = applied.refused.get(child)
+            outcome[child] = problem if problem is not None else ({**d, "counted": True}, child in counted)
+
+    async def _take_concurrent_copies(
+        self, kind: str, existed: set[str], code: str, to_count: dict[str, Document], outcome: dict[str, Outcome]
+    ) -> None:
+        """Children whose insert found one stored meanwhile by a concurrent request with the same
+        client_ref: that copy is counted, unless it belongs to another course."""
+        for child, found in (await self._repo.get_children(kind, sorted(existed))).items():
+            if found["course_code"] != code:
+                outcome[child] = Conflict(
+                    f"client_ref {found['client_ref']} is used in another course", slug="client-ref-reused"
+                )
+                del to_count[child]
+            else:
+                to_count[child] = found
 
     @staticmethod
     def _in_request_order(
@@ -998,13 +1029,14 @@ class TrainingService:
             if sid in outcome or sid in to_count:
                 continue
             found = stored.get(sid)
-            if found is not None and found["course_code"] != code:
-                outcome[sid] = Conflict(
-                    f"client_ref {body.client_ref} already recorded a session of course {found['course_code']}",
-                    slug="client-ref-reused",
-                )
-            elif found is not None and found["counted"]:
-                outcome[sid] = (found, False)
+            earlier = _stored_outcome(
+                found,
+                code,
+                body.client_ref,
+                "already recorded a session of course",
+            )
+            if earlier is not None:
+                outcome[sid] = earlier
             elif found is not None:
                 to_count[sid] = found  # stored by an earlier attempt: the compare-and-set decides
             elif (problem := _session_refusal(c, s, attending)) is not None:
@@ -1018,30 +1050,11 @@ class TrainingService:
             (s, _audit(p, "session.recorded", s["_id"], c, after={k: s[k] for k in SESSION_AUDITED})) for s in new
         ]
         existed = await self._repo.insert_sessions(entries)
-        for sid, found in (await self._repo.get_children("session", sorted(existed))).items():
-            # Stored meanwhile by a concurrent request with the same client_ref: count its copy.
-            if found["course_code"] != code:
-                outcome[sid] = Conflict(
-                    f"client_ref {found['client_ref']} is used in another course", slug="client-ref-reused"
-                )
-                del to_count[sid]
-            else:
-                to_count[sid] = found
+        await self._take_concurrent_copies("session", existed, code, to_count, outcome)
         # That copy may name other participants.
         if more := _roster_ids(to_count.values()) - asked:
             attending |= await self._attending(c, more)
-        try:
-            applied = await self._apply_to_course(
-                c, "session", list(to_count), self._plan_sessions(to_count, attending)
-            )
-        except ProblemError as exc:  # nothing counted; the stored sessions wait for a retry
-            applied = Applied([], dict.fromkeys(to_count, exc))
-        else:
-            await self._repo.discard_unapplied_children("session", list(applied.refused))
-        counted = set(applied.counted)
-        for sid, s in to_count.items():
-            problem = applied.refused.get(sid)
-            outcome[sid] = problem if problem is not None else ({**s, "counted": True}, sid in counted)
+        await self._count(c, "session", to_count, self._plan_sessions(to_count, attending), outcome)
         return self._in_request_order(sids, outcome, alone)
 
     async def record_session(self, p: Principal, code: str, body: SessionIn) -> tuple[Document, bool]:
