@@ -10,30 +10,12 @@ import pytest
 from shared.contracts import training as ev
 from shared.testing import token
 
+from .factories import course, session
+
 pytestmark = [pytest.mark.kafka, pytest.mark.mongo, pytest.mark.asyncio(loop_scope="module")]
 
 ADMIN = token("admin")
 FIELD_HL = token("field", "QN-HL", teams=["LIT-HL"])
-
-
-def course(code: str, **over: Any) -> dict[str, Any]:
-    body = {
-        "client_ref": f"ref-{code}",
-        "code": code,
-        "title": "Hướng dẫn cài đặt VNeID cho người cao tuổi",
-        "team_code": "LIT-HL",
-        "unit_code": "QN-HL",
-        "audience": "elderly_middle_aged",
-        "mode": "in_person",
-        "topics": ["vneid", "online_public_services"],
-        "starts_on": "2025-07-01",
-        "ends_on": "2025-07-31",
-    }
-    return {**body, **over}
-
-
-def session(ref: str, held_on: str = "2025-07-05", **attendance: Any) -> dict[str, Any]:
-    return {"client_ref": ref, "held_on": held_on, "duration_minutes": 90, "attendance": attendance}
 
 
 def change(data: dict[str, Any], name: str = "participants") -> tuple[int, int]:

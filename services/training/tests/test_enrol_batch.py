@@ -12,26 +12,12 @@ from shared.testing import token
 from training.repository import LAST_APPLIED_MIGRATION
 from training.service import child_id
 
+from .factories import course, dies_at
+
 pytestmark = [pytest.mark.kafka, pytest.mark.mongo, pytest.mark.asyncio(loop_scope="module")]
 
 ADMIN = token("admin")
 HALONG_MANAGER = token("manager", "QN-HL", sub="manager-halong")
-
-
-def course(code: str, **over: Any) -> dict[str, Any]:
-    body = {
-        "client_ref": f"ref-{code}",
-        "code": code,
-        "title": "Bình dân học vụ số: VNeID và dịch vụ công trực tuyến",
-        "team_code": "LIT-HL",
-        "unit_code": "QN-HL",
-        "audience": "elderly_middle_aged",
-        "mode": "in_person",
-        "topics": ["vneid", "online_public_services"],
-        "starts_on": "2025-07-01",
-        "ends_on": "2025-07-31",
-    }
-    return {**body, **over}
 
 
 def person(ref: str, group: str = "elderly", **over: Any) -> dict[str, Any]:
@@ -215,17 +201,8 @@ async def test_a_mixed_roster_answers_each_item_as_single_requests_would(trainin
 
 async def test_a_roster_crashed_after_its_course_write_is_finished_by_the_next_write(training, monkeypatch) -> None:
     await create(training, "B-AFTER")
-    repo = training.app.state.training._repo
-    real_mark = repo.mark_children_applied
-
-    async def crash(kind: str, ids: list[str]) -> None:
-        raise ConnectionError("process died after the course write")
-
     first = roster("B-AFTER", 10)
-    monkeypatch.setattr(repo, "mark_children_applied", crash)
-    with pytest.raises(ConnectionError):  # the in-process transport re-raises what would be a 500
-        await enrol(training, "B-AFTER", first)
-    monkeypatch.setattr(repo, "mark_children_applied", real_mark)
+    await dies_at(training, monkeypatch, "mark_children_applied", lambda: enrol(training, "B-AFTER", first))
     ids = [pid(p["client_ref"]) for p in first]
     doc = await training.course_doc("B-AFTER")
     assert (doc["enrolled"], doc["last_applied"]) == (10, {"kind": "enrol", "ids": ids})
@@ -251,17 +228,8 @@ async def test_a_roster_crashed_after_its_course_write_is_finished_by_the_next_w
 
 async def test_a_roster_crashed_after_its_course_write_and_sent_again_counts_each_once(training, monkeypatch) -> None:
     await create(training, "B-RESEND", capacity=11)
-    repo = training.app.state.training._repo
-    real_mark = repo.mark_children_applied
-
-    async def crash(kind: str, ids: list[str]) -> None:
-        raise ConnectionError("process died after the course write")
-
     items = roster("B-RESEND", 10)
-    monkeypatch.setattr(repo, "mark_children_applied", crash)
-    with pytest.raises(ConnectionError):
-        await enrol(training, "B-RESEND", items)
-    monkeypatch.setattr(repo, "mark_children_applied", real_mark)
+    await dies_at(training, monkeypatch, "mark_children_applied", lambda: enrol(training, "B-RESEND", items))
     rev = (await training.course_doc("B-RESEND"))["rev"]
 
     # Sent again with one more person: the ten take no second place, so the eleventh fits.
@@ -282,17 +250,8 @@ async def test_a_roster_crashed_after_its_course_write_and_sent_again_counts_eac
 async def test_a_roster_crashed_before_its_course_write_counts_each_once_when_sent_again(training, monkeypatch) -> None:
     c = training.client
     await create(training, "B-BEFORE")
-    repo = training.app.state.training._repo
-    real_update = repo.update_course
-
-    async def crash(*args: Any, **kwargs: Any) -> bool:
-        raise ConnectionError("process died before the course write")
-
     items = roster("B-BEFORE", 10)
-    monkeypatch.setattr(repo, "update_course", crash)
-    with pytest.raises(ConnectionError):
-        await enrol(training, "B-BEFORE", items)
-    monkeypatch.setattr(repo, "update_course", real_update)
+    await dies_at(training, monkeypatch, "update_course", lambda: enrol(training, "B-BEFORE", items))
     assert len(await participants(training, "B-BEFORE")) == 10  # stored, not counted
     doc = await training.course_doc("B-BEFORE")
     assert (doc["rev"], doc["enrolled"], doc["last_applied"]) == (1, 0, None)
@@ -313,17 +272,8 @@ async def test_stored_participants_the_course_has_no_room_for_any_more_are_refus
     training, monkeypatch
 ) -> None:
     await create(training, "B-ROOM", capacity=3)
-    repo = training.app.state.training._repo
-    real_update = repo.update_course
-
-    async def crash(*args: Any, **kwargs: Any) -> bool:
-        raise ConnectionError("process died before the course write")
-
     late = roster("B-ROOM", 3)
-    monkeypatch.setattr(repo, "update_course", crash)
-    with pytest.raises(ConnectionError):
-        await enrol(training, "B-ROOM", late)
-    monkeypatch.setattr(repo, "update_course", real_update)
+    await dies_at(training, monkeypatch, "update_course", lambda: enrol(training, "B-ROOM", late))
     early = await enrol(training, "B-ROOM", roster("B-ROOM", 2, start=10))
     assert [i["status"] for i in early] == ["created"] * 2
 

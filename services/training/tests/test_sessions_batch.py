@@ -11,29 +11,11 @@ from shared.contracts import training as ev
 from shared.testing import token
 from training.service import child_id
 
+from .factories import course, dies_at, session
+
 pytestmark = [pytest.mark.kafka, pytest.mark.mongo, pytest.mark.asyncio(loop_scope="module")]
 
 ADMIN = token("admin")
-
-
-def course(code: str, **over: Any) -> dict[str, Any]:
-    body = {
-        "client_ref": f"ref-{code}",
-        "code": code,
-        "title": "Bình dân học vụ số: kỹ năng số cho mọi người",
-        "team_code": "LIT-HL",
-        "unit_code": "QN-HL",
-        "audience": "elderly_middle_aged",
-        "mode": "in_person",
-        "topics": ["vneid", "digital_skills"],
-        "starts_on": "2025-07-01",
-        "ends_on": "2025-07-31",
-    }
-    return {**body, **over}
-
-
-def session(ref: str, held_on: str = "2025-07-05", **attendance: Any) -> dict[str, Any]:
-    return {"client_ref": ref, "held_on": held_on, "duration_minutes": 90, "attendance": attendance}
 
 
 def sid(ref: str) -> str:
@@ -73,13 +55,6 @@ def spy(training: Any, monkeypatch: pytest.MonkeyPatch, name: str) -> list[tuple
 
     monkeypatch.setattr(repo, name, recorded)
     return calls
-
-
-def crash(training: Any, monkeypatch: pytest.MonkeyPatch, name: str) -> None:
-    async def died(*args: Any, **kwargs: Any) -> None:
-        raise ConnectionError(f"process died at {name}")
-
-    monkeypatch.setattr(training.app.state.training._repo, name, died)
 
 
 async def sessions(training: Any, code: str) -> dict[str, dict[str, Any]]:
@@ -296,15 +271,10 @@ async def test_a_mixed_upload_answers_each_item_as_single_sessions_would(trainin
 
 async def test_an_upload_crashed_after_its_course_write_and_sent_again_counts_each_once(training, monkeypatch) -> None:
     await create(training, "S-AFTER")
-    repo = training.app.state.training._repo
-    real_mark = repo.mark_children_applied
     items = [session(f"S-AFTER/s{i}", f"2025-07-0{i + 2}", count=n) for i, n in enumerate([8, 12, 10, 15])]
     ids = [sid(i["client_ref"]) for i in items]
 
-    crash(training, monkeypatch, "mark_children_applied")
-    with pytest.raises(ConnectionError):  # the in-process transport re-raises what would be a 500
-        await record(training, "S-AFTER", items)
-    monkeypatch.setattr(repo, "mark_children_applied", real_mark)
+    await dies_at(training, monkeypatch, "mark_children_applied", lambda: record(training, "S-AFTER", items))
     doc = await training.course_doc("S-AFTER")
     assert (doc["sessions_held"], doc["last_applied"]) == (4, {"kind": "session", "ids": ids})
     assert not any(d["counted"] for d in (await sessions(training, "S-AFTER")).values())
@@ -334,15 +304,10 @@ async def test_an_upload_crashed_before_its_course_write_counts_each_once_when_s
 ) -> None:
     c = training.client
     await create(training, "S-BEFORE")
-    repo = training.app.state.training._repo
-    real_update = repo.update_course
     items = [session(f"S-BEFORE/s{i}", f"2025-07-0{i + 2}", count=n) for i, n in enumerate([5, 9, 7, 11])]
     ids = [sid(i["client_ref"]) for i in items]
 
-    crash(training, monkeypatch, "update_course")
-    with pytest.raises(ConnectionError):
-        await record(training, "S-BEFORE", items)
-    monkeypatch.setattr(repo, "update_course", real_update)
+    await dies_at(training, monkeypatch, "update_course", lambda: record(training, "S-BEFORE", items))
     stored = await sessions(training, "S-BEFORE")
     assert len(stored) == 4  # stored in one insert, none counted
     assert not any(d["counted"] for d in stored.values())
@@ -374,14 +339,9 @@ async def test_an_upload_crashed_before_its_course_write_counts_each_once_when_s
 async def test_stored_sessions_a_closed_course_refuses_are_discarded(training, monkeypatch) -> None:
     c = training.client
     await create(training, "S-CLOSED")
-    repo = training.app.state.training._repo
-    real_update = repo.update_course
     items = [session(f"S-CLOSED/s{i}", count=3) for i in range(3)]
 
-    crash(training, monkeypatch, "update_course")
-    with pytest.raises(ConnectionError):
-        await record(training, "S-CLOSED", items)
-    monkeypatch.setattr(repo, "update_course", real_update)
+    await dies_at(training, monkeypatch, "update_course", lambda: record(training, "S-CLOSED", items))
     assert len(await sessions(training, "S-CLOSED")) == 3
     r = await c.post("/v1/courses/S-CLOSED:cancel", json={"reason": "mưa bão"}, headers=ADMIN)
     assert r.status_code == 200, r.text
