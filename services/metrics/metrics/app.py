@@ -17,7 +17,7 @@ from metrics.repository import MetricsStore, PeriodRepository
 from metrics.service import MetricsService
 from shared.audit import AuditTrail
 from shared.audit_api import audit_router
-from shared.http import create_app, serve
+from shared.http import BulkAdmission, create_app, serve
 from shared.logging import configure_logging
 from shared.runtime import Runtime, tune_gc
 from shared.settings import ServiceSettings
@@ -104,6 +104,7 @@ def build_app(settings: MetricsSettings | None = None) -> FastAPI:
         lifespan=lifespan,
         routers=[router, audit_router("period (closes, approvals and reopenings of a unit's reporting period)")],
         max_body_bytes=settings.max_body_bytes,
+        bulk=BulkAdmission.from_settings(settings),
     )
 
 

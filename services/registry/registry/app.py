@@ -13,7 +13,7 @@ from registry.repository import COLLECTIONS, INDEXES, Repository
 from registry.service import RegistryService
 from shared.audit import AuditTrail
 from shared.audit_api import audit_router
-from shared.http import create_app, serve
+from shared.http import BulkAdmission, create_app, serve
 from shared.logging import configure_logging
 from shared.runtime import Runtime
 from shared.settings import ServiceSettings
@@ -59,6 +59,7 @@ def build_app(settings: RegistrySettings | None = None) -> FastAPI:
         lifespan=lifespan,
         routers=[router, audit_router("unit, team, volunteer, membership, campaign")],
         max_body_bytes=settings.max_body_bytes,
+        bulk=BulkAdmission.from_settings(settings),
     )
 
 

@@ -11,7 +11,7 @@ from pydantic_settings import SettingsConfigDict
 from shared import registry_view as rm
 from shared.audit import AuditTrail
 from shared.audit_api import audit_router
-from shared.http import create_app, serve
+from shared.http import BulkAdmission, create_app, serve
 from shared.logging import configure_logging
 from shared.migrations import move_registry_view
 from shared.registry_view import RegistryView
@@ -65,6 +65,7 @@ def build_app(settings: TrainingSettings | None = None) -> FastAPI:
         lifespan=lifespan,
         routers=[router, audit_router("course, participant, session")],
         max_body_bytes=settings.max_body_bytes,
+        bulk=BulkAdmission.from_settings(settings),
     )
 
 

@@ -11,7 +11,7 @@ from pydantic_settings import SettingsConfigDict
 from shared import registry_view as rm
 from shared.audit import AuditTrail
 from shared.audit_api import audit_router
-from shared.http import create_app, serve
+from shared.http import BulkAdmission, create_app, serve
 from shared.logging import configure_logging
 from shared.migrations import move_registry_view
 from shared.registry_view import ReadModelCache, RegistryView
@@ -101,6 +101,7 @@ def build_app(settings: VisitsSettings | None = None) -> FastAPI:
         lifespan=lifespan,
         routers=[router, audit_router("visit, outreach_post")],
         max_body_bytes=cfg.max_body_bytes,
+        bulk=BulkAdmission.from_settings(cfg),
     )
 
 

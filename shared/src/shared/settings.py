@@ -92,6 +92,12 @@ class ServiceSettings(BaseSettings):
     log_level: str = "INFO"
     log_json: bool = True
     max_body_bytes: int = 1024 * 1024
+    # Large-bodied writes (batches, rosters, uploads) handled at once per process; the rest wait
+    # unread up to bulk_wait_seconds, then get 503 + Retry-After (shared.http.BulkAdmissionMiddleware).
+    # 0 admits every request at once.
+    bulk_requests_at_once: int = 4
+    bulk_request_min_bytes: int = 64 * 1024
+    bulk_wait_seconds: float = 30.0
     # How long an Idempotency-Key is remembered (draft-ietf-httpapi-idempotency-key-header); then it is new again.
     idempotency_key_ttl_seconds: float = 24 * 3600
     # OTLP/HTTP collector base URL (http://collector:4318); unset: no tracing.
