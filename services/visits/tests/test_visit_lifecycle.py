@@ -270,6 +270,8 @@ async def test_one_registry_batch_settles_hundreds_of_pending_records_each_once(
     assert batch.status_code == 200, batch.text
     assert {i["status"] for i in batch.json()["items"]} == {"pending"}
     assert await visits_app.runtime.db["pending_index"].count_documents({}) == 150
+    # Each record is named by the keys it waits on (its volunteer's membership among them).
+    assert await visits_app.runtime.db["pending_keys"].count_documents({}) >= 150
 
     await visits_app.registry_sends(
         *(volunteer(v, VD) for v in volunteers), *(joined("VD-ROSTER", v) for v in volunteers)
@@ -280,6 +282,7 @@ async def test_one_registry_batch_settles_hundreds_of_pending_records_each_once(
 
     await wait_until(all_recorded, timeout=30)
     assert await visits_app.runtime.db["pending_index"].count_documents({}) == 0
+    assert await visits_app.runtime.db["pending_keys"].count_documents({}) == 0
     events = await visit_events(visits_app, 150)  # and a second of quiet after it: none may come twice
     assert len(events) == 150
     assert {e.key for e in events} == {i["id"] for i in batch.json()["items"]}

@@ -24,6 +24,7 @@ from visits.repository import (
     INDEXES,
     OUTREACH,
     PENDING,
+    PENDING_KEYS,
     VISITS,
     PendingIndex,
     RecordRepository,
@@ -65,7 +66,7 @@ def build_app(settings: VisitsSettings | None = None) -> FastAPI:
         runtime = Runtime(cfg, outbox_collections=[VISITS, OUTREACH], indexes=INDEXES, view_indexes=rm.INDEXES)
         cache = ReadModelCache(cfg.read_model_cache_seconds)
         reader = RegistryReader(runtime.view_db, cache)
-        pending = PendingIndex(runtime.db[PENDING])
+        pending = PendingIndex(runtime.db[PENDING], runtime.db[PENDING_KEYS])
         visits = VisitService(
             RecordRepository(runtime.db[VISITS]),
             pending,
@@ -88,6 +89,7 @@ def build_app(settings: VisitsSettings | None = None) -> FastAPI:
         # Before the registry-view consumer starts.
         await move_registry_view(runtime.db, runtime.view_db, rm.COLLECTIONS, [runtime.group_of("registry-view")])
         await drop_team_members(runtime.view_db)
+        await pending.migrate_keys(runtime.db)
         await runtime.start()
         try:
             yield

@@ -8,7 +8,7 @@ from dataclasses import dataclass, field
 from datetime import UTC, datetime
 from typing import Any
 
-from pymongo import ASCENDING, IndexModel
+from pymongo import ASCENDING, IndexModel, UpdateOne
 from pymongo.asynchronous.collection import AsyncCollection
 from pymongo.asynchronous.database import AsyncDatabase
 
@@ -20,10 +20,12 @@ from shared.pagination import after_filter, next_cursor
 VISITS = "visits"
 OUTREACH = "outreach"
 PENDING = "pending_index"
+PENDING_KEYS = "pending_keys"
 
 Document = dict[str, Any]
 
 TEAM_MEMBERS_MIGRATION = "0002-read-model-without-team-members"
+PENDING_KEYS_MIGRATION = "0003-pending-records-by-key"
 
 INDEXES: dict[str, list[IndexModel]] = {
     VISITS: [
@@ -91,16 +93,46 @@ class RecordRepository:
 class PendingIndex:
     """Which pending records wait on which registry key (``team:QN-VD-1``, ``membership:T/v``...).
 
-    A registry event then finds its pending records in this small collection instead of scanning
-    every record. Entries are written before their record and removed after it is resolved, so a
-    crash leaves at worst an entry pointing at a record that is no longer pending (ignored).
+    Two plain collections. ``pending_index`` has one entry per pending record, ``{_id:
+    "<kind>:<record id>", kind, record_id, keys, at}``. ``pending_keys`` has one document per kind and
+    key, naming the records that wait on it: ``{_id: "<kind>|<key>", kind, key, records: [...]}``.
+    A registry batch finds its records by the ids of its keys, so it reads only what it can unblock.
+    It used to read every entry of its kind. That is a scan on FerretDB, so at 100x, with tens of
+    thousands of uploads held while the read model lagged, each batch cost about 3 s and the lag fed
+    itself.
+
+    Writes go in this order: the key documents, then the entry, then the record. So a key never
+    misses a record that waits on it. A key may name a record whose entry is gone (resolved, or an
+    add still under way): lookups skip such records, and removals take them out of their keys. A
+    crash leaves at worst an entry or a key naming a record that is no longer pending (ignored).
     """
 
-    def __init__(self, col: AsyncCollection[Document]) -> None:
+    def __init__(self, col: AsyncCollection[Document], by_key: AsyncCollection[Document]) -> None:
         self._col = col
+        self._keys = by_key
+
+    async def _name(self, kind: str, waiting: dict[str, list[str]]) -> None:
+        """Add record ids to the documents of their keys (``{key: [record id, ...]}``)."""
+        if waiting:
+            await self._keys.bulk_write(
+                [
+                    UpdateOne(
+                        {"_id": f"{kind}|{key}"},
+                        {"$addToSet": {"records": {"$each": rids}}, "$setOnInsert": {"kind": kind, "key": key}},
+                        upsert=True,
+                    )
+                    for key, rids in waiting.items()
+                ],
+                ordered=False,
+            )
 
     async def add(self, kind: str, record_ids: Sequence[str], keys: Sequence[Sequence[str]]) -> None:
         if record_ids:
+            waiting: dict[str, list[str]] = {}
+            for rid, ks in zip(record_ids, keys, strict=True):
+                for key in ks:
+                    waiting.setdefault(key, []).append(rid)
+            await self._name(kind, waiting)
             now = datetime.now(UTC)
             docs = [
                 {"_id": f"{kind}:{rid}", "kind": kind, "record_id": rid, "keys": list(k), "at": now}
@@ -110,15 +142,18 @@ class PendingIndex:
 
     async def waiting_on(self, kind: str, keys: AbstractSet[str]) -> list[tuple[str, datetime | None]]:
         """``(record id, when its entry was written)`` of the records of ``kind`` waiting on any of
-        ``keys``: one read of the index for a whole batch."""
-        docs = await self._col.find({"kind": kind}, {"record_id": 1, "keys": 1, "at": 1}).to_list()
-        return [(d["record_id"], d.get("at")) for d in docs if not keys.isdisjoint(d["keys"])]
+        ``keys``: reads by ``_id`` only, the keys' documents and then their records' entries."""
+        named = await find_by_ids(self._keys, (f"{kind}|{key}" for key in keys), {"records": 1})
+        rids = {rid for d in named.values() for rid in d.get("records", ())}
+        entries = await find_by_ids(self._col, (f"{kind}:{rid}" for rid in sorted(rids)), {"record_id": 1, "at": 1})
+        return [(d["record_id"], d.get("at")) for d in entries.values()]
 
     async def wait_also(self, kind: str, record_id: str, keys: Sequence[str]) -> bool:
         """Make the record wait on ``keys`` too (a merged unit's successor, found late), writing its
         entry again if a listener took it away before the record was stored (see
         ``RecordService.on_registry_change``). True if some key was new.
         """
+        await self._name(kind, {key: [record_id] for key in keys})
         result = await self._col.update_one(
             {"_id": f"{kind}:{record_id}"},
             {
@@ -130,7 +165,32 @@ class PendingIndex:
         return result.modified_count > 0 or result.upserted_id is not None
 
     async def remove(self, kind: str, record_ids: Sequence[str]) -> None:
-        await delete_by_ids(self._col, [f"{kind}:{rid}" for rid in record_ids])
+        """Forget records that no longer wait: out of their keys' documents, then their entries."""
+        entry_ids = [f"{kind}:{rid}" for rid in record_ids]
+        leaving: dict[str, list[str]] = {}
+        for d in (await find_by_ids(self._col, entry_ids, {"record_id": 1, "keys": 1})).values():
+            for key in d.get("keys", ()):
+                leaving.setdefault(key, []).append(d["record_id"])
+        if leaving:
+            await self._keys.bulk_write(
+                [UpdateOne({"_id": f"{kind}|{key}"}, {"$pullAll": {"records": rids}}) for key, rids in leaving.items()],
+                ordered=False,
+            )
+            # Keys nobody waits on any more: gone, so the collection holds only what is pending.
+            await delete_by_ids(self._keys, [f"{kind}|{key}" for key in leaving], {"records": []})
+        await delete_by_ids(self._col, entry_ids)
+
+    async def migrate_keys(self, db: AsyncDatabase[Document]) -> None:
+        """Name the records of entries written before the key documents existed; once per database."""
+        if await applied(db, PENDING_KEYS_MIGRATION):
+            return
+        waiting: dict[str, dict[str, list[str]]] = {}
+        async for d in self._col.find({}, {"kind": 1, "record_id": 1, "keys": 1}):
+            for key in d.get("keys", ()):
+                waiting.setdefault(d["kind"], {}).setdefault(key, []).append(d["record_id"])
+        for kind, by_key in waiting.items():
+            await self._name(kind, by_key)
+        await record_applied(db, PENDING_KEYS_MIGRATION, sum(len(k) for k in waiting.values()))
 
 
 @dataclass
