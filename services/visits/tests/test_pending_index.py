@@ -59,6 +59,10 @@ async def test_a_change_finds_only_the_records_waiting_on_its_keys_and_removal_e
     # A record that waits on a new key (a merged unit's successor) is found by it.
     assert await index.wait_also("visit", "r9", ["unit:QN-NEW"])
     assert await waiting(index, "visit", "unit:QN-NEW") == ["r9"]
+    # Re-checked while still pending on the same keys: nothing new, no key document written.
+    before = await db["pi_lookup_keys"].find({}).sort("_id", 1).to_list()
+    assert not await index.wait_also("visit", "r9", ["team:D", "unit:QN-NEW"])
+    assert await db["pi_lookup_keys"].find({}).sort("_id", 1).to_list() == before
 
 
 async def test_entries_written_before_the_key_documents_existed_are_named_once(visits_app: Visits) -> None:

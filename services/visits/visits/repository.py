@@ -8,7 +8,7 @@ from dataclasses import dataclass, field
 from datetime import UTC, datetime
 from typing import Any
 
-from pymongo import ASCENDING, IndexModel, UpdateOne
+from pymongo import ASCENDING, IndexModel, ReturnDocument, UpdateOne
 from pymongo.asynchronous.collection import AsyncCollection
 from pymongo.asynchronous.database import AsyncDatabase
 
@@ -102,7 +102,8 @@ class PendingIndex:
     itself.
 
     Writes go in this order: the key documents, then the entry, then the record. So a key never
-    misses a record that waits on it. A key may name a record whose entry is gone (resolved, or an
+    misses a record that waits on it (a key added later, by :meth:`wait_also`, is followed by one more
+    look at the record). A key may name a record whose entry is gone (resolved, or an
     add still under way): lookups skip such records, and removals take them out of their keys. A
     crash leaves at worst an entry or a key naming a record that is no longer pending (ignored).
     """
@@ -153,16 +154,21 @@ class PendingIndex:
         entry again if a listener took it away before the record was stored (see
         ``RecordService.on_registry_change``). True if some key was new.
         """
-        await self._name(kind, {key: [record_id] for key in keys})
-        result = await self._col.update_one(
+        before = await self._col.find_one_and_update(
             {"_id": f"{kind}:{record_id}"},
             {
                 "$addToSet": {"keys": {"$each": list(keys)}},
                 "$setOnInsert": {"kind": kind, "record_id": record_id, "at": datetime.now(UTC)},
             },
             upsert=True,
+            return_document=ReturnDocument.BEFORE,
         )
-        return result.modified_count > 0 or result.upserted_id is not None
+        new = [key for key in keys if before is None or key not in before.get("keys", ())]
+        # Only the keys it did not wait on yet: a record re-checked while still pending would otherwise
+        # rewrite every one of its keys' documents each time. The key documents come after the entry
+        # here, so the caller looks once more when this answers True (see ``RecordService._resolve``).
+        await self._name(kind, {key: [record_id] for key in new})
+        return bool(new)
 
     async def remove(self, kind: str, record_ids: Sequence[str]) -> None:
         """Forget records that no longer wait: out of their keys' documents, then their entries."""
