@@ -201,10 +201,9 @@ class BulkAdmissionMiddleware:
 
     A batch holds its rows, documents, events and audit entries in memory while it is written, and
     every write of a service queues for its database's one writer anyway (FerretDB, one SQLite file
-    per database): sixteen rosters handled at once were no faster than four, and they held the
-    registry above 160 MB at 10x. Waiting here happens before the body is read, so a waiting request
-    holds little more than its socket. Large means a ``Content-Length`` over ``min_bytes``, or none
-    (a chunked body).
+    per database), so a crowd of uploads costs memory for no speed. Waiting here happens before the
+    body is read, so a waiting request holds little more than its socket. Large means a
+    ``Content-Length`` over ``min_bytes``, or none (a chunked body).
     """
 
     def __init__(self, app: ASGIApp, service: str, at_once: int, min_bytes: int, wait_seconds: float) -> None:
