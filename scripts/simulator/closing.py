@@ -64,7 +64,14 @@ class WeekCloser:
         since = time.monotonic()
         deadline = since + STABLE_TIMEOUT
         while time.monotonic() < deadline:
-            body = (await self.call("metrics", "GET", "/v1/summary", params=params, count=False)).json()
+            resp = await self.call("metrics", "GET", "/v1/summary", params=params, ok=(200, 404), count=False)
+            if resp.status_code == 404:
+                # The root's creation is not projected yet: visits and training, which the replay
+                # waits on, can know the tree before the metrics projector has applied it.
+                last, since = None, time.monotonic()
+                await asyncio.sleep(0.3)
+                continue
+            body = resp.json()
             body.pop("as_of", None)
             if body != last:
                 last, since = body, time.monotonic()
