@@ -292,7 +292,11 @@ class ProcessedEvents:
         self._unread = set()
         firsts: dict[TopicPartition, dict[str, int]] = {p: {} for p in wanted}
         docs: dict[TopicPartition, list[tuple[str, list[str]]]] = {p: [] for p in wanted}
-        query: dict[str, Any] = {"group": self._group, "topic": {"$in": sorted({p.topic for p in wanted})}}
+        query: dict[str, Any] = {
+            "group": self._group,
+            "topic": {"$in": sorted({p.topic for p in wanted})},
+            "partition": {"$in": sorted({p.partition for p in wanted})},
+        }
         async for d in self._col.find(query).sort("first", 1):
             at = TopicPartition(d["topic"], d["partition"])
             first = firsts.get(at)
