@@ -18,23 +18,33 @@ and every kind of write against one database.
 
 ``deploy/ferretdb/update-many-one-transaction.patch`` writes a multi-document update in one SQLite
 transaction (upstream: one per document); the tests check its counts and that it is all or nothing.
+
+``deploy/ferretdb/sjson-one-pass-decode.patch`` decodes stored documents in one pass and each schema
+once; it must give back exactly what was written, and its own Go tests (the fast decoder against
+the original on random and damaged documents) must pass on the patched source.
 """
 
 from __future__ import annotations
 
 import asyncio
+import json
+import random
+import shutil
+import subprocess
 from collections.abc import AsyncIterator
 from contextlib import asynccontextmanager
+from datetime import UTC, datetime, timedelta
+from pathlib import Path
 from typing import Any
 
 import pytest
-from bson import ObjectId
+from bson import Binary, Int64, ObjectId, Regex, Timestamp
 from bson.raw_bson import RawBSONDocument
 from pymongo import ReturnDocument, UpdateOne
 from pymongo.asynchronous.collection import AsyncCollection
 from pymongo.errors import OperationFailure
 
-from shared.infra import FerretDB
+from shared.infra import FERRETDB_VERSION, FerretDB
 from shared.mongo import Document, connect
 
 pytestmark = [pytest.mark.mongo]
@@ -499,3 +509,110 @@ async def test_single_document_updates_and_upserts_report_as_before(ferretdb: Fe
         }
     finally:
         await client.close()
+
+
+# --- documents decoded in one pass (deploy/ferretdb/sjson-one-pass-decode.patch) ----------------
+
+PATCHES = Path(__file__).resolve().parents[2] / "deploy" / "ferretdb"
+# Strings the fast decoder takes as they are, and strings it leaves to the original decoder
+# (escapes, control characters, characters json.Marshal writes as \u escapes).
+TEXTS = [*NAMES, "", "Quảng Ninh — Hạ Long", "tab\tnew\nline", "\x01", "<b>&amp;</b>", "\u2028\u2029", "🎉", "$s"]
+
+
+def _value(rng: random.Random, depth: int, in_array: bool = False) -> Any:
+    # FerretDB v1 stores no array directly inside an array.
+    kinds = 13 if depth >= 3 else 14 if in_array else 15
+    match rng.randrange(kinds):
+        case 0 | 1:
+            return rng.choice(TEXTS)
+        case 2:
+            return rng.choice([0, -1, 2**31 - 1, -(2**31), rng.randrange(10**6)])
+        case 3:
+            return Int64(rng.choice([0, 2**63 - 1, -(2**63), 2**53 + 1]))
+        case 4:
+            # No -0.0: FerretDB v1 stores it as 0.0 (upstream, with or without our patches).
+            return rng.choice([0.0, 0.1, 1e308, 5e-324, -2.5e-300, rng.random()])
+        case 5:
+            return rng.random() < 0.5
+        case 6:
+            return None
+        case 7:
+            return datetime(2026, 9, 1, tzinfo=UTC) + timedelta(milliseconds=rng.randrange(10**10))
+        case 8:
+            # Not subtype 0: it reads back as bytes.
+            return Binary(bytes([rng.randrange(256) for _ in range(5)]), rng.choice([5, 0x80]))
+        case 9:
+            return ObjectId()
+        case 10:
+            return Regex("^Hạ.*Long$", "i")
+        case 11:
+            return Timestamp(rng.randrange(2**31), rng.randrange(100))
+        case 12:
+            return rng.choice(TEXTS) + str(rng.randrange(100))
+        case 13:
+            return _document(rng, depth + 1)
+        case _:
+            return [_value(rng, depth + 1, in_array=True) for _ in range(rng.randrange(4))]
+
+
+def _document(rng: random.Random, depth: int) -> dict[str, Any]:
+    keys = ["outbox", "rev", "tên đơn vị", "a b", "data", "k", "x"]
+    return {rng.choice(keys) + str(i % 2): _value(rng, depth) for i in range(rng.randrange(6))}
+
+
+def _exact(value: Any) -> Any:
+    """``value`` with what ``==`` does not see made visible: key order and types."""
+    if isinstance(value, dict):
+        return [(k, _exact(v)) for k, v in value.items()]
+    if isinstance(value, list):
+        return [_exact(v) for v in value]
+    return (type(value).__name__, value)
+
+
+async def test_documents_of_every_type_read_back_exactly_as_written(ferretdb: FerretDB, run_id: str) -> None:
+    rng = random.Random(7)
+    docs = [{"_id": f"{NAMES[i % 3]} {i}", **_document(rng, 0)} for i in range(400)]
+    # Documents of one shape share a schema, which the decoder keeps once decoded.
+    docs += [{"_id": f"same {i}", "rev": i, "outbox": [{"id": f"e{i}", "n": Int64(i)}]} for i in range(50)]
+    client = connect(ferretdb.url)
+    try:
+        col = client[f"fdb_{run_id}"]["every_type"]
+        await col.insert_many(docs)
+        stored = {d["_id"]: d async for d in col.find({})}
+        assert [_exact(stored[d["_id"]]) for d in docs] == [_exact(d) for d in docs]
+        # Read again after an update, through update's own decoding of the stored document.
+        await col.update_many({"_id": {"$in": [d["_id"] for d in docs[:100]]}}, {"$set": {"seen": True}})
+        again = {d["_id"]: d async for d in col.find({"seen": True})}
+        assert [_exact(again[d["_id"]]) for d in docs[:100]] == [_exact({**d, "seen": True}) for d in docs[:100]]
+    finally:
+        await client.close()
+
+
+def _tool(name: str) -> str:
+    path = shutil.which(name)
+    assert path is not None, f"{name} is needed: `make setup` builds FerretDB with go, patch and git"
+    return path
+
+
+def _run(args: list[str], cwd: Path | None = None, timeout: float = 600) -> subprocess.CompletedProcess[str]:
+    return subprocess.run(args, cwd=cwd, capture_output=True, text=True, timeout=timeout, check=False)  # noqa: S603
+
+
+def test_the_one_pass_decoder_gives_what_the_original_gives(tmp_path: Path) -> None:
+    go = _tool("go")
+    # Answered from the module cache that `make setup` filled to build FerretDB.
+    module = _run([go, "mod", "download", "-json", f"github.com/FerretDB/FerretDB@{FERRETDB_VERSION}"])
+    assert module.returncode == 0, module.stderr
+    src = tmp_path / "ferretdb"
+    shutil.copytree(json.loads(module.stdout)["Dir"], src)
+    for path in [src, *src.rglob("*")]:  # the module cache is read-only
+        path.chmod(path.stat().st_mode | 0o200)
+    for patch in sorted(PATCHES.glob("*.patch")):
+        applied = _run([_tool("patch"), "-s", "-p1", "-d", str(src), "-i", str(patch)])
+        assert applied.returncode == 0, applied.stdout + applied.stderr
+    (src / "build" / "version" / "version.txt").write_text(FERRETDB_VERSION)
+    assert _run([_tool("git"), "init", "-q", str(src)]).returncode == 0  # FerretDB's test helpers look for .git
+    out = _run([go, "test", "-count=1", "-run", "UnmarshalFast", "-v", "./internal/handler/sjson/"], src, 900)
+    assert out.returncode == 0, out.stdout[-4000:] + out.stderr[-4000:]
+    for test in ("TestUnmarshalFastEqualsOriginal", "TestUnmarshalFastMutated", "TestUnmarshalFastDeclines"):
+        assert f"--- PASS: {test}" in out.stdout, out.stdout[-4000:]
