@@ -44,7 +44,7 @@ from pymongo import ReturnDocument, UpdateOne
 from pymongo.asynchronous.collection import AsyncCollection
 from pymongo.errors import OperationFailure
 
-from shared.infra import FERRETDB_VERSION, FerretDB
+from shared.infra import FERRETDB_GOGC, FERRETDB_VERSION, FerretDB
 from shared.mongo import Document, connect
 
 pytestmark = [pytest.mark.mongo]
@@ -616,3 +616,9 @@ def test_the_one_pass_decoder_gives_what_the_original_gives(tmp_path: Path) -> N
     assert out.returncode == 0, out.stdout[-4000:] + out.stderr[-4000:]
     for test in ("TestUnmarshalFastEqualsOriginal", "TestUnmarshalFastMutated", "TestUnmarshalFastDeclines"):
         assert f"--- PASS: {test}" in out.stdout, out.stdout[-4000:]
+
+
+def test_ferretdb_runs_with_our_collector_target(ferretdb: FerretDB) -> None:
+    assert ferretdb.proc is not None
+    environ = Path(f"/proc/{ferretdb.proc.pid}/environ").read_bytes().split(b"\0")
+    assert f"GOGC={FERRETDB_GOGC}".encode() in environ

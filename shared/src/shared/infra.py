@@ -31,6 +31,9 @@ FERRETDB_BUILD = os.environ.get(
     "FERRETDB_BUILD", f"{FERRETDB_VERSION}-idindex1-notrack1-atomic3-walreset1-idin1-updtx1-sjson1"
 )
 FERRETDB_BIN = Path(os.environ.get("FERRETDB_BIN", str(CACHE / f"ferretdb-{FERRETDB_BUILD}")))
+# Go's collector target for FerretDB (GOGC): its CPU goes to decoding and collecting short-lived
+# documents, so fewer collections for some more memory (measured in docs/adr/0005-*.md).
+FERRETDB_GOGC = os.environ.get("FERRETDB_GOGC", "400")
 
 _LOG4J = """status=warn
 appender.console.type=Console
@@ -272,6 +275,7 @@ class FerretDB:
             stdout=self.log,
             stderr=subprocess.STDOUT,
             start_new_session=True,
+            env={**os.environ, "GOGC": FERRETDB_GOGC},
         )
         deadline = time.monotonic() + timeout
         while time.monotonic() < deadline:
