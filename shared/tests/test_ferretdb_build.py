@@ -19,6 +19,9 @@ and every kind of write against one database.
 ``deploy/ferretdb/update-many-one-transaction.patch`` writes a multi-document update in one SQLite
 transaction (upstream: one per document); the tests check its counts and that it is all or nothing.
 
+``deploy/ferretdb/sqlite-unique-indexes-only.patch`` keeps non-unique indexes in FerretDB's metadata
+only (the SQLite backend never reads them); unique ones stay SQLite indexes and keep enforcing.
+
 ``deploy/ferretdb/sjson-one-pass-decode.patch`` decodes stored documents in one pass and each schema
 once; it must give back exactly what was written, and its own Go tests (the fast decoder against
 the original on random and damaged documents) must pass on the patched source.
@@ -27,9 +30,11 @@ the original on random and damaged documents) must pass on the patched source.
 from __future__ import annotations
 
 import asyncio
+import contextlib
 import json
 import random
 import shutil
+import sqlite3
 import subprocess
 from collections.abc import AsyncIterator
 from contextlib import asynccontextmanager
@@ -42,7 +47,7 @@ from bson import Binary, Int64, ObjectId, Regex, Timestamp
 from bson.raw_bson import RawBSONDocument
 from pymongo import ReturnDocument, UpdateOne
 from pymongo.asynchronous.collection import AsyncCollection
-from pymongo.errors import OperationFailure
+from pymongo.errors import DuplicateKeyError, OperationFailure
 
 from shared.infra import FERRETDB_GOGC, FERRETDB_VERSION, FerretDB
 from shared.mongo import Document, connect
@@ -622,3 +627,82 @@ def test_ferretdb_runs_with_our_collector_target(ferretdb: FerretDB) -> None:
     assert ferretdb.proc is not None
     environ = Path(f"/proc/{ferretdb.proc.pid}/environ").read_bytes().split(b"\0")
     assert f"GOGC={FERRETDB_GOGC}".encode() in environ
+
+
+# --- only unique indexes are SQLite indexes (deploy/ferretdb/sqlite-unique-indexes-only.patch) ---
+
+
+def _sqlite_indexes(ferretdb: FerretDB, db_name: str, collection: str = "visits") -> set[str]:
+    """The SQLite indexes of a FerretDB collection, read from its database file beside the server."""
+    path = ferretdb.data_dir / "sqlite" / f"{db_name}.sqlite"
+    with contextlib.closing(sqlite3.connect(f"file:{path}?mode=ro", uri=True)) as conn:
+        (table,) = conn.execute("SELECT table_name FROM _ferretdb_collections WHERE name = ?", (collection,)).fetchone()
+        rows = conn.execute("SELECT name FROM sqlite_master WHERE type = 'index' AND tbl_name = ?", (table,)).fetchall()
+    return {name.removeprefix(f"{table}_") for (name,) in rows}
+
+
+async def test_only_unique_indexes_are_sqlite_indexes_and_both_kinds_are_listed(
+    ferretdb: FerretDB, run_id: str
+) -> None:
+    client = connect(ferretdb.url)
+    name = f"idx_{run_id}"
+    try:
+        col = client[name]["visits"]
+        await col.create_index("client_ref", unique=True)
+        await col.create_index("unit_path")
+        await col.create_index([("team_code", 1), ("visited_on", -1)])
+        await col.insert_one({"_id": "v1", "client_ref": "r1", "unit_path": "QN/HL"})
+        with pytest.raises(DuplicateKeyError):
+            await col.insert_one({"_id": "v2", "client_ref": "r1"})
+        listed = {i["name"]: bool(i.get("unique")) async for i in await col.list_indexes()}
+        assert listed == {
+            "_id_": False,  # listIndexes does not call _id unique, as on MongoDB
+            "client_ref_1": True,
+            "unit_path_1": False,
+            "team_code_1_visited_on_-1": False,
+        }
+        assert _sqlite_indexes(ferretdb, name) == {"_id_", "client_ref_1"}
+        assert await col.find_one({"unit_path": "QN/HL"}) == {"_id": "v1", "client_ref": "r1", "unit_path": "QN/HL"}
+        await col.drop_index("unit_path_1")
+        assert {i["name"] async for i in await col.list_indexes()} == {
+            "_id_",
+            "client_ref_1",
+            "team_code_1_visited_on_-1",
+        }
+    finally:
+        await client.drop_database(name)
+        await client.close()
+
+
+async def test_a_database_written_before_loses_its_non_unique_sqlite_indexes_once(
+    own_ferretdb: FerretDB, run_id: str
+) -> None:
+    name = f"old_{run_id}"
+    client = connect(own_ferretdb.url)
+    try:
+        col = client[name]["visits"]
+        await col.create_index("status")
+        await col.create_index("client_ref", unique=True)
+        await col.insert_one({"_id": "v1", "client_ref": "r1", "status": "recorded"})
+    finally:
+        await client.close()
+    own_ferretdb.stop()
+    # What an earlier build left: the non-unique index as an SQLite index too.
+    path = own_ferretdb.data_dir / "sqlite" / f"{name}.sqlite"
+    with contextlib.closing(sqlite3.connect(path)) as conn:
+        (table,) = conn.execute("SELECT table_name FROM _ferretdb_collections WHERE name = 'visits'").fetchone()
+        conn.execute(f'CREATE INDEX "{table}_status_1" ON "{table}" (_ferretdb_sjson->"status")')
+        conn.commit()
+    assert "status_1" in _sqlite_indexes(own_ferretdb, name)
+    own_ferretdb.start()
+    client = connect(own_ferretdb.url)
+    try:
+        assert await client[name]["visits"].find_one({"status": "recorded"}) is not None  # opens the database
+        assert _sqlite_indexes(own_ferretdb, name) == {"_id_", "client_ref_1"}
+        assert {i["name"] async for i in await client[name]["visits"].list_indexes()} == {
+            "_id_",
+            "status_1",
+            "client_ref_1",
+        }
+    finally:
+        await client.close()
