@@ -40,7 +40,7 @@ import httpx
 from aiokafka import AIOKafkaConsumer, TopicPartition
 from aiokafka.admin import AIOKafkaAdminClient
 
-from bench.parts import cpu_seconds, rss_mb
+from bench.parts import cpu_seconds, prom_sum, rss_mb
 from scripts.demo import fetch_summary, wait_for_metrics
 from scripts.run import SERVICES, RunConfig, System
 from scripts.simulator.driver import Api, DemoError, Progress, Replay, estimate_requests
@@ -96,6 +96,40 @@ class RssSampler:
         while True:
             self.sample(now() - t0)
             await asyncio.sleep(RSS_EVERY_S)
+
+
+OUTBOX_GAUGE = "bridge_outbox_pending_documents"
+
+
+@dataclass
+class OutboxSampler:
+    """What each service's relay found waiting in its outbox at its last pass (its
+    ``bridge_outbox_pending_documents`` gauge), every few seconds. Consumer lag starts only once an
+    event is in Kafka; these are the events not there yet."""
+
+    system: System
+    max_pending: dict[str, float] = field(default_factory=dict)
+    series: dict[str, list[tuple[float, float]]] = field(default_factory=dict)
+    errors: int = 0
+
+    async def sample(self, client: httpx.AsyncClient, t: float) -> None:
+        for name, url in self.system.urls().items():
+            try:
+                r = await client.get(url + "/metrics", params={"name[]": [OUTBOX_GAUGE]})
+                r.raise_for_status()
+            except httpx.HTTPError:  # a service restarting: the next sample counts
+                self.errors += 1
+                continue
+            pending = prom_sum(r.text, OUTBOX_GAUGE)
+            self.max_pending[name] = max(self.max_pending.get(name, 0.0), pending)
+            self.series.setdefault(name, []).append((round(t, 1), pending))
+
+    async def run(self, t0: float) -> None:
+        async with httpx.AsyncClient(timeout=5.0) as client:
+            while True:
+                started = now()
+                await self.sample(client, started - t0)
+                await asyncio.sleep(max(0.0, LAG_EVERY_S - (now() - started)))
 
 
 @dataclass
@@ -261,8 +295,9 @@ async def run_scale(scale: float, budget_s: float, *, concurrency: int = CONCURR
     token = system.admin_token(hours=24)
     rss = RssSampler(system)
     lag = LagSampler(system.bootstrap)
+    outbox = OutboxSampler(system)
     t0 = now()
-    samplers = [asyncio.create_task(rss.run(t0)), asyncio.create_task(lag.run(t0))]
+    samplers = [asyncio.create_task(x.run(t0)) for x in (rss, lag, outbox)]
     pids = {name: svc.proc.pid for name, svc in system.services.items()}
     cpu0 = {name: cpu_s(pid) for name, pid in pids.items()}
     # A loaded machine answers a 250-row roster upload in tens of seconds: wait rather than resend.
@@ -344,6 +379,16 @@ async def run_scale(scale: float, budget_s: float, *, concurrency: int = CONCURR
     out["rss_max_mb"] = dict(rss.max_mb)
     out["rss_series_every_s"] = RSS_EVERY_S
     out["lag"] = _lag_summary(lag)
+    out["outbox"] = {
+        "max_pending_events": {k: int(v) for k, v in sorted(outbox.max_pending.items())},
+        "samples": len(next(iter(outbox.series.values()), [])),
+        "failed_samples": outbox.errors,
+        # when each backlog peaked, and when it was last above zero (seconds from the start)
+        "peak_at_s": {k: max(v, key=lambda p: p[1])[0] for k, v in sorted(outbox.series.items()) if v},
+        "last_pending_at_s": {
+            k: max((t for t, n in v if n > 0), default=None) for k, v in sorted(outbox.series.items())
+        },
+    }
     return out
 
 
@@ -445,6 +490,19 @@ def rows(r: dict[str, Any]) -> list[dict[str, Any]]:
         f"worst group {worst[0]} (max {worst[1].get('max_events', 0):,} events behind);"
         f" median of samples {lag['median_of_sample_max_seconds']} s",
     )
+    box = r.get("outbox")
+    if box and box["max_pending_events"]:
+        name, most = max(box["max_pending_events"].items(), key=lambda kv: kv[1])
+        row(
+            "outbox backlog, max over the run",
+            f"{most:,} events ({name})",
+            "-",
+            f"{box['samples']} samples every {LAG_EVERY_S:.0f} s",
+            "events a relay found waiting at its pass (not yet in Kafka, so not in consumer lag): "
+            + ", ".join(
+                f"{k} {v:,} (peak at {box['peak_at_s'].get(k)} s)" for k, v in box["max_pending_events"].items()
+            ),
+        )
     for name, mb in sorted(r["rss_max_mb"].items()):
         row(
             f"RSS max, {name}",

@@ -5,7 +5,9 @@ from __future__ import annotations
 
 from typing import Any
 
-from bench.scale import notes, rows
+import httpx
+
+from bench.scale import OutboxSampler, notes, rows
 
 
 def _run(**over: Any) -> dict[str, Any]:
@@ -69,3 +71,50 @@ def test_a_replay_stopped_at_its_budget_is_partial_and_not_judged_exact() -> Non
     assert table["scale 100x: every indicator and target exact"]["value"] == "not judged (-)"
     assert "full replay ~30 min" in table["scale 100x: campaign through the APIs (wall time)"]["measured"]
     assert any("stopped at its budget" in n for n in notes(run))
+
+
+def test_the_outbox_backlog_is_reported_with_the_service_that_held_the_most() -> None:
+    run = _run(
+        outbox={
+            "max_pending_events": {"registry": 148115, "visits": 1200},
+            "samples": 40,
+            "failed_samples": 0,
+            "peak_at_s": {"registry": 610.0, "visits": 900.0},
+            "last_pending_at_s": {"registry": 700.0, "visits": 905.0},
+        }
+    )
+    row = {r["figure"]: r for r in rows(run)}["scale 10x: outbox backlog, max over the run"]
+    assert row["value"] == "148,115 events (registry)"
+    assert "registry 148,115 (peak at 610.0 s), visits 1,200 (peak at 900.0 s)" in row["measured"]
+    assert not any("outbox" in r["figure"] for r in rows(_run()))  # runs from before the sampler
+
+
+class _Urls:
+    def __init__(self, urls: dict[str, str]) -> None:
+        self._urls = urls
+
+    def urls(self) -> dict[str, str]:
+        return self._urls
+
+
+async def test_the_outbox_sampler_reads_each_services_gauge_and_keeps_the_largest() -> None:
+    texts = iter(
+        [
+            'bridge_outbox_pending_documents{service="registry"} 120.0\n',
+            'bridge_outbox_pending_documents{service="registry"} 7.0\n',
+        ]
+    )
+
+    def answer(request: httpx.Request) -> httpx.Response:
+        assert request.url.params.get_list("name[]") == ["bridge_outbox_pending_documents"]
+        if request.url.host == "visits":
+            return httpx.Response(503)
+        return httpx.Response(200, text=next(texts))
+
+    sampler = OutboxSampler(_Urls({"registry": "http://registry", "visits": "http://visits"}))  # type: ignore[arg-type]
+    async with httpx.AsyncClient(transport=httpx.MockTransport(answer)) as client:
+        await sampler.sample(client, 5.0)
+        await sampler.sample(client, 10.0)
+    assert sampler.max_pending == {"registry": 120.0}
+    assert sampler.series == {"registry": [(5.0, 120.0), (10.0, 7.0)]}
+    assert sampler.errors == 2
