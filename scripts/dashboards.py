@@ -569,7 +569,7 @@ def system_health() -> dashboard.Dashboard:
         )
         .with_panel(
             stat_panel(
-                "Outbox documents pending",
+                "Outbox events pending",
                 [query("sum(max without (instance) (bridge_outbox_pending_documents)) or vector(0)", "pending")],
                 thresholds=steps((None, "green"), (100, "orange"), (1000, "red")),
             )
@@ -676,7 +676,7 @@ def system_health() -> dashboard.Dashboard:
         .with_row(dashboard.Row("Outbox relays"))
         .with_panel(
             series(
-                "Outbox pending documents",
+                "Outbox events pending, by service",
                 [query("sum by (service) (max without (instance) (bridge_outbox_pending_documents))", "{{service}}")],
             )
         )

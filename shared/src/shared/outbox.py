@@ -49,7 +49,9 @@ from shared.tracing import end_all, start_publish, traceparent_of
 log = get_logger(__name__)
 
 OUTBOX_PUBLISHED = Counter("bridge_outbox_published_total", "Events published by the outbox relay", ["service"])
-OUTBOX_PENDING = Gauge("bridge_outbox_pending_documents", "Documents with unpublished events at last poll", ["service"])
+OUTBOX_PENDING = Gauge(
+    "bridge_outbox_pending_documents", "Outbox events the relay found unpublished at its last pass", ["service"]
+)
 
 # Documents whose outbox holds anything.
 PENDING = {"outbox.0": {"$exists": True}}
