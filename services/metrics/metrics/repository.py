@@ -26,7 +26,7 @@ from shared.audit import audit_fields, audit_update
 from shared.envelope import Envelope
 from shared.logging import get_logger
 from shared.migrations import applied, record_applied
-from shared.mongo import insert_ignoring_duplicates
+from shared.mongo import UPDATES_PER_COMMAND, insert_ignoring_duplicates
 from shared.outbox import outbox_fields, outbox_update
 
 Document = dict[str, Any]
@@ -131,8 +131,6 @@ class MetaRepository:
         )
 
 
-# Statements per update command (FerretDB v1.24 never answered one of 100 or more).
-UPDATES_PER_COMMAND = 50
 META_FIELDS = ("_id", "unit", "team", "day", "wm")
 MARKS = "wm"
 

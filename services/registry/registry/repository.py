@@ -2,17 +2,17 @@
 
 from __future__ import annotations
 
-from collections.abc import Callable, Sequence
+from collections.abc import Callable, Mapping, Sequence
 from typing import Any
 
-from pymongo import IndexModel
+from pymongo import IndexModel, UpdateOne
 from pymongo.asynchronous.database import AsyncDatabase
 from pymongo.errors import DuplicateKeyError
 
 from shared.audit import audit_fields, audit_update
 from shared.envelope import Envelope
 from shared.migrations import applied, record_applied
-from shared.mongo import Document, insert_missing
+from shared.mongo import Document, insert_missing, update_each
 from shared.outbox import outbox_fields, outbox_update
 from shared.pagination import decode_cursor, next_cursor
 
@@ -70,9 +70,17 @@ class Repository:
         await self.note_members(team_code, [volunteer_id])
 
     async def note_members(self, team_code: str, volunteer_ids: Sequence[str]) -> None:
-        """The team's half of :meth:`note_joined`, for many volunteers at once (a roster upload)."""
-        await self._db[TEAMS].update_one(
-            {"_id": team_code}, {"$addToSet": {JOINED_MEMBERS: {"$each": list(volunteer_ids)}}}
+        """The team's half of :meth:`note_joined`, for many volunteers at once."""
+        await self.note_members_of_teams({team_code: volunteer_ids})
+
+    async def note_members_of_teams(self, members: Mapping[str, Sequence[str]]) -> None:
+        """:meth:`note_members` for every team of a roster upload, in as few commands as can be."""
+        await update_each(
+            self._db[TEAMS],
+            [
+                UpdateOne({"_id": team}, {"$addToSet": {JOINED_MEMBERS: {"$each": list(ids)}}})
+                for team, ids in members.items()
+            ],
         )
 
     async def migrate_membership_hints(self) -> None:
@@ -86,8 +94,7 @@ class Repository:
         async for m in self._db[MEMBERSHIPS].find({}, {"volunteer_id": 1, "team_code": 1}):
             await volunteers.update_one({"_id": m["volunteer_id"]}, {"$addToSet": {JOINED_TEAMS: m["team_code"]}})
             members.setdefault(m["team_code"], []).append(m["volunteer_id"])
-        for team_code, ids in members.items():
-            await self.note_members(team_code, ids)
+        await self.note_members_of_teams(members)
         filled = 0
         for col, field in ((volunteers, JOINED_TEAMS), (teams, JOINED_MEMBERS)):
             filled += (await col.update_many({field: {"$exists": False}}, {"$set": {field: []}})).modified_count

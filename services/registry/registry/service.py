@@ -1156,8 +1156,7 @@ class RegistryService:
             # A volunteer registered before, or a repeated row naming other teams: note the team.
             if d["team_code"] not in listed.get(d["volunteer_id"], ()):
                 await self._repo.note_joined(d["volunteer_id"], d["team_code"])
-        for team_code, ids in by_team.items():
-            await self._repo.note_members(team_code, ids)
+        await self._repo.note_members_of_teams(by_team)
         # Memberships of re-sent rows too: the first attempt may have stopped between the two inserts.
         # One that exists already (possibly ended since) is left as it is.
         await self._repo.insert_new(MEMBERSHIPS, [(d, [e]) for d, e in memberships.values()])

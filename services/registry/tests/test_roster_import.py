@@ -372,3 +372,45 @@ async def test_leaving_ends_the_memberships_of_imported_and_of_earlier_volunteer
         for team in ("HL-TT01", "HL-LD02", "HL-TT03"):
             members = (await client.get(f"/v1/teams/{team}/members", headers=ADMIN)).json()["items"]
             assert members == [], (team, members)
+
+
+async def test_a_roster_notes_the_members_of_all_its_teams_in_one_batch_of_commands(settings, monkeypatch) -> None:
+    # 60 teams: more than one command's worth of statements (shared.mongo.UPDATES_PER_COMMAND).
+    # At 100x the roster's per-team updates, one at a time, queued behind every other write of the
+    # registry's database (1,798 of them slower than 250 ms in one run).
+    import registry.repository as repository
+
+    sent: list[int] = []
+    real = repository.update_each
+
+    async def counting(col: Any, updates: Any) -> int:
+        if col.name == "teams" and updates:  # the start-up migration has none to send
+            sent.append(len(updates))
+        return await real(col, updates)
+
+    monkeypatch.setattr(repository, "update_each", counting)
+    app = build_app(settings)
+    async with running_app(app) as client:
+        await seed_tree(client)
+        codes = [f"HL-T{n:02d}" for n in range(60)]
+        for code in codes:
+            assert (await client.post("/v1/teams", json=team_body(code), headers=ADMIN)).status_code == 201
+        since = "2025-07-01"
+        rows = [
+            row(
+                f"m/{n}", teams=[{"code": codes[n % 60], "since": since}, {"code": codes[(n * 7 + 1) % 60], "since": since}]
+            )
+            for n in range(120)
+        ]
+        got = (await client.post("/v1/volunteers:import", json={"items": rows}, headers=ADMIN)).json()["items"]
+        assert [i["status"] for i in got] == ["created"] * 120
+        assert sent == [60]
+        db = app.state.runtime.db
+        expected: dict[str, set[str]] = {code: set() for code in codes}
+        for n, item in enumerate(got):
+            expected[codes[n % 60]].add(item["id"])
+            expected[codes[(n * 7 + 1) % 60]].add(item["id"])
+        stored = {t["_id"]: set(t["joined_members"]) async for t in db["teams"].find({"_id": {"$in": codes}})}
+        assert stored == expected
+        members = await client.get(f"/v1/teams/{codes[59]}/members", params={"limit": 100}, headers=ADMIN)
+        assert {m["volunteer_id"] for m in members.json()["items"]} == expected[codes[59]]

@@ -11,7 +11,7 @@ from collections.abc import Iterable, Iterator, Mapping, Sequence
 from typing import Any
 
 from prometheus_client import Histogram
-from pymongo import AsyncMongoClient, IndexModel, monitoring
+from pymongo import AsyncMongoClient, IndexModel, UpdateOne, monitoring
 from pymongo.asynchronous.collection import AsyncCollection
 from pymongo.asynchronous.database import AsyncDatabase
 from pymongo.errors import BulkWriteError, DuplicateKeyError, WriteError
@@ -158,6 +158,20 @@ async def delete_by_ids(
     """Delete the documents of ``ids`` (those matching ``where``): one ``$in`` delete per :data:`IDS_PER_READ`."""
     for chunk in id_chunks(ids):
         await col.delete_many({**(where or {}), "_id": {"$in": chunk}})
+
+
+# Update statements per command (FerretDB v1.24 never answered one of 100 or more).
+UPDATES_PER_COMMAND = 50
+
+
+async def update_each(col: AsyncCollection[Document], updates: Sequence[UpdateOne]) -> int:
+    """Send single-document updates :data:`UPDATES_PER_COMMAND` to an unordered command; return
+    how many documents matched. FerretDB takes the write lock of the database once per command,
+    not once per statement, so a batch's updates stop queueing one by one behind other writers."""
+    matched = 0
+    for i in range(0, len(updates), UPDATES_PER_COMMAND):
+        matched += (await col.bulk_write(list(updates[i : i + UPDATES_PER_COMMAND]), ordered=False)).matched_count
+    return matched
 
 
 async def insert_ignoring_duplicates(col: AsyncCollection[Document], docs: Sequence[Document]) -> int:

@@ -30,7 +30,7 @@ from pymongo.errors import DuplicateKeyError
 from shared.concurrency import run_in_chunks
 from shared.consumer import Consumed
 from shared.contracts import registry as ev
-from shared.mongo import find_by_ids, insert_missing
+from shared.mongo import UPDATES_PER_COMMAND, find_by_ids, insert_missing
 
 UNITS = "rm_units"
 TEAMS = "rm_teams"
@@ -339,7 +339,7 @@ class RegistryView:
             for key, f in fields.items()
             if key in existed  # an inserted document holds this batch already
         ]
-        commands = [updates[i : i + _PER_COMMAND] for i in range(0, len(updates), _PER_COMMAND)]
+        commands = [updates[i : i + UPDATES_PER_COMMAND] for i in range(0, len(updates), UPDATES_PER_COMMAND)]
         await run_in_chunks([partial(col.bulk_write, command, ordered=False) for command in commands])
 
     async def _move_members(self, team_code: str, team_moves: list[tuple[bool, dict[str, int]]]) -> None:
@@ -481,8 +481,6 @@ class _Write:
 # A conditional write that fails because its document appeared meanwhile is tried again; only a
 # concurrent creation of the same document can make it fail, so a few tries always suffice.
 _ATTEMPTS = 4
-# Update statements per command (FerretDB v1.24 never answered one of 100 or more).
-_PER_COMMAND = 50
 
 
 def _applied(stored: Any, offset: int) -> bool:
