@@ -396,20 +396,19 @@ async def test_a_roster_notes_the_members_of_all_its_teams_in_one_batch_of_comma
         for code in codes:
             assert (await client.post("/v1/teams", json=team_body(code), headers=ADMIN)).status_code == 201
         since = "2025-07-01"
+        pairs = [(codes[n % 60], codes[(n * 7 + 1) % 60]) for n in range(120)]  # never the same team twice
         rows = [
-            row(
-                f"m/{n}", teams=[{"code": codes[n % 60], "since": since}, {"code": codes[(n * 7 + 1) % 60], "since": since}]
-            )
-            for n in range(120)
+            row(f"m/{n}", teams=[{"code": a, "since": since}, {"code": b, "since": since}])
+            for n, (a, b) in enumerate(pairs)
         ]
         got = (await client.post("/v1/volunteers:import", json={"items": rows}, headers=ADMIN)).json()["items"]
         assert [i["status"] for i in got] == ["created"] * 120
         assert sent == [60]
         db = app.state.runtime.db
         expected: dict[str, set[str]] = {code: set() for code in codes}
-        for n, item in enumerate(got):
-            expected[codes[n % 60]].add(item["id"])
-            expected[codes[(n * 7 + 1) % 60]].add(item["id"])
+        for (a, b), item in zip(pairs, got, strict=True):
+            expected[a].add(item["id"])
+            expected[b].add(item["id"])
         stored = {t["_id"]: set(t["joined_members"]) async for t in db["teams"].find({"_id": {"$in": codes}})}
         assert stored == expected
         members = await client.get(f"/v1/teams/{codes[59]}/members", params={"limit": 100}, headers=ADMIN)
