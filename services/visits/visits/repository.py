@@ -14,7 +14,7 @@ from pymongo.asynchronous.database import AsyncDatabase
 
 from shared import registry_view as rm
 from shared.migrations import applied, record_applied
-from shared.mongo import InsertBatcher, delete_by_ids, find_by_ids, insert_missing, insert_once
+from shared.mongo import InsertBatcher, delete_by_ids, find_by_ids, insert_missing, insert_once, update_each
 from shared.pagination import after_filter, next_cursor
 
 VISITS = "visits"
@@ -114,18 +114,17 @@ class PendingIndex:
 
     async def _name(self, kind: str, waiting: dict[str, list[str]]) -> None:
         """Add record ids to the documents of their keys (``{key: [record id, ...]}``)."""
-        if waiting:
-            await self._keys.bulk_write(
-                [
-                    UpdateOne(
-                        {"_id": f"{kind}|{key}"},
-                        {"$addToSet": {"records": {"$each": rids}}, "$setOnInsert": {"kind": kind, "key": key}},
-                        upsert=True,
-                    )
-                    for key, rids in waiting.items()
-                ],
-                ordered=False,
-            )
+        await update_each(
+            self._keys,
+            [
+                UpdateOne(
+                    {"_id": f"{kind}|{key}"},
+                    {"$addToSet": {"records": {"$each": rids}}, "$setOnInsert": {"kind": kind, "key": key}},
+                    upsert=True,
+                )
+                for key, rids in waiting.items()
+            ],
+        )
 
     async def add(self, kind: str, record_ids: Sequence[str], keys: Sequence[Sequence[str]]) -> None:
         if record_ids:
@@ -178,9 +177,9 @@ class PendingIndex:
             for key in d.get("keys", ()):
                 leaving.setdefault(key, []).append(d["record_id"])
         if leaving:
-            await self._keys.bulk_write(
+            await update_each(
+                self._keys,
                 [UpdateOne({"_id": f"{kind}|{key}"}, {"$pullAll": {"records": rids}}) for key, rids in leaving.items()],
-                ordered=False,
             )
             # Keys nobody waits on any more: gone, so the collection holds only what is pending.
             await delete_by_ids(self._keys, [f"{kind}|{key}" for key in leaving], {"records": []})
