@@ -37,6 +37,7 @@ from typing import Any
 
 import httpx
 
+from bench.cpu import CpuTally, ledger
 from bench.events import mixed_events, unit_paths
 from bench.parts import (
     PROJECTOR_COUNTERS,
@@ -327,12 +328,17 @@ async def throughput(b: Bench, log_dir: Path) -> dict[str, Any]:
     gate: list[dict[str, Any]] = []
     reference: dict[str, dict[str, int]] | None = None
     tag = uuid.uuid4().hex[:6]
+    proj_cpu, peer_cpu = CpuTally(), CpuTally()  # the drains only, not the counter comparisons
     # Alternated, so drift in the machine's background load hits both alike.
     for rep in range(REPS):
         pdb, sdb = f"bpp_proj{rep}_{tag}", f"bpp_peer{rep}_{tag}"
         try:
+            span = ledger().mark()
             proj.append(await drain_projector(b, prefix, pdb, expected, timeout))
+            proj_cpu.add(span)
+            span = ledger().mark()
             peer.append(await drain_peer(b, prefix, sdb, expected, timeout, log_dir))
+            peer_cpu.add(span)
             if rep == 0:
                 reference = await counter_docs(b.ferret.url, pdb, PROJECTOR_COLLECTIONS)
             got = await counter_docs(b.ferret.url, sdb, [PEER_COLLECTION])
@@ -364,6 +370,8 @@ async def throughput(b: Bench, log_dir: Path) -> dict[str, Any]:
         "counters_equal": bool(gate) and all(g["equal"] for g in gate),
         "counter_check": gate,
         "reference_documents": len(reference or {}),
+        "cpu_projector_drains": str(proj_cpu),
+        "cpu_peer_drains": str(peer_cpu),
     }
 
 
@@ -499,6 +507,7 @@ async def _measure(b: Bench, log_dir: Path) -> None:
         f"{out['peer_events_per_s']} ev/s",
         f"{out['projector_events_per_s']} ev/s, {out['events']}-event backlog,"
         f" peer commit interval {out['peer_commit_interval_ms']} ms",
+        cpu=f"projector drains: {out['cpu_projector_drains']}; peer drains: {out['cpu_peer_drains']}",
     )
     b.row(
         "CPU-s per million events (projector / peer)",

@@ -28,6 +28,7 @@ from typing import Any
 from aiokafka import AIOKafkaConsumer
 
 from bench import parts
+from bench.cpu import CpuTally, ledger
 from bench.peer_part import peer_part
 from bench.scale import DEFAULT_BUDGET_MIN, DEFAULT_SCALES, scale_part
 from shared.envelope import decode
@@ -74,6 +75,7 @@ async def relay_vs_producer(kafka: KafkaBroker, ferret: FerretDB, n: int) -> dic
     events = [e for e in mixed_events(n * 2, seed=11) if e.topic == VISITS_TOPIC][:n]
     left: list[int] = []  # outbox entries still stored after each relay repetition
     publish_only: list[float] = []  # events/s until Kafka acknowledged the whole backlog
+    raw_cpu, relay_cpu = CpuTally(), CpuTally()  # the timed spans only
 
     async def raw(rep: int) -> float:
         prefix = f"braw{rep}{uuid.uuid4().hex[:6]}."
@@ -81,10 +83,12 @@ async def relay_vs_producer(kafka: KafkaBroker, ferret: FerretDB, n: int) -> dic
         producer = EventProducer(kafka.bootstrap, client_id="bench-raw")
         await producer.ensure_started()
         gc.collect()  # neither side pays for the other's garbage
+        span = ledger().mark()
         start = time.perf_counter()
         for i in range(0, len(events), 1000):
             await producer.send_all({VISITS_TOPIC: prefix + VISITS_TOPIC}, events[i : i + 1000])
         elapsed = time.perf_counter() - start
+        raw_cpu.add(span)
         await producer.stop()
         return len(events) / elapsed
 
@@ -117,6 +121,7 @@ async def relay_vs_producer(kafka: KafkaBroker, ferret: FerretDB, n: int) -> dic
         del docs
         gc.collect()
         await runtime.producer.ensure_started()
+        span = ledger().mark()
         start = time.perf_counter()
         await runtime.start()
         relay = runtime.relay
@@ -137,6 +142,7 @@ async def relay_vs_producer(kafka: KafkaBroker, ferret: FerretDB, n: int) -> dic
                     )
                 await asyncio.sleep(0.02)
             elapsed = time.perf_counter() - start
+            relay_cpu.add(span)
             publish_only.append(len(events) / ((published_at or time.perf_counter()) - start))
             left.append(await pending_events(db, ["visits"]))  # must be 0 once emptied
         finally:
@@ -166,6 +172,8 @@ async def relay_vs_producer(kafka: KafkaBroker, ferret: FerretDB, n: int) -> dic
         "relay_publish_only_events_per_s": round(statistics.median(publish_only), 1),
         "relay_publish_only_reps": [round(v, 1) for v in publish_only],
         "outbox_left_after_reps": left,
+        "cpu_relay": str(relay_cpu),
+        "cpu_raw_producer": str(raw_cpu),
     }
 
 
@@ -224,11 +232,17 @@ def write_results(results: dict[str, Any]) -> None:
         + ", ".join(f"{k} {v}" for k, v in results["versions"].items())
         + ".",
         "",
-        "| figure | value | target | baseline | measured |",
-        "|---|---|---|---|---|",
+        "The last column is where the measured span's CPU went, process by process (`bench/cpu.py`);",
+        "the finer profiles and what they showed are in `docs/adr/0005-ten-times-the-campaign-on-ferretdb.md`.",
+        "",
+        "| figure | value | target | baseline | measured | where the CPU went |",
+        "|---|---|---|---|---|---|",
     ]
     for row in results["table"]:
-        lines.append(f"| {row['figure']} | {row['value']} | {row['target']} | {row['baseline']} | {row['measured']} |")
+        lines.append(
+            f"| {row['figure']} | {row['value']} | {row['target']} | {row['baseline']} | {row['measured']}"
+            f" | {row.get('cpu', '-')} |"
+        )
     lines += ["", "## Settings", "", "```json", json.dumps(results["settings"], indent=2), "```", ""]
     if results.get("notes"):
         lines += ["## Notes", "", *[f"- {n}" for n in results["notes"]], ""]
@@ -284,6 +298,8 @@ async def run(selected: set[str], scale: float) -> dict[str, Any]:
                         if r.get("relay_publish_only_events_per_s")
                         else ""
                     ),
+                    # The relay runs in the bench driver, as it runs inside a service.
+                    "cpu": f"relay: {r.get('cpu_relay', '-')}; raw producer: {r.get('cpu_raw_producer', '-')}",
                 }
             )
         await parts.run_service_parts(selected - {"peer", "scale"}, scale, kafka, ferret, results)

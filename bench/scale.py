@@ -10,7 +10,7 @@ truth; then each service is stopped and started again on that history, and timed
 A replay that outlasts its budget (``--budget-minutes``) is stopped: the figures then cover the part
 replayed, with the full run's time extrapolated from its request rate, and exactness is not judged.
 
-    make bench-scale                                 # 10x, then 100x
+    make bench-scale                                 # 10x, then 100x (over an hour on 2 cores)
     .venv/bin/python -m bench.scale --scales 10 --budget-minutes 45
 
 Results go into ``bench/results.json`` (key ``scale``) and rows of ``bench/results.md``, beside the
@@ -40,6 +40,7 @@ import httpx
 from aiokafka import AIOKafkaConsumer, TopicPartition
 from aiokafka.admin import AIOKafkaAdminClient
 
+from bench.cpu import CpuTimeline, ledger, where_it_went
 from bench.parts import cpu_seconds, prom_sum, rss_mb
 from scripts.demo import fetch_summary, wait_for_metrics
 from scripts.run import SERVICES, RunConfig, System
@@ -58,8 +59,10 @@ LAG_EVERY_S = 5.0
 # The targets for the province-wide campaign.
 LAG_TARGET_S = 10.0
 RSS_TARGET_MB = 150.0
+# The lag row says where the CPU went in this window before the worst lag sample.
+CPU_WINDOW_S = 60.0
 READY_TARGET_S = 10.0
-DEFAULT_BUDGET_MIN = 60.0
+DEFAULT_BUDGET_MIN = 120.0
 
 
 def now() -> float:
@@ -296,8 +299,10 @@ async def run_scale(scale: float, budget_s: float, *, concurrency: int = CONCURR
     rss = RssSampler(system)
     lag = LagSampler(system.bootstrap)
     outbox = OutboxSampler(system)
+    cpu = CpuTimeline(LAG_EVERY_S)
+    whole = ledger().mark()
     t0 = now()
-    samplers = [asyncio.create_task(x.run(t0)) for x in (rss, lag, outbox)]
+    samplers = [asyncio.create_task(x.run(t0)) for x in (rss, lag, outbox, cpu)]
     pids = {name: svc.proc.pid for name, svc in system.services.items()}
     cpu0 = {name: cpu_s(pid) for name, pid in pids.items()}
     # A loaded machine answers a 250-row roster upload in tens of seconds: wait rather than resend.
@@ -350,6 +355,7 @@ async def run_scale(scale: float, budget_s: float, *, concurrency: int = CONCURR
         out["events"] = events
         out["events_per_s"] = round(events / wall, 1)
         out["cpu_s"] = {name: round(cpu_s(pid) - cpu0[name], 1) for name, pid in pids.items()}
+        out["cpu_whole_run"] = where_it_went(whole)
         if finished:
             out["exactness"] = await _exactness(plan, truth, metrics)
         rss.sample(now() - t0)
@@ -379,6 +385,8 @@ async def run_scale(scale: float, budget_s: float, *, concurrency: int = CONCURR
     out["rss_max_mb"] = dict(rss.max_mb)
     out["rss_series_every_s"] = RSS_EVERY_S
     out["lag"] = _lag_summary(lag)
+    if (worst_at := out["lag"]["max_at_s"]) is not None:
+        out["cpu_before_worst_lag"] = cpu.window(worst_at - CPU_WINDOW_S, worst_at)
     out["outbox"] = {
         "max_pending_events": {k: int(v) for k, v in sorted(outbox.max_pending.items())},
         "samples": len(next(iter(outbox.series.values()), [])),
@@ -436,9 +444,16 @@ def rows(r: dict[str, Any]) -> list[dict[str, Any]]:
     x = f"scale {r['scale']:g}x"
     out: list[dict[str, Any]] = []
 
-    def row(figure: str, value: Any, target: str, baseline: str, measured: str) -> None:
+    def row(figure: str, value: Any, target: str, baseline: str, measured: str, cpu: str = "-") -> None:
         out.append(
-            {"figure": f"{x}: {figure}", "value": value, "target": target, "baseline": baseline, "measured": measured}
+            {
+                "figure": f"{x}: {figure}",
+                "value": value,
+                "target": target,
+                "baseline": baseline,
+                "measured": measured,
+                "cpu": cpu,
+            }
         )
 
     if "error" in r:
@@ -459,6 +474,7 @@ def rows(r: dict[str, Any]) -> list[dict[str, Any]]:
         "-",
         f"{p['visits']:,} visits, {p['posts']:,} posts, {p['courses']:,} courses, {p['volunteers']:,} volunteers",
         f"{replayed}; then {r['catch_up_s']} s until metrics caught up",
+        cpu=f"the whole run: {r.get('cpu_whole_run', '-')}",
     )
     row(
         "requests/s", r["requests_per_s"], "-", f"concurrency {r['concurrency']}", f"{r['records_per_s']} batch items/s"
@@ -489,6 +505,8 @@ def rows(r: dict[str, Any]) -> list[dict[str, Any]]:
         f"{lag['samples']} samples every {lag['every_s']:.0f} s",
         f"worst group {worst[0]} (max {worst[1].get('max_events', 0):,} events behind);"
         f" median of samples {lag['median_of_sample_max_seconds']} s",
+        cpu=f"the {CPU_WINDOW_S:.0f} s before the worst sample (at {lag.get('max_at_s')} s):"
+        f" {r.get('cpu_before_worst_lag', '-')}",
     )
     box = r.get("outbox")
     if box and box["max_pending_events"]:

@@ -118,3 +118,19 @@ async def test_the_outbox_sampler_reads_each_services_gauge_and_keeps_the_larges
     assert sampler.max_pending == {"registry": 120.0}
     assert sampler.series == {"registry": [(5.0, 120.0), (10.0, 7.0)]}
     assert sampler.errors == 2
+
+
+def test_the_lag_row_says_where_the_cpu_went_before_the_worst_sample() -> None:
+    lag = {**_run()["lag"], "max_at_s": 610.0}
+    run = _run(
+        lag=lag,
+        cpu_whole_run="CPU FerretDB 900.0 s (60%), registry 300.0 s (20%)",
+        cpu_before_worst_lag="CPU FerretDB 70.0 s (61%), training 30.0 s (26%)",
+    )
+    table = {r["figure"]: r for r in rows(run)}
+    assert table["scale 10x: consumer lag, max over the run"]["cpu"] == (
+        "the 60 s before the worst sample (at 610.0 s): CPU FerretDB 70.0 s (61%), training 30.0 s (26%)"
+    )
+    assert table["scale 10x: campaign through the APIs (wall time)"]["cpu"].endswith("registry 300.0 s (20%)")
+    earlier = {r["figure"]: r for r in rows(_run())}  # a run from before the ledger
+    assert earlier["scale 10x: consumer lag, max over the run"]["cpu"].endswith(": -")
