@@ -264,6 +264,18 @@ async def test_one_registry_batch_settles_hundreds_of_pending_records_each_once(
         unit("QN-VD", "Đặc khu Vân Đồn", VD, kind="special_zone"),
         team("VD-ROSTER", VD),
     )
+    # Re-checked a few at a time, as a far larger batch would be: every chunk still settles.
+    service = visits_app.app.state.visits
+    service.recheck_chunk = 40
+    read_at_once: list[int] = []
+    get_many = service.records.get_many
+
+    async def noted(ids: Any) -> Any:
+        ids = list(ids)
+        read_at_once.append(len(ids))
+        return await get_many(ids)
+
+    service.records.get_many = noted
     volunteers = [f"vol-r{i:03d}" for i in range(150)]
     items = [visit_body(team_code="VD-ROSTER", volunteer_ids=[v]) for v in volunteers]
     batch = await visits_app.client.post("/v1/visits:batch", json={"items": items}, headers=ADMIN)
@@ -283,6 +295,8 @@ async def test_one_registry_batch_settles_hundreds_of_pending_records_each_once(
     await wait_until(all_recorded, timeout=30)
     assert await visits_app.runtime.db["pending_index"].count_documents({}) == 0
     assert await visits_app.runtime.db["pending_keys"].count_documents({}) == 0
+    assert max(read_at_once) <= 40
+    assert sum(read_at_once) >= 150
     events = await visit_events(visits_app, 150)  # and a second of quiet after it: none may come twice
     assert len(events) == 150
     assert {e.key for e in events} == {i["id"] for i in batch.json()["items"]}

@@ -48,6 +48,8 @@ VISIT_AUDITED = (
 Outcome = Literal["created", "pending", "duplicate"]
 # How long a pending-index entry may wait for its record's insert before it counts as a crash's leftover.
 UNWRITTEN_GRACE = timedelta(minutes=5)
+# Pending records re-checked at a time after a registry batch: bounds what one batch holds in memory.
+RECHECK_CHUNK = 500
 Access = Literal["ok", "denied", "unknown"]
 ItemT = TypeVar("ItemT", bound=BaseModel)
 
@@ -303,6 +305,8 @@ class Intake(Generic[ItemT]):
         self.pending = pending
         self.reader = reader
         self.notify = notify
+        # How many pending records a registry change re-checks at a time (see on_registry_change).
+        self.recheck_chunk = RECHECK_CHUNK
         self._adapter: TypeAdapter[ItemT] = TypeAdapter(self.item_model)
 
     # --- what differs between kinds of record ---------------------------------------------------
@@ -526,9 +530,18 @@ class Intake(Generic[ItemT]):
         return None, False
 
     async def on_registry_change(self, changes: Sequence[tuple[str, str]]) -> None:
-        """Listener for :meth:`shared.registry_view.RegistryView.on_change`."""
+        """Listener for :meth:`shared.registry_view.RegistryView.on_change`.
+
+        The records a batch names are read and settled :attr:`recheck_chunk` at a time: a read model
+        far behind (the 100x campaign) hears of thousands of pending records in one batch, and all of
+        them read at once held every document, its facts and its writes in memory together.
+        """
         now = utcnow()
         entries = await self.pending.waiting_on(self.kind, {f"{kind}:{key}" for kind, key in changes})
+        for i in range(0, len(entries), self.recheck_chunk):
+            await self._recheck(entries[i : i + self.recheck_chunk], now)
+
+    async def _recheck(self, entries: Sequence[tuple[str, datetime | None]], now: datetime) -> None:
         records = await self.records.get_many(rid for rid, _ in entries)
         waiting = [doc for doc in records.values() if doc["status"] == "pending"]
         # Resolved or voided; or never written (a crash between index and insert). A young entry
