@@ -4,8 +4,8 @@ A missed target needs the profile that says where the time goes. On two cores ev
 part competes for the same CPU, so the first question is which process spent it: the database
 (FerretDB), the broker, a service, the Kafka Streams peer, the load generator or the bench driver
 itself (where the relay and the bare consumer run). A :class:`CpuLedger` samples the CPU time
-(user + system) of the driver and of every process below it, twice a second; :meth:`CpuLedger.mark`
-takes a sample at once, and :meth:`CpuLedger.spent` answers what each process spent between two
+(user + system) of the driver and of every process below it, twice a second and at each
+:meth:`CpuLedger.mark`, and :meth:`CpuLedger.spent` answers what each process spent between two
 marks, by name. A process that ended between samples loses at most one interval of its CPU.
 Finer profiles (py-spy, pprof) and what they showed are in docs/adr/0005.
 """
@@ -24,7 +24,7 @@ SAMPLE_EVERY_S = 0.5
 _TICK = os.sysconf("SC_CLK_TCK")
 
 
-def _stat(pid: int) -> tuple[int, float] | None:
+def proc_stat(pid: int) -> tuple[int, float] | None:
     """``(parent pid, CPU seconds)`` of ``pid``, None if it is gone."""
     try:
         raw = Path(f"/proc/{pid}/stat").read_text()
@@ -80,10 +80,11 @@ class CpuLedger:
     seen: dict[int, tuple[float, float]] = field(default_factory=dict)  # when a pid was first and last seen
     _task: asyncio.Task[None] | None = None
 
-    def sample(self) -> Mark:
+    def mark(self) -> Mark:
+        """Sample every process now."""
         stats: dict[int, tuple[int, float]] = {}
         for entry in Path("/proc").iterdir():
-            if entry.name.isdigit() and (s := _stat(int(entry.name))) is not None:
+            if entry.name.isdigit() and (s := proc_stat(int(entry.name))) is not None:
                 stats[int(entry.name)] = s
         ours = {self.driver}
         # Descendants: parents first is not guaranteed, so widen until nothing joins.
@@ -105,12 +106,9 @@ class CpuLedger:
             self.last[pid] = seconds
         return Mark(t, cpu)
 
-    def mark(self) -> Mark:
-        return self.sample()
-
     def spent(self, start: Mark, end: Mark | None = None) -> dict[str, float]:
         """CPU seconds per process name between ``start`` and ``end`` (now if None)."""
-        end = end or self.sample()
+        end = end or self.mark()
         out: dict[str, float] = {}
         # Also those born and ended between the two marks, seen only by the background samples.
         between = {pid for pid, (first, last) in self.seen.items() if first > start.t and last < end.t}
@@ -125,11 +123,11 @@ class CpuLedger:
 
     async def _run(self) -> None:
         while True:
-            self.sample()
+            self.mark()
             await asyncio.sleep(self.every_s)
 
     def start(self) -> CpuLedger:
-        self.sample()
+        self.mark()
         self._task = asyncio.create_task(self._run())
         return self
 

@@ -44,7 +44,7 @@ from shared.mongo import connect
 from shared.settings import DEV_JWT_SECRET, ServiceSettings
 from shared.topics import EVENT_TOPICS, REGISTRY_TOPIC, VISITS_TOPIC, ensure_topics, load_topics
 
-from .cpu import CpuTally, ledger, where_it_went
+from .cpu import CpuTally, ledger, proc_stat, where_it_went
 from .events import LATE_1_3_DAYS, LATE_4_14_DAYS, PROVINCE, mixed_events, unit_paths, visit, visit_body
 
 REPO = Path(__file__).resolve().parent.parent
@@ -1281,9 +1281,10 @@ async def relay_swept(b: Bench, svc: Service, timeout: float = 120.0) -> float |
 
 def cpu_seconds(pid: int) -> float:
     """CPU time (user + system) the process has used so far."""
-    with open(f"/proc/{pid}/stat") as f:
-        fields = f.read().rsplit(")", 1)[1].split()
-    return (int(fields[11]) + int(fields[12])) / os.sysconf("SC_CLK_TCK")
+    stat = proc_stat(pid)
+    if stat is None:
+        raise ProcessLookupError(pid)
+    return stat[1]
 
 
 async def ferret_quiet(b: Bench, timeout: float = 180.0, window: float = 0.5, busy: float = 0.15) -> float:

@@ -40,8 +40,8 @@ import httpx
 from aiokafka import AIOKafkaConsumer, TopicPartition
 from aiokafka.admin import AIOKafkaAdminClient
 
-from bench.cpu import CpuTimeline, ledger, where_it_went
-from bench.parts import cpu_seconds, prom_sum, rss_mb
+from bench.cpu import CpuTimeline, describe, ledger
+from bench.parts import prom_sum, rss_mb
 from scripts.demo import fetch_summary, wait_for_metrics
 from scripts.run import SERVICES, RunConfig, System
 from scripts.simulator.driver import Api, DemoError, Progress, Replay, estimate_requests
@@ -67,14 +67,6 @@ DEFAULT_BUDGET_MIN = 120.0
 
 def now() -> float:
     return time.monotonic()
-
-
-def cpu_s(pid: int) -> float:
-    """:func:`bench.parts.cpu_seconds`, 0 for a process that is gone."""
-    try:
-        return cpu_seconds(pid)
-    except OSError:
-        return 0.0
 
 
 # --- samplers -----------------------------------------------------------------------------------------
@@ -303,8 +295,6 @@ async def run_scale(scale: float, budget_s: float, *, concurrency: int = CONCURR
     whole = ledger().mark()
     t0 = now()
     samplers = [asyncio.create_task(x.run(t0)) for x in (rss, lag, outbox, cpu)]
-    pids = {name: svc.proc.pid for name, svc in system.services.items()}
-    cpu0 = {name: cpu_s(pid) for name, pid in pids.items()}
     # A loaded machine answers a 250-row roster upload in tens of seconds: wait rather than resend.
     api = Api(system.urls(), token, concurrency, Progress(1, enabled=False), timeout=300.0)
     try:
@@ -354,8 +344,10 @@ async def run_scale(scale: float, budget_s: float, *, concurrency: int = CONCURR
         out["wall_s"] = round(wall, 1)
         out["events"] = events
         out["events_per_s"] = round(events / wall, 1)
-        out["cpu_s"] = {name: round(cpu_s(pid) - cpu0[name], 1) for name, pid in pids.items()}
-        out["cpu_whole_run"] = where_it_went(whole)
+        end = ledger().mark()
+        spent = ledger().spent(whole, end)
+        out["cpu_s"] = {name: round(spent.get(name, 0.0), 1) for name in system.services}
+        out["cpu_whole_run"] = describe(spent, end.t - whole.t)
         if finished:
             out["exactness"] = await _exactness(plan, truth, metrics)
         rss.sample(now() - t0)
