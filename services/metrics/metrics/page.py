@@ -25,6 +25,7 @@ from datetime import UTC, date, datetime
 from functools import cache
 from pathlib import Path
 from typing import Annotated, Any
+from urllib.parse import urlencode
 
 import jinja2
 from fastapi import Query, Request
@@ -262,7 +263,9 @@ async def campaign_page(
         return sign_in(request, error)
     if token is not None:
         # Keep the token out of the address bar, history and any copied link.
-        query = "&".join(f"{k}={v}" for k, v in request.query_params.items() if k != "token")
+        # Re-encoded: the values arrive decoded, and a bare "&", "#" or "%" in one would otherwise
+        # change the redirect's parameters or make its URL invalid.
+        query = urlencode([(k, v) for k, v in request.query_params.multi_items() if k != "token"])
         response = RedirectResponse(PATH + (f"?{query}" if query else ""), status_code=303, headers=SECURITY_HEADERS)
         response.set_cookie(
             COOKIE,

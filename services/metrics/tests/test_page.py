@@ -10,6 +10,7 @@ import time
 from datetime import timedelta
 from html.parser import HTMLParser
 from typing import Any
+from urllib.parse import parse_qs, urlsplit
 
 import httpx
 import pytest
@@ -147,6 +148,13 @@ async def test_token_link_signs_in_by_cookie_and_the_callers_unit_scope_applies(
         link = await client.get(PATH, params={"token": manager, "campaign": "PEAK90"})
         assert link.status_code == 303
         assert link.headers["location"] == f"{PATH}?campaign=PEAK90"
+        # Values that mean something in a URL come back as the same values, not as new parameters.
+        odd = {"campaign": "PEAK90", "unit": "Vân Đồn&campaign=X#top %zz+1"}
+        moved = await client.get(PATH, params={"token": manager, **odd})
+        assert moved.status_code == 303
+        location = moved.headers["location"]
+        assert location.startswith(f"{PATH}?")
+        assert parse_qs(urlsplit(location).query, strict_parsing=True) == {k: [v] for k, v in odd.items()}
         cookie = link.headers["set-cookie"]
         assert cookie.startswith(f"{COOKIE}={manager};")
         assert "HttpOnly" in cookie
