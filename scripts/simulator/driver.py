@@ -26,6 +26,8 @@ BATCH = 500
 KNOWN_WITHIN_SECONDS = 60.0
 ROSTER_BATCH = 250
 RETRYABLE = {502, 503, 504}
+# How long one request keeps retrying "503 busy" answers before they count as failures.
+BUSY_PATIENCE_SECONDS = 900.0
 
 
 class DemoError(RuntimeError):
@@ -142,7 +144,12 @@ class Api:
     ) -> httpx.Response:
         delay = 0.2
         lost = False  # a request sent again after its answer was lost may have been applied already
-        for attempt in range(8):
+        # A service holding large writes (503 busy: too many at once, or its consumers behind) asks
+        # for patience, not for giving up: those answers do not use up the attempts.
+        patient_until = time.monotonic() + BUSY_PATIENCE_SECONDS
+        attempt = -1
+        while attempt < 7:
+            attempt += 1
             try:
                 replicas = self.replicas[service]
                 client = replicas[next(self._turn) % len(replicas)]
@@ -168,6 +175,11 @@ class Api:
             if resp is not None and resp.status_code not in RETRYABLE and not busy:
                 raise DemoError(f"{service} {method} {path} -> {resp.status_code}: {resp.text[:500]}")
             self.stats.retried_after_error += 1
+            if resp is not None and resp.status_code == 503 and "busy" in resp.text:
+                if time.monotonic() < patient_until:
+                    attempt -= 1
+                await asyncio.sleep(float(resp.headers.get("retry-after", "2")))
+                continue
             await asyncio.sleep(delay)
             delay = min(delay * 2, 3.0)
         raise DemoError(f"{service} {method} {path}: still failing after retries")

@@ -17,6 +17,7 @@ from shared.http import BulkAdmission, create_app, serve
 from shared.logging import configure_logging
 from shared.runtime import Runtime
 from shared.settings import ServiceSettings
+from shared.topics import REGISTRY_TOPIC
 
 
 class RegistrySettings(ServiceSettings):
@@ -26,6 +27,13 @@ class RegistrySettings(ServiceSettings):
     mongo_db: str = "registry"
     host: str = "127.0.0.1"
     port: int = 8001
+    # The read models that must know a roster before the field's records naming it count (visits and
+    # training hold those records as pending until then): a roster upload waits while either is
+    # further behind than this, or the outbox holds more (ADR 0005, sixth pass).
+    backpressure_groups: list[str] = ["visits.registry-view", "training.registry-view"]
+    backpressure_topics: list[str] = [REGISTRY_TOPIC]
+    backpressure_max_lag_events: int = 5000
+    backpressure_max_outbox_events: int = 10_000
 
 
 DESCRIPTION = """The source of truth for the organisation: units, teams, volunteers, memberships and

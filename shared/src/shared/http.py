@@ -195,6 +195,22 @@ class BodyLimitMiddleware:
         await resp(scope, receive, send)
 
 
+class _Held(Exception):
+    """Backpressure still held a large write when its wait was up."""
+
+
+async def _held(scope: Scope, timeout: float) -> str | None:
+    """Wait up to ``timeout`` for the service's backpressure (``shared.backpressure``), if it has one;
+    why it still holds, or None. The gate lives on the runtime, which the lifespan builds."""
+    app = scope.get("app")
+    runtime = getattr(getattr(app, "state", None), "runtime", None)
+    gate = getattr(runtime, "backpressure", None)
+    if gate is None:
+        return None
+    behind: str | None = await gate.clear(timeout)
+    return behind
+
+
 class BulkAdmissionMiddleware:
     """Handles at most ``at_once`` large-bodied writes (uploads, rosters, batches) at a time; the
     others wait, unread, for up to ``wait_seconds`` and are then answered 503 with ``Retry-After``.
@@ -203,7 +219,8 @@ class BulkAdmissionMiddleware:
     every write of a service queues for its database's one writer anyway (FerretDB, one SQLite file
     per database), so a crowd of uploads costs memory for no speed. Waiting here happens before the
     body is read, so a waiting request holds little more than its socket. Large means a
-    ``Content-Length`` over ``min_bytes``, or none (a chunked body).
+    ``Content-Length`` over ``min_bytes``, or none (a chunked body). A service with backpressure
+    (``shared.backpressure``) also lets them wait while its consumers are too far behind.
     """
 
     def __init__(self, app: ASGIApp, service: str, at_once: int, min_bytes: int, wait_seconds: float) -> None:
@@ -225,13 +242,21 @@ class BulkAdmissionMiddleware:
             return
         waiting = BULK_WAITING.labels(self.service)
         waiting.inc()
+        loop = asyncio.get_running_loop()
+        deadline = loop.time() + self.wait_seconds
         try:
-            await asyncio.wait_for(self._turns.acquire(), self.wait_seconds)
-        except TimeoutError:
+            behind = await _held(scope, self.wait_seconds)
+            if behind is not None:
+                raise _Held(behind)
+            await asyncio.wait_for(self._turns.acquire(), max(0.0, deadline - loop.time()))
+        except (TimeoutError, _Held) as exc:
             BULK_REFUSED.labels(self.service).inc()
-            busy = ServiceUnavailable(
-                f"{self.service} is writing other large requests; retry in a few seconds", slug="busy"
+            why = (
+                f"{self.service} holds large writes until its events are applied: {exc}"
+                if isinstance(exc, _Held)
+                else f"{self.service} is writing other large requests"
             )
+            busy = ServiceUnavailable(f"{why}; retry in a few seconds", slug="busy")
             resp = JSONResponse(
                 busy.to_problem(scope.get("path")),
                 status_code=503,

@@ -172,6 +172,8 @@ class OutboxRelay:
         self._wake = asyncio.Event()
         self._tasks: list[asyncio.Task[None]] = []
         self.published = 0
+        # Events found waiting at the last pass (the gauge below), for backpressure.
+        self.pending = 0
 
     def notify(
         self, collection: str | None = None, ids: Iterable[Any] = (), written: Sequence[dict[str, Any]] = ()
@@ -330,6 +332,7 @@ class OutboxRelay:
                     await removing
             await chunks.aclose()
         OUTBOX_PENDING.labels(self._service).set(found)
+        self.pending = found
         return found
 
     def _traced_record(self, entry: dict[str, Any], spans: list[Span]) -> Record:

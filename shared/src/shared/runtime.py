@@ -16,6 +16,7 @@ from pymongo import IndexModel
 from pymongo.asynchronous.database import AsyncDatabase
 
 from shared.auth import Authenticator
+from shared.backpressure import DownstreamLag, Limits
 from shared.consumer import PROCESSED_EVENTS, BatchHandler, ConsumerRunner, ProcessedEvents
 from shared.http import ReadinessCheck
 from shared.kafka import EventProducer
@@ -104,6 +105,21 @@ class Runtime:
         )
         self.consumers: list[ConsumerRunner] = []
         self._background: list[asyncio.Task[Any]] = []
+        self.backpressure = (
+            DownstreamLag(
+                settings.kafka_bootstrap,
+                settings.service_name,
+                Limits(
+                    groups=tuple(settings.group(g) for g in settings.backpressure_groups),
+                    topics=tuple(settings.topic(t) for t in settings.backpressure_topics),
+                    max_lag_events=settings.backpressure_max_lag_events,
+                    max_outbox_events=settings.backpressure_max_outbox_events,
+                ),
+                outbox=lambda: self.relay.pending if self.relay else 0,
+            )
+            if settings.backpressure_groups or settings.backpressure_max_outbox_events > 0
+            else None
+        )
 
     def add_consumer(
         self,
@@ -158,6 +174,8 @@ class Runtime:
             await self.relay.start()
         for c in self.consumers:
             await c.start()
+        if self.backpressure:
+            await self.backpressure.start()
 
     async def _create_topics(self) -> None:
         delay = 0.5
@@ -178,6 +196,8 @@ class Runtime:
         """
         for c in self.consumers:
             await _bounded(c.stop(), f"consumer {c.name}")
+        if self.backpressure:
+            await _bounded(self.backpressure.stop(), "backpressure")
         if self.relay:
             await _bounded(self.relay.stop(), "outbox relay")
         for t in self._background:
