@@ -452,3 +452,45 @@ async def test_a_relay_hinted_past_its_bound_forgets_the_ids_and_sweeps_instead(
         relay.notify(collection, written=docs[3:])  # 2 kept, 3 more hinted: past the bound
         assert collection not in relay._hints
         assert collection not in relay._written  # memory holds nothing of them now; the sweep finds them
+
+
+async def test_what_a_relay_says_is_waiting_counts_handed_hinted_and_unfinished_documents(
+    make_settings, kafka: KafkaBroker
+) -> None:
+    """``waiting()`` is what backpressure reads: it must see a backlog before the relay's next pass ends."""
+    from shared.kafka import EventProducer
+    from shared.outbox import OutboxRelay, outbox_fields
+
+    settings, topic_of, client, db, collection = relay_setup(make_settings, kafka, "waiting")
+    docs = [{"_id": f"QN-{i}", **outbox_fields([unit_updated(f"QN-{i}", "Phường Hạ Long")])} for i in range(7)]
+    await db[collection].insert_many(docs)
+    producer = EventProducer(settings.kafka_bootstrap, client_id="outbox-test")
+    relay = OutboxRelay(db, [collection], producer, service="t", topic_of=topic_of, keep_written=3, batch_size=2)
+    try:
+        relay._sweep_due = False  # as after the start-up sweep
+        assert relay.waiting() == 0
+        relay.notify(collection, written=docs[:5])  # 3 handed over, 2 hinted past the bound
+        relay.notify(collection, ids=[docs[5]["_id"], docs[6]["_id"]])
+        assert relay.waiting() == 7
+        seen: list[int] = []
+        real_remove = relay._remove
+
+        async def remove(*args: Any) -> None:  # what the relay says while its pass is under way
+            seen.append(relay.waiting())
+            await real_remove(*args)
+
+        relay._remove = remove  # type: ignore[method-assign]
+        hints, relay._hints = relay._hints, {}
+        written, relay._written = relay._written, {}
+        assert await relay.drain_once(hints, written) == 7
+        assert seen
+        assert seen[0] >= 5  # the first chunk of two is queued: at least five still to go
+        assert seen == sorted(seen, reverse=True)
+        assert relay.waiting() == 0
+        assert relay.pending == 7
+        # A relay that gave its hints up for a sweep counts at least what its last pass found.
+        relay._sweep_due = True
+        assert relay.waiting() == 7
+    finally:
+        await producer.stop()
+        await client.close()

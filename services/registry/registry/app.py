@@ -32,8 +32,8 @@ class RegistrySettings(ServiceSettings):
     # further behind than this, or the outbox holds more (ADR 0005, sixth pass).
     backpressure_groups: list[str] = ["visits.registry-view", "training.registry-view"]
     backpressure_topics: list[str] = [REGISTRY_TOPIC]
-    backpressure_max_lag_events: int = 5000
-    backpressure_max_outbox_events: int = 10_000
+    backpressure_max_lag_events: int = 2000
+    backpressure_max_outbox_events: int = 5000
 
 
 DESCRIPTION = """The source of truth for the organisation: units, teams, volunteers, memberships and

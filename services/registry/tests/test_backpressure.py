@@ -80,7 +80,7 @@ def test_lag_counts_what_a_group_has_not_committed_and_the_reason_names_the_wors
     assert "b is 9 events behind" in why
     why = reason({"a": 0}, 101, limits)
     assert why is not None
-    assert "101 events are waiting in the outbox" in why
+    assert "101 documents wait in the outbox" in why
     unlimited = Limits(groups=("a",), topics=("t",), max_lag_events=0, max_outbox_events=0)
     assert reason({"a": 10**9}, 10**9, unlimited) is None
 

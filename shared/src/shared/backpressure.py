@@ -40,7 +40,8 @@ HOLDING = Gauge("bridge_backpressure_holding", "1 while the service holds its la
 
 @dataclass(frozen=True)
 class Limits:
-    """How far behind the watched consumers (``groups`` on ``topics``) and the outbox may be (0: any)."""
+    """How far behind the watched consumers (``groups`` on ``topics``, in events) and the relay (in
+    documents not yet published) may be; 0: no limit."""
 
     groups: tuple[str, ...]
     topics: tuple[str, ...]
@@ -60,14 +61,14 @@ def reason(lags: dict[str, int], outbox: int, limits: Limits) -> str | None:
         worst = max(over, key=lambda g: over[g])
         return f"consumer group {worst} is {over[worst]} events behind (limit {limits.max_lag_events})"
     if 0 < limits.max_outbox_events < outbox:
-        return f"{outbox} events are waiting in the outbox (limit {limits.max_outbox_events})"
+        return f"{outbox} documents wait in the outbox (limit {limits.max_outbox_events})"
     return None
 
 
 class DownstreamLag:
     """Samples, every ``every`` seconds, the lag of the live ``limits.groups`` and the outbox backlog.
 
-    ``outbox`` returns the events the relay found waiting at its last pass. Until the first sample,
+    ``outbox`` returns what the relay has not published yet (``OutboxRelay.waiting``). Until the first sample,
     and whenever Kafka cannot be asked, nothing is held: backpressure must not turn a broker outage
     into refused writes (the outbox keeps them until it is back).
     """
@@ -108,7 +109,7 @@ class DownstreamLag:
         return None
 
     def _set(self, behind: str | None, worst: int) -> None:
-        if behind != self.behind:
+        if (behind is None) != (self.behind is None):
             log.info("backpressure", service=self._service, holding=behind is not None, why=behind)
         self.behind = behind
         BEHIND.labels(self._service).set(worst)

@@ -172,8 +172,10 @@ class OutboxRelay:
         self._wake = asyncio.Event()
         self._tasks: list[asyncio.Task[None]] = []
         self.published = 0
-        # Events found waiting at the last pass (the gauge below), for backpressure.
+        # Events found waiting at the last pass (the gauge below).
         self.pending = 0
+        # Documents the pass under way took and has not published yet (see waiting()).
+        self._in_pass = 0
 
     def notify(
         self, collection: str | None = None, ids: Iterable[Any] = (), written: Sequence[dict[str, Any]] = ()
@@ -203,6 +205,13 @@ class OutboxRelay:
             if len(hinted) > self._max_hints:
                 self._overflow(collection)
         self._wake.set()
+
+    def waiting(self) -> int:
+        """Documents written and not yet published, as far as this process knows: hinted or handed
+        over since the pass under way began, and what that pass has left. A relay that gave up its
+        hints for a sweep counts at least what its last pass found. Backpressure reads it."""
+        queued = sum(len(ids) for ids in self._hints.values()) + sum(len(d) for d in self._written.values())
+        return queued + self._in_pass + (self.pending if self._sweep_due else 0)
 
     def _overflow(self, collection: str) -> None:
         """Forget the hints of ``collection`` and sweep instead: bounded memory however far behind."""
@@ -296,6 +305,10 @@ class OutboxRelay:
         # A pipeline: while one chunk's acknowledgements are awaited and its entries removed, the
         # next chunk is read and queued. Chunks are queued and removed in order.
         found = 0
+        taken = sum(len(ids) for ids in hints.values()) + sum(len(d) for d in written.values())
+        if sweep:
+            taken = max(taken, self.pending)
+        self._in_pass = taken
         removing: asyncio.Task[None] | None = None
         chunks = _read_ahead(self._pending_chunks(hints, written, sweep))
         try:
@@ -314,6 +327,7 @@ class OutboxRelay:
                             records.extend(entry_record(e) for e in entries)
                         self._in_flight.update(e["id"] for e in entries)
                 found += len(records)
+                self._in_pass = max(0, taken - found)
                 try:
                     acks = await self._producer.queue(self._topic_of, records)
                 except BaseException as exc:
@@ -333,6 +347,7 @@ class OutboxRelay:
             await chunks.aclose()
         OUTBOX_PENDING.labels(self._service).set(found)
         self.pending = found
+        self._in_pass = 0
         return found
 
     def _traced_record(self, entry: dict[str, Any], spans: list[Span]) -> Record:

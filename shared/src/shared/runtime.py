@@ -115,7 +115,7 @@ class Runtime:
                     max_lag_events=settings.backpressure_max_lag_events,
                     max_outbox_events=settings.backpressure_max_outbox_events,
                 ),
-                outbox=lambda: self.relay.pending if self.relay else 0,
+                outbox=lambda: self.relay.waiting() if self.relay else 0,
             )
             if settings.backpressure_groups or settings.backpressure_max_outbox_events > 0
             else None

@@ -99,8 +99,8 @@ class ServiceSettings(BaseSettings):
     bulk_requests_at_once: int = 16
     # Backpressure (shared.backpressure): large writes also wait while a live consumer group named here
     # (base names, e.g. "visits.registry-view") is more than backpressure_max_lag_events behind on
-    # backpressure_topics, or the relay last found more than backpressure_max_outbox_events waiting
-    # (0: no limit). No groups and no outbox limit: nothing is sampled.
+    # backpressure_topics, or its relay has more than backpressure_max_outbox_events documents not yet
+    # published (0: no limit). No groups and no outbox limit: nothing is sampled.
     backpressure_groups: list[str] = []
     backpressure_topics: list[str] = []
     backpressure_max_lag_events: int = 5000
