@@ -488,9 +488,14 @@ async def test_what_a_relay_says_is_waiting_counts_handed_hinted_and_unfinished_
         assert seen == sorted(seen, reverse=True)
         assert relay.waiting() == 0
         assert relay.pending == 7
-        # A relay that gave its hints up for a sweep counts at least what its last pass found.
+        # A relay that gave its hints up for a sweep counts at least what its last pass found...
         relay._sweep_due = True
         assert relay.waiting() == 7
+        # ...and every document whose hint it gave up.
+        relay._max_hints = 10
+        relay.notify(collection, ids=[f"QN-{i}" for i in range(100, 111)])
+        assert collection not in relay._hints
+        assert relay.waiting() == 11
     finally:
         await producer.stop()
         await client.close()

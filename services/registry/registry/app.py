@@ -34,6 +34,8 @@ class RegistrySettings(ServiceSettings):
     backpressure_topics: list[str] = [REGISTRY_TOPIC]
     backpressure_max_lag_events: int = 2000
     backpressure_max_outbox_events: int = 5000
+    # Large enough to take turns and to wait for the read models: a roster of ~20 rows or more.
+    bulk_request_min_bytes: int = 8 * 1024
 
 
 DESCRIPTION = """The source of truth for the organisation: units, teams, volunteers, memberships and

@@ -174,8 +174,10 @@ class OutboxRelay:
         self.published = 0
         # Events found waiting at the last pass (the gauge below).
         self.pending = 0
-        # Documents the pass under way took and has not published yet (see waiting()).
+        # Documents the pass under way took and has not published yet, and documents whose hints
+        # were given up for a sweep that has not run yet (see waiting()).
         self._in_pass = 0
+        self._forgotten = 0
 
     def notify(
         self, collection: str | None = None, ids: Iterable[Any] = (), written: Sequence[dict[str, Any]] = ()
@@ -211,10 +213,11 @@ class OutboxRelay:
         over since the pass under way began, and what that pass has left. A relay that gave up its
         hints for a sweep counts at least what its last pass found. Backpressure reads it."""
         queued = sum(len(ids) for ids in self._hints.values()) + sum(len(d) for d in self._written.values())
-        return queued + self._in_pass + (self.pending if self._sweep_due else 0)
+        return queued + self._in_pass + (max(self.pending, self._forgotten) if self._sweep_due else 0)
 
     def _overflow(self, collection: str) -> None:
         """Forget the hints of ``collection`` and sweep instead: bounded memory however far behind."""
+        self._forgotten += len(self._hints.get(collection, ())) + len(self._written.get(collection, ()))
         self._hints.pop(collection, None)
         self._written.pop(collection, None)
         self._sweep_due = True
@@ -307,7 +310,8 @@ class OutboxRelay:
         found = 0
         taken = sum(len(ids) for ids in hints.values()) + sum(len(d) for d in written.values())
         if sweep:
-            taken = max(taken, self.pending)
+            taken = max(taken, self.pending, self._forgotten)
+            self._forgotten = 0
         self._in_pass = taken
         removing: asyncio.Task[None] | None = None
         chunks = _read_ahead(self._pending_chunks(hints, written, sweep))
