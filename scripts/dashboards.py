@@ -687,6 +687,19 @@ def system_health() -> dashboard.Dashboard:
                 unit="ops",
             )
         )
+        .with_panel(
+            series(
+                "Backpressure: watched read models behind, large writes held",
+                [
+                    query("max by (service) (bridge_backpressure_behind_events)", "{{service}}: events behind", "A"),
+                    query("max by (service) (bridge_backpressure_holding)", "{{service}}: holding (1)", "B"),
+                ],
+                description=(
+                    "The registry holds roster uploads while visits' or training's registry read model is over"
+                    " backpressure_max_lag_events behind, or its outbox over backpressure_max_outbox_events."
+                ),
+            )
+        )
         .with_row(dashboard.Row("Metrics projector"))
         .with_panel(
             series(

@@ -80,6 +80,8 @@ EXPORTED_METRICS = {
     "bridge_http_request_duration_seconds_bucket",
     "bridge_outbox_published_total",
     "bridge_outbox_pending_documents",
+    "bridge_backpressure_behind_events",
+    "bridge_backpressure_holding",
 }
 OUR_METRIC = re.compile(r"\b(?:bridge|consumer|http|outbox)_[a-z0-9_]+")
 
