@@ -13,12 +13,13 @@ Finer profiles (py-spy, pprof) and what they showed are in docs/adr/0005.
 from __future__ import annotations
 
 import asyncio
-import contextlib
 import os
 import time
 from collections.abc import Mapping
 from dataclasses import dataclass, field
 from pathlib import Path
+
+from shared.concurrency import stop_task
 
 SAMPLE_EVERY_S = 0.5
 _TICK = os.sysconf("SC_CLK_TCK")
@@ -132,11 +133,8 @@ class CpuLedger:
         return self
 
     async def stop(self) -> None:
-        if self._task is not None:
-            self._task.cancel()
-            with contextlib.suppress(asyncio.CancelledError):
-                await self._task
-            self._task = None
+        await stop_task(self._task)
+        self._task = None
 
 
 def describe(spent: Mapping[str, float], wall_s: float, cores: int | None = None) -> str:

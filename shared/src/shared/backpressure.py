@@ -26,6 +26,7 @@ from aiokafka import AIOKafkaConsumer, TopicPartition
 from aiokafka.admin import AIOKafkaAdminClient
 from prometheus_client import Gauge
 
+from shared.concurrency import stop_task
 from shared.logging import get_logger
 
 log = get_logger(__name__)
@@ -89,11 +90,8 @@ class DownstreamLag:
         self._task = asyncio.create_task(self._run(), name=f"backpressure-{self._service}")
 
     async def stop(self) -> None:
-        if self._task is not None:
-            self._task.cancel()
-            with contextlib.suppress(asyncio.CancelledError):
-                await self._task
-            self._task = None
+        await stop_task(self._task)
+        self._task = None
 
     async def clear(self, timeout: float) -> str | None:
         """Wait up to ``timeout`` seconds for the limits to be met; the reason if they still are not."""

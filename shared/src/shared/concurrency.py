@@ -1,10 +1,11 @@
-"""Bounded concurrency for the many small database commands of one batch."""
+"""Bounded concurrency for the many small database commands of one batch, and stopping a background task."""
 
 from __future__ import annotations
 
 import asyncio
+import contextlib
 from collections.abc import Awaitable, Callable, Sequence
-from typing import TypeVar
+from typing import Any, TypeVar
 
 T = TypeVar("T")
 
@@ -25,3 +26,12 @@ async def run_in_chunks(calls: Sequence[Callable[[], Awaitable[T]]], chunk: int 
                 raise outcome
         results += outcomes  # type: ignore[arg-type]
     return results
+
+
+async def stop_task(task: asyncio.Task[Any] | None) -> None:
+    """Cancel a background loop and wait until it has unwound (nothing if there is none)."""
+    if task is None:
+        return
+    task.cancel()
+    with contextlib.suppress(asyncio.CancelledError):
+        await task

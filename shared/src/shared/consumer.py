@@ -20,6 +20,7 @@ from pydantic import BaseModel
 from pymongo.asynchronous.collection import AsyncCollection
 from pymongo.errors import ConnectionFailure
 
+from shared.concurrency import stop_task
 from shared.envelope import Envelope, EnvelopeError, decode
 from shared.kafka import Chunk, EventProducer, Records, read_spans
 from shared.logging import bind_context, get_logger, unbind_context
@@ -522,11 +523,8 @@ class ConsumerRunner:
         self._task = asyncio.create_task(self._run(), name=f"consumer-{self.name}")
 
     async def stop(self) -> None:
-        if self._task:
-            self._task.cancel()
-            with contextlib.suppress(asyncio.CancelledError):
-                await self._task
-            self._task = None
+        await stop_task(self._task)
+        self._task = None
 
     def committed(self, tp: TopicPartition) -> int | None:
         """The next offset of ``tp`` this runner committed (None: none yet, or not its partition)."""
