@@ -142,16 +142,19 @@ class DownstreamLag:
         live = await live_groups(admin, self.limits.groups)
         if not live:
             return {}
-        tps = [TopicPartition(t, p) for t in self.limits.topics for p in sorted(ends.partitions_for_topic(t) or ())]
-        if not tps:
+        tps = self._partitions(ends)
+        if not tps:  # the client has not read the topics' metadata yet
             await ends._client.force_metadata_update()
-            tps = [TopicPartition(t, p) for t in self.limits.topics for p in sorted(ends.partitions_for_topic(t) or ())]
+            tps = self._partitions(ends)
         end: dict[TopicPartition, int] = await ends.end_offsets(tps) if tps else {}
         out: dict[str, int] = {}
         for group in live:
             offsets = await admin.list_consumer_group_offsets(group, partitions=tps)
             out[group] = group_lag({tp: m.offset for tp, m in offsets.items()}, end)
         return out
+
+    def _partitions(self, ends: AIOKafkaConsumer) -> list[TopicPartition]:
+        return [TopicPartition(t, p) for t in self.limits.topics for p in sorted(ends.partitions_for_topic(t) or ())]
 
 
 async def live_groups(admin: AIOKafkaAdminClient, groups: Sequence[str]) -> list[str]:

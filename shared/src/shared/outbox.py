@@ -30,7 +30,8 @@ from __future__ import annotations
 import asyncio
 import contextlib
 import uuid
-from collections.abc import AsyncGenerator, Iterable, Sequence
+from collections.abc import AsyncGenerator, Iterable, Mapping, Sequence
+from collections.abc import Set as AbstractSet
 from datetime import UTC, datetime, timedelta
 from typing import Any
 
@@ -127,6 +128,11 @@ async def pending_events(db: AsyncDatabase[dict[str, Any]], collections: Sequenc
 Chunk = tuple[str, list[dict[str, Any]]]
 
 
+def _documents(hints: Mapping[str, AbstractSet[Any]], written: Mapping[str, Mapping[Any, Any]]) -> int:
+    """How many documents some hinted ids and handed-over documents name (a relay's queue)."""
+    return sum(len(ids) for ids in hints.values()) + sum(len(d) for d in written.values())
+
+
 class OutboxRelay:
     """Publishes embedded outbox events from the given collections to Kafka, then removes them."""
 
@@ -212,7 +218,7 @@ class OutboxRelay:
         """Documents written and not yet published, as far as this process knows: hinted or handed
         over since the pass under way began, and what that pass has left. A relay that gave up its
         hints for a sweep counts at least what its last pass found. Backpressure reads it."""
-        queued = sum(len(ids) for ids in self._hints.values()) + sum(len(d) for d in self._written.values())
+        queued = _documents(self._hints, self._written)
         return queued + self._in_pass + (max(self.pending, self._forgotten) if self._sweep_due else 0)
 
     def _overflow(self, collection: str) -> None:
@@ -308,7 +314,7 @@ class OutboxRelay:
         # A pipeline: while one chunk's acknowledgements are awaited and its entries removed, the
         # next chunk is read and queued. Chunks are queued and removed in order.
         found = 0
-        taken = sum(len(ids) for ids in hints.values()) + sum(len(d) for d in written.values())
+        taken = _documents(hints, written)
         if sweep:
             taken = max(taken, self.pending, self._forgotten)
             self._forgotten = 0

@@ -97,6 +97,8 @@ class ServiceSettings(BaseSettings):
     # A bound on memory under a crowd of uploads, not a speed-up: 4 left the registry's RSS as it was
     # at 10x and slowed the 100x roster (ADR 0005, third pass). 0 admits every request at once.
     bulk_requests_at_once: int = 16
+    bulk_request_min_bytes: int = 64 * 1024
+    bulk_wait_seconds: float = 30.0
     # Backpressure (shared.backpressure): large writes also wait while a live consumer group named here
     # (base names, e.g. "visits.registry-view") is more than backpressure_max_lag_events behind on
     # backpressure_topics, or its relay has more than backpressure_max_outbox_events documents not yet
@@ -105,8 +107,6 @@ class ServiceSettings(BaseSettings):
     backpressure_topics: list[str] = []
     backpressure_max_lag_events: int = 5000
     backpressure_max_outbox_events: int = 0
-    bulk_request_min_bytes: int = 64 * 1024
-    bulk_wait_seconds: float = 30.0
     # How long an Idempotency-Key is remembered (draft-ietf-httpapi-idempotency-key-header); then it is new again.
     idempotency_key_ttl_seconds: float = 24 * 3600
     # OTLP/HTTP collector base URL (http://collector:4318); unset: no tracing.
