@@ -2,7 +2,8 @@
 
 Exactly-once effect without transactions, with any number of replicas sharing the partitions:
 1. a copy of an event at another offset (a relay republishing it) is dropped by the ids of
-   :class:`shared.consumer.ProcessedEvents`, stored per partition before the counters change;
+   :class:`shared.consumer.ProcessedEvents`, stored per partition as the counters change (a
+   redelivery starts at the committed offset, before both, so their order does not matter);
 2. each counter document (one per unit and day) keeps a watermark per partition, ``wm.<key>``:
    the highest offset whose events it includes. Every ``$inc`` is conditional on the watermarks
    of the partitions it adds events from, and raises them in the same atomic update. In the normal
@@ -26,6 +27,7 @@ from prometheus_client import Counter, Gauge
 
 from metrics.projection import CounterSums, Sums, fold_into, increments, nonzero, state_changes
 from metrics.repository import ProjectionRepository, marks_filter
+from shared.concurrency import run_in_chunks
 from shared.consumer import Consumed, ProcessedEvents
 from shared.logging import get_logger
 
@@ -152,9 +154,9 @@ class Projector:
         """Apply a folded fetch; returns the newest ce_time applied per topic."""
         if not folded.fresh:
             return {}
-        await self.processed.record_ids(folded.fresh)
+        # Side by side: each round trip of this write waits for the next fetch's fold to yield.
+        await run_in_chunks([lambda: self.processed.record_ids(folded.fresh), lambda: self._add_counts(folded)])
         MONGO_WRITES.inc()
-        await self._add_counts(folded)
         for (kind, code), (fields, position) in folded.states.items():
             await self.repo.set_state(kind, code, fields, position)
         MONGO_WRITES.inc(len(folded.states))

@@ -504,6 +504,21 @@ async def test_processed_ids_are_pruned_past_the_window_per_partition(ev, repo) 
     assert await all_time(repo, "QN-VANDON", "households_visited") == 6
 
 
+async def test_one_fetch_prunes_every_partition_past_the_window_and_still_knows_its_copies(ev, repo) -> None:
+    projector = projector_on(repo, window=4)
+    first = [ev.visit(f"p{i}", ev.figures(HALONG, date(2025, 7, 1))) for i in range(16)]
+    # Two fetches over two partitions each; the second takes both partitions past the window.
+    await projector(at_offsets(first[0:4], partition=0) + at_offsets(first[4:8], partition=1))
+    await projector(at_offsets(first[8:12], start=4, partition=0) + at_offsets(first[12:16], start=4, partition=1))
+
+    docs = await repo.processed_events.find({}).sort([("partition", 1), ("first", 1)]).to_list()
+    assert [(d["partition"], d["first"], d["last"]) for d in docs] == [(0, 4, 7), (1, 4, 7)]
+    assert projector.processed.cached() == 8
+    # Copies of events still inside the window, republished on their partitions, are skipped.
+    await projector(at_offsets([first[9]], start=8, partition=0) + at_offsets([first[13]], start=8, partition=1))
+    assert await all_time(repo, "QN-HALONG", "households_visited") == 16
+
+
 async def test_a_batch_redelivered_with_the_same_cut_after_a_restart_does_not_shrink_the_window(ev, repo) -> None:
     visits = at_offsets([ev.visit(f"w{i}", ev.figures(HALONG, date(2025, 7, 1))) for i in range(16)])
     await projector_on(repo, window=10)(visits[:8])

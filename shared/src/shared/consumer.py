@@ -351,6 +351,7 @@ class ProcessedEvents:
                 }
             )
         await insert_ignoring_duplicates(self._col, docs)  # the same cut redelivered is stored already
+        pruned: list[str] = []
         for doc in docs:
             tp = TopicPartition(doc["topic"], doc["partition"])
             stored = self._docs.get(tp)
@@ -361,10 +362,15 @@ class ProcessedEvents:
             stored.append((doc["_id"], doc["ids"]))
             while len(stored) > 1 and sum(len(ids) for _, ids in stored[1:]) >= self._window:
                 oldest, ids = stored.pop(0)
-                await self._col.delete_one({"_id": oldest})
+                pruned.append(oldest)
                 first = self._first.get(tp, {})
                 for event_id in ids:
                     first.pop(event_id, None)
+        if pruned:
+            # One command for every partition's pruned documents: the projector prunes about one
+            # per partition per fetch, and each round trip of its write waits for the fold of the
+            # next fetch to yield (docs/adr/0005, seventh pass).
+            await self._col.delete_many({"_id": {"$in": pruned}})
 
     async def release(self, c: Consumed) -> None:
         """Forget a dead-lettered event, so that its replay (same id, a later offset) is handled.
