@@ -17,9 +17,10 @@ from metrics.repository import MetricsStore, PeriodRepository
 from metrics.service import MetricsService
 from shared.audit import AuditTrail
 from shared.audit_api import audit_router
-from shared.http import BulkAdmission, create_app, serve
+from shared.http import BulkAdmission, create_app
 from shared.logging import configure_logging
 from shared.runtime import Runtime, tune_gc
+from shared.server import serve
 from shared.settings import ServiceSettings
 from shared.topics import COUNTED_TOPICS
 

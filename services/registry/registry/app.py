@@ -13,9 +13,10 @@ from registry.repository import COLLECTIONS, INDEXES, Repository
 from registry.service import RegistryService
 from shared.audit import AuditTrail
 from shared.audit_api import audit_router
-from shared.http import BulkAdmission, create_app, serve
+from shared.http import BulkAdmission, create_app
 from shared.logging import configure_logging
 from shared.runtime import Runtime
+from shared.server import serve
 from shared.settings import ServiceSettings
 from shared.topics import REGISTRY_TOPIC
 

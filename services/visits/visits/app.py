@@ -11,11 +11,12 @@ from pydantic_settings import SettingsConfigDict
 from shared import registry_view as rm
 from shared.audit import AuditTrail
 from shared.audit_api import audit_router
-from shared.http import BulkAdmission, create_app, serve
+from shared.http import BulkAdmission, create_app
 from shared.logging import configure_logging
 from shared.migrations import move_registry_view
 from shared.registry_view import ReadModelCache, RegistryView
 from shared.runtime import Runtime, tune_gc
+from shared.server import serve
 from shared.settings import ServiceSettings
 from shared.topics import REGISTRY_TOPIC
 from visits.api import router

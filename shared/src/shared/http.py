@@ -580,17 +580,6 @@ async def _subject_of(scope: Scope) -> str | None:
         return None
 
 
-def serve(app: FastAPI, *, host: str, port: int) -> None:
-    """Run one service process as deployed: uvicorn on uvloop and httptools, our logging only.
-
-    uvicorn's own access line is off: :class:`RequestContextMiddleware` already writes one per
-    request (with its request id and duration), and formatting a second one cost every request.
-    """
-    import uvicorn
-
-    uvicorn.run(app, host=host, port=port, loop="uvloop", http="httptools", log_config=None, access_log=False)
-
-
 _ISO_DATE_TIME = re.compile(r"\d{4}-\d{2}-\d{2}[T ]\d{2}:\d{2}")
 
 

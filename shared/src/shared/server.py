@@ -1,0 +1,71 @@
+"""How a service process serves HTTP: uvicorn on uvloop and httptools, with its one plain-text answer replaced.
+
+uvicorn answers a request its parser refuses (bytes that are not HTTP/1.1: a TLS handshake sent to
+the plain port, a control character in the request line, a broken chunked body) on its own, before
+any application code runs, with ``400 Invalid HTTP request received.`` in ``text/plain``. Every
+other error of ours is RFC 9457 problem+json, so that one answer is replaced here, in the one
+place that knows about uvicorn's protocol classes.
+"""
+
+from __future__ import annotations
+
+import orjson
+import uvicorn
+from fastapi import FastAPI
+from uvicorn.protocols.http.httptools_impl import HttpToolsProtocol
+
+from shared.errors import ProblemError
+
+PROBLEM_JSON = b"application/problem+json"
+
+
+def unparsable_request_body() -> bytes:
+    """The problem+json body of a request the HTTP parser refused."""
+    problem = ProblemError(
+        "Yêu cầu không phải HTTP/1.1 hợp lệ; máy chủ đã đóng kết nối."
+        " / The request is not valid HTTP/1.1; the server closed the connection.",
+        title="Malformed HTTP request",
+        slug="malformed-http",
+    )
+    return orjson.dumps(problem.to_problem())
+
+
+class ProblemHttpToolsProtocol(HttpToolsProtocol):
+    """uvicorn's httptools protocol, answering an unparsable request in problem+json."""
+
+    def send_400_response(self, msg: str) -> None:
+        body = unparsable_request_body()
+        head = [b"HTTP/1.1 400 Bad Request\r\n"]
+        for name, value in self.server_state.default_headers:
+            head += [name, b": ", value, b"\r\n"]
+        head += [
+            b"content-type: ",
+            PROBLEM_JSON,
+            b"\r\ncontent-length: ",
+            str(len(body)).encode("ascii"),
+            b"\r\nconnection: close\r\n\r\n",
+        ]
+        self.transport.write(b"".join(head) + body)
+        self.transport.close()
+
+
+def config(app: FastAPI, *, host: str, port: int) -> uvicorn.Config:
+    """The server of one service process, as deployed.
+
+    uvicorn's own access line is off: :class:`shared.http.RequestContextMiddleware` already writes
+    one per request (with its request id and duration), and formatting a second one cost every request.
+    """
+    return uvicorn.Config(
+        app,
+        host=host,
+        port=port,
+        loop="uvloop",
+        http=ProblemHttpToolsProtocol,
+        log_config=None,
+        access_log=False,
+    )
+
+
+def serve(app: FastAPI, *, host: str, port: int) -> None:
+    """Run one service process until it is stopped."""
+    uvicorn.Server(config(app, host=host, port=port)).run()
