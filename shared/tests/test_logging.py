@@ -18,6 +18,7 @@ from scripts.run import render_log_line
 from shared import tracing
 from shared.infra import free_port
 from shared.logging import HANDLER_NAME, configure_logging, get_logger
+from shared.server import config
 
 
 @pytest.fixture(autouse=True)
@@ -80,9 +81,8 @@ def test_uvicorn_start_up_and_shut_down_lines_are_json_with_the_bound_context(
     configure_logging("metrics", "INFO", json=True)
 
     async def run_server() -> None:
-        # As shared.http.serve runs it: uvicorn's own logging configuration off.
-        config = uvicorn.Config(FastAPI(), host="127.0.0.1", port=free_port(), log_config=None, access_log=False)
-        server = uvicorn.Server(config)
+        # The server a service process runs: uvicorn's own logging configuration off.
+        server = uvicorn.Server(config(FastAPI(), host="127.0.0.1", port=free_port()))
         task = asyncio.create_task(server.serve())
         for _ in range(200):
             if server.started:
