@@ -3,6 +3,8 @@
 from __future__ import annotations
 
 import asyncio
+import socket
+import sys
 from collections.abc import AsyncIterator
 from contextlib import asynccontextmanager
 
@@ -72,3 +74,19 @@ async def test_a_request_the_parser_refuses_gets_problem_json_and_the_server_kee
 
         status, headers, body = await exchange(port, b"GET /healthz HTTP/1.1\r\nHost: a\r\nConnection: close\r\n\r\n")
         assert status == "HTTP/1.1 200 OK"
+
+
+async def test_a_server_that_cannot_start_exits_with_status_3() -> None:
+    # The port is taken: the process must not end as if it had been stopped (a supervisor restarts it).
+    with socket.socket() as taken:
+        taken.bind(("127.0.0.1", 0))
+        taken.listen()
+        port = taken.getsockname()[1]
+        code = (
+            "from fastapi import FastAPI; from shared.server import serve;"
+            f" serve(FastAPI(), host='127.0.0.1', port={port})"
+        )
+        proc = await asyncio.create_subprocess_exec(
+            sys.executable, "-c", code, stdout=asyncio.subprocess.DEVNULL, stderr=asyncio.subprocess.DEVNULL
+        )
+        assert await asyncio.wait_for(proc.wait(), 60) == 3

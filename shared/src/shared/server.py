@@ -67,5 +67,5 @@ def config(app: FastAPI, *, host: str, port: int) -> uvicorn.Config:
 
 
 def serve(app: FastAPI, *, host: str, port: int) -> None:
-    """Run one service process until it is stopped."""
+    """Run one service process until it is stopped (uvicorn exits with status 3 if it cannot start)."""
     uvicorn.Server(config(app, host=host, port=port)).run()
