@@ -83,7 +83,7 @@ def problem(status: int, title: str, detail: str, *, slug: str, **extra: Any) ->
 PROBLEM_RESPONSES: dict[int | str, dict[str, Any]] = {
     code: {"description": text, "content": {PROBLEM_JSON: {"schema": {"$ref": "#/components/schemas/Problem"}}}}
     for code, text in (
-        (400, "Bad request"),
+        (400, "Bad request; or `malformed-http`: the bytes are not HTTP/1.1 (a control byte in a header)"),
         (401, "Missing or invalid bearer token"),
         (403, "Role or unit scope does not allow this"),
         (404, "Not found"),
@@ -424,7 +424,8 @@ def _complete_operations(routers: Sequence[APIRouter], schema: dict[str, Any]) -
             responses: dict[str, Any] = op.setdefault("responses", {})
             params: list[dict[str, Any]] = op.get("parameters", [])
             has_body = "requestBody" in op
-            statuses: list[int] = []
+            # Any request can be refused before routing, by the server's HTTP parser (shared.server).
+            statuses: list[int] = [400]
             if (path, method) in authenticated:
                 statuses += [401, 403, 503]
                 if params or has_body:
@@ -432,7 +433,7 @@ def _complete_operations(routers: Sequence[APIRouter], schema: dict[str, Any]) -
                 if has_body:
                     statuses.append(413)
                 if method.upper() in IDEMPOTENT_METHODS:
-                    statuses += [400, 409, 422]
+                    statuses += [409, 422]
                     op["parameters"] = [*params, IDEMPOTENCY_KEY_PARAMETER]
             else:
                 op["security"] = []
@@ -450,7 +451,8 @@ def _complete_operations(routers: Sequence[APIRouter], schema: dict[str, Any]) -
                 (r["content"] for code, r in sorted(responses.items()) if code.startswith("2") and r.get("content")),
                 None,
             )
-            # A page (HTML) answers its own errors as pages; every other route answers problems.
+            # A page (HTML) answers its own errors as pages, except the ones given before it runs (400
+            # from the server, 422 from validation); every other route answers problems.
             page = success is not None and not any("json" in media for media in success)
             for code, response in responses.items():
                 if "content" in response or code == "204" or code.startswith("3"):
@@ -458,7 +460,7 @@ def _complete_operations(routers: Sequence[APIRouter], schema: dict[str, Any]) -
                 if code.startswith("2") and success is not None:
                     response["content"] = success
                 elif code[0] in "45":
-                    response["content"] = success if page and code != "422" else _PROBLEM_CONTENT
+                    response["content"] = success if page and code not in ("400", "422") else _PROBLEM_CONTENT
             op["responses"] = dict(sorted(responses.items()))
     components = schema.get("components", {}).get("schemas", {})
     if "HTTPValidationError" not in orjson.dumps(schema.get("paths", {})).decode():
