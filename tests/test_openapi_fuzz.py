@@ -37,7 +37,7 @@ from metrics.app import MetricsSettings
 from metrics.app import build_app as metrics_app
 from registry.app import RegistrySettings
 from registry.app import build_app as registry_app
-from shared.server import ProblemHttpToolsProtocol
+from shared.server import config
 from shared.testing import running_app, token
 from training.app import TrainingSettings
 from training.app import build_app as training_app
@@ -93,16 +93,9 @@ def serving(app: FastAPI) -> Iterator[str]:
     sock = socket.socket(socket.AF_INET, socket.SOCK_STREAM)
     sock.bind(("127.0.0.1", 0))
     port = sock.getsockname()[1]
+    # The deployed config (what the parser refuses is a problem too), in a thread of its own.
     server = uvicorn.Server(
-        uvicorn.Config(
-            app,
-            http=ProblemHttpToolsProtocol,  # as deployed: what the parser refuses is a problem too
-            log_config=None,
-            access_log=False,
-            lifespan="on",
-            loop="asyncio",
-            timeout_keep_alive=30,
-        )
+        config(app, host="127.0.0.1", port=port, lifespan="on", loop="asyncio", timeout_keep_alive=30)
     )
     thread = threading.Thread(target=server.run, kwargs={"sockets": [sock]}, daemon=True)
     thread.start()
