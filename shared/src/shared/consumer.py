@@ -25,6 +25,7 @@ from shared.envelope import Envelope, EnvelopeError, decode
 from shared.kafka import Chunk, EventProducer, Records, read_spans
 from shared.logging import bind_context, get_logger, unbind_context
 from shared.mongo import insert_ignoring_duplicates
+from shared.seen import PartitionIds
 from shared.settings import ServiceSettings
 from shared.topics import dlq_topic
 from shared.tracing import enabled as tracing_enabled
@@ -259,20 +260,32 @@ class ProcessedEvents:
     ``{_id, group, topic, partition, first, last, ids: [...], offsets: [...], at}``. Each partition
     keeps its newest ``window`` ids; older documents are deleted. Republished copies land right
     after a relay's crash, within its in-flight chunk (``relay_batch_size``), far inside the window.
-    Memory holds the ids of the partitions this process has read, as a cache: it is dropped when
-    partitions are revoked (another replica may record them meanwhile) and after a failed write.
+    Memory holds the ids of the partitions this process has read, as a cache (:class:`PartitionIds`,
+    most of them as hashes: a hash met at another offset is confirmed by reading the stored id): it is
+    dropped when partitions are revoked (another replica may record them meanwhile) and after a
+    failed write.
     """
 
-    def __init__(self, collection: AsyncCollection[dict[str, Any]], group: str, *, window: int = 20_000) -> None:
+    def __init__(
+        self,
+        collection: AsyncCollection[dict[str, Any]],
+        group: str,
+        *,
+        window: int = 20_000,
+        id_hash: Callable[[str], int] = hash,
+    ) -> None:
         self._col = collection
         self._group = group
         self._window = window
-        # Per partition: first offset by id, and the stored documents oldest first with their ids.
+        self._hash = id_hash
+        # Per partition: the ids, and the stored documents oldest first as (_id, first, last, ids).
         # Ids leave memory with their document: kept for good, a long-running replica grew by every
         # event it ever read (the projector passed 160 MB draining 200,000) and, unlike a restarted
         # one, still called copies from outside the window duplicates.
-        self._first: dict[TopicPartition, dict[str, int]] = {}
-        self._docs: dict[TopicPartition, list[tuple[str, list[str]]]] = {}
+        self._ids: dict[TopicPartition, PartitionIds] = {}
+        self._docs: dict[TopicPartition, list[tuple[str, int, int, int]]] = {}
+        # Stored ids by offset of the few documents read to confirm a copy, by document _id.
+        self._read: dict[str, dict[int, str]] = {}
         # Partitions assigned to this process and not read yet: the next read takes them all at once.
         self._unread: set[TopicPartition] = set()
 
@@ -285,14 +298,14 @@ class ProcessedEvents:
         and the projector stood still for 20 s.
         """
         # The whole assignment comes at once (aiokafka rebalances eagerly): nothing else is ours.
-        self._first, self._docs = {}, {}
+        self._ids, self._docs, self._read = {}, {}, {}
         self._unread = set(partitions)
 
-    async def _load(self, tp: TopicPartition) -> dict[str, int]:
+    async def _load(self, tp: TopicPartition) -> PartitionIds:
         wanted = self._unread | {tp}
         self._unread = set()
-        firsts: dict[TopicPartition, dict[str, int]] = {p: {} for p in wanted}
-        docs: dict[TopicPartition, list[tuple[str, list[str]]]] = {p: [] for p in wanted}
+        pairs: dict[TopicPartition, list[tuple[str, int]]] = {p: [] for p in wanted}
+        docs: dict[TopicPartition, list[tuple[str, int, int, int]]] = {p: [] for p in wanted}
         query: dict[str, Any] = {
             "group": self._group,
             "topic": {"$in": sorted({p.topic for p in wanted})},
@@ -300,28 +313,54 @@ class ProcessedEvents:
         }
         async for d in self._col.find(query).sort("first", 1):
             at = TopicPartition(d["topic"], d["partition"])
-            first = firsts.get(at)
-            if first is None:  # not this process's
+            mine = pairs.get(at)
+            if mine is None:  # not this process's
                 continue
-            for event_id, offset in zip(d["ids"], d["offsets"], strict=True):
-                first.setdefault(event_id, offset)
-            docs[at].append((d["_id"], list(d["ids"])))
-        self._first.update(firsts)
+            mine.extend(zip(d["ids"], d["offsets"], strict=True))
+            docs[at].append((d["_id"], d["first"], d["last"], len(d["ids"])))
+        for p in wanted:
+            ids = self._ids[p] = PartitionIds(id_hash=self._hash)
+            ids.load(pairs[p], docs[p][0][1] if docs[p] else 0)
         self._docs.update(docs)
-        return firsts[tp]
+        return self._ids[tp]
 
     def cached(self) -> int:
-        """How many event ids this process holds in memory (about ``window`` per partition read)."""
-        return sum(len(first) for first in self._first.values())
+        """How many event ids inside the window this process holds (about ``window`` per partition read)."""
+        return sum(len(ids) for ids in self._ids.values())
 
     async def fresh(self, c: Consumed) -> bool:
         """False when ``c`` is a copy, at another offset, of an event already seen on its partition."""
         tp = TopicPartition(c.topic, c.partition)
-        first = self._first.get(tp)
-        if first is None:
-            first = await self._load(tp)
-        seen = first.setdefault(c.envelope.id, c.offset)
-        return seen == c.offset
+        ids = self._ids.get(tp)
+        if ids is None:
+            ids = await self._load(tp)
+        event_id = c.envelope.id
+        seen = ids.exact(event_id)
+        if seen is not None:
+            return seen == c.offset
+        for offset in ids.candidates(event_id):
+            if offset == c.offset:  # this very record again: one offset holds one event
+                return True
+            if await self._stored_id(tp, offset) == event_id:
+                return False
+        ids.add(event_id, c.offset)
+        return True
+
+    async def _stored_id(self, tp: TopicPartition, offset: int) -> str | None:
+        """The id stored for ``offset`` of ``tp`` (None once released or past the window)."""
+        for doc_id, lo, hi, _ in self._docs.get(tp, ()):
+            if not lo <= offset <= hi:
+                continue
+            by_offset = self._read.get(doc_id)
+            if by_offset is None:
+                d = await self._col.find_one({"_id": doc_id})
+                by_offset = dict(zip(d["offsets"], d["ids"], strict=True)) if d else {}
+                if len(self._read) >= 8:  # copies come in runs from one relay's chunk: few documents
+                    self._read.clear()
+                self._read[doc_id] = by_offset
+            if offset in by_offset:
+                return by_offset[offset]
+        return None
 
     async def record(self, events: Sequence[Consumed]) -> None:
         """Store the ids of ``events`` (first copies) per partition; prune past the window."""
@@ -355,17 +394,17 @@ class ProcessedEvents:
         for doc in docs:
             tp = TopicPartition(doc["topic"], doc["partition"])
             stored = self._docs.get(tp)
+            ids = self._ids.get(tp)
             # A redelivered batch cut the same way is tracked already: counting it twice would
             # prune ids that are still inside the window.
-            if stored is None or any(doc_id == doc["_id"] for doc_id, _ in stored):
+            if stored is None or ids is None or any(d[0] == doc["_id"] for d in stored):
                 continue
-            stored.append((doc["_id"], doc["ids"]))
-            while len(stored) > 1 and sum(len(ids) for _, ids in stored[1:]) >= self._window:
-                oldest, ids = stored.pop(0)
+            stored.append((doc["_id"], doc["first"], doc["last"], len(doc["ids"])))
+            while len(stored) > 1 and sum(d[3] for d in stored[1:]) >= self._window:
+                oldest = stored.pop(0)[0]
                 pruned.append(oldest)
-                first = self._first.get(tp, {})
-                for event_id in ids:
-                    first.pop(event_id, None)
+                self._read.pop(oldest, None)
+            ids.stored(doc["last"], stored[0][1])
         if pruned:
             # One command for every partition's pruned documents: the projector prunes about one
             # per partition per fetch, and each round trip of its write waits for the fold of the
@@ -379,9 +418,9 @@ class ProcessedEvents:
         that ``scripts.cli dlq replay`` publishes would be taken for a duplicate and skipped.
         """
         tp = TopicPartition(c.topic, c.partition)
-        first = self._first.get(tp)
-        if first is not None and first.get(c.envelope.id) == c.offset:
-            del first[c.envelope.id]
+        ids = self._ids.get(tp)
+        if ids is not None:
+            ids.drop(c.envelope.id, c.offset)
         around = {"$lte": c.offset}
         query = {"group": self._group, "topic": c.topic, "partition": c.partition, "first": around}
         async for d in self._col.find({**query, "last": {"$gte": c.offset}}):
@@ -389,6 +428,8 @@ class ProcessedEvents:
             if len(pairs) < len(d["ids"]):
                 kept = {"ids": [i for i, _ in pairs], "offsets": [o for _, o in pairs]}
                 await self._col.update_one({"_id": d["_id"]}, {"$set": kept})
+                # A folded id is confirmed by reading its document: read it again.
+                self._read.pop(d["_id"], None)
 
     async def positions(self, event_ids: Iterable[str]) -> dict[str, tuple[TopicPartition, int]]:
         """Where the first copies of these events were recorded (those not recorded are left out)."""
@@ -403,11 +444,11 @@ class ProcessedEvents:
     def forget(self, partitions: Iterable[TopicPartition] | None = None) -> None:
         """Drop the cache of ``partitions`` (all when None); they are read again when next needed."""
         if partitions is None:  # still ours: read them again, together, when next needed
-            self._unread |= set(self._first)
-            self._first, self._docs = {}, {}
+            self._unread |= set(self._ids)
+            self._ids, self._docs, self._read = {}, {}, {}
             return
         for tp in partitions:
-            self._first.pop(tp, None)
+            self._ids.pop(tp, None)
             self._docs.pop(tp, None)
             self._unread.discard(tp)
 
