@@ -44,11 +44,25 @@ def test_folded_ids_are_found_by_hash_and_the_window_leaves_old_ones_out() -> No
     assert ids.exact("a") is None
     assert ids.candidates("a") == [0]
     assert ids.exact("d") == 3  # not stored yet: still an object, found exactly
-    assert ids.candidates("zzz") == []
+    assert list(ids.candidates("zzz")) == []
     ids.stored(through=3, keep_from=2)  # the window now starts at offset 2
-    assert ids.candidates("a") == []
+    assert list(ids.candidates("a")) == []
     assert ids.candidates("c") == [2]
     assert len(ids) == 2  # c and d
+
+
+def test_a_fold_past_the_window_lets_its_segment_go_and_still_finds_the_others() -> None:
+    ids = PartitionIds(seal_at=2)
+    for offset, event_id in enumerate("abcdef"):  # folded two at a time: [a b] [c d] [e f]
+        ids.add(event_id, offset)
+        ids.stored(through=offset, keep_from=0)
+    ids.add("g", 6)
+    ids.add("h", 7)
+    ids.stored(through=7, keep_from=2)  # the next fold drops [a b] and clears their bits
+    assert list(ids.candidates("a")) == []
+    assert ids.candidates("c") == [2]
+    assert ids.candidates("h") == [7]
+    assert len(ids) == 6
 
 
 def test_ids_with_one_hash_all_come_back_as_candidates() -> None:
