@@ -16,7 +16,7 @@ from bisect import bisect_left
 from collections.abc import Callable, Sequence
 
 # Ids of a partition kept as objects before they are folded into an array: about once per this many.
-SEAL_AT = 4_096
+SEAL_AT = 1_024
 # One bit per hash value modulo this, set for every folded id: most fresh ids find their bit clear
 # and are never looked up in the arrays (with 20,000 folded ids about 2% find it set).
 FILTER_BITS = 1 << 20
@@ -34,6 +34,7 @@ class PartitionIds:
         self._seal_at = seal_at
         self._segments: list[tuple[array[int], array[int], int]] = []  # keys, offsets, newest offset
         self._filter = bytearray(FILTER_BITS // 8)
+        self._stale_bits = 0  # ids of segments let go whose bits are still set
         # Ids not folded yet, by id: every id taken since the last fold, stored or not.
         self._recent: dict[str, int] = {}
         self._stored_through = -1
@@ -88,7 +89,7 @@ class PartitionIds:
         for event_id, offset in pairs:
             first.setdefault(event_id, offset)
         self._segments, self._recent = [], {}
-        self._filter = bytearray(FILTER_BITS // 8)
+        self._filter, self._stale_bits = bytearray(FILTER_BITS // 8), 0
         self._keep_from = keep_from
         self._stored_through = max(first.values(), default=-1)
         self._add_segment([(self._hash(i), o) for i, o in first.items()])
@@ -99,11 +100,13 @@ class PartitionIds:
         moving = [(self._hash(i), o) for i, o in self._recent.items() if keep <= o <= through]
         self._recent = {i: o for i, o in self._recent.items() if o > through}
         kept = [s for s in self._segments if s[2] >= keep]
-        if len(kept) < len(self._segments):  # the filter still has the bits of those: start it again
-            self._segments, self._filter = [], bytearray(FILTER_BITS // 8)
-            for keys, offsets, newest in kept:
+        self._stale_bits += sum(len(s[0]) for s in self._segments if s[2] < keep)
+        self._segments = kept
+        if self._stale_bits > sum(len(s[0]) for s in kept):
+            # Bits of ids let go only cost a needless look; past as many as are live, start again.
+            self._filter, self._stale_bits = bytearray(FILTER_BITS // 8), 0
+            for keys, _, _ in kept:
                 self._mark(keys)
-                self._segments.append((keys, offsets, newest))
         self._add_segment(moving)
 
     def _add_segment(self, pairs: list[tuple[int, int]]) -> None:
