@@ -4,7 +4,6 @@ ids are read by bounded ``$in`` reads."""
 from __future__ import annotations
 
 import asyncio
-from collections.abc import AsyncIterator
 from typing import Any
 
 import pytest
@@ -12,21 +11,14 @@ from pymongo import ASCENDING, IndexModel
 from pymongo.asynchronous.database import AsyncDatabase
 from pymongo.errors import DuplicateKeyError
 
-from shared.infra import FerretDB
-from shared.mongo import IDS_PER_READ, MONGO_LATENCY, InsertBatcher, connect, ensure_indexes, find_by_ids, insert_once
+from shared.mongo import IDS_PER_READ, MONGO_LATENCY, InsertBatcher, ensure_indexes, find_by_ids, insert_once
 
 pytestmark = [pytest.mark.mongo]
 
 
 @pytest.fixture
-async def db(ferretdb: FerretDB, run_id: str) -> AsyncIterator[AsyncDatabase[dict[str, Any]]]:
-    """A database of this test's own, dropped after it."""
-    client = connect(ferretdb.url)
-    try:
-        yield client[f"mongo_{run_id}"]
-    finally:
-        await client.drop_database(f"mongo_{run_id}")
-        await client.close()
+def db(scratch_db: AsyncDatabase[dict[str, Any]]) -> AsyncDatabase[dict[str, Any]]:
+    return scratch_db
 
 
 def commands_sent(command: str, collection: str) -> float:

@@ -2,7 +2,6 @@
 
 from __future__ import annotations
 
-from collections.abc import AsyncIterator
 from typing import Any
 
 import pytest
@@ -11,8 +10,6 @@ from pymongo.asynchronous.database import AsyncDatabase
 from shared.consumer import Consumed, ProcessedEvents
 from shared.contracts import registry as ev
 from shared.envelope import Envelope, make_event
-from shared.infra import FerretDB
-from shared.mongo import connect
 from shared.seen import PartitionIds
 
 TOPIC = "registry.events.v1"
@@ -85,26 +82,16 @@ def test_dropping_a_released_id_forgets_only_that_offset() -> None:
 # --- on the real database ------------------------------------------------------------------------
 
 
-@pytest.fixture
-async def db(ferretdb: FerretDB, run_id: str) -> AsyncIterator[AsyncDatabase[dict[str, Any]]]:
-    client = connect(ferretdb.url)
-    try:
-        yield client[f"seen_{run_id}"]
-    finally:
-        await client.drop_database(f"seen_{run_id}")
-        await client.close()
-
-
 @pytest.mark.mongo
-async def test_when_every_hash_collides_only_true_copies_are_skipped(db: AsyncDatabase[dict[str, Any]]) -> None:
+async def test_when_every_hash_collides_only_true_copies_are_skipped(scratch_db: AsyncDatabase[dict[str, Any]]) -> None:
     events = [event(n) for n in range(6)]
-    first = ProcessedEvents(db["processed"], "g", id_hash=same_hash)
+    first = ProcessedEvents(scratch_db["processed"], "g", id_hash=same_hash)
     taken = [c for c in (at(e, o) for o, e in enumerate(events)) if await first.fresh(c)]
     assert len(taken) == 6  # one hash, six ids: none mistaken for another
     await first.record(taken)
 
     # A restarted process holds every stored id by hash only.
-    restarted = ProcessedEvents(db["processed"], "g", id_hash=same_hash)
+    restarted = ProcessedEvents(scratch_db["processed"], "g", id_hash=same_hash)
     assert await restarted.fresh(at(events[2], 2))  # the same record redelivered
     assert not await restarted.fresh(at(events[4], 9))  # republished later: a copy
     newcomer = event(99)
@@ -117,9 +104,9 @@ async def test_when_every_hash_collides_only_true_copies_are_skipped(db: AsyncDa
 
 
 @pytest.mark.mongo
-async def test_ids_folded_past_many_fetches_still_know_their_copies(db: AsyncDatabase[dict[str, Any]]) -> None:
+async def test_ids_folded_past_many_fetches_still_know_their_copies(scratch_db: AsyncDatabase[dict[str, Any]]) -> None:
     # Enough ids per partition (5,000, past SEAL_AT) that most are folded into the arrays.
-    processed = ProcessedEvents(db["processed"], "g", window=20_000)
+    processed = ProcessedEvents(scratch_db["processed"], "g", window=20_000)
     events = [event(n) for n in range(10_000)]
     for lo in range(0, 10_000, 1_000):
         batch = [at(e, lo + i, partition=(lo // 1_000) % 2) for i, e in enumerate(events[lo : lo + 1_000])]

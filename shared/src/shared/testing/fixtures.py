@@ -9,13 +9,15 @@ own (``own_kafka``, ``own_ferretdb``).
 from __future__ import annotations
 
 import uuid
-from collections.abc import Callable, Iterator
+from collections.abc import AsyncIterator, Callable, Iterator
 from pathlib import Path
 from typing import Any, TypeVar
 
 import pytest
+from pymongo.asynchronous.database import AsyncDatabase
 
 from shared.infra import FerretDB, KafkaBroker
+from shared.mongo import connect
 from shared.settings import ServiceSettings
 from shared.topics import ensure_topics_sync
 
@@ -55,6 +57,17 @@ def own_ferretdb(tmp_path: Path) -> Iterator[FerretDB]:
 @pytest.fixture
 def run_id() -> str:
     return uuid.uuid4().hex[:10]
+
+
+@pytest.fixture
+async def scratch_db(ferretdb: FerretDB, run_id: str) -> AsyncIterator[AsyncDatabase[dict[str, Any]]]:
+    """A database of this test's own on the session's FerretDB, dropped after it."""
+    client = connect(ferretdb.url)
+    try:
+        yield client[f"scratch_{run_id}"]
+    finally:
+        await client.drop_database(f"scratch_{run_id}")
+        await client.close()
 
 
 @pytest.fixture
