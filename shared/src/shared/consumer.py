@@ -278,7 +278,7 @@ class ProcessedEvents:
         self._group = group
         self._window = window
         self._hash = id_hash
-        # Per partition: the ids, and the stored documents oldest first as (_id, first, last, ids).
+        # Per partition: the ids, and the stored documents oldest first as (_id, first, last, id count).
         # Ids leave memory with their document: kept for good, a long-running replica grew by every
         # event it ever read (the projector passed 160 MB draining 200,000) and, unlike a restarted
         # one, still called copies from outside the window duplicates.

@@ -100,9 +100,10 @@ class PartitionIds:
         moving = [(self._hash(i), o) for i, o in self._recent.items() if keep <= o <= through]
         self._recent = {i: o for i, o in self._recent.items() if o > through}
         kept = [s for s in self._segments if s[2] >= keep]
-        self._stale_bits += sum(len(s[0]) for s in self._segments if s[2] < keep)
+        live = sum(len(s[0]) for s in kept)
+        self._stale_bits += sum(len(s[0]) for s in self._segments) - live
         self._segments = kept
-        if self._stale_bits > sum(len(s[0]) for s in kept):
+        if self._stale_bits > live:
             # Bits of ids let go only cost a needless look; past as many as are live, start again.
             self._filter, self._stale_bits = bytearray(FILTER_BITS // 8), 0
             for keys, _, _ in kept:
