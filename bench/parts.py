@@ -30,6 +30,7 @@ import httpx
 from aiokafka import AIOKafkaConsumer, AIOKafkaProducer, TopicPartition
 from aiokafka.admin import AIOKafkaAdminClient
 from aiokafka.partitioner import DefaultPartitioner
+from pymongo import AsyncMongoClient
 
 from shared.auth import issue_token
 from shared.consumer import PROCESSED_EVENTS
@@ -100,7 +101,18 @@ def rss_mb(pid: int) -> float:
     return 0.0
 
 
-PROJECTOR_COUNTERS = {"name[]": ["bridge_projector_events_applied_total", "bridge_projector_mongo_writes_total"]}
+PROJECTOR_COUNTERS = {
+    "name[]": [
+        "bridge_projector_events_applied_total",
+        "bridge_projector_mongo_writes_total",
+        "bridge_folder_counter_writes_total",
+    ]
+}
+
+
+async def unfolded_chains(client: AsyncMongoClient[dict[str, Any]], db: str) -> int:
+    """Partitions whose projector deltas the folder has not added into the counters yet."""
+    return await client[db]["chains_g1"].count_documents({"starts": {"$ne": []}})
 
 
 def prom_sum(text: str, name: str) -> float:
@@ -447,6 +459,8 @@ async def drain_with_projector(b: Bench, rep: int, prefix: str, expected: int, t
     applied = writes = 0.0
     stalled = False
     t_progress = now()
+    t_visible: float | None = None
+    mongo = connect(b.ferret.url)
     try:
         while now() < deadline:
             if svc.proc.poll() is not None:
@@ -459,14 +473,20 @@ async def drain_with_projector(b: Bench, rep: int, prefix: str, expected: int, t
                 if r.status_code == 200:
                     t = now()
                     applied = prom_sum(r.text, "bridge_projector_events_applied_total")
-                    writes = prom_sum(r.text, "bridge_projector_mongo_writes_total")
+                    writes = prom_sum(r.text, "bridge_projector_mongo_writes_total") + prom_sum(
+                        r.text, "bridge_folder_counter_writes_total"
+                    )
                     if t_ready is None:
                         t_ready, a_ready = t, applied
                     if not samples or applied > samples[-1][1]:
                         t_progress = t
                     samples.append((t, applied, writes))
                     if applied >= expected:
-                        break
+                        # Readable from here (the deltas); done once the folder has added them all
+                        # into the counter documents too.
+                        t_visible = t_visible or t
+                        if not await unfolded_chains(mongo, f"bproj_{tag}"):
+                            break
                     if t - t_progress > STALL_SECONDS:
                         stalled = True
                         break
@@ -479,6 +499,7 @@ async def drain_with_projector(b: Bench, rep: int, prefix: str, expected: int, t
         peak = max(peak, svc.rss())
     finally:
         await svc.stop()
+        await mongo.close()
     with contextlib.suppress(Exception):
         client = connect(b.ferret.url)
         await client.drop_database(f"bproj_{tag}")
@@ -492,6 +513,7 @@ async def drain_with_projector(b: Bench, rep: int, prefix: str, expected: int, t
         "stalled": stalled,
         "seconds": t_done - t_ready,
         "events_per_s": (applied - a_ready) / max((t_progress if stalled else t_done) - t_ready, 1e-9),
+        "visible_events_per_s": (applied - a_ready) / max((t_visible or t_done) - t_ready, 1e-9),
         "startup_s": t_ready - svc.started,
         "peak_rss_mb": peak,
         "summary": summary,
@@ -565,6 +587,8 @@ async def projector_part(b: Bench) -> None:
         "bare_reps": [round(v, 1) for v in bare],
         "projector_events_per_s": round(proj_med, 1),
         "projector_reps": [round(r["events_per_s"], 1) for r in runs],
+        # Until every event was readable (in a delta), before the folder had added them all up.
+        "projector_readable_events_per_s": round(statistics.median(r["visible_events_per_s"] for r in runs), 1),
         "projector_drain_s": [round(r["seconds"], 1) for r in runs],
         "projector_startup_s": [round(r["startup_s"], 1) for r in runs],
         "all_applied": all(r["done"] for r in runs),
@@ -586,7 +610,8 @@ async def projector_part(b: Bench) -> None:
         detail["ratio"],
         ">= 0.85",
         f"{detail['bare_events_per_s']} ev/s",
-        f"{detail['projector_events_per_s']} ev/s"
+        f"{detail['projector_events_per_s']} ev/s folded into the counters"
+        f" ({detail['projector_readable_events_per_s']} ev/s readable)"
         + (f" (STALLED at {runs[-1]['applied']:.0f}/{expected_applied})" if detail["stalled"] else ""),
         cpu=f"{REPS} drains: {proj_cpu}",
     )

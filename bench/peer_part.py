@@ -78,7 +78,7 @@ JVM_OPTS = ("-Xms128m", "-Xmx768m", "-XX:+UseParallelGC")
 COMMIT_MS = int(os.environ.get("BENCH_PEER_COMMIT_MS", "1000"))
 MARKS = "wm"
 # The projector's two counters, as the projector part reads them.
-APPLIED_METRIC, WRITES_METRIC = PROJECTOR_COUNTERS["name[]"]
+APPLIED_METRIC, WRITES_METRIC, FOLD_WRITES_METRIC = PROJECTOR_COUNTERS["name[]"]
 
 
 def now() -> float:
@@ -192,6 +192,7 @@ async def drain_projector(b: Bench, prefix: str, db: str, expected: int, timeout
     peak = 0.0
     stalled = False
     deadline = now() + timeout
+    mongo = connect(b.ferret.url)
     try:
         while now() < deadline:
             if svc.proc.poll() is not None:
@@ -202,13 +203,17 @@ async def drain_projector(b: Bench, prefix: str, db: str, expected: int, timeout
                 if r.status_code == 200:
                     t = now()
                     seen = prom_sum(r.text, APPLIED_METRIC)
-                    writes = prom_sum(r.text, WRITES_METRIC)
+                    writes = prom_sum(r.text, WRITES_METRIC) + prom_sum(r.text, FOLD_WRITES_METRIC)
                     if start is None:
                         start = (t, seen, cpu_seconds(svc.pid))
                     if seen > applied:
                         t_progress = t
                     applied = seen
-                    if applied >= expected:
+                    # Done once the folder has added every delta into the counter documents the
+                    # peer's are compared with.
+                    if applied >= expected and not await mongo[db]["chains_g1"].count_documents(
+                        {"starts": {"$ne": []}}
+                    ):
                         t_done = t
                         break
                     if t - t_progress > STALL_SECONDS:
@@ -218,6 +223,7 @@ async def drain_projector(b: Bench, prefix: str, db: str, expected: int, timeout
         cpu_done = cpu_seconds(svc.pid)
     finally:
         await svc.stop()
+        await mongo.close()
     if start is None:
         raise RuntimeError(f"metrics never answered /metrics; see {svc.log_path}")
     t0, a0, cpu0 = start

@@ -192,6 +192,7 @@ class Folder:
         self.folds = 0
         self.forgets = 0
         self.assignments = 0
+        self.closed = False
 
     async def fold(self, events: AsyncIterable[Consumed]) -> list[str]:
         self.folds += 1
@@ -211,6 +212,9 @@ class Folder:
 
     async def release(self, events: AsyncIterable[Consumed]) -> None:
         self.released += [c.envelope.data["code"] async for c in events]
+
+    async def close(self) -> None:
+        self.closed = True
 
 
 async def test_whole_fetch_mode_dead_letters_the_undecodable_and_the_failing_event_and_commits(
@@ -254,6 +258,7 @@ async def test_whole_fetch_mode_dead_letters_the_undecodable_and_the_failing_eve
     assert folder.released == ["BAD"]  # so that its replay from the DLQ is not taken for a copy
     assert folder.forgets >= 2  # memory dropped after every failed write
     assert folder.assignments >= 1  # the group's assignment reached the handler
+    assert folder.closed  # stopping the runner ended what the handler runs in the background
     errors = sorted(h["dlq_error"].decode() for h in dead)
     assert errors[0].startswith("ValueError: fetch contains BAD")
     assert errors[1].startswith("undecodable:")

@@ -1,16 +1,16 @@
-"""The projector: folds whole Kafka fetches of every event topic into plain counter documents.
+"""The projector: folds whole Kafka fetches of every event topic into deltas of the counters.
 
 Exactly-once effect without transactions, with any number of replicas sharing the partitions:
 1. a copy of an event at another offset (a relay republishing it) is dropped by the ids of
-   :class:`shared.consumer.ProcessedEvents`, stored per partition as the counters change (a
+   :class:`shared.consumer.ProcessedEvents`, stored per partition beside the fetch's deltas (a
    redelivery starts at the committed offset, before both, so their order does not matter);
-2. each counter document (one per unit and day) keeps a watermark per partition, ``wm.<key>``:
-   the highest offset whose events it includes. Every ``$inc`` is conditional on the watermarks
-   of the partitions it adds events from, and raises them in the same atomic update. In the normal
-   case the fetch is new to the document (``wm.k < first``) and one update does it; otherwise the
-   update misses, the document's watermarks are read, and exactly the events after them are added,
-   conditional on the watermarks read. So a batch redelivered however Kafka cuts it, or applied by
-   a replica that lost the partition meanwhile, changes nothing twice.
+2. a fetch's fresh events of one partition become one delta, which is visible to readers once it is
+   appended to its partition's chain. The append is conditional on the chain ending at or before the
+   delta's first offset, so the chain never holds an offset twice: a batch redelivered however
+   Kafka cuts it, or written by a replica that lost the partition meanwhile, finds the chain past
+   some or all of its offsets and appends only the rest, decoded again from its events. Two
+   writers of the same start share one delta document (the second adopts the first's);
+3. :mod:`metrics.folding` adds the chains into the counter documents, under watermarks.
 The projector keeps nothing but caches: a rebalance or a failed write drops them.
 """
 
@@ -25,8 +25,9 @@ from datetime import datetime
 from aiokafka import TopicPartition
 from prometheus_client import Counter, Gauge
 
-from metrics.projection import CounterSums, Sums, fold_into, increments, nonzero, state_changes
-from metrics.repository import ProjectionRepository, marks_filter
+from metrics.folding import Folder, FoldLoop
+from metrics.projection import CounterSums, Delta, fold_into, increments, state_changes
+from metrics.repository import ProjectionRepository
 from shared.concurrency import run_in_chunks
 from shared.consumer import Consumed, ProcessedEvents
 from shared.logging import get_logger
@@ -40,8 +41,10 @@ LAST_EVENT = Gauge(
     "ce_time of the newest event applied to the metrics projection",
     ["topic"],
 )
-MAX_CONDITIONAL_ROUNDS = 5
 YIELD_EVERY = 1000
+# Fetches written while one folder pass runs before the projector waits for it to end.
+MAX_UNFOLDED_FETCHES = 8
+MAX_APPEND_ROUNDS = 5
 
 
 def watermark_key(topic: str, partition: int) -> str:
@@ -89,16 +92,24 @@ class Projector:
         # Real (possibly prefixed) topic name -> catalogue name, for metric labels.
         self._base = dict(base_topics or {})
         self._newest: dict[str, float] = {}
+        self.folding = FoldLoop(Folder(repo))
 
     async def __call__(self, events: Sequence[Consumed]) -> None:
-        """Fold and write one batch (what the runner does in two overlapping steps)."""
+        """Fold and write one batch (what the runner does in two overlapping steps), and fold its
+        deltas into the counters."""
         await self.write(await self.fold(Listed(events)))
+        await self.folding.settle()
 
     def forget(self) -> None:
         self.processed.forget()
 
     def assigned(self, partitions: Iterable[TopicPartition]) -> None:
         self.processed.assigned(partitions)
+        # Deltas a stopped process wrote but never folded are folded by whoever carries on.
+        self.folding.kick()
+
+    async def close(self) -> None:
+        await self.folding.close()
 
     async def release(self, events: AsyncIterable[Consumed]) -> None:
         async for c in events:
@@ -154,9 +165,13 @@ class Projector:
         """Apply a folded fetch; returns the newest ce_time applied per topic."""
         if not folded.fresh:
             return {}
+        while self.folding.behind >= MAX_UNFOLDED_FETCHES:
+            await self.folding.next_pass()
         # Side by side: each round trip of this write waits for the next fetch's fold to yield.
-        await run_in_chunks([lambda: self.processed.record_ids(folded.fresh), lambda: self._add_counts(folded)])
+        await run_in_chunks([lambda: self.processed.record_ids(folded.fresh), lambda: self._append(folded)])
         MONGO_WRITES.inc()
+        self.folding.behind += 1
+        self.folding.kick()
         for (kind, code), (fields, position) in folded.states.items():
             await self.repo.set_state(kind, code, fields, position)
         MONGO_WRITES.inc(len(folded.states))
@@ -168,40 +183,40 @@ class Projector:
             LAST_EVENT.labels(label).set(self._newest[label])
         return folded.newest
 
-    async def _add_counts(self, folded: Folded) -> None:
-        changes: Sums = {}
-        keys_of: dict[str, list[str]] = {}
-        for key, sums in folded.sums.items():
-            for doc_id, fields in sums.docs.items():
-                keys_of.setdefault(doc_id, []).append(key)
-                target = changes.setdefault(doc_id, {})
-                for f, v in fields.items():
-                    target[f] = target.get(f, 0) + v
-        guards = {d: {f"wm.{k}": {"$not": {"$gte": folded.first[k]}} for k in keys} for d, keys in keys_of.items()}
-        missed = await self.repo.add_counts(changes, guards, folded.last)
-        MONGO_WRITES.inc(len(changes))
-        for _ in range(MAX_CONDITIONAL_ROUNDS):
-            if not missed:
+    async def _append(self, folded: Folded) -> None:
+        """One delta per partition with counts, appended to its chain; where the chain already holds
+        some of its offsets, the rest of the partition's events become a delta of their own."""
+        todo = [
+            Delta(key, folded.first[key], folded.last[key] + 1, rows)
+            for key, sums in folded.sums.items()
+            if (rows := {doc_id: fields for doc_id, fields in sums.docs.items() if fields})
+        ]
+        for _ in range(MAX_APPEND_ROUNDS):
+            if not todo:
                 return
-            # Some documents have seen part of this fetch: add exactly what they lack.
-            log.info("projector_exact_path", documents=len(missed))
-            marks = await self.repo.marks(missed)
-            exact = await self._exact(folded, missed, marks)
-            guards = {d: marks_filter({k: marks.get(d, {}).get(k) for k in keys_of[d]}) for d in missed}
-            todo = {d: nonzero(exact.get(d, {})) for d in missed}
-            missed = await self.repo.add_counts(todo, guards, folded.last)
-            MONGO_WRITES.inc(len(todo))
-        raise RuntimeError("counter watermarks kept moving; another projector is writing the same partitions")
+            stored = await self.repo.put_deltas(todo)
+            MONGO_WRITES.inc()
+            reached = await self.repo.extend_chains(stored)
+            MONGO_WRITES.inc()
+            rest = [d for d in todo if reached.get(d.key, d.end) < d.end]
+            if rest:
+                log.info("projector_chain_overlap", partitions=len(rest))
+            todo = []
+            for d in rest:
+                start = reached[d.key]
+                rows = await self._sums_from(folded, d.key, start)
+                if rows:
+                    todo.append(Delta(d.key, start, d.end, rows))
+        if todo:
+            raise RuntimeError("delta chains kept moving; another projector is writing the same partitions")
 
-    async def _exact(self, folded: Folded, docs: set[str], marks: Mapping[str, Mapping[str, int]]) -> Sums:
-        """Per document in ``docs``, the sums of the fetch's fresh events after its watermarks."""
+    async def _sums_from(self, folded: Folded, key: str, start: int) -> dict[str, dict[str, int]]:
+        """The sums of the fetch's fresh events of partition ``key`` at ``start`` or later."""
         fresh = {(tp.topic, tp.partition, offset) for tp, pairs in folded.fresh.items() for _, offset in pairs}
         out = CounterSums()
         async for c in folded.events:  # read and decoded again
-            if (c.topic, c.partition, c.offset) not in fresh:
+            if c.offset < start or (c.topic, c.partition, c.offset) not in fresh:
                 continue
-            key = watermark_key(c.topic, c.partition)
-            for doc_id, fields in increments(c.envelope.payload()).items():
-                if doc_id in docs and c.offset > marks.get(doc_id, {}).get(key, -1):
-                    out.add({doc_id: fields})
-        return out.docs
+            if watermark_key(c.topic, c.partition) == key:
+                out.add(increments(c.envelope.payload()))
+        return {doc_id: fields for doc_id, fields in out.docs.items() if fields}

@@ -418,3 +418,44 @@ def state_changes(payload: BaseModel) -> tuple[str, str, dict[str, object]] | No
             return ("campaigns", payload.code, {"targets": [t.model_dump(mode="json") for t in payload.targets]})
         case _:
             return None
+
+
+@dataclass(frozen=True)
+class Delta:
+    """What the fresh events of one partition, at offsets ``start`` to ``end - 1``, add to each counter
+    document: written by the projector in one insert per fetch, folded into the counters later
+    (:mod:`metrics.folding`), and added by readers meanwhile."""
+
+    key: str  # the partition's watermark key
+    start: int
+    end: int
+    rows: Sums
+
+    @property
+    def id(self) -> str:
+        return delta_id(self.key, self.start)
+
+
+def delta_id(key: str, start: int) -> str:
+    return f"{key}|{start}"
+
+
+def unfolded(delta: Delta, marks: Mapping[str, int] | None) -> bool:
+    """Whether ``delta`` is still missing from a counter document with these watermarks.
+
+    A document's watermark of a partition is only ever raised to the last offset of a delta of that
+    partition's chain, so it is either past the whole delta or before all of it.
+    """
+    return marks is None or marks.get(delta.key, -1) < delta.end - 1
+
+
+def chain_sums(deltas: Iterable[Delta], doc_id: str, marks: Mapping[str, int] | None) -> dict[str, int]:
+    """The sums of ``doc_id`` in those ``deltas`` a document with ``marks`` does not include yet."""
+    out: dict[str, int] = {}
+    for delta in deltas:
+        fields = delta.rows.get(doc_id)
+        if fields is None or not unfolded(delta, marks):
+            continue
+        for f, v in fields.items():
+            out[f] = out.get(f, 0) + v
+    return out

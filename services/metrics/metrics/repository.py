@@ -4,6 +4,15 @@ Projections live in generation-suffixed collections (``counts_g3``...) so that a
 fill fresh ones while the live projection keeps serving; ``meta`` says which generation is active.
 Counter documents are plain (see :mod:`metrics.projection`); ``wm`` holds, per partition, the
 highest offset whose events the document includes, which is what makes every ``$inc`` exactly-once.
+
+The projector does not write the counters itself: per fetch it inserts one delta document per
+partition (``deltas_gN``: ``{_id: "<partition>|<start>", key, start, end, rows: [{doc, c}]}``) and
+appends it to that partition's chain (``chains_gN``: ``{_id: <partition>, end, folded, starts}``),
+and :mod:`metrics.folding` adds chains into the counters later. Every read of counters therefore
+reads the chains and their deltas *first*, then the counters, and adds each delta a counter
+document's watermarks show it lacks: a delta is deleted only after it was added to every document
+it names, so one folded between the two reads is in the counters and skipped, and one deleted
+before the delta read was folded before the counter read.
 """
 
 from __future__ import annotations
@@ -21,12 +30,28 @@ from pymongo.asynchronous.collection import AsyncCollection
 from pymongo.asynchronous.database import AsyncDatabase
 from pymongo.errors import DuplicateKeyError
 
-from metrics.projection import ALL_DAY, STATE_DAY, TEAM_PREFIX, counter_id, counter_owner
+from metrics.projection import (
+    ALL_DAY,
+    STATE_DAY,
+    TEAM_PREFIX,
+    Delta,
+    Sums,
+    counter_id,
+    counter_owner,
+    delta_id,
+    unfolded,
+)
 from shared.audit import audit_fields, audit_update
 from shared.envelope import Envelope
 from shared.logging import get_logger
 from shared.migrations import applied, record_applied
-from shared.mongo import UPDATES_PER_COMMAND, insert_ignoring_duplicates
+from shared.mongo import (
+    UPDATES_PER_COMMAND,
+    find_by_ids,
+    insert_ignoring_duplicates,
+    insert_missing,
+    update_each,
+)
 from shared.outbox import outbox_fields, outbox_update
 
 Document = dict[str, Any]
@@ -34,7 +59,7 @@ log = get_logger(__name__)
 
 
 # The counter layout of this code; earlier ones are migrated once by MetaRepository.migrate_layout.
-LAYOUT_VERSION = 2
+LAYOUT_VERSION = 3
 LEGACY_PREFIXES = ("counters_g", "applied_events_g")
 TEAM_COUNTS_PREFIX = "team_counts_g"
 # Counter documents the projector remembers as created. One per unit or team and day, so at 100x
@@ -78,7 +103,9 @@ class MetaRepository:
         """Move a database of an earlier counter layout to this one, once.
 
         Earlier layouts kept packed, compressed counters (``counters_gN``) and packed applied-id
-        lists; nothing reads them any more. The projection is derived data, so the migration
+        lists; nothing reads them any more. Layout 2 had the projector raise the counters'
+        watermarks to the offsets of each fetch, which the folder of layout 3 cannot tell from
+        the ends of its deltas. The projection is derived data, so the migration
         starts an empty generation whose projector replays every topic from the beginning, and
         drops the old collections. Replicas that race here agree: only the first write of the
         layout marker allocates the generation.
@@ -98,11 +125,13 @@ class MetaRepository:
         except DuplicateKeyError:  # another replica marked it first and migrates
             return
         if marked.modified_count or marked.upserted_id is not None:
+            previous = await self.active_generation()
             generation = await self.allocate_generation()
             await self.activate(generation)
             for name in old:
                 await self._db[name].drop()
-            log.info("metrics_layout_migrated", generation=generation, dropped=old)
+            await ProjectionRepository(self._db, previous).drop()
+            log.info("metrics_layout_migrated", generation=generation, dropped=old, previous=previous)
 
     async def split_team_counters(self) -> None:
         """Move the team counter documents that earlier code kept among the units' (in ``counts_gN``)
@@ -165,6 +194,12 @@ class ProjectionRepository:
         # planned again exactly).
         self._existing: set[str] = set()
         self.processed_events = db[f"processed_events_g{generation}"]
+        # The projector's pending deltas and, per partition, their chain (see the module docstring).
+        self.deltas = db[f"deltas_g{generation}"]
+        self.chains = db[f"chains_g{generation}"]
+        self._chains_known: set[str] = set()
+        # Deltas never change once written, so a reader keeps those of the chains it last read.
+        self._delta_cache: dict[str, Delta] = {}
         self.units = db[f"units_g{generation}"]
         self.campaigns = db[f"campaigns_g{generation}"]
         self.teams = db[f"teams_g{generation}"]
@@ -177,13 +212,83 @@ class ProjectionRepository:
         await self.processed_events.create_index([("group", ASCENDING), ("topic", ASCENDING), ("partition", ASCENDING)])
 
     async def drop(self) -> None:
-        for col in (self.counters, self.team_counts, self.processed_events, self.units, self.campaigns, self.teams):
+        for col in (
+            self.counters,
+            self.team_counts,
+            self.processed_events,
+            self.deltas,
+            self.chains,
+            self.units,
+            self.campaigns,
+            self.teams,
+        ):
             await col.drop()
 
     def _collection(self, doc_id: str) -> AsyncCollection[Document]:
         return self.team_counts if doc_id.startswith(TEAM_PREFIX) else self.counters
 
-    # --- projector writes ------------------------------------------------------------------------
+    # --- projector writes: deltas and their chains --------------------------------------------------
+
+    async def put_deltas(self, deltas: Sequence[Delta]) -> list[Delta]:
+        """Insert each delta unless its partition already has one at the same start; answer, per delta,
+        the one stored there (an earlier writer's, of the same offsets, is as good as this one)."""
+        existing = await insert_missing(self.deltas, [delta_doc(d) for d in deltas])
+        if not existing:
+            return list(deltas)
+        found = await find_by_ids(self.deltas, existing)
+        # One gone again was folded and deleted meanwhile: its chain has passed it, as extend_chains sees.
+        return [delta_of(found[d.id]) if d.id in found else d for d in deltas]
+
+    async def extend_chains(self, deltas: Sequence[Delta]) -> dict[str, int]:
+        """Append each delta to its partition's chain if the chain ends at or before its start, in one
+        command; answer each partition's chain end after it (past the delta's start when it was not
+        appended: the chain already holds those offsets, or the first of them)."""
+        new = [d.key for d in deltas if d.key not in self._chains_known]
+        if new:
+            await insert_ignoring_duplicates(
+                self.chains, [{"_id": k, "end": 0, "folded": 0, "starts": []} for k in new]
+            )
+            self._chains_known.update(new)
+        appended = await update_each(
+            self.chains,
+            [
+                UpdateOne(
+                    {"_id": d.key, "end": {"$lte": d.start}}, {"$set": {"end": d.end}, "$push": {"starts": d.start}}
+                )
+                for d in deltas
+            ],
+        )
+        if appended == len(deltas):
+            return {d.key: d.end for d in deltas}
+        found = await find_by_ids(self.chains, [d.key for d in deltas], {"end": 1})
+        return {key: int(doc["end"]) for key, doc in found.items()}
+
+    async def chain_heads(self) -> list[Document]:
+        return await self.chains.find({}).to_list()
+
+    async def chain_deltas(self, heads: Sequence[Document]) -> dict[str, list[Delta | None]]:
+        """Per partition, its chain's deltas not folded yet, in order (None where one was deleted after
+        ``heads`` were read: it was folded meanwhile)."""
+        ids = {h["_id"]: [delta_id(h["_id"], s) for s in h.get("starts", ()) if s >= h.get("folded", 0)] for h in heads}
+        wanted = [i for chain in ids.values() for i in chain]
+        missing = [i for i in wanted if i not in self._delta_cache]
+        found = {i: delta_of(doc) for i, doc in (await find_by_ids(self.deltas, missing)).items()} if missing else {}
+        cache = {i: d for i in wanted if (d := self._delta_cache.get(i) or found.get(i)) is not None}
+        self._delta_cache = cache
+        return {key: [cache.get(i) for i in chain] for key, chain in ids.items()}
+
+    async def folded(self, key: str, through: int, starts: Sequence[int]) -> None:
+        """Record that a chain's deltas before ``through`` are in every counter document, then delete
+        them (and any left by a writer whose append lost to another's)."""
+        await self.chains.update_one({"_id": key}, {"$max": {"folded": through}, "$pullAll": {"starts": list(starts)}})
+        await self.deltas.delete_many({"key": key, "end": {"$lte": through}})
+
+    async def pending(self) -> list[Delta]:
+        """Every delta of every chain that may not be in the counters yet (read before the counters)."""
+        chains = await self.chain_deltas(await self.chain_heads())
+        return [d for chain in chains.values() for d in chain if d is not None]
+
+    # --- folder writes: the counters ------------------------------------------------------------------
 
     async def add_counts(
         self, changes: Mapping[str, Mapping[str, int]], guards: Mapping[str, Document], last: Mapping[str, int]
@@ -290,18 +395,31 @@ class ProjectionRepository:
 
     async def counters_of(self, units: Sequence[str], first: str, last: str) -> list[Document]:
         """``{unit, day, c}`` rows of exactly these units with ``first <= day <= last``, plus state rows."""
+        pending = await self.pending()
         query = {"unit": {"$in": list(units)}, "$or": [{"day": STATE_DAY}, {"day": {"$gte": first, "$lte": last}}]}
-        return [counter_row(d) async for d in self.counters.find(query, {MARKS: 0})]
+        docs = {d["_id"]: d async for d in self.counters.find(query)}
+        wanted = set(units)
+
+        def selected(doc_id: str) -> bool:
+            owner, code, day = counter_owner(doc_id)
+            return owner == "unit" and code in wanted and (day == STATE_DAY or first <= day <= last)
+
+        return [counter_row(d) for d in with_pending(docs, pending, selected)]
 
     async def counters_all_time(self, unit: str) -> list[Document]:
         """The all-time and state rows of the unit's subtree, each read by ``_id``."""
+        pending = await self.pending()
         ids = [counter_id(u, day) for u in await self.subtree(unit) for day in (ALL_DAY, STATE_DAY)]
-        found = await asyncio.gather(*(self.counters.find_one({"_id": i}, {MARKS: 0}) for i in ids))
-        return [counter_row(d) for d in found if d is not None]
+        found = await asyncio.gather(*(self.counters.find_one({"_id": i}) for i in ids))
+        wanted = set(ids)
+        docs = {d["_id"]: d for d in found if d is not None}
+        return [counter_row(d) for d in with_pending(docs, pending, wanted.__contains__)]
 
     async def all_counters(self) -> list[Document]:
         """Every unit counter row (one read for all of the gauges)."""
-        return [counter_row(d) async for d in self.counters.find({}, {MARKS: 0})]
+        pending = await self.pending()
+        docs = {d["_id"]: d async for d in self.counters.find({})}
+        return [counter_row(d) for d in with_pending(docs, pending, lambda i: not i.startswith(TEAM_PREFIX))]
 
     async def teams_of(self, units: Sequence[str]) -> list[Document]:
         """The teams the registry last placed in one of these units, active or not."""
@@ -309,11 +427,46 @@ class ProjectionRepository:
 
     async def team_counters(self, teams: Sequence[str], first: str, last: str) -> list[Document]:
         """``{team, day, c}`` rows of these teams with ``first <= day <= last``, plus their state rows."""
+        pending = await self.pending()
         query = {"team": {"$in": list(teams)}, "$or": [{"day": STATE_DAY}, {"day": {"$gte": first, "$lte": last}}]}
-        return [
-            {"team": d["team"], "day": d["day"], "c": _counts(d)}
-            async for d in self.team_counts.find(query, {MARKS: 0})
-        ]
+        docs = {d["_id"]: d async for d in self.team_counts.find(query)}
+        wanted = set(teams)
+
+        def selected(doc_id: str) -> bool:
+            owner, code, day = counter_owner(doc_id)
+            return owner == "team" and code in wanted and (day == STATE_DAY or first <= day <= last)
+
+        return [{"team": d["team"], "day": d["day"], "c": _counts(d)} for d in with_pending(docs, pending, selected)]
+
+
+def delta_doc(delta: Delta) -> Document:
+    rows = [{"doc": doc_id, "c": fields} for doc_id, fields in delta.rows.items()]
+    return {"_id": delta.id, "key": delta.key, "start": delta.start, "end": delta.end, "rows": rows}
+
+
+def delta_of(doc: Mapping[str, Any]) -> Delta:
+    rows: Sums = {r["doc"]: dict(r["c"]) for r in doc["rows"]}
+    return Delta(doc["key"], int(doc["start"]), int(doc["end"]), rows)
+
+
+def with_pending(
+    docs: dict[str, Document], pending: Iterable[Delta], selected: Callable[[str], bool]
+) -> Iterable[Document]:
+    """The stored counter documents ``docs`` (by ``_id``, watermarks included) with what ``pending``
+    adds to them, and to the ``selected`` documents not stored yet."""
+    for delta in pending:
+        for doc_id, fields in delta.rows.items():
+            doc = docs.get(doc_id)
+            if doc is None:
+                if not selected(doc_id):
+                    continue
+                owner, code, day = counter_owner(doc_id)
+                doc = docs[doc_id] = {"_id": doc_id, owner: code, "day": day}
+            elif not unfolded(delta, doc.get(MARKS)):
+                continue
+            for f, v in fields.items():
+                doc[f] = doc.get(f, 0) + v
+    return docs.values()
 
 
 def path_of(tree: Mapping[str, Mapping[str, Any]], code: str) -> list[str]:

@@ -14,8 +14,9 @@ from aiokafka import TopicPartition
 from prometheus_client import REGISTRY
 from pymongo.asynchronous.database import AsyncDatabase
 
+from metrics.folding import Folder
 from metrics.handlers import Listed, Projector, watermark_key
-from metrics.projection import ALL_DAY, CounterSums, counter_id, increments, nonzero
+from metrics.projection import ALL_DAY, CounterSums, Delta, counter_id, increments, nonzero
 from metrics.repository import Document, MetaRepository, ProjectionRepository
 from shared.consumer import Consumed, ProcessedEvents
 from shared.contracts import registry as reg
@@ -264,7 +265,6 @@ async def test_a_dead_lettered_event_released_counts_once_when_replayed_from_the
 
 
 async def test_team_counters_stored_among_the_units_move_apart_once_with_their_watermarks(ev, db, repo) -> None:
-    day = date(2025, 7, 2)
     mark = watermark_key(VISITS_TOPIC, 0)
     # As earlier code stored them: unit and team rows in one collection.
     await db["counts_g1"].insert_many(
@@ -290,14 +290,10 @@ async def test_team_counters_stored_among_the_units_move_apart_once_with_their_w
     await meta.split_team_counters()  # recorded: a second start moves nothing
     assert [d["_id"] async for d in db["counts_g1"].find({})] == [counter_id("QN-HALONG", "2025-07-02")]
     assert [r["c"] for r in await repo.team_counters(["T-HL"], "2025-07-01", "2025-07-31")] == [{"people_supported": 5}]
-    # The watermark moved with it: offset 3 is in already, offset 4 adds once.
-    visit = ev.visit("v-moved", ev.figures(HALONG, day, people=2, team="T-HL"))
-    later = ev.visit("v-later", ev.figures(HALONG, day, people=4, team="T-HL"))
-    await projector_on(repo)(at_offsets([visit, later], start=3))
-    await projector_on(repo)(at_offsets([later], start=4))  # redelivered
-    rows = await repo.team_counters(["T-HL"], "2025-07-01", "2025-07-31")
-    assert [r["c"]["people_supported"] for r in rows if r["day"] == "2025-07-02"] == [9]
-    assert (await stored(repo))[counter_id("QN-HALONG", "2025-07-02")]["people_supported"] == 9
+    # The watermarks moved with it.
+    moved = await repo.team_counts.find_one({"_id": "team:T-HL|2025-07-02"})
+    assert moved is not None
+    assert moved["wm"] == {mark: 3}
 
 
 # --- replicas and zombies ---------------------------------------------------------------------------
@@ -384,28 +380,104 @@ async def test_a_zombie_that_writes_old_batches_after_the_new_owner_wrote_later_
     assert await stored(repo) == expected(stream)
 
 
-async def test_a_zombie_whose_watermark_read_is_overtaken_by_the_owner_reads_again_and_adds_nothing_twice(
-    ev, repo
-) -> None:
+async def test_a_zombie_whose_chain_end_is_overtaken_by_the_owner_appends_only_what_the_chain_lacks(ev, repo) -> None:
     stream = at_offsets(backlog(ev, 60))
     owner = projector_on(repo)
     await owner(stream[:20])
     zombie_repo = ProjectionRepository(repo.counters.database, 1)
-    reads = 0
-    read_marks = zombie_repo.marks
+    appends = 0
+    extend = zombie_repo.extend_chains
 
-    async def overtaken(doc_ids: Iterable[str]) -> dict[str, dict[str, int]]:
-        nonlocal reads
-        reads += 1
-        marks = await read_marks(doc_ids)
-        if reads == 1:
-            await owner(stream[20:])  # the owner writes right after the zombie read the watermarks
-        return marks
+    async def overtaken(deltas: Sequence[Delta]) -> dict[str, int]:
+        nonlocal appends
+        appends += 1
+        reached = await extend(deltas)
+        if appends == 1:
+            await owner(stream[20:])  # the owner appends right after the zombie read the chain's end
+        return reached
 
-    zombie_repo.marks = overtaken  # type: ignore[method-assign]
+    zombie_repo.extend_chains = overtaken  # type: ignore[method-assign]
     await projector_on(zombie_repo)(stream[:45])
-    assert reads >= 2  # its conditional writes missed, so it read the watermarks again
+    assert appends == 2  # the rest of its fetch, from the end it read, met the owner's delta there
     assert await stored(repo) == expected(stream)
+    assert await repo.chains.count_documents({"starts": {"$ne": []}}) == 0  # everything folded
+
+
+def pending_of(repo: ProjectionRepository, events: Sequence[Consumed]) -> list[Delta]:
+    """The deltas a projector would write for ``events`` (one partition, every event fresh)."""
+    sums = CounterSums()
+    for c in events:
+        sums.add(increments(c.envelope.payload()))
+    key = watermark_key(events[0].topic, events[0].partition)
+    return [Delta(key, events[0].offset, events[-1].offset + 1, {d: f for d, f in sums.docs.items() if f})]
+
+
+async def append(repo: ProjectionRepository, deltas: Sequence[Delta]) -> None:
+    await repo.extend_chains(await repo.put_deltas(deltas))
+
+
+async def test_two_folders_of_the_same_chains_add_every_delta_once_whichever_reads_first(ev, repo) -> None:
+    days = [date(2025, 7, 1 + i % 5) for i in range(60)]
+    stream = at_offsets(
+        [ev.visit(f"f{i}", ev.figures((HALONG, VANDON)[i % 2], d, people=1 + i % 3)) for i, d in enumerate(days)]
+    )
+    other = Folder(repo)
+    mine_repo = ProjectionRepository(repo.counters.database, 1)
+    mine = Folder(mine_repo)
+    for lo, hi in ((0, 20), (20, 30)):
+        await append(repo, pending_of(repo, stream[lo:hi]))
+    # The other folder folds and deletes the chain right after this one read the chain's heads.
+    read_heads = mine_repo.chain_heads
+
+    async def heads_then_other_folds() -> list[Document]:
+        heads = await read_heads()
+        await other.fold_once()
+        return heads
+
+    mine_repo.chain_heads = heads_then_other_folds  # type: ignore[method-assign]
+    assert await mine.fold_once() == 0  # its deltas were gone: nothing taken, nothing added
+    mine_repo.chain_heads = read_heads  # type: ignore[method-assign]
+    assert await stored(repo) == expected(stream[:30])
+    # Now the other folds right after this one read the deltas: this one's conditions miss, so it
+    # reads the watermarks and adds only what they lack (nothing).
+    for lo, hi in ((30, 45), (45, 60)):
+        await append(repo, pending_of(repo, stream[lo:hi]))
+    read_deltas = mine_repo.chain_deltas
+
+    async def deltas_then_other_folds(heads: Sequence[Document]) -> dict[str, list[Delta | None]]:
+        deltas = await read_deltas(heads)
+        await other.fold_once()
+        return deltas
+
+    mine_repo.chain_deltas = deltas_then_other_folds  # type: ignore[method-assign]
+    assert await mine.fold_once() == 2
+    assert await stored(repo) == expected(stream)
+    assert await repo.deltas.count_documents({}) == 0
+
+
+async def test_readers_see_pending_deltas_once_before_during_and_after_they_are_folded(ev, repo) -> None:
+    stream = at_offsets([ev.visit(f"r{i}", ev.figures(HALONG, date(2025, 7, 2), people=2)) for i in range(30)])
+    await append(repo, pending_of(repo, stream[:10]))
+    await append(repo, pending_of(repo, stream[10:30]))
+    doc = counter_id("QN-HALONG", "2025-07-02")
+    assert (await stored(repo))[doc]["people_supported"] == 60  # nothing folded yet: all from the deltas
+    assert await repo.counters.count_documents({}) == 0
+    # Folded while a reader is between its read of the deltas and its read of the counters.
+    pending = repo.pending
+
+    async def pending_then_folded() -> list[Delta]:
+        deltas = await pending()
+        await Folder(ProjectionRepository(repo.counters.database, 1)).fold_once()
+        return deltas
+
+    repo.pending = pending_then_folded  # type: ignore[method-assign]
+    assert (await stored(repo))[doc]["people_supported"] == 60
+    repo.pending = pending  # type: ignore[method-assign]
+    assert (await stored(repo))[doc]["people_supported"] == 60
+    assert await repo.deltas.count_documents({}) == 0
+    raw = await repo.counters.find_one({"_id": doc})
+    assert raw is not None
+    assert (raw["people_supported"], raw["wm"]) == (60, {watermark_key(VISITS_TOPIC, 0): 29})
 
 
 async def test_a_fetch_partly_seen_on_one_partition_adds_the_rest_of_it_and_all_of_the_other(ev, repo) -> None:

@@ -210,7 +210,8 @@ class FetchHandler(Protocol):
     in memory after a failed write, so the next fold starts again from the database. ``release``
     forgets that dead-lettered events were seen, so their replay from the dead-letter topic (the same
     ids at later offsets) is applied rather than skipped as a copy. ``assigned`` names the
-    partitions the group just gave this process (see :meth:`ProcessedEvents.assigned`).
+    partitions the group just gave this process (see :meth:`ProcessedEvents.assigned`). ``close``
+    ends whatever the handler runs in the background, when the runner stops.
     """
 
     async def fold(self, events: AsyncIterable[Consumed]) -> Any: ...
@@ -222,6 +223,8 @@ class FetchHandler(Protocol):
     def assigned(self, partitions: Iterable[TopicPartition]) -> None: ...
 
     async def release(self, events: AsyncIterable[Consumed]) -> None: ...
+
+    async def close(self) -> None: ...
 
 
 class TypeDispatch:
@@ -572,6 +575,8 @@ class ConsumerRunner:
     async def stop(self) -> None:
         await stop_task(self._task)
         self._task = None
+        if self._whole_fetch:
+            await self._fetch_handler.close()
 
     def committed(self, tp: TopicPartition) -> int | None:
         """The next offset of ``tp`` this runner committed (None: none yet, or not its partition)."""
