@@ -34,6 +34,8 @@ MAX_CONDITIONAL_ROUNDS = 5
 # Deltas of one chain a pass takes at most: bounds a pass's memory and its time between chains' progress.
 DELTAS_PER_PASS = 64
 RETRY_SECONDS = 1.0
+# Every so many passes, a pass also sweeps the deltas no chain names (left by a writer that lost).
+SWEEP_EVERY = 100
 
 
 class Folder:
@@ -41,6 +43,7 @@ class Folder:
 
     def __init__(self, repo: ProjectionRepository) -> None:
         self.repo = repo
+        self._passes = 0
 
     async def fold_once(self) -> int:
         """One pass over every chain; answers how many deltas it folded."""
@@ -83,8 +86,11 @@ class Folder:
                 guards[d] = marks_filter({k: mine.get(k) for k in keys_of[d]})
         else:
             raise RuntimeError("counter watermarks kept moving; another folder is writing the same documents")
-        for key, deltas in plan.items():
-            await self.repo.folded(key, deltas[-1].end, [d.start for d in deltas])
+        self._passes += 1
+        sweep = self._passes % SWEEP_EVERY == 1
+        await asyncio.gather(
+            *(self.repo.folded(key, ds[-1].end, [d.start for d in ds], sweep=sweep) for key, ds in plan.items())
+        )
         n = sum(len(d) for d in plan.values())
         DELTAS_FOLDED.inc(n)
         return n

@@ -47,6 +47,7 @@ from shared.logging import get_logger
 from shared.migrations import applied, record_applied
 from shared.mongo import (
     UPDATES_PER_COMMAND,
+    delete_by_ids,
     find_by_ids,
     insert_ignoring_duplicates,
     insert_missing,
@@ -233,11 +234,14 @@ class ProjectionRepository:
         """Insert each delta unless its partition already has one at the same start; answer, per delta,
         the one stored there (an earlier writer's, of the same offsets, is as good as this one)."""
         existing = await insert_missing(self.deltas, [delta_doc(d) for d in deltas])
-        if not existing:
-            return list(deltas)
-        found = await find_by_ids(self.deltas, existing)
-        # One gone again was folded and deleted meanwhile: its chain has passed it, as extend_chains sees.
-        return [delta_of(found[d.id]) if d.id in found else d for d in deltas]
+        stored = list(deltas)
+        if existing:
+            found = await find_by_ids(self.deltas, existing)
+            # One gone again was folded and deleted meanwhile: its chain has passed it, as extend_chains sees.
+            stored = [delta_of(found[d.id]) if d.id in found else d for d in deltas]
+        # This process's folder would otherwise read back what it just wrote.
+        self._delta_cache.update((d.id, d) for d in stored)
+        return stored
 
     async def extend_chains(self, deltas: Sequence[Delta]) -> dict[str, int]:
         """Append each delta to its partition's chain if the chain ends at or before its start, in one
@@ -277,11 +281,15 @@ class ProjectionRepository:
         self._delta_cache = cache
         return {key: [cache.get(i) for i in chain] for key, chain in ids.items()}
 
-    async def folded(self, key: str, through: int, starts: Sequence[int]) -> None:
+    async def folded(self, key: str, through: int, starts: Sequence[int], *, sweep: bool = False) -> None:
         """Record that a chain's deltas before ``through`` are in every counter document, then delete
-        them (and any left by a writer whose append lost to another's)."""
+        them by ``_id`` (FerretDB scans for any other filter). ``sweep`` also deletes the deltas of the
+        partition that no chain names and that end before ``through``: those of a writer whose append
+        lost to another's."""
         await self.chains.update_one({"_id": key}, {"$max": {"folded": through}, "$pullAll": {"starts": list(starts)}})
-        await self.deltas.delete_many({"key": key, "end": {"$lte": through}})
+        await delete_by_ids(self.deltas, [delta_id(key, s) for s in starts])
+        if sweep:
+            await self.deltas.delete_many({"key": key, "end": {"$lte": through}})
 
     async def pending(self) -> list[Delta]:
         """Every delta of every chain that may not be in the counters yet (read before the counters)."""

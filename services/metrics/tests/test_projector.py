@@ -669,3 +669,18 @@ async def test_mongo_writes_grow_with_counters_touched_not_with_events(ev, repo)
         "people_supported_by_group_total": 500,
     }
     assert (await stored(repo)) == dict.fromkeys(day_and_all, fields)
+
+
+async def test_a_database_of_the_previous_layout_is_replayed_into_a_fresh_generation_once(db) -> None:
+    # Layout 2: the projector raised the counters' watermarks to fetch offsets, not delta ends.
+    await db["meta"].insert_many(
+        [{"_id": "active", "generation": 1}, {"_id": "generations", "last": 1}, {"_id": "layout", "version": 2}]
+    )
+    old = {"_id": "QN|2025-07-02", "unit": "QN", "day": "2025-07-02", "people_supported": 5, "wm": {"k": 3}}
+    await db["counts_g1"].insert_one(old)
+    meta = MetaRepository(db)
+    await meta.migrate_layout()
+    await meta.migrate_layout()  # a second start (or replica) changes nothing more
+    assert await meta.active_generation() == 2
+    assert "counts_g1" not in await db.list_collection_names()
+    assert await ProjectionRepository(db, 2).all_counters() == []
