@@ -34,6 +34,10 @@ MAX_CONDITIONAL_ROUNDS = 5
 # Deltas of one chain a pass takes at most: bounds a pass's memory and its time between chains' progress.
 DELTAS_PER_PASS = 64
 RETRY_SECONDS = 1.0
+# A pass starts at most this often unless hurried: the longer the wait, the more fetches one pass
+# adds up, so the fewer counter updates per event compete with the projector and the readers for
+# the database (readers see the deltas meanwhile).
+FOLD_INTERVAL_SECONDS = 1.0
 # Every so many passes, a pass also sweeps the deltas no chain names (left by a writer that lost).
 SWEEP_EVERY = 100
 
@@ -104,9 +108,12 @@ class FoldLoop:
     projector holds at a bound so the pending deltas (and what each read adds up) stay bounded.
     """
 
-    def __init__(self, folder: Folder) -> None:
+    def __init__(self, folder: Folder, *, interval: float = FOLD_INTERVAL_SECONDS) -> None:
         self.folder = folder
         self.behind = 0
+        self._interval = interval
+        self._last_start = -interval
+        self._hurry = asyncio.Event()
         self._again = False
         self._task: asyncio.Task[None] | None = None
         self._pass_done: asyncio.Future[None] | None = None
@@ -117,8 +124,19 @@ class FoldLoop:
         if self._task is None or self._task.done():
             self._task = asyncio.get_running_loop().create_task(self._run(), name="metrics-folder")
 
+    def hurry(self) -> None:
+        """Start the next pass without waiting for the interval."""
+        self._hurry.set()
+
     async def _run(self) -> None:
+        loop = asyncio.get_running_loop()
         while self._again:
+            wait = self._last_start + self._interval - loop.time()
+            if wait > 0 and not self._hurry.is_set():
+                with contextlib.suppress(TimeoutError):
+                    await asyncio.wait_for(self._hurry.wait(), wait)
+            self._hurry.clear()
+            self._last_start = loop.time()
             self._again = False
             self.behind = 0
             try:
@@ -145,6 +163,7 @@ class FoldLoop:
     async def settle(self) -> None:
         """Wait until every write so far is folded (tests, and a projector called directly)."""
         while self._task is not None and not self._task.done():
+            self.hurry()
             await asyncio.wait({self._task})
 
     async def close(self) -> None:

@@ -166,6 +166,7 @@ class Projector:
         if not folded.fresh:
             return {}
         while self.folding.behind >= MAX_UNFOLDED_FETCHES:
+            self.folding.hurry()
             await self.folding.next_pass()
         # Side by side: each round trip of this write waits for the next fetch's fold to yield.
         await run_in_chunks([lambda: self.processed.record_ids(folded.fresh), lambda: self._append(folded)])

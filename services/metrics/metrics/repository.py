@@ -19,6 +19,7 @@ from __future__ import annotations
 
 import asyncio
 import contextlib
+import functools
 import re
 import time
 from collections.abc import Callable, Iterable, Mapping, Sequence
@@ -409,7 +410,7 @@ class ProjectionRepository:
         wanted = set(units)
 
         def selected(doc_id: str) -> bool:
-            owner, code, day = counter_owner(doc_id)
+            owner, code, day = _owner_of(doc_id)
             return owner == "unit" and code in wanted and (day == STATE_DAY or first <= day <= last)
 
         return [counter_row(d) for d in with_pending(docs, pending, selected)]
@@ -441,7 +442,7 @@ class ProjectionRepository:
         wanted = set(teams)
 
         def selected(doc_id: str) -> bool:
-            owner, code, day = counter_owner(doc_id)
+            owner, code, day = _owner_of(doc_id)
             return owner == "team" and code in wanted and (day == STATE_DAY or first <= day <= last)
 
         return [{"team": d["team"], "day": d["day"], "c": _counts(d)} for d in with_pending(docs, pending, selected)]
@@ -457,6 +458,10 @@ def delta_of(doc: Mapping[str, Any]) -> Delta:
     return Delta(doc["key"], int(doc["start"]), int(doc["end"]), rows)
 
 
+# Readers test every pending row against their selection, and the same ids come back every read.
+_owner_of = functools.lru_cache(maxsize=1 << 16)(counter_owner)
+
+
 def with_pending(
     docs: dict[str, Document], pending: Iterable[Delta], selected: Callable[[str], bool]
 ) -> Iterable[Document]:
@@ -468,7 +473,7 @@ def with_pending(
             if doc is None:
                 if not selected(doc_id):
                     continue
-                owner, code, day = counter_owner(doc_id)
+                owner, code, day = _owner_of(doc_id)
                 doc = docs[doc_id] = {"_id": doc_id, owner: code, "day": day}
             elif not unfolded(delta, doc.get(MARKS)):
                 continue
