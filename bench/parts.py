@@ -110,9 +110,14 @@ PROJECTOR_COUNTERS = {
 }
 
 
+def stream_db_of(db: str) -> str:
+    """The database of the metrics projector's own writes (``metrics.repository.stream_db_name``)."""
+    return f"{db}_stream"
+
+
 async def unfolded_chains(client: AsyncMongoClient[dict[str, Any]], db: str) -> int:
     """Partitions whose projector deltas the folder has not added into the counters yet."""
-    return await client[db]["chains_g1"].count_documents({"starts": {"$ne": []}})
+    return await client[stream_db_of(db)]["chains_g1"].count_documents({"starts": {"$ne": []}})
 
 
 def prom_sum(text: str, name: str) -> float:
@@ -503,6 +508,7 @@ async def drain_with_projector(b: Bench, rep: int, prefix: str, expected: int, t
     with contextlib.suppress(Exception):
         client = connect(b.ferret.url)
         await client.drop_database(f"bproj_{tag}")
+        await client.drop_database(stream_db_of(f"bproj_{tag}"))
         await client.close()
     if t_ready is None:
         raise RuntimeError(f"metrics never answered /metrics; see {svc.log_path}")
@@ -1360,7 +1366,7 @@ async def _drop(b: Bench, dbs: Sequence[str]) -> None:
     client = connect(b.ferret.url)
     try:
         for db in dbs:
-            for name in (db, view_db_of(db)):
+            for name in (db, view_db_of(db), stream_db_of(db)):
                 with contextlib.suppress(Exception):
                     await client.drop_database(name)
     finally:
@@ -1462,7 +1468,7 @@ async def metrics_history(b: Bench, prefix: str, db: str) -> dict[str, Any]:
         out["counter_documents"] = sum(
             [await client[db][name].count_documents({}) for name in ("counts_g1", "team_counts_g1")]
         )
-        stored = [d async for d in client[db]["processed_events_g1"].find({}, {"ids": 1})]
+        stored = [d async for d in client[stream_db_of(db)]["processed_events_g1"].find({}, {"ids": 1})]
         out["processed_events_docs"] = len(stored)
         out["processed_event_ids"] = sum(len(d["ids"]) for d in stored)
     finally:

@@ -55,6 +55,8 @@ from bench.parts import (
     probe_paths,
     prom_sum,
     rss_mb,
+    stream_db_of,
+    unfolded_chains,
     unit_events,
 )
 from shared.infra import FerretDB, KafkaBroker
@@ -211,9 +213,7 @@ async def drain_projector(b: Bench, prefix: str, db: str, expected: int, timeout
                     applied = seen
                     # Done once the folder has added every delta into the counter documents the
                     # peer's are compared with.
-                    if applied >= expected and not await mongo[db]["chains_g1"].count_documents(
-                        {"starts": {"$ne": []}}
-                    ):
+                    if applied >= expected and not await unfolded_chains(mongo, db):
                         t_done = t
                         break
                     if t - t_progress > STALL_SECONDS:
@@ -306,8 +306,9 @@ async def drop(b: Bench, dbs: Sequence[str]) -> None:
     client = connect(b.ferret.url)
     try:
         for db in dbs:
-            with contextlib.suppress(Exception):
-                await client.drop_database(db)
+            for name in (db, stream_db_of(db)):
+                with contextlib.suppress(Exception):
+                    await client.drop_database(name)
     finally:
         await client.close()
 

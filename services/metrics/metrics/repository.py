@@ -195,10 +195,14 @@ class ProjectionRepository:
         # Counter documents known to exist: a cache (a wrong entry only makes an update miss and be
         # planned again exactly).
         self._existing: set[str] = set()
-        self.processed_events = db[f"processed_events_g{generation}"]
-        # The projector's pending deltas and, per partition, their chain (see the module docstring).
-        self.deltas = db[f"deltas_g{generation}"]
-        self.chains = db[f"chains_g{generation}"]
+        # The projector's own writes: processed ids, pending deltas and, per partition, their chain
+        # (see the module docstring). In a database of their own, because FerretDB writes one
+        # database one statement at a time, and a fetch's few writes would queue behind the folder's
+        # counter updates (ADR 0006).
+        stream = db.client[stream_db_name(db.name)]
+        self.processed_events = stream[f"processed_events_g{generation}"]
+        self.deltas = stream[f"deltas_g{generation}"]
+        self.chains = stream[f"chains_g{generation}"]
         self._chains_known: set[str] = set()
         # Deltas never change once written, so a reader keeps those of the chains it last read.
         self._delta_cache: dict[str, Delta] = {}
@@ -446,6 +450,11 @@ class ProjectionRepository:
             return owner == "team" and code in wanted and (day == STATE_DAY or first <= day <= last)
 
         return [{"team": d["team"], "day": d["day"], "c": _counts(d)} for d in with_pending(docs, pending, selected)]
+
+
+def stream_db_name(db: str) -> str:
+    """The database of the projector's own writes beside the metrics database ``db``."""
+    return f"{db}_stream"
 
 
 def delta_doc(delta: Delta) -> Document:

@@ -20,7 +20,7 @@ import pytest
 
 from metrics.app import MetricsSettings
 from metrics.projection import CounterSums, counter_id, increments, nonzero
-from metrics.repository import ProjectionRepository
+from metrics.repository import ProjectionRepository, stream_db_name
 from shared.envelope import Envelope
 from shared.infra import free_port
 from shared.mongo import connect
@@ -69,7 +69,8 @@ async def projected_counters(db: Any, generation: int) -> dict[str, dict[str, in
 
 async def applied_ids(db: Any, generation: int) -> set[str]:
     """Distinct event ids recorded as processed (a batch redone after a kill records its ids again)."""
-    docs = await db[f"processed_events_g{generation}"].find({}, {"ids": 1}).to_list()
+    stream = db.client[stream_db_name(db.name)]
+    docs = await stream[f"processed_events_g{generation}"].find({}, {"ids": 1}).to_list()
     return {i for d in docs for i in d["ids"]}
 
 
@@ -182,6 +183,6 @@ async def test_sigkill_while_applying_a_backlog_then_restart_and_cli_rebuild_lea
             names = await db.list_collection_names()
             assert "counts_g1" not in names
             assert "team_counts_g1" not in names
-            assert "processed_events_g1" not in names
+            assert "processed_events_g1" not in await db.client[stream_db_name(db.name)].list_collection_names()
     finally:
         await client.close()

@@ -17,7 +17,7 @@ from pymongo.asynchronous.database import AsyncDatabase
 from metrics.folding import Folder
 from metrics.handlers import Listed, Projector, watermark_key
 from metrics.projection import ALL_DAY, CounterSums, Delta, counter_id, increments, nonzero
-from metrics.repository import Document, MetaRepository, ProjectionRepository
+from metrics.repository import Document, MetaRepository, ProjectionRepository, stream_db_name
 from shared.consumer import Consumed, ProcessedEvents
 from shared.contracts import registry as reg
 from shared.envelope import Envelope, make_event
@@ -43,6 +43,7 @@ async def db(ferretdb: FerretDB, run_id: str) -> AsyncIterator[AsyncDatabase[Doc
     name = f"metrics_proj_{run_id}"
     yield client[name]
     await client.drop_database(name)
+    await client.drop_database(stream_db_name(name))
     await client.close()
 
 
