@@ -19,7 +19,6 @@ from __future__ import annotations
 
 import asyncio
 import contextlib
-import functools
 import re
 import time
 from collections.abc import Callable, Iterable, Mapping, Sequence
@@ -206,6 +205,7 @@ class ProjectionRepository:
         self._chains_known: set[str] = set()
         # Deltas never change once written, so a reader keeps those of the chains it last read.
         self._delta_cache: dict[str, Delta] = {}
+        self._pending: Pending | None = None
         self.units = db[f"units_g{generation}"]
         self.campaigns = db[f"campaigns_g{generation}"]
         self.teams = db[f"teams_g{generation}"]
@@ -296,10 +296,13 @@ class ProjectionRepository:
         if sweep:
             await self.deltas.delete_many({"key": key, "end": {"$lte": through}})
 
-    async def pending(self) -> list[Delta]:
+    async def pending(self) -> Pending:
         """Every delta of every chain that may not be in the counters yet (read before the counters)."""
         chains = await self.chain_deltas(await self.chain_heads())
-        return [d for chain in chains.values() for d in chain if d is not None]
+        deltas = [d for chain in chains.values() for d in chain if d is not None]
+        if self._pending is None or self._pending.ids != tuple(d.id for d in deltas):
+            self._pending = Pending(deltas)
+        return self._pending
 
     # --- folder writes: the counters ------------------------------------------------------------------
 
@@ -411,28 +414,21 @@ class ProjectionRepository:
         pending = await self.pending()
         query = {"unit": {"$in": list(units)}, "$or": [{"day": STATE_DAY}, {"day": {"$gte": first, "$lte": last}}]}
         docs = {d["_id"]: d async for d in self.counters.find(query)}
-        wanted = set(units)
-
-        def selected(doc_id: str) -> bool:
-            owner, code, day = _owner_of(doc_id)
-            return owner == "unit" and code in wanted and (day == STATE_DAY or first <= day <= last)
-
-        return [counter_row(d) for d in with_pending(docs, pending, selected)]
+        return [counter_row(d) for d in pending.add_to(docs, pending.dated("unit", units, first, last))]
 
     async def counters_all_time(self, unit: str) -> list[Document]:
         """The all-time and state rows of the unit's subtree, each read by ``_id``."""
         pending = await self.pending()
         ids = [counter_id(u, day) for u in await self.subtree(unit) for day in (ALL_DAY, STATE_DAY)]
         found = await asyncio.gather(*(self.counters.find_one({"_id": i}) for i in ids))
-        wanted = set(ids)
         docs = {d["_id"]: d for d in found if d is not None}
-        return [counter_row(d) for d in with_pending(docs, pending, wanted.__contains__)]
+        return [counter_row(d) for d in pending.add_to(docs, ids)]
 
     async def all_counters(self) -> list[Document]:
         """Every unit counter row (one read for all of the gauges)."""
         pending = await self.pending()
         docs = {d["_id"]: d async for d in self.counters.find({})}
-        return [counter_row(d) for d in with_pending(docs, pending, lambda i: not i.startswith(TEAM_PREFIX))]
+        return [counter_row(d) for d in pending.add_to(docs, pending.of_kind("unit"))]
 
     async def teams_of(self, units: Sequence[str]) -> list[Document]:
         """The teams the registry last placed in one of these units, active or not."""
@@ -443,13 +439,8 @@ class ProjectionRepository:
         pending = await self.pending()
         query = {"team": {"$in": list(teams)}, "$or": [{"day": STATE_DAY}, {"day": {"$gte": first, "$lte": last}}]}
         docs = {d["_id"]: d async for d in self.team_counts.find(query)}
-        wanted = set(teams)
-
-        def selected(doc_id: str) -> bool:
-            owner, code, day = _owner_of(doc_id)
-            return owner == "team" and code in wanted and (day == STATE_DAY or first <= day <= last)
-
-        return [{"team": d["team"], "day": d["day"], "c": _counts(d)} for d in with_pending(docs, pending, selected)]
+        added = pending.add_to(docs, pending.dated("team", teams, first, last))
+        return [{"team": d["team"], "day": d["day"], "c": _counts(d)} for d in added]
 
 
 def stream_db_name(db: str) -> str:
@@ -467,28 +458,53 @@ def delta_of(doc: Mapping[str, Any]) -> Delta:
     return Delta(doc["key"], int(doc["start"]), int(doc["end"]), rows)
 
 
-# Readers test every pending row against their selection, and the same ids come back every read.
-_owner_of = functools.lru_cache(maxsize=1 << 16)(counter_owner)
+class Pending:
+    """The deltas not folded yet, indexed the way readers look them up: by counter document, and the
+    documents by owner. Built once per set of deltas (they change with each fetch and pass, while
+    readers come many times a second)."""
 
+    def __init__(self, deltas: Sequence[Delta]) -> None:
+        self.ids = tuple(d.id for d in deltas)
+        self._of_doc: dict[str, list[Delta]] = {}
+        self._of_owner: dict[tuple[str, str], list[tuple[str, str]]] = {}  # -> (doc id, day)
+        for delta in deltas:
+            for doc_id in delta.rows:
+                found = self._of_doc.get(doc_id)
+                if found is None:
+                    found = self._of_doc[doc_id] = []
+                    owner, code, day = counter_owner(doc_id)
+                    self._of_owner.setdefault((owner, code), []).append((doc_id, day))
+                found.append(delta)
 
-def with_pending(
-    docs: dict[str, Document], pending: Iterable[Delta], selected: Callable[[str], bool]
-) -> Iterable[Document]:
-    """The stored counter documents ``docs`` (by ``_id``, watermarks included) with what ``pending``
-    adds to them, and to the ``selected`` documents not stored yet."""
-    for delta in pending:
-        for doc_id, fields in delta.rows.items():
+    def dated(self, owner: str, codes: Iterable[str], first: str, last: str) -> list[str]:
+        """The pending documents of these units (or teams) with ``first <= day <= last`` or state ones."""
+        return [
+            doc_id
+            for code in codes
+            for doc_id, day in self._of_owner.get((owner, code), ())
+            if day == STATE_DAY or first <= day <= last
+        ]
+
+    def of_kind(self, owner: str) -> list[str]:
+        return [doc_id for (kind, _), docs in self._of_owner.items() if kind == owner for doc_id, _ in docs]
+
+    def add_to(self, docs: dict[str, Document], selected: Iterable[str]) -> Iterable[Document]:
+        """The stored counter documents ``docs`` (by ``_id``, watermarks included) with what the deltas
+        add to those of them in ``selected``, and the ``selected`` documents not stored yet."""
+        for doc_id in selected:
+            deltas = self._of_doc.get(doc_id)
+            if not deltas:
+                continue
             doc = docs.get(doc_id)
             if doc is None:
-                if not selected(doc_id):
-                    continue
-                owner, code, day = _owner_of(doc_id)
+                owner, code, day = counter_owner(doc_id)
                 doc = docs[doc_id] = {"_id": doc_id, owner: code, "day": day}
-            elif not unfolded(delta, doc.get(MARKS)):
-                continue
-            for f, v in fields.items():
-                doc[f] = doc.get(f, 0) + v
-    return docs.values()
+            marks = doc.get(MARKS)
+            for delta in deltas:
+                if unfolded(delta, marks):
+                    for f, v in delta.rows[doc_id].items():
+                        doc[f] = doc.get(f, 0) + v
+        return docs.values()
 
 
 def path_of(tree: Mapping[str, Mapping[str, Any]], code: str) -> list[str]:

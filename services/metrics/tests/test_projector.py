@@ -17,7 +17,7 @@ from pymongo.asynchronous.database import AsyncDatabase
 from metrics.folding import Folder
 from metrics.handlers import Listed, Projector, watermark_key
 from metrics.projection import ALL_DAY, CounterSums, Delta, counter_id, increments, nonzero
-from metrics.repository import Document, MetaRepository, ProjectionRepository, stream_db_name
+from metrics.repository import Document, MetaRepository, Pending, ProjectionRepository, stream_db_name
 from shared.consumer import Consumed, ProcessedEvents
 from shared.contracts import registry as reg
 from shared.envelope import Envelope, make_event
@@ -466,7 +466,7 @@ async def test_readers_see_pending_deltas_once_before_during_and_after_they_are_
     # Folded while a reader is between its read of the deltas and its read of the counters.
     pending = repo.pending
 
-    async def pending_then_folded() -> list[Delta]:
+    async def pending_then_folded() -> Pending:
         deltas = await pending()
         await Folder(ProjectionRepository(repo.counters.database, 1)).fold_once()
         return deltas
@@ -685,3 +685,24 @@ async def test_a_database_of_the_previous_layout_is_replayed_into_a_fresh_genera
     assert await meta.active_generation() == 2
     assert "counts_g1" not in await db.list_collection_names()
     assert await ProjectionRepository(db, 2).all_counters() == []
+
+
+async def test_a_read_of_a_period_adds_only_the_pending_documents_of_its_units_days_and_teams(ev, repo) -> None:
+    stream = at_offsets(
+        [
+            ev.visit("in", ev.figures(HALONG, date(2025, 7, 1), people=2, team="T-HL")),
+            ev.visit("late", ev.figures(HALONG, date(2025, 7, 5), people=3, team="T-HL")),
+            ev.visit("other", ev.figures(VANDON, date(2025, 7, 1), people=5)),
+        ]
+    )
+    await append(repo, pending_of(repo, stream))
+    await append(repo, pending_of(repo, registry_events([ev.volunteer("V1", HALONG)], start=0)))
+    rows = await repo.counters_of(["QN-HALONG"], "2025-07-01", "2025-07-03")
+    assert sorted((r["day"], r["c"].get("people_supported", 0), r["c"].get("volunteers", 0)) for r in rows) == [
+        ("2025-07-01", 2, 0),
+        ("state", 0, 1),
+    ]
+    teams = await repo.team_counters(["T-HL"], "2025-07-04", "2025-07-31")
+    assert [(r["day"], r["c"]["people_supported"]) for r in teams] == [("2025-07-05", 3)]
+    # No unit events here, so the tree is empty and a subtree is the unit alone.
+    assert sum(r["c"].get("people_supported", 0) for r in await repo.counters_all_time("QN-HALONG")) == 5
