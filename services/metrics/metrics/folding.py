@@ -37,7 +37,7 @@ RETRY_SECONDS = 1.0
 # A pass starts at most this often unless hurried: the longer the wait, the more fetches one pass
 # adds up, so the fewer counter updates per event compete with the projector and the readers for
 # the database (readers see the deltas meanwhile).
-FOLD_INTERVAL_SECONDS = 2.0
+FOLD_INTERVAL_SECONDS = 1.0
 # Every so many passes, a pass also sweeps the deltas no chain names (left by a writer that lost).
 SWEEP_EVERY = 100
 
