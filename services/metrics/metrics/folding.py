@@ -22,7 +22,7 @@ import contextlib
 
 from prometheus_client import Counter
 
-from metrics.projection import Delta, Sums, chain_sums, nonzero
+from metrics.projection import CounterSums, Delta, chain_sums, nonzero
 from metrics.repository import MARKS, ProjectionRepository, marks_filter
 from shared.logging import get_logger
 
@@ -62,16 +62,15 @@ class Folder:
                 plan[key] = [d for d in taken if d is not None]
         if not plan:
             return 0
-        changes: Sums = {}
+        sums = CounterSums()
         keys_of: dict[str, list[str]] = {}
         for key, deltas in plan.items():
             for delta in deltas:
-                for doc_id, fields in delta.rows.items():
+                sums.add(delta.rows)
+                for doc_id in delta.rows:
                     if key not in keys_of.setdefault(doc_id, []):
                         keys_of[doc_id].append(key)
-                    target = changes.setdefault(doc_id, {})
-                    for f, v in fields.items():
-                        target[f] = target.get(f, 0) + v
+        changes = sums.docs
         last = {key: deltas[-1].end - 1 for key, deltas in plan.items()}
         guards = {d: {f"{MARKS}.{k}": {"$not": {"$gte": folded_at[k]}} for k in keys} for d, keys in keys_of.items()}
         todo = {d: nonzero(fields) for d, fields in changes.items()}
