@@ -192,6 +192,8 @@ class Folder:
         self.folds = 0
         self.forgets = 0
         self.assignments = 0
+        # How much was written each time the runner said it caught up.
+        self.caught_up_after: list[int] = []
         self.closed = False
 
     async def fold(self, events: AsyncIterable[Consumed]) -> list[str]:
@@ -212,6 +214,9 @@ class Folder:
 
     async def release(self, events: AsyncIterable[Consumed]) -> None:
         self.released += [c.envelope.data["code"] async for c in events]
+
+    def caught_up(self) -> None:
+        self.caught_up_after.append(len(self.written))
 
     async def close(self) -> None:
         self.closed = True
@@ -251,6 +256,11 @@ async def test_whole_fetch_mode_dead_letters_the_undecodable_and_the_failing_eve
             return bool(runner.lag) and not any(runner.lag.values())
 
         await wait_until(committed, timeout=10)
+
+        async def told() -> bool:  # deferred work is due once the stream has nothing more
+            return 2 in folder.caught_up_after
+
+        await wait_until(told, timeout=10)
     finally:
         await runner.stop()
         await producer.stop()

@@ -124,8 +124,9 @@ class FoldLoop:
             self._task = asyncio.get_running_loop().create_task(self._run(), name="metrics-folder")
 
     def hurry(self) -> None:
-        """Start the next pass without waiting for the interval."""
-        self._hurry.set()
+        """Start the next pass without waiting for the interval, if there is one to run."""
+        if self._again:
+            self._hurry.set()
 
     async def _run(self) -> None:
         loop = asyncio.get_running_loop()

@@ -108,6 +108,11 @@ class Projector:
         # Deltas a stopped process wrote but never folded are folded by whoever carries on.
         self.folding.kick()
 
+    def caught_up(self) -> None:
+        # The interval between passes spares the stream's writes; with none coming, waiting only
+        # delays the counter documents.
+        self.folding.hurry()
+
     async def close(self) -> None:
         await self.folding.close()
 

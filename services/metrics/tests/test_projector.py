@@ -14,7 +14,7 @@ from aiokafka import TopicPartition
 from prometheus_client import REGISTRY
 from pymongo.asynchronous.database import AsyncDatabase
 
-from metrics.folding import Folder
+from metrics.folding import Folder, FoldLoop
 from metrics.handlers import Listed, Projector, watermark_key
 from metrics.projection import ALL_DAY, CounterSums, Delta, counter_id, increments, nonzero
 from metrics.repository import Document, MetaRepository, Pending, ProjectionRepository, stream_db_name
@@ -479,6 +479,34 @@ async def test_readers_see_pending_deltas_once_before_during_and_after_they_are_
     raw = await repo.counters.find_one({"_id": doc})
     assert raw is not None
     assert (raw["people_supported"], raw["wm"]) == (60, {watermark_key(VISITS_TOPIC, 0): 29})
+
+
+async def test_a_projector_told_it_caught_up_folds_at_once_instead_of_waiting_out_the_interval(ev, repo) -> None:
+    stream = at_offsets([ev.visit(f"c{i}", ev.figures(HALONG, date(2025, 7, 3), people=1)) for i in range(30)])
+    doc = counter_id("QN-HALONG", "2025-07-03")
+    projector = projector_on(repo)
+    projector.folding = FoldLoop(Folder(repo), interval=3600)
+
+    async def in_counters() -> int:
+        raw = await repo.counters.find_one({"_id": doc})
+        return int(raw["people_supported"]) if raw else 0
+
+    try:
+        await projector.write(await projector.fold(Listed(stream[:10])))
+        await projector.folding.next_pass()  # the first pass waits for nothing
+        assert await in_counters() == 10
+        projector.caught_up()  # nothing left to fold: the next pass keeps its interval
+        await projector.write(await projector.fold(Listed(stream[10:])))
+        second = asyncio.create_task(projector.folding.next_pass())
+        await asyncio.sleep(0.5)
+        assert not second.done()
+        assert await in_counters() == 10
+        assert (await stored(repo))[doc]["people_supported"] == 30  # readable meanwhile
+        projector.caught_up()
+        await asyncio.wait_for(second, 30)
+        assert await in_counters() == 30
+    finally:
+        await projector.close()
 
 
 async def test_a_fetch_partly_seen_on_one_partition_adds_the_rest_of_it_and_all_of_the_other(ev, repo) -> None:

@@ -210,8 +210,10 @@ class FetchHandler(Protocol):
     in memory after a failed write, so the next fold starts again from the database. ``release``
     forgets that dead-lettered events were seen, so their replay from the dead-letter topic (the same
     ids at later offsets) is applied rather than skipped as a copy. ``assigned`` names the
-    partitions the group just gave this process (see :meth:`ProcessedEvents.assigned`). ``close``
-    ends whatever the handler runs in the background, when the runner stops.
+    partitions the group just gave this process (see :meth:`ProcessedEvents.assigned`). ``caught_up``
+    says that everything fetched is written and a poll found nothing new, so work the handler
+    defers to spare a busy stream can run now. ``close`` ends whatever the handler runs in the
+    background, when the runner stops.
     """
 
     async def fold(self, events: AsyncIterable[Consumed]) -> Any: ...
@@ -223,6 +225,8 @@ class FetchHandler(Protocol):
     def assigned(self, partitions: Iterable[TopicPartition]) -> None: ...
 
     async def release(self, events: AsyncIterable[Consumed]) -> None: ...
+
+    def caught_up(self) -> None: ...
 
     async def close(self) -> None: ...
 
@@ -695,6 +699,7 @@ class ConsumerRunner:
                 handler.forget()
                 folded = await handler.fold(fetch)
         if fetch is None:
+            handler.caught_up()
             return None
         return asyncio.create_task(self._write_traced_fetch(fetch, folded))
 
