@@ -183,6 +183,53 @@ CLIENTS = 10
 POOL = 2
 
 
+# --- deletes by _id (deploy/ferretdb/unread-deletes-by-id.patch) ---------------------------------
+
+
+async def test_deletes_by_id_remove_exactly_the_documents_the_filter_names(ferretdb: FerretDB, run_id: str) -> None:
+    async with _households(ferretdb, run_id) as (col, ids):
+        left = list(ids)
+
+        async def delete(flt: dict[str, Any], *, many: bool = True) -> int:
+            res = await (col.delete_many(flt) if many else col.delete_one(flt))
+            return res.deleted_count
+
+        def gone(*removed: Any) -> None:
+            for i in removed:
+                left.remove(i)
+
+        missing = [f"{NAMES[0]} 9999", "", ObjectId()]
+        # Named by _id alone (strings, ObjectIds): deleted without being read.
+        assert await delete({"_id": ids[0]}, many=False) == 1
+        gone(ids[0])
+        assert await delete({"_id": ids[0]}) == 0
+        assert await delete({"_id": {"$in": ids[1:11] + ids[1:3] + missing}}) == 10  # repeats, missing ids
+        gone(*ids[1:11])
+        assert await delete({"_id": {"$in": ids[50:300]}}) == 250
+        gone(*ids[50:300])
+        # Anything else is read and filtered as before: an ObjectId, or its text, which is stored alike.
+        assert await delete({"_id": {"$in": [ids[300], str(ids[301])]}}) == 1
+        gone(ids[300])
+        assert await delete({"_id": str(ids[301])}) == 0
+        assert await delete({"_id": ids[301]}) == 1
+        gone(ids[301])
+        assert await delete({"_id": {"$in": [ids[20], ids[21]]}}, many=False) == 1  # limit 1 of two
+        survivor = ids[21] if ids[21] in await _ids(col, {"_id": {"$in": ids[20:22]}}) else ids[20]
+        gone(*[i for i in ids[20:22] if i != survivor])
+        assert await delete({"_id": {"$in": [ids[30], 7.0]}}) == 2  # a double matches the stored int 7
+        gone(ids[30], 7)
+        assert await delete({"_id": 8.0}) == 1
+        gone(8)
+        assert await delete({"_id": ids[40], "rev": 40 % 3 + 1}) == 0  # another condition that fails
+        assert await delete({"_id": ids[40], "rev": 40 % 3}) == 1
+        gone(ids[40])
+        too_many = [f"{NAMES[1]} x{n}" for n in range(1000)] + [ids[45]]
+        assert await delete({"_id": {"$in": too_many}}) == 1
+        gone(ids[45])
+        assert _same(await _ids(col, {}), left)
+        assert await col.count_documents({}) == len(left) == 300 + 6 - 269
+
+
 @asynccontextmanager
 async def _collections(ferretdb: FerretDB, run_id: str, name: str) -> AsyncIterator[list[Col]]:
     """One collection handle per separate client, so every client writes over its own connections."""
