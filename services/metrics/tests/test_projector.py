@@ -481,6 +481,39 @@ async def test_readers_see_pending_deltas_once_before_during_and_after_they_are_
     assert (raw["people_supported"], raw["wm"]) == (60, {watermark_key(VISITS_TOPIC, 0): 29})
 
 
+async def test_readers_asking_at_once_read_each_new_delta_once_and_all_see_it(ev, repo) -> None:
+    stream = at_offsets([ev.visit(f"s{i}", ev.figures(HALONG, date(2025, 7, 4), people=1)) for i in range(40)])
+    reader = ProjectionRepository(repo.counters.database, 1)  # another process's: it has none of them
+    read: list[str] = []
+    read_deltas = reader.read_deltas
+
+    async def counted(ids: Sequence[str]) -> dict[str, Delta]:
+        read.extend(ids)
+        await asyncio.sleep(0.05)  # long enough for every request to ask while the read is under way
+        return await read_deltas(ids)
+
+    reader.read_deltas = counted  # type: ignore[method-assign]
+    doc = counter_id("QN-HALONG", "2025-07-04")
+
+    def adds(pending: Pending) -> int:
+        return int(next(iter(pending.add_to({}, [doc])))["people_supported"])
+
+    for lo, hi in ((0, 10), (10, 25)):
+        await append(repo, pending_of(repo, stream[lo:hi]))
+    seen = await asyncio.gather(*(reader.pending() for _ in range(20)))
+    assert sorted(read) == sorted({i for p in seen for i in p.ids})
+    assert len(read) == 2
+    assert {adds(p) for p in seen} == {25}
+    await append(repo, pending_of(repo, stream[25:40]))
+    seen = await asyncio.gather(*(reader.pending() for _ in range(20)))
+    assert len(read) == 3  # only the new one
+    assert {adds(p) for p in seen} == {40}
+    # Once folded, a reader's chains name none of them and it reads nothing more.
+    await Folder(repo).fold_once()
+    assert (await stored(reader))[doc]["people_supported"] == 40
+    assert len(read) == 3
+
+
 async def test_a_projector_told_it_caught_up_folds_at_once_instead_of_waiting_out_the_interval(ev, repo) -> None:
     stream = at_offsets([ev.visit(f"c{i}", ev.figures(HALONG, date(2025, 7, 3), people=1)) for i in range(30)])
     doc = counter_id("QN-HALONG", "2025-07-03")
