@@ -38,7 +38,7 @@ RETRY_SECONDS = 1.0
 # adds up, so the fewer counter updates per event compete with the projector and the readers for
 # the database (readers see the deltas meanwhile).
 FOLD_INTERVAL_SECONDS = 1.0
-# Every so many passes, a pass also sweeps the deltas no chain names (left by a writer that lost).
+# Passes between two sweeps of the deltas no chain names, at least.
 SWEEP_EVERY = 100
 
 
@@ -48,6 +48,17 @@ class Folder:
     def __init__(self, repo: ProjectionRepository) -> None:
         self.repo = repo
         self._passes = 0
+        # Deltas no chain names are left by a writer whose append lost, or by a process killed between
+        # its insert and its append. A sweep reads every delta (FerretDB narrows no other filter by an
+        # index) under the stream database's write lock: run every 100 passes regardless, it held the
+        # projector's writes for 1.6-2 s each time. So a process sweeps in its first pass, and again
+        # only after its projector lost an append (``orphaned``), SWEEP_EVERY passes apart at least.
+        self._sweep_due = True
+        self._last_sweep = -SWEEP_EVERY
+
+    def orphaned(self) -> None:
+        """The projector left a delta no chain names: sweep in a coming pass."""
+        self._sweep_due = True
 
     async def fold_once(self) -> int:
         """One pass over every chain; answers how many deltas it folded."""
@@ -90,10 +101,12 @@ class Folder:
         else:
             raise RuntimeError("counter watermarks kept moving; another folder is writing the same documents")
         self._passes += 1
-        sweep = self._passes % SWEEP_EVERY == 1
+        sweep = self._sweep_due and self._passes - self._last_sweep >= SWEEP_EVERY
         await asyncio.gather(
             *(self.repo.folded(key, ds[-1].end, [d.start for d in ds], sweep=sweep) for key, ds in plan.items())
         )
+        if sweep:
+            self._sweep_due, self._last_sweep = False, self._passes
         n = sum(len(d) for d in plan.values())
         DELTAS_FOLDED.inc(n)
         return n

@@ -207,6 +207,7 @@ class Projector:
             rest = [d for d in todo if reached.get(d.key, d.end) < d.end]
             if rest:
                 log.info("projector_chain_overlap", partitions=len(rest))
+                self.folding.folder.orphaned()
             todo = []
             for d in rest:
                 start = reached[d.key]

@@ -14,6 +14,7 @@ from aiokafka import TopicPartition
 from prometheus_client import REGISTRY
 from pymongo.asynchronous.database import AsyncDatabase
 
+from metrics import folding
 from metrics.folding import Folder, FoldLoop
 from metrics.handlers import Listed, Projector, watermark_key
 from metrics.projection import ALL_DAY, CounterSums, Delta, counter_id, increments, nonzero
@@ -479,6 +480,26 @@ async def test_readers_see_pending_deltas_once_before_during_and_after_they_are_
     raw = await repo.counters.find_one({"_id": doc})
     assert raw is not None
     assert (raw["people_supported"], raw["wm"]) == (60, {watermark_key(VISITS_TOPIC, 0): 29})
+
+
+async def test_deltas_no_chain_names_are_swept_first_and_after_a_lost_append_only(ev, repo, monkeypatch) -> None:
+    monkeypatch.setattr(folding, "SWEEP_EVERY", 2)
+    stream = at_offsets([ev.visit(f"o{i}", ev.figures(VANDON, date(2025, 7, 5), people=2)) for i in range(40)])
+    folder = Folder(repo)
+    await repo.put_deltas(pending_of(repo, stream[3:6]))  # a writer killed before its append
+    await append(repo, pending_of(repo, stream[0:10]))
+    assert await folder.fold_once() == 1
+    assert await repo.deltas.count_documents({}) == 0  # the first pass swept it
+    await repo.put_deltas(pending_of(repo, stream[5:10]))  # another process's writer that lost
+    for lo, hi in ((10, 20), (20, 30)):
+        await append(repo, pending_of(repo, stream[lo:hi]))
+        assert await folder.fold_once() == 1
+    assert await repo.deltas.count_documents({}) == 1  # a steady stream's passes read no stray deltas
+    folder.orphaned()
+    await append(repo, pending_of(repo, stream[30:40]))
+    assert await folder.fold_once() == 1
+    assert await repo.deltas.count_documents({}) == 0
+    assert await stored(repo) == expected(stream)
 
 
 async def test_readers_asking_at_once_read_each_new_delta_once_and_all_see_it(ev, repo) -> None:
