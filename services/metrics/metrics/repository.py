@@ -208,8 +208,8 @@ class DeltaCache:
         if todo:
             task = asyncio.ensure_future(self._read(todo, read))
             self._reads.update(dict.fromkeys(todo, task))
-        waits = {id(t): t for i in ids if i not in found and (t := self._reads.get(i)) is not None}
-        for task in waits.values():
+        waits = {t for i in ids if i not in found and (t := self._reads.get(i)) is not None}
+        for task in waits:
             # Shielded: a caller that goes away does not cancel the read the others wait for.
             got = await asyncio.shield(task)
             found.update((i, got[i]) for i in ids if i in got)
