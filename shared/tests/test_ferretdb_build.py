@@ -22,6 +22,11 @@ transaction (upstream: one per document); the tests check its counts and that it
 ``deploy/ferretdb/sqlite-unique-indexes-only.patch`` keeps non-unique indexes in FerretDB's metadata
 only (the SQLite backend never reads them); unique ones stay SQLite indexes and keep enforcing.
 
+``deploy/ferretdb/update-statements-one-transaction.patch`` runs the statements of one update command
+under one hold of the write lock and writes them in one SQLite transaction; the tests check that a
+statement sees the earlier ones' changes, that a failing statement keeps those before it, that
+concurrent commands add up, and that a reader sees a command all or not at all.
+
 ``deploy/ferretdb/sjson-one-pass-decode.patch`` decodes stored documents in one pass and each schema
 once; it must give back exactly what was written, and its own Go tests (the fast decoder against
 the original on random and damaged documents) must pass on the patched source.
@@ -45,7 +50,7 @@ from typing import Any
 import pytest
 from bson import Binary, Int64, ObjectId, Regex, Timestamp
 from bson.raw_bson import RawBSONDocument
-from pymongo import ReturnDocument, UpdateOne
+from pymongo import ReturnDocument, UpdateMany, UpdateOne
 from pymongo.asynchronous.collection import AsyncCollection
 from pymongo.errors import DuplicateKeyError, OperationFailure
 
@@ -561,6 +566,132 @@ async def test_single_document_updates_and_upserts_report_as_before(ferretdb: Fe
         }
     finally:
         await client.close()
+
+
+# --- the statements of one update command (deploy/ferretdb/update-statements-one-transaction.patch) -
+
+
+async def test_statements_of_one_update_command_see_each_others_changes(ferretdb: FerretDB, run_id: str) -> None:
+    # The command's writes wait in memory until its end; a later statement must read them anyway.
+    client = connect(ferretdb.url)
+    try:
+        col = client[f"fdb_{run_id}"]["households"]
+        await col.insert_many(
+            [
+                {"_id": "Phường Hạ Long", "n": 0, "state": "open"},
+                {"_id": "Đặc khu Vân Đồn", "n": 10, "kind": "island"},
+                {"_id": "Xã Quảng Đức", "n": 20, "kind": "island"},
+            ]
+        )
+        res = await col.bulk_write(
+            [
+                UpdateOne({"_id": "Phường Hạ Long"}, {"$inc": {"n": 1}}),
+                UpdateOne({"_id": "Phường Hạ Long"}, {"$inc": {"n": 1}}),
+                # Matches only once the statement before it has closed the household.
+                UpdateOne({"_id": "Phường Hạ Long", "state": "open"}, {"$set": {"state": "closed"}}),
+                UpdateOne({"_id": "Phường Hạ Long", "state": "closed"}, {"$set": {"state": "archived"}}),
+                UpdateOne({"_id": "Phường Hạ Long", "state": "open"}, {"$set": {"state": "reopened"}}),
+                # A multi-document statement over a document an earlier statement changed.
+                UpdateOne({"_id": "Đặc khu Vân Đồn"}, {"$inc": {"n": 5}}),
+                UpdateMany({"kind": "island"}, {"$inc": {"n": 100}}),
+                # An upsert between updates, then an update of what it inserted.
+                UpdateOne({"_id": "Xã Cô Tô"}, {"$set": {"n": 1}}, upsert=True),
+                UpdateOne({"_id": "Xã Cô Tô"}, {"$inc": {"n": 1}}),
+                UpdateOne({"_id": "Phường Hạ Long"}, {"$set": {"state": "archived"}}),
+            ],
+            ordered=False,
+        )
+        # matched: 1+1+1+1+0 + 1+2 + (upsert: 0, counted in upserted) + 1 + 1; the last changes nothing.
+        assert (res.matched_count, res.modified_count, res.upserted_ids) == (9, 8, {7: "Xã Cô Tô"})
+        stored = {d["_id"]: d async for d in col.find({})}
+        assert stored == {
+            "Phường Hạ Long": {"_id": "Phường Hạ Long", "n": 2, "state": "archived"},
+            "Đặc khu Vân Đồn": {"_id": "Đặc khu Vân Đồn", "n": 115, "kind": "island"},
+            "Xã Quảng Đức": {"_id": "Xã Quảng Đức", "n": 120, "kind": "island"},
+            "Xã Cô Tô": {"_id": "Xã Cô Tô", "n": 2},
+        }
+    finally:
+        await client.close()
+
+
+async def test_a_failing_statement_keeps_the_statements_before_it_and_runs_none_after(
+    ferretdb: FerretDB, run_id: str
+) -> None:
+    # As upstream, which wrote each statement as it went and stopped at the first error. The raw
+    # command, because FerretDB's reply to a failed statement (a write error without nModified, also
+    # upstream) makes pymongo's bulk_write raise a KeyError instead of a BulkWriteError.
+    client = connect(ferretdb.url)
+    try:
+        db = client[f"fdb_{run_id}"]
+        await db["counters"].insert_many(
+            [{"_id": "a", "n": 0}, {"_id": "b", "n": "not a number"}, {"_id": "c", "n": 0}]
+        )
+        inc = {"$inc": {"n": 1}}
+        reply = await db.command(
+            {
+                "update": "counters",
+                "updates": [{"q": {"_id": k}, "u": inc} for k in ("a", "a", "b", "c")],
+                "ordered": False,
+            }
+        )
+        assert [e["code"] for e in reply["writeErrors"]] == [14], reply
+        stored = {d["_id"]: d["n"] async for d in db["counters"].find({})}
+        assert stored == {"a": 2, "b": "not a number", "c": 0}
+    finally:
+        await client.close()
+
+
+async def test_concurrent_many_statement_commands_lose_no_increment(ferretdb: FerretDB, run_id: str) -> None:
+    # Each command holds the lock from its first read to its one write: commands of separate
+    # clients on the same documents must add up exactly.
+    docs, commands, statements = 5, 10, 30
+    async with _collections(ferretdb, run_id, "counters") as cols:
+        await cols[0].insert_many([{"_id": f"Phường {i}", "n": 0, "wm": 0} for i in range(docs)])
+
+        async def run(col: Col, k: int) -> None:
+            for c in range(commands):
+                batch = [
+                    UpdateOne({"_id": f"Phường {(k + c + s) % docs}"}, {"$inc": {"n": 1}}) for s in range(statements)
+                ]
+                res = await col.bulk_write(batch, ordered=False)
+                assert res.matched_count == statements
+
+        await asyncio.gather(*(run(col, k) for k, col in enumerate(cols)))
+        stored = [d["n"] async for d in cols[0].find({})]
+    assert sum(stored) == CLIENTS * commands * statements
+    assert stored == [CLIENTS * commands * statements // docs] * docs
+
+
+async def test_a_reader_sees_all_or_none_of_a_many_statement_command(ferretdb: FerretDB, run_id: str) -> None:
+    rounds = 30
+    client = connect(ferretdb.url, max_pool_size=4)
+    try:
+        col = client[f"fdb_{run_id}"]["counters"]
+        ids = [f"{NAMES[i % 3]} {i}" for i in range(50)]
+        await col.insert_many([{"_id": i, "pad": "x" * 700, "v": 0} for i in ids])
+        done = asyncio.Event()
+        seen: list[set[int]] = []
+
+        async def write() -> None:
+            try:
+                for r in range(1, rounds + 1):
+                    res = await col.bulk_write([UpdateOne({"_id": i}, {"$set": {"v": r}}) for i in ids], ordered=False)
+                    assert (res.matched_count, res.modified_count) == (50, 50)
+            finally:
+                done.set()
+
+        async def read() -> None:
+            while not done.is_set():
+                docs = await col.find({}, {"v": 1}, batch_size=1000).to_list()
+                assert len(docs) == 50
+                seen.append({d["v"] for d in docs})
+
+        await asyncio.gather(write(), read(), read())
+    finally:
+        await client.close()
+    mixed = [s for s in seen if len(s) != 1]
+    assert mixed == [], f"{len(mixed)} of {len(seen)} reads saw a command half applied"
+    assert len({v for s in seen for v in s}) > 2, "the reads never overlapped the writes"
 
 
 # --- documents decoded in one pass (deploy/ferretdb/sjson-one-pass-decode.patch) ----------------

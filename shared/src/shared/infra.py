@@ -28,7 +28,8 @@ FERRETDB_VERSION = os.environ.get("FERRETDB_VERSION", "v1.24.2")
 CACHE = Path(os.environ.get("XDG_CACHE_HOME", str(Path.home() / ".cache"))) / "digital-bridge"
 KAFKA_LIB = Path(os.environ.get("KAFKA_HOME", str(CACHE / f"kafka-{KAFKA_VERSION}"))) / "lib"
 FERRETDB_BUILD = os.environ.get(
-    "FERRETDB_BUILD", f"{FERRETDB_VERSION}-idindex1-notrack1-atomic3-walreset1-idin1-updtx1-sjson3-uniqidx1-delid2"
+    "FERRETDB_BUILD",
+    f"{FERRETDB_VERSION}-idindex1-notrack1-atomic3-walreset1-idin1-updtx1-sjson3-uniqidx1-delid2-updstmt2",
 )
 FERRETDB_BIN = Path(os.environ.get("FERRETDB_BIN", str(CACHE / f"ferretdb-{FERRETDB_BUILD}")))
 # Go's collector target for FerretDB (GOGC): its CPU goes to decoding and collecting short-lived

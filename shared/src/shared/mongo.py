@@ -166,8 +166,9 @@ UPDATES_PER_COMMAND = 50
 
 async def update_each(col: AsyncCollection[Document], updates: Sequence[UpdateOne]) -> int:
     """Send single-document updates :data:`UPDATES_PER_COMMAND` to an unordered command; return
-    how many documents matched. One round trip per command instead of one per statement; FerretDB
-    still takes its database's write lock per statement (``deploy/ferretdb/serialise-writes.patch``)."""
+    how many documents matched. One round trip per command instead of one per statement, and for
+    FerretDB one hold of its database's write lock and one SQLite transaction per command
+    (``deploy/ferretdb/update-statements-one-transaction.patch``)."""
     matched = 0
     for i in range(0, len(updates), UPDATES_PER_COMMAND):
         matched += (await col.bulk_write(list(updates[i : i + UPDATES_PER_COMMAND]), ordered=False)).matched_count
