@@ -41,7 +41,7 @@ import random
 import shutil
 import sqlite3
 import subprocess
-from collections.abc import AsyncIterator
+from collections.abc import AsyncIterator, Awaitable, Callable
 from contextlib import asynccontextmanager
 from datetime import UTC, datetime, timedelta
 from pathlib import Path
@@ -491,39 +491,51 @@ async def test_a_failing_update_many_writes_none_of_its_documents(ferretdb: Ferr
         await client.close()
 
 
-async def test_a_reader_sees_all_or_none_of_an_update_many(ferretdb: FerretDB, run_id: str) -> None:
-    # One transaction per update_many: a read running beside it (reads take no lock) sees the
-    # documents from one snapshot, before or after the whole statement. Upstream committed each
-    # document on its own, so readers saw statements half applied (previous build: most reads).
-    rounds = 30
+async def _reads_beside(
+    ferretdb: FerretDB, col_name: str, ids: list[str], write_round: Callable[[Col, int], Awaitable[None]]
+) -> list[set[int]]:
+    """The sets of ``v`` that two readers saw in the documents of ``ids`` while ``write_round(col, r)``
+    set every ``v`` to ``r`` for r = 1 .. 30 (reads take no lock)."""
     client = connect(ferretdb.url, max_pool_size=4)
     try:
-        col = client[f"fdb_{run_id}"]["households"]
-        ids = [f"{NAMES[i % 3]} {i}" for i in range(200)]
+        col = client[f"fdb_{col_name}"]["households"]
         await col.insert_many([{"_id": i, "pad": "x" * 700, "v": 0} for i in ids])
         done = asyncio.Event()
         seen: list[set[int]] = []
 
         async def write() -> None:
             try:
-                for r in range(1, rounds + 1):
-                    res = await col.update_many({"_id": {"$in": ids}}, {"$set": {"v": r}})
-                    assert (res.matched_count, res.modified_count) == (200, 200)
+                for r in range(1, 31):
+                    await write_round(col, r)
             finally:
                 done.set()
 
         async def read() -> None:
             while not done.is_set():
                 docs = await col.find({}, {"v": 1}, batch_size=1000).to_list()
-                assert len(docs) == 200
+                assert len(docs) == len(ids)
                 seen.append({d["v"] for d in docs})
 
         await asyncio.gather(write(), read(), read())
     finally:
         await client.close()
+    assert len({v for s in seen for v in s}) > 2, "the reads never overlapped the writes"
+    return seen
+
+
+async def test_a_reader_sees_all_or_none_of_an_update_many(ferretdb: FerretDB, run_id: str) -> None:
+    # One transaction per update_many: a read running beside it sees the documents from one
+    # snapshot, before or after the whole statement. Upstream committed each document on its own,
+    # so readers saw statements half applied (previous build: most reads).
+    ids = [f"{NAMES[i % 3]} {i}" for i in range(200)]
+
+    async def write_round(col: Col, r: int) -> None:
+        res = await col.update_many({"_id": {"$in": ids}}, {"$set": {"v": r}})
+        assert (res.matched_count, res.modified_count) == (200, 200)
+
+    seen = await _reads_beside(ferretdb, run_id, ids, write_round)
     mixed = [s for s in seen if len(s) != 1]
     assert mixed == [], f"{len(mixed)} of {len(seen)} reads saw a half-applied update_many"
-    assert len({v for s in seen for v in s}) > 2, "the reads never overlapped the writes"
 
 
 async def test_single_document_updates_and_upserts_report_as_before(ferretdb: FerretDB, run_id: str) -> None:
@@ -663,35 +675,15 @@ async def test_concurrent_many_statement_commands_lose_no_increment(ferretdb: Fe
 
 
 async def test_a_reader_sees_all_or_none_of_a_many_statement_command(ferretdb: FerretDB, run_id: str) -> None:
-    rounds = 30
-    client = connect(ferretdb.url, max_pool_size=4)
-    try:
-        col = client[f"fdb_{run_id}"]["counters"]
-        ids = [f"{NAMES[i % 3]} {i}" for i in range(50)]
-        await col.insert_many([{"_id": i, "pad": "x" * 700, "v": 0} for i in ids])
-        done = asyncio.Event()
-        seen: list[set[int]] = []
+    ids = [f"{NAMES[i % 3]} {i}" for i in range(50)]
 
-        async def write() -> None:
-            try:
-                for r in range(1, rounds + 1):
-                    res = await col.bulk_write([UpdateOne({"_id": i}, {"$set": {"v": r}}) for i in ids], ordered=False)
-                    assert (res.matched_count, res.modified_count) == (50, 50)
-            finally:
-                done.set()
+    async def write_round(col: Col, r: int) -> None:
+        res = await col.bulk_write([UpdateOne({"_id": i}, {"$set": {"v": r}}) for i in ids], ordered=False)
+        assert (res.matched_count, res.modified_count) == (50, 50)
 
-        async def read() -> None:
-            while not done.is_set():
-                docs = await col.find({}, {"v": 1}, batch_size=1000).to_list()
-                assert len(docs) == 50
-                seen.append({d["v"] for d in docs})
-
-        await asyncio.gather(write(), read(), read())
-    finally:
-        await client.close()
+    seen = await _reads_beside(ferretdb, run_id, ids, write_round)
     mixed = [s for s in seen if len(s) != 1]
     assert mixed == [], f"{len(mixed)} of {len(seen)} reads saw a command half applied"
-    assert len({v for s in seen for v in s}) > 2, "the reads never overlapped the writes"
 
 
 # --- documents decoded in one pass (deploy/ferretdb/sjson-one-pass-decode.patch) ----------------
