@@ -492,13 +492,13 @@ async def test_a_failing_update_many_writes_none_of_its_documents(ferretdb: Ferr
 
 
 async def _reads_beside(
-    ferretdb: FerretDB, col_name: str, ids: list[str], write_round: Callable[[Col, int], Awaitable[None]]
+    ferretdb: FerretDB, run_id: str, ids: list[str], write_round: Callable[[Col, int], Awaitable[None]]
 ) -> list[set[int]]:
     """The sets of ``v`` that two readers saw in the documents of ``ids`` while ``write_round(col, r)``
     set every ``v`` to ``r`` for r = 1 .. 30 (reads take no lock)."""
     client = connect(ferretdb.url, max_pool_size=4)
     try:
-        col = client[f"fdb_{col_name}"]["households"]
+        col = client[f"fdb_{run_id}"]["households"]
         await col.insert_many([{"_id": i, "pad": "x" * 700, "v": 0} for i in ids])
         done = asyncio.Event()
         seen: list[set[int]] = []
