@@ -45,7 +45,7 @@ from shared.mongo import connect
 from shared.settings import DEV_JWT_SECRET, ServiceSettings
 from shared.topics import EVENT_TOPICS, REGISTRY_TOPIC, VISITS_TOPIC, ensure_topics, load_topics
 
-from .cpu import CpuTally, ledger, proc_stat, where_it_went
+from .cpu import CpuTally, Mark, ledger, proc_stat, where_it_went
 from .events import LATE_1_3_DAYS, LATE_4_14_DAYS, PROVINCE, mixed_events, unit_paths, visit, visit_body
 
 REPO = Path(__file__).resolve().parent.parent
@@ -712,11 +712,10 @@ async def freshness_part(b: Bench) -> None:
     cpu: dict[str, str] = {}
     for share, key, probes_per_s in ((0.5, "at_50", 30.0), (0.8, "at_80", 0.0)):
         rate = proj * share
-        load_start = ledger().mark()
         probes: list[Probe] = []  # appended by the load as it publishes, stamped by the pollers
         stop = asyncio.Event()
         poller = asyncio.create_task(_poll_live(b, probes, stop, poll_interval, paths)) if probes_per_s else None
-        lags, achieved = await _run_load_feeding(b, rate, seconds, probes_per_s, paths, share, probes)
+        lags, achieved, load_start = await _run_load_feeding(b, rate, seconds, probes_per_s, paths, share, probes)
         cpu[key] = where_it_went(load_start)
         stop.set()
         res: dict[str, Any] = {"target_rate_ev_s": round(rate, 1), "achieved_rate_ev_s": round(achieved, 1)}
@@ -820,8 +819,12 @@ async def _poll_live(
 
 async def _run_load_feeding(
     b: Bench, rate: float, seconds: float, probes_per_s: float, paths: list[list[str]], share: float, sink: list[Probe]
-) -> tuple[list[tuple[float, int]], float]:
-    """:func:`steady_load`, appending each probe to ``sink`` the moment it is published."""
+) -> tuple[list[tuple[float, int]], float, Mark]:
+    """:func:`steady_load`, appending each probe to ``sink`` the moment it is published.
+
+    Also returns the CPU ledger's mark of when the load started: the mix is encoded before it, and
+    that encoding (about as long as the load itself at 80%) is not the load's CPU.
+    """
     total = int(rate * seconds) + 10
     # Encoded before the clock starts: on two cores the generator's own encoding competed with
     # the projector it measures.
@@ -832,8 +835,10 @@ async def _run_load_feeding(
     gc.freeze()
     sender = BatchSender(b.kafka.bootstrap, b.topic_of(b.prefix))
     await sender.start()
+    started = ledger().mark()
     try:
-        return await _feed(b, rate, seconds, probes_per_s, paths, share, sink, mix, sender)
+        lags, achieved = await _feed(b, rate, seconds, probes_per_s, paths, share, sink, mix, sender)
+        return lags, achieved, started
     finally:
         await sender.stop()
         mix.clear()

@@ -448,7 +448,7 @@ async def freshness_of(b: Bench, which: str, rate: float, seconds: float, log_di
         units = [p[-1] for p in paths]
         poller = asyncio.create_task(poll_counters(b, db, collection, probes, stop, 0.05, units))
         cpu0 = cpu_seconds(process.pid)
-        _, achieved = await _run_load_feeding(b, rate, seconds, 30.0, paths, 0.5, probes)
+        _, achieved, _ = await _run_load_feeding(b, rate, seconds, 30.0, paths, 0.5, probes)
         cpu = cpu_seconds(process.pid) - cpu0
         stop.set()
         try:
