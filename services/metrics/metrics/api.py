@@ -33,7 +33,7 @@ from metrics.schemas import (
     Timeseries,
 )
 from metrics.service import MetricsService, local_today
-from metrics.spreadsheets import CSV_MEDIA_TYPE, XLSX_MEDIA_TYPE, csv_chunks, filename, xlsx_bytes
+from metrics.spreadsheets import CSV_MEDIA_TYPE, XLSX_MEDIA_TYPE, csv_chunks, filename, json_chunks, xlsx_bytes
 from shared.auth import Role, require_role
 from shared.contracts.common import Indicator
 from shared.errors import InvalidInput
@@ -131,9 +131,11 @@ def negotiated(accept: str | None) -> ReportFormat:
 
 
 async def _streamed(chunks: Iterator[bytes]) -> AsyncIterator[bytes]:
-    # An async iterator: a sync one would hop to a worker thread for every line.
+    # An async iterator: a sync one would hop to a worker thread for every line. Making the rows is
+    # CPU work on the event loop, so other requests get a turn between chunks.
     for chunk in chunks:
         yield chunk
+        await asyncio.sleep(0)
 
 
 @router.get("/summary", summary="Every indicator for a unit's subtree", response_model=Summary)
@@ -228,7 +230,8 @@ REPORT_CONTENT: dict[str, Any] = {
     "(active ones always, inactive ones with figures), then a row of what no team of the subtree accounts for, "
     "then the same totals, which equal "
     "`/v1/summary` for the unit and period. Each figure has the previous period of equal length and the change "
-    "beside it. `format` (or the Accept header) picks JSON, CSV (UTF-8 with BOM, streamed) or XLSX; the "
+    "beside it. `format` (or the Accept header) picks JSON or CSV (UTF-8 with BOM), both streamed as the rows "
+    "are made, or XLSX; the "
     "period defaults to the campaign's window with `campaign`, else the last full Monday-Sunday week.",
     response_model=ReportTable,
     responses={
@@ -273,19 +276,19 @@ async def report_table(
     ] = ReportRows.units,
     known_at: KnownAtParam = None,
 ) -> ReportTable | Response:
-    table = await service.report_table(
+    report = await service.report_stream(
         principal, unit=unit, campaign=campaign, first=first, last=last, today=as_of or local_today(), rows_by=rows
     )
     if known_at is not None:
-        table = await closing.table_known_at(principal, table, known_at)
+        report = await closing.table_known_at(principal, report, known_at)
     chosen = fmt or negotiated(request.headers.get("accept"))
     if chosen is ReportFormat.json:
-        return table
-    disposition = {"Content-Disposition": f'attachment; filename="{filename(table, chosen.value)}"'}
+        return StreamingResponse(_streamed(json_chunks(report)), media_type="application/json")
+    disposition = {"Content-Disposition": f'attachment; filename="{filename(report.head, chosen.value)}"'}
     if chosen is ReportFormat.csv:
-        return StreamingResponse(_streamed(csv_chunks(table)), media_type=CSV_MEDIA_TYPE, headers=disposition)
+        return StreamingResponse(_streamed(csv_chunks(report)), media_type=CSV_MEDIA_TYPE, headers=disposition)
     # openpyxl is CPU work: keep it off the event loop.
-    return Response(await asyncio.to_thread(xlsx_bytes, table), media_type=XLSX_MEDIA_TYPE, headers=disposition)
+    return Response(await asyncio.to_thread(xlsx_bytes, report), media_type=XLSX_MEDIA_TYPE, headers=disposition)
 
 
 @router.get("/timeseries", summary="One dated indicator per day or week", response_model=Timeseries)

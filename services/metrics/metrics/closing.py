@@ -18,7 +18,7 @@ from __future__ import annotations
 
 import re
 from collections import defaultdict
-from collections.abc import Callable, Iterable, Mapping, Sequence
+from collections.abc import Callable, Iterable, Iterator, Mapping, Sequence
 from dataclasses import dataclass
 from datetime import UTC, date, datetime, time, timedelta
 from typing import Any, Literal, Protocol
@@ -45,6 +45,8 @@ from metrics.service import (
     FLAT_KEYS,
     LOCAL_TZ,
     MetricsService,
+    RowSums,
+    StreamedReport,
     Totals,
     flat_figures,
     resolve_unit,
@@ -384,8 +386,9 @@ class ClosingService:
         ]
         return dated_figures(entries)
 
-    async def table_known_at(self, principal: Principal, table: ReportTable, moment: datetime) -> ReportTable:
-        """``table`` (as the live service built it) with its dated figures as the log held them at ``moment``."""
+    async def table_known_at(self, principal: Principal, report: StreamedReport, moment: datetime) -> StreamedReport:
+        """``report`` (as the live service made it) with its dated figures as the log held them at ``moment``."""
+        table = report.head
         repo = await self._metrics.projection()
         tree = await repo.tree()
         owners = row_owners(tree, table.unit)
@@ -413,15 +416,20 @@ class ClosingService:
             return row.model_copy(update={"figures": figures, "previous": earlier, "change": change})
 
         totals = known(table.totals, everything_now, everything_before)
-        rows = []
-        for row in table.rows:
-            if row.row == "unattributed":
-                continue
-            key = row.team if by_teams else row.unit
-            rows.append(known(row, now[key], before[key]))
-        if by_teams:
-            rows.append(unattributed_row(table.unit, totals, rows))
-        return table.model_copy(update={"rows": rows, "totals": totals, "known_at": moment})
+
+        def rows() -> Iterator[ReportRow]:
+            sums = RowSums()
+            for row in report.rows:
+                if row.row == "unattributed":
+                    continue
+                key = row.team if by_teams else row.unit
+                row = known(row, now[key], before[key])
+                sums.add(row)
+                yield row
+            if by_teams:
+                yield unattributed_row(table.unit, totals, sums)
+
+        return StreamedReport(table.model_copy(update={"totals": totals, "known_at": moment}), rows())
 
     async def reported(
         self, principal: Principal, unit: str | None, first: date, last: date
@@ -492,9 +500,10 @@ class ClosingService:
 
     async def narrative_inputs(self, principal: Principal, period_id: str, unit: str) -> NarrativeInputs:
         repo, tree, period, code = await self._context(principal, period_id, unit)
-        table = await self._metrics.report_table(
+        report = await self._metrics.report_stream(
             principal, unit=code, campaign=None, first=period.first, last=period.last, today=period.last
         )
+        table = report.collected()
         risks = []
         for c in await repo.all_campaigns():
             if c["starts_on"] <= period.last.isoformat() and c["ends_on"] >= period.first.isoformat():

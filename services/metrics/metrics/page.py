@@ -362,7 +362,8 @@ async def _table(
 ) -> ReportTable | None:
     if code is None:
         return None
-    return await service.report_table(principal, unit=unit, campaign=code, first=None, last=None, today=today)
+    report = await service.report_stream(principal, unit=unit, campaign=code, first=None, last=None, today=today)
+    return report.collected()
 
 
 async def _targets(

@@ -21,7 +21,7 @@ import asyncio
 import contextlib
 import re
 import time
-from collections.abc import Awaitable, Callable, Iterable, Mapping, Sequence
+from collections.abc import AsyncIterator, Awaitable, Callable, Iterable, Mapping, Sequence
 from datetime import UTC, datetime
 from typing import Any
 
@@ -485,13 +485,19 @@ class ProjectionRepository:
         """The teams the registry last placed in one of these units, active or not."""
         return await self.teams.find({"unit_code": {"$in": list(units)}}, {MARKS: 0}).to_list()
 
-    async def team_counters(self, teams: Sequence[str], first: str, last: str) -> list[Document]:
-        """``{team, day, c}`` rows of these teams with ``first <= day <= last``, plus their state rows."""
+    async def team_counters(self, teams: Sequence[str], first: str, last: str) -> AsyncIterator[Document]:
+        """``{team, day, c}`` rows of these teams with ``first <= day <= last``, plus their state rows,
+        one at a time as the cursor reads them, so that a caller keeps only what it adds up."""
         pending = await self.pending()
+        waiting = dict.fromkeys(pending.dated("team", teams, first, last))
         query = {"team": {"$in": list(teams)}, "$or": [{"day": STATE_DAY}, {"day": {"$gte": first, "$lte": last}}]}
-        docs = {d["_id"]: d async for d in self.team_counts.find(query)}
-        added = pending.add_to(docs, pending.dated("team", teams, first, last))
-        return [{"team": d["team"], "day": d["day"], "c": _counts(d)} for d in added]
+        async for doc in self.team_counts.find(query):
+            if doc["_id"] in waiting:
+                del waiting[doc["_id"]]
+                (doc,) = pending.add_to({doc["_id"]: doc}, [doc["_id"]])
+            yield {"team": doc["team"], "day": doc["day"], "c": _counts(doc)}
+        for doc in pending.add_to({}, waiting):
+            yield {"team": doc["team"], "day": doc["day"], "c": _counts(doc)}
 
 
 def stream_db_name(db: str) -> str:

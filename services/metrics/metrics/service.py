@@ -9,7 +9,7 @@ from __future__ import annotations
 
 import unicodedata
 from collections import defaultdict
-from collections.abc import Iterable, Mapping, Sequence
+from collections.abc import Iterable, Iterator, Mapping, Sequence
 from dataclasses import dataclass
 from datetime import UTC, date, datetime, timedelta
 from fractions import Fraction
@@ -62,14 +62,18 @@ class Totals:
         return spec.values(self.dated if spec.dated else self.state)
 
 
-def add_up(docs: Iterable[Mapping[str, Any]]) -> Totals:
-    dated: dict[str, int] = defaultdict(int)
-    state: dict[str, int] = defaultdict(int)
-    for doc in docs:
-        target = state if doc["day"] == STATE_DAY else dated
+    def add(self, doc: Mapping[str, Any]) -> None:
+        """Add one ``{day, c}`` row."""
+        target = self.state if doc["day"] == STATE_DAY else self.dated
         for field, value in (doc.get("c") or {}).items():
-            target[field] += int(value)
-    return Totals(dict(dated), dict(state))
+            target[field] = target.get(field, 0) + int(value)
+
+
+def add_up(docs: Iterable[Mapping[str, Any]]) -> Totals:
+    totals = Totals({}, {})
+    for doc in docs:
+        totals.add(doc)
+    return totals
 
 
 def figures(totals: Totals) -> dict[str, Any]:
@@ -282,35 +286,67 @@ def report_row(
     current: Sequence[Mapping[str, Any]],
     before: Iterable[Mapping[str, Any]],
 ) -> ReportRow:
-    now = flat_figures(add_up(current))
-    then = flat_figures(add_up(before))
+    return row_of(unit, name, kind, status, add_up(current), add_up(before))
+
+
+def row_of(unit: str, name: str, kind: str, status: str, now: Totals, then: Totals, **team: Any) -> ReportRow:
+    """A report row from the sums of its period and of the previous one (``team``: a team row's fields)."""
+    figures = flat_figures(now)
+    earlier = flat_figures(then)
     # Current-state indicators keep no history: their previous value is unknown, not equal to now.
-    previous = {key: then[key] if spec.dated else None for key, spec, _ in FLAT_KEYS}
-    change = {key: None if value is None else now[key] - value for key, value in previous.items()}
+    previous = {key: earlier[key] if spec.dated else None for key, spec, _ in FLAT_KEYS}
+    change = {key: None if value is None else figures[key] - value for key, value in previous.items()}
     return ReportRow.model_validate(
         {
             "unit": unit,
             "name": name,
             "row": kind,
             "unit_status": status,
-            "figures": now,
+            "figures": figures,
             "previous": previous,
             "change": change,
+            **team,
         }
     )
+
+
+@dataclass
+class StreamedReport:
+    """A report table whose rows are made one at a time as they are sent. A province's table of
+    teams has thousands of rows, each three maps of every column: built whole, 9,026 of them took
+    the metrics process from 103 to 178 MB. ``head`` holds every other field (its ``rows`` is empty).
+    """
+
+    head: ReportTable
+    rows: Iterator[ReportRow]
+
+    def collected(self) -> ReportTable:
+        return self.head.model_copy(update={"rows": list(self.rows)})
 
 
 UNATTRIBUTED_NAME = "Không gắn với đội nào của đơn vị / Not attributed to a team of the unit"
 
 
-def unattributed_row(unit: str, totals: ReportRow, teams: Sequence[ReportRow]) -> ReportRow:
+class RowSums:
+    """What the rows seen so far add up to, key by key (an unknown value counts as 0)."""
+
+    def __init__(self) -> None:
+        self.sums: dict[str, dict[str, int]] = {"figures": {}, "previous": {}, "change": {}}
+
+    def add(self, row: ReportRow) -> None:
+        for pick, sums in self.sums.items():
+            for key, value in getattr(row, pick).items():
+                sums[key] = sums.get(key, 0) + int(value or 0)
+
+
+def unattributed_row(unit: str, totals: ReportRow, teams: RowSums) -> ReportRow:
     """The totals minus every team row, key by key (None stays None)."""
 
     def minus(key: str, pick: str) -> int | None:
         whole = getattr(totals, pick)[key]
         if whole is None:
             return None
-        return int(whole) - sum(int(getattr(t, pick)[key] or 0) for t in teams)
+        return int(whole) - teams.sums[pick].get(key, 0)
 
     keys = list(totals.figures)
     return ReportRow(
@@ -322,6 +358,38 @@ def unattributed_row(unit: str, totals: ReportRow, teams: Sequence[ReportRow]) -
         previous={k: minus(k, "previous") for k in keys},
         change={k: minus(k, "change") for k in keys},
     )
+
+
+def team_rows(
+    unit: str,
+    totals: ReportRow,
+    teams: Mapping[str, Mapping[str, Any]],
+    now: Mapping[str, Totals],
+    then: Mapping[str, Totals],
+) -> Iterator[ReportRow]:
+    """One row per team by unit and code (active ones always, inactive ones when they have figures),
+    then the row of what no team accounts for."""
+    empty = Totals({}, {})
+    sums = RowSums()
+    for code in sorted(teams, key=lambda c: (teams[c].get("unit_code", ""), c)):
+        team = teams[code]
+        active = bool(team.get("active", True))
+        row = row_of(
+            team.get("unit_code", ""),
+            team.get("name", code),
+            "team",
+            "active",
+            now.get(code, empty),
+            then.get(code, empty),
+            team=code,
+            team_kind=team.get("kind"),
+            team_active=active,
+        )
+        if not active and not any([*row.figures.values(), *(v for v in row.previous.values() if v)]):
+            continue
+        sums.add(row)
+        yield row
+    yield unattributed_row(unit, totals, sums)
 
 
 # --- targets at risk ----------------------------------------------------------------------------------
@@ -525,7 +593,7 @@ class MetricsService:
             targets=rows,
         )
 
-    async def report_table(
+    async def report_stream(
         self,
         principal: Principal,
         *,
@@ -535,12 +603,14 @@ class MetricsService:
         last: date | None,
         today: date,
         rows_by: ReportRows = ReportRows.units,
-    ) -> ReportTable:
+    ) -> StreamedReport:
         """The unit's direct children (and its own records), or the teams of its subtree, by every
         indicator, with the previous period.
 
         One read of the tree and one counters query for the whole subtree over both periods; rows are
         added up here by the child each unit lies under now (or read from the teams' own counters).
+        Every read and every check is done before this returns, so a failure is a problem, never a
+        table cut short; only the rows' own making is left to the caller's pace.
         """
         repo = await self.projection()
         if campaign is not None:
@@ -577,23 +647,28 @@ class MetricsService:
         everything_now = [d for docs_of in current.values() for d in docs_of]
         everything_before = [d for docs_of in before.values() for d in docs_of]
         totals = report_row(code, TOTAL_NAME, "total", status(code), everything_now, everything_before)
-        table = {
-            "as_of": datetime.now(UTC),
-            "unit": code,
-            "unit_name": name,
-            "campaign": campaign,
-            "from_": first,
-            "to": last,
-            "previous_from": previous_first,
-            "previous_to": previous_last,
-            "columns": list(REPORT_COLUMNS),
-            "rows_by": rows_by,
-            "totals": totals,
-        }
+        head = ReportTable(
+            as_of=datetime.now(UTC),
+            unit=code,
+            unit_name=name,
+            campaign=campaign,
+            from_=first,
+            to=last,
+            previous_from=previous_first,
+            previous_to=previous_last,
+            columns=list(REPORT_COLUMNS),
+            rows_by=rows_by,
+            rows=[],
+            totals=totals,
+        )
         if rows_by is ReportRows.teams:
-            teams = await self._team_rows(repo, list(owners), previous_first, first, last)
-            rows = [*teams, unattributed_row(code, totals, teams)]
-            return ReportTable.model_validate({**table, "rows": rows})
+            teams = {t["_id"]: t for t in await repo.teams_of(list(owners))}
+            now: dict[str, Totals] = defaultdict(lambda: Totals({}, {}))
+            then: dict[str, Totals] = defaultdict(lambda: Totals({}, {}))
+            async for doc in repo.team_counters(list(teams), previous_first.isoformat(), last.isoformat()):
+                in_period = doc["day"] == STATE_DAY or lo <= doc["day"] <= hi
+                (now if in_period else then)[doc["team"]].add(doc)
+            return StreamedReport(head, team_rows(code, totals, teams, now, then))
         rows = []
         own = [*current[code], *before[code]]
         if any(value for doc in own for value in doc["c"].values()):
@@ -601,31 +676,7 @@ class MetricsService:
         children = sorted(c for c, u in tree.items() if u.get("parent_code") == code and c != code)
         for child in children:
             rows.append(report_row(child, unit_name(tree, child), "unit", status(child), current[child], before[child]))
-        return ReportTable.model_validate({**table, "rows": rows})
-
-    async def _team_rows(
-        self, repo: ProjectionRepository, units: Sequence[str], previous_first: date, first: date, last: date
-    ) -> list[ReportRow]:
-        """One row per team placed in ``units``: active ones always, inactive ones when they have figures."""
-        teams = {t["_id"]: t for t in await repo.teams_of(units)}
-        docs = await repo.team_counters(list(teams), previous_first.isoformat(), last.isoformat())
-        lo, hi = first.isoformat(), last.isoformat()
-        current: dict[str, list[Mapping[str, Any]]] = defaultdict(list)
-        before: dict[str, list[Mapping[str, Any]]] = defaultdict(list)
-        for doc in docs:
-            in_period = doc["day"] == STATE_DAY or lo <= doc["day"] <= hi
-            (current if in_period else before)[doc["team"]].append(doc)
-        rows = []
-        for code in sorted(teams, key=lambda c: (teams[c].get("unit_code", ""), c)):
-            team = teams[code]
-            row = report_row(
-                team.get("unit_code", ""), team.get("name", code), "team", "active", current[code], before[code]
-            )
-            active = bool(team.get("active", True))
-            if not active and not any([*row.figures.values(), *(v for v in row.previous.values() if v)]):
-                continue
-            rows.append(row.model_copy(update={"team": code, "team_kind": team.get("kind"), "team_active": active}))
-        return rows
+        return StreamedReport(head, iter(rows))
 
     async def campaign_risk(self, principal: Principal, code: str, today: date) -> CampaignRisk:
         """Each target in the caller's scope: its pace, where that pace leads by ends_on, and its status."""

@@ -1,4 +1,5 @@
-"""The report table as CSV and XLSX, for the people who file the union's weekly reports in Excel.
+"""The report table as streamed JSON, and as CSV and XLSX for the people who file the union's weekly
+reports in Excel. Each takes the rows one at a time as the service makes them (:class:`StreamedReport`).
 
 Both carry the same table as the JSON: a unit code and name column (and the team code for a table of
 teams), then for every indicator three
@@ -22,7 +23,7 @@ from openpyxl.utils import get_column_letter
 from openpyxl.worksheet._write_only import WriteOnlyWorksheet
 
 from metrics.schemas import ReportRow, ReportRows, ReportTable
-from metrics.service import LOCAL_TZ
+from metrics.service import LOCAL_TZ, StreamedReport
 
 CSV_MEDIA_TYPE = "text/csv; charset=utf-8"
 XLSX_MEDIA_TYPE = "application/vnd.openxmlformats-officedocument.spreadsheetml.sheet"
@@ -53,13 +54,28 @@ def cells(table: ReportTable, row: ReportRow) -> list[str | int | None]:
     return out
 
 
-def every_row(table: ReportTable) -> Iterator[ReportRow]:
-    yield from table.rows
-    yield table.totals
+# Rows per chunk of a streamed JSON table: one chunk a few hundred kB, not one write per row.
+JSON_ROWS_PER_CHUNK = 64
 
 
-def csv_chunks(table: ReportTable) -> Iterator[bytes]:
+def json_chunks(report: StreamedReport) -> Iterator[bytes]:
+    """The JSON table (the :class:`ReportTable` document) with its rows serialised as they are made."""
+    head = report.head.model_dump_json(by_alias=True, exclude={"rows", "totals"}).encode()
+    chunk = [head[:-1], b',"rows":[']
+    for i, row in enumerate(report.rows):
+        if i:
+            chunk.append(b",")
+        chunk.append(row.model_dump_json(by_alias=True).encode())
+        if i % JSON_ROWS_PER_CHUNK == JSON_ROWS_PER_CHUNK - 1:
+            yield b"".join(chunk)
+            chunk = []
+    chunk += [b'],"totals":', report.head.totals.model_dump_json(by_alias=True).encode(), b"}"]
+    yield b"".join(chunk)
+
+
+def csv_chunks(report: StreamedReport) -> Iterator[bytes]:
     """The CSV one line at a time; unknown previous values are empty cells."""
+    table = report.head
     buffer = io.StringIO()
     writer = csv.writer(buffer, lineterminator="\r\n")
 
@@ -71,8 +87,9 @@ def csv_chunks(table: ReportTable) -> Iterator[bytes]:
         return text.encode()
 
     yield BOM + line(list(header(table)))
-    for row in every_row(table):
+    for row in report.rows:
         yield line(cells(table, row))
+    yield line(cells(table, table.totals))
 
 
 def _dd_mm_yyyy(day: date) -> str:
@@ -92,8 +109,9 @@ def _date_cell(sheet: WriteOnlyWorksheet, day: date) -> Cell:
     return cell
 
 
-def xlsx_bytes(table: ReportTable) -> bytes:
+def xlsx_bytes(report: StreamedReport) -> bytes:
     """The workbook: title row, period row (local dates), a blank row, the frozen header, the rows, totals."""
+    table = report.head
     book = Workbook(write_only=True)
     sheet: WriteOnlyWorksheet = book.create_sheet("Báo cáo")
     names = header(table)
@@ -133,7 +151,7 @@ def xlsx_bytes(table: ReportTable) -> bytes:
         cell.alignment = Alignment(wrap_text=True, vertical="top")
         header_cells.append(cell)
     sheet.append(header_cells)
-    for row in table.rows:
+    for row in report.rows:
         sheet.append(cells(table, row))
     totals = []
     for value in cells(table, table.totals):

@@ -291,7 +291,7 @@ async def test_team_counters_stored_among_the_units_move_apart_once_with_their_w
     await meta.split_team_counters()
     await meta.split_team_counters()  # recorded: a second start moves nothing
     assert [d["_id"] async for d in db["counts_g1"].find({})] == [counter_id("QN-HALONG", "2025-07-02")]
-    assert [r["c"] for r in await repo.team_counters(["T-HL"], "2025-07-01", "2025-07-31")] == [{"people_supported": 5}]
+    assert [r["c"] async for r in repo.team_counters(["T-HL"], "2025-07-01", "2025-07-31")] == [{"people_supported": 5}]
     # The watermarks moved with it.
     moved = await repo.team_counts.find_one({"_id": "team:T-HL|2025-07-02"})
     assert moved is not None
@@ -784,7 +784,7 @@ async def test_a_read_of_a_period_adds_only_the_pending_documents_of_its_units_d
         ("2025-07-01", 2, 0),
         ("state", 0, 1),
     ]
-    teams = await repo.team_counters(["T-HL"], "2025-07-04", "2025-07-31")
+    teams = [r async for r in repo.team_counters(["T-HL"], "2025-07-04", "2025-07-31")]
     assert [(r["day"], r["c"]["people_supported"]) for r in teams] == [("2025-07-05", 3)]
     # No unit events here, so the tree is empty and a subtree is the unit alone.
     assert sum(r["c"].get("people_supported", 0) for r in await repo.counters_all_time("QN-HALONG")) == 5

@@ -20,6 +20,8 @@ import openpyxl
 import pytest
 
 from metrics.app import MetricsSettings, build_app
+from metrics.schemas import ReportTable
+from metrics.spreadsheets import JSON_ROWS_PER_CHUNK
 from shared.testing import running_app, token
 
 pytestmark = [pytest.mark.kafka, pytest.mark.mongo]
@@ -182,3 +184,43 @@ async def test_team_rows_add_each_teams_records_and_the_rest_is_unattributed(mak
         other = await client.get(query, headers=token("manager", "QN-VANDON"))
         assert other.status_code == 403
         assert other.headers["content-type"].startswith("application/problem+json")
+
+
+async def test_a_table_of_many_teams_is_streamed_as_one_valid_document(make_settings, ev, send) -> None:
+    # More rows than fit in a few chunks, so that rows are joined across chunk boundaries.
+    n = 3 * JSON_ROWS_PER_CHUNK + 5
+    codes = [f"T{i:03d}" for i in range(n)]
+    visits = [ev.figures(HALONG, D(2025, 7, 8), households=1, people=i % 5 + 1, team=c) for i, c in enumerate(codes)]
+    events = [
+        *(ev.unit(p) for p in (QN, HALONG)),
+        *(ev.team(c, "mobile", HALONG) for c in codes),
+        *(ev.visit(f"V{i}", v) for i, v in enumerate(visits[::2])),
+        ev.visit("VX", ev.figures(HALONG, D(2025, 7, 9), households=1, people=9)),  # no team
+    ]
+    settings = make_settings(MetricsSettings)
+    async with running_app(build_app(settings)) as client:
+        await send(settings, events)
+        expected_people = sum(v.people.total for v in visits[::2]) + 9
+        deadline = time.monotonic() + 60
+        resp = None
+        while time.monotonic() < deadline:
+            resp = await client.get(f"/v1/reports/table?unit=QN-HALONG&{WEEK}&rows=teams", headers=ADMIN)
+            if resp.status_code == 200 and resp.json()["totals"]["figures"]["people_supported"] == expected_people:
+                if len(resp.json()["rows"]) == n + 1:
+                    break
+            await asyncio.sleep(0.25)
+        assert resp is not None
+        assert resp.status_code == 200
+        assert "content-length" not in resp.headers  # sent as the rows are made
+        table = resp.json()
+        # One document of the declared schema, nothing more and nothing less ("from" is only the
+        # serialised name of ``from_``).
+        parsed = ReportTable.model_validate({**table, "from_": table["from"]})
+        assert parsed.model_dump(mode="json", by_alias=True) == table
+        assert [r["team"] for r in table["rows"]] == [*codes, None]
+        people = {r["team"]: r["figures"]["people_supported"] for r in table["rows"]}
+        assert people == {
+            **{c: (i % 5 + 1 if i % 2 == 0 else 0) for i, c in enumerate(codes)},
+            None: 9,
+        }
+        assert sum(people.values()) == table["totals"]["figures"]["people_supported"] == expected_people
