@@ -22,6 +22,7 @@ import pytest
 from metrics.app import MetricsSettings, build_app
 from metrics.schemas import ReportTable
 from metrics.spreadsheets import JSON_ROWS_PER_CHUNK
+from shared.http import GZIP_MIN_BYTES
 from shared.testing import running_app, token
 
 pytestmark = [pytest.mark.kafka, pytest.mark.mongo]
@@ -212,6 +213,14 @@ async def test_a_table_of_many_teams_is_streamed_as_one_valid_document(make_sett
         assert resp is not None
         assert resp.status_code == 200
         assert "content-length" not in resp.headers  # sent as the rows are made
+        assert resp.headers["content-encoding"] == "gzip"  # streamed, so compressed for a client that accepts it
+        small = await client.get(f"/v1/summary?unit=QN-HALONG&{WEEK}", headers=ADMIN)
+        assert small.status_code == 200
+        assert "content-encoding" not in small.headers
+        xlsx = await client.get(f"/v1/reports/table?unit=QN-HALONG&{WEEK}&rows=teams&format=xlsx", headers=ADMIN)
+        assert xlsx.status_code == 200
+        assert len(xlsx.content) >= GZIP_MIN_BYTES
+        assert "content-encoding" not in xlsx.headers  # a zip already
         table = resp.json()
         # One document of the declared schema, nothing more and nothing less ("from" is only the
         # serialised name of ``from_``).

@@ -40,6 +40,7 @@ from prometheus_client import (
 from pydantic import AwareDatetime, BaseModel, BeforeValidator
 from pymongo.errors import DuplicateKeyError, PyMongoError
 from starlette.exceptions import HTTPException as StarletteHTTPException
+from starlette.middleware.gzip import GZipMiddleware
 from starlette.types import ASGIApp, Message, Receive, Scope, Send
 
 from shared.auth import Authenticator, Principal
@@ -55,6 +56,17 @@ from shared.tracing import fastapi_telemetry
 log = get_logger(__name__)
 
 PROBLEM_JSON = "application/problem+json"
+# Answers from this size on are gzipped for a client that accepts it, as is every streamed one.
+GZIP_MIN_BYTES = 64 * 1024
+# Already compressed: an XLSX is a zip.
+GZIP_EXCLUDED = (
+    "application/zip",
+    "application/gzip",
+    "application/vnd.openxmlformats-officedocument.spreadsheetml.sheet",
+    "image/*",
+    "font/woff2",
+    "text/event-stream",
+)
 # Every counter and histogram would also export a ``<name>_created`` series (its start time) that
 # nothing reads; /metrics is served from here, so this is where it is turned off.
 disable_created_metrics()  # type: ignore[no-untyped-call]
@@ -516,6 +528,12 @@ def create_app(
             wait_seconds=bulk.wait_seconds,
         )
     app.add_middleware(BodyLimitMiddleware, max_bytes=max_body_bytes)
+    # Outside the idempotency store, which keeps and replays bodies as the handler made them. Only
+    # large bodies and streamed ones (a province's report table of teams is ~50 MB of JSON), so the
+    # ordinary small answers cost no compression.
+    app.add_middleware(
+        GZipMiddleware, minimum_size=GZIP_MIN_BYTES, compresslevel=6, exclude_content_types=GZIP_EXCLUDED
+    )
     app.add_middleware(RequestContextMiddleware, service=service)
     included = [_health_router(service, lambda: app.state.runtime.readiness_checks()), catalog_router(service)]
     included += routers
