@@ -312,10 +312,9 @@ def row_of(unit: str, name: str, kind: str, status: str, now: Totals, then: Tota
 
 @dataclass
 class StreamedReport:
-    """A report table whose rows are made one at a time as they are sent. A province's table of
-    teams has thousands of rows, each three maps of every column: built whole, 9,026 of them took
-    the metrics process from 103 to 178 MB. ``head`` holds every other field (its ``rows`` is empty).
-    """
+    """A report table whose rows are made one at a time as they are sent: a province's table of teams
+    has thousands of rows, each three maps of every column (ADR 0007). ``head`` holds every other
+    field (its ``rows`` is empty)."""
 
     head: ReportTable
     rows: Iterator[ReportRow]
