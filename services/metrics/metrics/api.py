@@ -287,7 +287,7 @@ async def report_table(
     disposition = {"Content-Disposition": f'attachment; filename="{filename(report.head, chosen.value)}"'}
     if chosen is ReportFormat.csv:
         return StreamingResponse(_streamed(csv_chunks(report)), media_type=CSV_MEDIA_TYPE, headers=disposition)
-    # openpyxl is CPU work: keep it off the event loop.
+    # Writing the workbook is CPU work: keep it off the event loop.
     return Response(await asyncio.to_thread(xlsx_bytes, report), media_type=XLSX_MEDIA_TYPE, headers=disposition)
 
 

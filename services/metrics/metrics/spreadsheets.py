@@ -14,16 +14,11 @@ import csv
 import io
 import re
 from collections.abc import Iterator
-from datetime import date, datetime, time
-
-from openpyxl import Workbook
-from openpyxl.cell import Cell, WriteOnlyCell
-from openpyxl.styles import Alignment, Font
-from openpyxl.utils import get_column_letter
-from openpyxl.worksheet._write_only import WriteOnlyWorksheet
+from datetime import date
 
 from metrics.schemas import ReportRow, ReportRows, ReportTable
 from metrics.service import LOCAL_TZ, StreamedReport
+from metrics.xlsx import Cell, SheetWriter, Style
 
 CSV_MEDIA_TYPE = "text/csv; charset=utf-8"
 XLSX_MEDIA_TYPE = "application/vnd.openxmlformats-officedocument.spreadsheetml.sheet"
@@ -34,7 +29,6 @@ PREVIOUS = "kỳ trước / previous"
 CHANGE = "thay đổi / change"
 # The rows above the header in the XLSX: title, period, blank.
 XLSX_HEADER_ROW = 4
-DATE_FORMAT = "DD/MM/YYYY"
 
 
 def header(table: ReportTable) -> list[str]:
@@ -102,66 +96,36 @@ def title(table: ReportTable) -> str:
     return f"{what}: {table.unit_name} ({table.unit}), {period}"
 
 
-def _date_cell(sheet: WriteOnlyWorksheet, day: date) -> Cell:
-    # A date cell (Excel keeps dates as day numbers); midnight carries no time zone.
-    cell = WriteOnlyCell(sheet, value=datetime.combine(day, time()))
-    cell.number_format = DATE_FORMAT
-    return cell
-
-
 def xlsx_bytes(report: StreamedReport) -> bytes:
     """The workbook: title row, period row (local dates), a blank row, the frozen header, the rows, totals."""
     table = report.head
-    book = Workbook(write_only=True)
-    sheet: WriteOnlyWorksheet = book.create_sheet("Báo cáo")
     names = header(table)
-    sheet.freeze_panes = f"{get_column_letter(len(header(table)) - 3 * len(table.columns) + 1)}{XLSX_HEADER_ROW + 1}"
-    # Write-only sheets have column dimensions at run time (Worksheet._setup); the stubs omit them.
-    widths = sheet.column_dimensions  # type: ignore[attr-defined]
-    widths["A"].width = 18
-    widths["B"].width = 36
-    for index in range(len(names) - 3 * len(table.columns) + 1, len(names) + 1):
-        widths[get_column_letter(index)].width = 16
-
-    bold = Font(bold=True)
-    heading = WriteOnlyCell(sheet, value=title(table))
-    heading.font = Font(bold=True, size=14)
-    sheet.append([heading])
+    first_figure = len(names) - 3 * len(table.columns) + 1
+    widths = {1: 18.0, 2: 36.0, **dict.fromkeys(range(first_figure, len(names) + 1), 16.0)}
+    sheet = SheetWriter(
+        "Báo cáo", widths=widths, frozen=(first_figure, XLSX_HEADER_ROW + 1), columns=max(len(names), 9)
+    )
+    sheet.append([Cell(title(table), Style.title)])
     generated = table.as_of.astimezone(LOCAL_TZ).replace(tzinfo=None, microsecond=0)
-    stamp = WriteOnlyCell(sheet, value=generated)
-    stamp.number_format = "DD/MM/YYYY HH:MM"
     sheet.append(
         [
             "Từ ngày / From",
-            _date_cell(sheet, table.from_),
+            table.from_,
             "Đến ngày / To",
-            _date_cell(sheet, table.to),
+            table.to,
             "Kỳ trước / Previous period",
-            _date_cell(sheet, table.previous_from),
-            _date_cell(sheet, table.previous_to),
+            table.previous_from,
+            table.previous_to,
             "Lập lúc / Generated",
-            stamp,
+            generated,
         ]
     )
     sheet.append([])
-    header_cells = []
-    for name in names:
-        cell = WriteOnlyCell(sheet, value=name)
-        cell.font = bold
-        cell.alignment = Alignment(wrap_text=True, vertical="top")
-        header_cells.append(cell)
-    sheet.append(header_cells)
+    sheet.append([Cell(name, Style.header) for name in names])
     for row in report.rows:
         sheet.append(cells(table, row))
-    totals = []
-    for value in cells(table, table.totals):
-        cell = WriteOnlyCell(sheet, value=value)
-        cell.font = bold
-        totals.append(cell)
-    sheet.append(totals)
-    out = io.BytesIO()
-    book.save(out)
-    return out.getvalue()
+    sheet.append([Cell(value, Style.bold) for value in cells(table, table.totals)])
+    return sheet.close()
 
 
 def filename(table: ReportTable, extension: str) -> str:
