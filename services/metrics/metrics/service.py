@@ -258,9 +258,20 @@ TOTAL_NAME = "Tổng cộng / Total"
 DIRECT_SUFFIX = " (trực tiếp / direct)"
 
 
+# FLAT_KEYS grouped by indicator, in the same order: each indicator's values are read once per row.
+_FLAT_BY_SPEC: tuple[tuple[IndicatorSpec, tuple[tuple[str, str], ...]], ...] = tuple(
+    (spec, tuple((key, split) for key, s, split in FLAT_KEYS if s is spec)) for spec in CATALOGUE.values()
+)
+
+
 def flat_figures(totals: Totals) -> dict[str, int]:
     """A summary's indicators flattened: ``households_visited``, ``teams.mobile``, ..."""
-    return {key: totals.of(spec)[split] for key, spec, split in FLAT_KEYS}
+    out: dict[str, int] = {}
+    for spec, keys in _FLAT_BY_SPEC:
+        values = totals.of(spec)
+        for key, split in keys:
+            out[key] = values[split]
+    return out
 
 
 def last_full_week(today: date) -> tuple[date, date]:
