@@ -61,7 +61,6 @@ class Totals:
     def of(self, spec: IndicatorSpec) -> dict[str, int]:
         return spec.values(self.dated if spec.dated else self.state)
 
-
     def add(self, doc: Mapping[str, Any]) -> None:
         """Add one ``{day, c}`` row."""
         target = self.state if doc["day"] == STATE_DAY else self.dated
