@@ -823,7 +823,7 @@ async def _run_load_feeding(
     """:func:`steady_load`, appending each probe to ``sink`` the moment it is published.
 
     Also returns the CPU ledger's mark of when the load started: the mix is encoded before it, and
-    that encoding (about as long as the load itself at 80%) is not the load's CPU.
+    that encoding is not the load's CPU.
     """
     total = int(rate * seconds) + 10
     # Encoded before the clock starts: on two cores the generator's own encoding competed with
