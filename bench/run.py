@@ -44,9 +44,9 @@ from .events import mixed_events
 
 HERE = Path(__file__).resolve().parent
 REPS = 3
-# The relay now empties the outbox with one update per document (~1 ms each on FerretDB), so a
-# 50,000-event backlog takes about a minute per repetition: a relay is judged stuck when it publishes
-# nothing for RELAY_STALL_S, and the whole part is capped only as a last resort.
+# The relay empties the outbox as it publishes (a database update per 50 documents), so a
+# 50,000-event backlog takes several seconds per repetition: a relay is judged stuck when it
+# publishes nothing for RELAY_STALL_S, and the whole part is capped only as a last resort.
 RELAY_STALL_S = 30.0
 RELAY_TIMEOUT_S = 900.0
 
@@ -67,8 +67,8 @@ async def relay_vs_producer(kafka: KafkaBroker, ferret: FerretDB, n: int) -> dic
     """Events/s of the outbox relay draining a backlog of ``n`` events against a raw producer's.
 
     The relay figure is publishing *and emptying the outbox*: the relay removes each entry from its
-    document (``$pullAll``, one database update per document) once Kafka acknowledged it, and the
-    clock stops when the last removal is done. ``relay.published`` counts a chunk as soon as Kafka
+    document (``$pull`` by entry id, one update statement per 50 documents) once Kafka acknowledged
+    it, and the clock stops when the last removal is done. ``relay.published`` counts a chunk as soon as Kafka
     acknowledged it, before its removal, so it alone would stop the clock early; the rate at which
     it reached the backlog is kept too (``relay_publish_only_*``).
     """
@@ -129,7 +129,7 @@ async def relay_vs_producer(kafka: KafkaBroker, ferret: FerretDB, n: int) -> dic
             seen, t_seen = 0, time.perf_counter()
             published_at: float | None = None
             # Emptied: every entry acknowledged, and none queued or being removed any more (the
-            # relay forgets an entry from its in-flight set once its $pullAll returned).
+            # relay forgets an entry from its in-flight set once its $pull returned).
             while (done := relay.published) < len(events) or relay._in_flight:
                 if done >= len(events) and published_at is None:
                     published_at = time.perf_counter()

@@ -3,7 +3,7 @@ export KAFKA_VERSION=4.1.1
 export LOG4J_VERSION=2.25.3
 export FERRETDB_VERSION=v1.24.2
 # Bump the suffix whenever deploy/ferretdb/*.patch changes, so cached binaries are rebuilt.
-export FERRETDB_BUILD="$FERRETDB_VERSION-idindex1-notrack1-atomic3-walreset1-idin1-updtx1-sjson3-uniqidx1-delid2-updstmt3"
+export FERRETDB_BUILD="$FERRETDB_VERSION-idindex1-notrack1-atomic3-walreset1-idin1-updtx1-sjson3-uniqidx1-delid2-updstmt3-pullcond1"
 export CACHE="${XDG_CACHE_HOME:-$HOME/.cache}/digital-bridge"
 # uv installs .venv from uv.lock (scripts/setup.sh fetches this version from PyPI; the Dockerfiles pin it too).
 export UV_VERSION=0.13.9

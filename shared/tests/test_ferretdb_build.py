@@ -27,6 +27,10 @@ under one hold of the write lock and writes them in one SQLite transaction; the 
 statement sees the earlier ones' changes, that a failing statement keeps those before it, that
 concurrent commands add up, and that a reader sees a command all or not at all.
 
+``deploy/ferretdb/pull-by-condition.patch`` makes ``$pull`` with field conditions match each element
+document as MongoDB does (upstream compared for equality, so ``{$pull: {outbox: {id: {$in: ...}}}}``
+removed nothing); the relay removes published entries that way.
+
 ``deploy/ferretdb/sjson-one-pass-decode.patch`` decodes stored documents in one pass and each schema
 once; it must give back exactly what was written, and its own Go tests (the fast decoder against
 the original on random and damaged documents) must pass on the patched source.
@@ -433,7 +437,7 @@ async def test_the_write_ahead_log_restarts_under_a_stream_of_updates(own_ferret
 
 
 def _entry(doc: int, k: int) -> dict[str, Any]:
-    """An outbox-like subdocument; the relay removes acknowledged ones whole with ``$pullAll``."""
+    """An outbox-like subdocument; the relay removes acknowledged ones by id with ``$pull``."""
     return {"id": f"e{doc}-{k}", "type": "household.registered", "subject": f"{NAMES[doc % 3]} {doc}", "n": k}
 
 
@@ -450,12 +454,12 @@ async def test_update_many_by_id_in_pulls_exactly_the_matched_documents_entries(
         # About 1 kB each; every fourth also holds an entry nobody pulls.
         original = {i: [_entry(n, 0), _entry(n, 1)] + ([KEEP] if n % 4 == 0 else []) for n, i in enumerate(ids)}
         await col.insert_many([{"_id": i, "pad": "x" * 700, "outbox": original[i]} for i in ids])
-        # As the relay does: one $pullAll of every entry of the chunk. It names the entries of all
-        # 200 documents, so a document updated outside the filter would lose its entries too.
-        every_entry = [_entry(n, k) for n in range(200) for k in range(2)]
+        # As the relay does: one $pull of every entry of the chunk by id. It names the entries of
+        # all 200 documents, so a document updated outside the filter would lose its entries too.
+        every_entry = {"id": {"$in": [_entry(n, k)["id"] for n in range(200) for k in range(2)]}}
 
         async def pull(wanted: list[str]) -> tuple[int, int]:
-            res = await col.update_many({"_id": {"$in": [*wanted, "nobody 1"]}}, {"$pullAll": {"outbox": every_entry}})
+            res = await col.update_many({"_id": {"$in": [*wanted, "nobody 1"]}}, {"$pull": {"outbox": every_entry}})
             return res.matched_count, res.modified_count
 
         def emptied(n: int) -> list[dict[str, Any]]:
@@ -471,6 +475,54 @@ async def test_update_many_by_id_in_pulls_exactly_the_matched_documents_entries(
         stored = {d["_id"]: d["outbox"] async for d in col.find({})}
         assert stored == {i: emptied(n) if n < 160 else original[i] for n, i in enumerate(ids)}
         assert await col.count_documents({}) == 200
+    finally:
+        await client.close()
+
+
+async def test_pull_with_field_conditions_removes_the_matching_element_documents_as_mongodb_does(
+    ferretdb: FerretDB, run_id: str
+) -> None:
+    # deploy/ferretdb/pull-by-condition.patch: upstream compared the condition document with each
+    # element for equality, so every $pull below but the last two removed nothing.
+    client = connect(ferretdb.url)
+    try:
+        col = client[f"fdb_{run_id}"]["pulls"]
+        a, b, c = _entry(1, 0), _entry(2, 0), _entry(3, 1)
+        await col.insert_many(
+            [
+                {"_id": "entries", "outbox": [a, b, c, KEEP]},
+                {"_id": "mixed", "outbox": [a, "e1-0", 7, KEEP]},
+                {"_id": "scalars", "tags": [1, 5, 6, 9, 5]},
+                {"_id": "none", "outbox": []},
+            ]
+        )
+
+        async def pull(doc_id: str, update: dict[str, Any]) -> Any:
+            res = await col.update_one({"_id": doc_id}, update)
+            got = await col.find_one({"_id": doc_id})
+            assert got is not None
+            return res.modified_count, got
+
+        # By id, with $in: a and c go, b and the entry nobody names stay, order kept.
+        n, got = await pull("entries", {"$pull": {"outbox": {"id": {"$in": [a["id"], c["id"], "nobody"]}}}})
+        assert (n, got["outbox"]) == (1, [b, KEEP])
+        # A condition on one field matches an element that has more fields (not equality).
+        n, got = await pull("entries", {"$pull": {"outbox": {"type": b["type"]}}})
+        assert (n, got["outbox"]) == (1, [KEEP])
+        # Several conditions are ANDed: KEEP has n -1, so nothing matches both.
+        n, got = await pull("entries", {"$pull": {"outbox": {"type": KEEP["type"], "n": {"$gte": 0}}}})
+        assert (n, got["outbox"]) == (0, [KEEP])
+        # Elements that are not documents never match a field condition.
+        n, got = await pull("mixed", {"$pull": {"outbox": {"id": {"$in": [a["id"]]}}}})
+        assert (n, got["outbox"]) == (1, ["e1-0", 7, KEEP])
+        # Nothing to remove from an empty array: matched, not modified.
+        n, got = await pull("none", {"$pull": {"outbox": {"id": {"$in": ["e1-0"]}}}})
+        assert (n, got["outbox"]) == (0, [])
+        # Equality stays for scalars and for a whole-element value.
+        n, got = await pull("scalars", {"$pull": {"tags": 5}})
+        assert (n, got["tags"]) == (1, [1, 6, 9])
+        n, got = await pull("mixed", {"$pull": {"outbox": 7}})
+        assert (n, got["outbox"]) == (1, ["e1-0", KEEP])
     finally:
         await client.close()
 

@@ -107,6 +107,29 @@ def unit_event(code: str, name: str) -> Any:
     return make_event(ev.UNIT_UPDATED, payload, source="/t", key=code)
 
 
+def test_a_stored_entry_is_sent_as_exactly_the_message_of_its_event() -> None:
+    # The relay builds messages from the stored texts; a consumer must not tell them from the
+    # messages record_of makes for the events (headers, their order, key, value, topic).
+    from dataclasses import replace
+
+    from shared.kafka import record_of
+    from shared.outbox import entry_record, outbox_entry
+
+    base = unit_event("QN-HL", "Phường Hạ Long")
+    trace = "00-0af7651916cd43dd8448eb211c80319c-b7ad6b7169203331-01"
+    shapes = [
+        base,
+        replace(base, subject=None),
+        replace(base, time=datetime(2025, 7, 7, 1, 2, 3, tzinfo=UTC)),
+        replace(base, time=datetime(2025, 7, 7, 1, 2, 3, 450_001, tzinfo=UTC), traceparent=trace),
+    ]
+    for ev in shapes:
+        assert entry_record(outbox_entry(ev)) == record_of(ev)
+    # The relay's own publish span replaces the context the entry was written in.
+    publish = "00-0af7651916cd43dd8448eb211c80319c-00f067aa0ba902b7-01"
+    assert entry_record(outbox_entry(shapes[3]), publish) == record_of(replace(shapes[3], traceparent=publish))
+
+
 async def test_published_entries_leave_the_outbox_but_a_writers_newer_events_stay(
     make_settings, kafka: KafkaBroker
 ) -> None:

@@ -34,6 +34,26 @@ def dataschema(event_type: str) -> str:
 Headers = list[tuple[str, bytes]]
 
 
+def headers_of(
+    event_id: str, source: str, event_type: str, time: str, subject: str | None, traceparent: str | None
+) -> Headers:
+    """The Kafka headers of an event (binary content mode), ``time`` already its ``ce_time`` text."""
+    h: Headers = [
+        ("ce_specversion", SPEC_VERSION.encode()),
+        ("ce_id", event_id.encode()),
+        ("ce_source", source.encode()),
+        ("ce_type", event_type.encode()),
+        ("ce_time", time.encode()),
+        ("ce_dataschema", dataschema(event_type).encode()),
+        ("content-type", CONTENT_TYPE.encode()),
+    ]
+    if subject:
+        h.append(("ce_subject", subject.encode()))
+    if traceparent:
+        h.append(("ce_traceparent", traceparent.encode()))
+    return h
+
+
 class EnvelopeError(ValueError):
     """A Kafka message that is not a well-formed event of a known type."""
 
@@ -66,20 +86,7 @@ class Envelope:
         return EVENT_TYPES[self.type].model_validate(self.data)
 
     def headers(self) -> Headers:
-        h: Headers = [
-            ("ce_specversion", SPEC_VERSION.encode()),
-            ("ce_id", self.id.encode()),
-            ("ce_source", self.source.encode()),
-            ("ce_type", self.type.encode()),
-            ("ce_time", ce_time(self.time).encode()),
-            ("ce_dataschema", dataschema(self.type).encode()),
-            ("content-type", CONTENT_TYPE.encode()),
-        ]
-        if self.subject:
-            h.append(("ce_subject", self.subject.encode()))
-        if self.traceparent:
-            h.append(("ce_traceparent", self.traceparent.encode()))
-        return h
+        return headers_of(self.id, self.source, self.type, ce_time(self.time), self.subject, self.traceparent)
 
     def value(self) -> bytes:
         return orjson.dumps(self.data)

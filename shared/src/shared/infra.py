@@ -29,7 +29,7 @@ CACHE = Path(os.environ.get("XDG_CACHE_HOME", str(Path.home() / ".cache"))) / "d
 KAFKA_LIB = Path(os.environ.get("KAFKA_HOME", str(CACHE / f"kafka-{KAFKA_VERSION}"))) / "lib"
 FERRETDB_BUILD = os.environ.get(
     "FERRETDB_BUILD",
-    f"{FERRETDB_VERSION}-idindex1-notrack1-atomic3-walreset1-idin1-updtx1-sjson3-uniqidx1-delid2-updstmt3",
+    f"{FERRETDB_VERSION}-idindex1-notrack1-atomic3-walreset1-idin1-updtx1-sjson3-uniqidx1-delid2-updstmt3-pullcond1",
 )
 FERRETDB_BIN = Path(os.environ.get("FERRETDB_BIN", str(CACHE / f"ferretdb-{FERRETDB_BUILD}")))
 # Go's collector target for FerretDB (GOGC): its CPU goes to decoding and collecting short-lived
