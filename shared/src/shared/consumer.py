@@ -24,6 +24,7 @@ from shared.concurrency import stop_task
 from shared.envelope import Envelope, EnvelopeError, decode
 from shared.kafka import Chunk, EventProducer, Records, read_spans
 from shared.logging import bind_context, get_logger, unbind_context
+from shared.memory import AfterBursts
 from shared.mongo import insert_ignoring_duplicates
 from shared.seen import PartitionIds
 from shared.settings import ServiceSettings
@@ -524,6 +525,7 @@ class ConsumerRunner:
         # A handler that orders by partition itself (the metrics projector) can take every
         # partition of a fetch at once: its writes then cover all of them in one pass.
         self._whole_fetch = whole_fetch and not per_event
+        self._heap = AfterBursts()
         self._top_up_ms = top_up_ms
         if self._whole_fetch and not isinstance(handler, FetchHandler):
             raise TypeError("whole_fetch needs a FetchHandler (fold/write/forget)")
@@ -651,6 +653,10 @@ class ConsumerRunner:
                         continue
                     batches = await self._consumer.getmany(timeout_ms=200, max_records=self._max_records)
                     batches = {tp: records for tp, records in batches.items() if records}
+                    if batches:
+                        self._heap.worked()
+                    else:
+                        self._heap.idle()
                     for tp, records in batches.items():
                         await self._process(tp, records)
                         await self._consumer.commit({tp: records[-1].offset + 1})
@@ -700,7 +706,9 @@ class ConsumerRunner:
                 folded = await handler.fold(fetch)
         if fetch is None:
             handler.caught_up()
+            self._heap.idle()
             return None
+        self._heap.worked()
         return asyncio.create_task(self._write_traced_fetch(fetch, folded))
 
     async def _replay(self, spans: Mapping[TopicPartition, tuple[int, int]]) -> AsyncIterator[Chunk]:
