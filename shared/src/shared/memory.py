@@ -13,10 +13,6 @@ import ctypes.util
 import time
 from collections.abc import Callable
 
-from shared.logging import get_logger
-
-log = get_logger(__name__)
-
 
 def _malloc_trim() -> Callable[[int], int] | None:
     name = ctypes.util.find_library("c")

@@ -88,9 +88,9 @@ def outbox_entry(event: Envelope) -> dict[str, Any]:
 def entry_record(entry: dict[str, Any], traceparent: str | None = None) -> Record:
     """The Kafka message of an outbox entry, exactly as ``record_of`` builds it for the event.
 
-    Built from the stored texts, ``time`` included, without an :class:`Envelope` in between (each
-    entry's time was parsed and formatted again, a tenth of the relay's CPU). ``traceparent`` (the
-    relay's publish span) replaces the context the entry was written in.
+    Built from the stored texts, ``time`` included, without parsing them into an :class:`Envelope`
+    and formatting them back (ADR 0008). ``traceparent`` (the relay's publish span) replaces the
+    context the entry was written in.
     """
     event_type = entry["type"]
     headers = headers_of(
